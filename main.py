@@ -1,0 +1,19 @@
+"""Command line of stem_tfrs: `python main.py <command> [--flags]`.
+
+Commands:
+  train   Train a model (STEM-Net by default), evaluate it and export a SavedModel.
+
+`python main.py train --helpfull` lists every flag; `--flagfile=FILE` reads
+flags from a file. The commands are thin shells over the `stem_tfrs` library.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
+
+from absl import app  # noqa: E402
+
+from stem_tfrs.cli import main, parse_flags  # noqa: E402
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,39 @@
+"""The `python main.py <command>` dispatcher; each command lives in its own module."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable, Dict, List
+
+from absl import flags
+
+from stem_tfrs.cli import train
+
+COMMANDS: Dict[str, Callable[[List[str]], int]] = {
+    "train": train.run,
+}
+
+
+def parse_flags(argv: List[str]) -> List[str]:
+  """absl flag parsing with a one-line error (and exit status 2) on a bad flag."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}; see --helpfull", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: List[str]) -> int:
+  """absl entry point: argv[1] names the command; flags are already parsed."""
+  # TensorFlow's own INFO records (saver timings, asset paths) are not news to a user.
+  logging.getLogger("tensorflow").setLevel(logging.WARNING)
+  if len(argv) < 2 or argv[1] not in COMMANDS:
+    got = f"'{argv[1]}'" if len(argv) > 1 else "none"
+    print(f"error: give a command, one of: {', '.join(COMMANDS)} (got {got}); "
+          "e.g. python main.py train", file=sys.stderr)
+    return 2
+  if len(argv) > 2:
+    print(f"error: unexpected arguments {argv[2:]}; flags start with --", file=sys.stderr)
+    return 2
+  return COMMANDS[argv[1]](argv[1:])

@@ -1,0 +1,142 @@
+"""`python main.py train`: train, evaluate and export one model."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import List
+
+from absl import flags, logging
+import tensorflow as tf
+
+from stem_tfrs import evaluation, training
+from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
+from stem_tfrs.models import MODEL_NAMES
+from stem_tfrs.schema import SCHEMA_FILE, SchemaError
+
+_M, _T = ModelConfig(), TrainConfig()  # the defaults live in the dataclasses
+EMBEDDED_DATA_DIR = _T.data_dir
+EMBEDDED_ROWS = 400_000
+
+# Data and run.
+flags.DEFINE_enum("model", _T.model, MODEL_NAMES, "Architecture to train.")
+flags.DEFINE_string("data_dir", _T.data_dir,
+                    "Prepared data set (schema.json, stats.json, shards). The default "
+                    "directory is filled with the embedded synthetic data if absent.")
+flags.DEFINE_integer("synthetic_rows", EMBEDDED_ROWS,
+                     "Rows of embedded synthetic data to generate when --data_dir is the "
+                     "default and holds no data set yet.")
+flags.DEFINE_string("run_dir", "", "Run directory (config, checkpoints, logs, metrics). "
+                    "Default: runs/<model>-<date>-<time>.")
+flags.DEFINE_string("export_dir", _T.export_dir,
+                    "Base directory of SavedModel exports (<export_dir>/<model>/<version>); "
+                    "empty to skip the export.")
+# Optimization.
+flags.DEFINE_integer("epochs", _T.epochs, "Maximum training epochs.")
+flags.DEFINE_integer("batch_size", _T.batch_size, "Training examples per step.")
+flags.DEFINE_integer("eval_batch_size", _T.eval_batch_size, "Evaluation examples per step.")
+flags.DEFINE_float("learning_rate", _T.learning_rate, "Adam learning rate.")
+flags.DEFINE_integer("seed", _T.seed, "Seed of weights, shuffling and dropout.")
+flags.DEFINE_integer("early_stop_patience", _T.early_stop_patience,
+                     "Epochs without a gain in mean validation AUC before stopping.")
+flags.DEFINE_bool("deterministic", _T.deterministic,
+                  "Deterministic TensorFlow ops: the same seed gives the same metrics.")
+# Architecture (names as in the STEM-Net authors' configs).
+flags.DEFINE_integer("embedding_dim", _M.embedding_dim, "Width D of every embedding table.")
+flags.DEFINE_integer("num_layers", _M.num_layers, "Stacked STEM layers.")
+flags.DEFINE_integer("num_shared_experts", _M.num_shared_experts,
+                     "Shared experts per layer (K_h).")
+flags.DEFINE_integer("num_specific_experts", _M.num_specific_experts,
+                     "Task-specific experts per task and layer (K_s).")
+flags.DEFINE_list("expert_hidden_units", list(map(str, _M.expert_hidden_units)),
+                  "Expert MLP widths, comma-separated; the last is the expert output.")
+flags.DEFINE_list("gate_hidden_units", list(map(str, _M.gate_hidden_units)),
+                  "Gate MLP hidden widths, comma-separated (may be empty).")
+flags.DEFINE_list("tower_hidden_units", list(map(str, _M.tower_hidden_units)),
+                  "Tower MLP hidden widths, comma-separated (may be empty).")
+flags.DEFINE_float("net_dropout", _M.net_dropout, "Dropout rate in experts, gates, towers.")
+flags.DEFINE_bool("batch_norm", _M.batch_norm, "Batch normalization in hidden layers.")
+flags.DEFINE_float("embedding_l2", _M.embedding_l2,
+                   "L2 factor on the embedding rows used in each batch (per example).")
+flags.DEFINE_list("loss_weights", None,
+                  "One loss weight per task, comma-separated, in schema task order. "
+                  "Default: 1 for every task.")
+flags.DEFINE_integer("verbose", 1, "Keras fit verbosity: 0 silent, 1 progress bars, "
+                     "2 one line per epoch.")
+
+FLAGS = flags.FLAGS
+
+
+def _ints(name: str) -> tuple:
+  try:
+    return tuple(int(v) for v in FLAGS[name].value)
+  except ValueError:
+    raise ConfigError(f"--{name} must be comma-separated integers, got "
+                      f"'{','.join(FLAGS[name].value)}'")
+
+
+def configs_from_flags() -> tuple:
+  """(ModelConfig, TrainConfig) from the parsed flags; ConfigError if invalid."""
+  try:
+    loss_weights = (tuple(float(w) for w in FLAGS.loss_weights)
+                    if FLAGS.loss_weights else None)
+  except ValueError:
+    raise ConfigError(f"--loss_weights must be comma-separated numbers, got "
+                      f"'{','.join(FLAGS.loss_weights)}'")
+  model_config = ModelConfig(
+      embedding_dim=FLAGS.embedding_dim, num_layers=FLAGS.num_layers,
+      num_shared_experts=FLAGS.num_shared_experts,
+      num_specific_experts=FLAGS.num_specific_experts,
+      expert_hidden_units=_ints("expert_hidden_units"),
+      gate_hidden_units=_ints("gate_hidden_units"),
+      tower_hidden_units=_ints("tower_hidden_units"),
+      net_dropout=FLAGS.net_dropout, batch_norm=FLAGS.batch_norm,
+      embedding_l2=FLAGS.embedding_l2, loss_weights=loss_weights)
+  train_config = TrainConfig(
+      model=FLAGS.model, data_dir=FLAGS.data_dir, run_dir=FLAGS.run_dir,
+      export_dir=FLAGS.export_dir, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+      eval_batch_size=FLAGS.eval_batch_size, learning_rate=FLAGS.learning_rate,
+      seed=FLAGS.seed, early_stop_patience=FLAGS.early_stop_patience,
+      deterministic=FLAGS.deterministic)
+  return model_config, train_config
+
+
+def ensure_embedded_data(data_dir: str, rows: int) -> None:
+  """Prepares the embedded synthetic data in `data_dir` if it holds none yet."""
+  if os.path.isfile(os.path.join(data_dir, SCHEMA_FILE)):
+    return
+  from data_prep.synthetic import prepare_synthetic  # only needed the first time
+  print(f"preparing the embedded synthetic data ({rows:,} rows) in {data_dir} ...")
+  prepare_synthetic(data_dir, rows=rows)
+
+
+def run(argv: List[str]) -> int:
+  del argv
+  try:
+    model_config, train_config = configs_from_flags()
+    if not FLAGS["data_dir"].present:
+      ensure_embedded_data(train_config.data_dir, FLAGS.synthetic_rows)
+    result = training.train(model_config, train_config, verbose=FLAGS.verbose)
+  except (ConfigError, SchemaError, ValueError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  except tf.errors.OpError as e:
+    print(f"error: {_first_line(e.message)}", file=sys.stderr)
+    return 1
+  print()
+  print(evaluation.format_table(result.metrics))
+  print(f"\nrun directory: {result.run_dir}")
+  if result.export_path:
+    print(f"SavedModel:    {result.export_path}")
+  logging.info("train wall time %.1f s", result.seconds)
+  return 0
+
+
+def _first_line(message: str) -> str:
+  """The useful part of a TensorFlow runtime error, on one line (no graph dump)."""
+  failed = re.search(r"assertion failed: \[(.*?)\] \[(.*?)\]", message)
+  if failed:
+    return f"{failed.group(1)} {failed.group(2)}"
+  lines = [line.strip() for line in message.splitlines() if line.strip()]
+  return lines[0] if lines else message

@@ -1,0 +1,141 @@
+"""Typed, validated configuration: parsed once at the edge, passed down as is.
+
+Field names follow the STEM-Net authors' configuration keys, so that their
+experiments translate one to one into flags (`--embedding_dim`, ...).
+The defaults suit the embedded synthetic data on a 2-core CPU; the authors'
+TikTok configuration is `ModelConfig.reference()` (shared/design/STEM.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence, Tuple
+
+
+class ConfigError(ValueError):
+  """A configuration value is out of range; the message names it."""
+
+
+def _positive_units(name: str, units: Sequence[int]) -> Tuple[int, ...]:
+  units = tuple(int(u) for u in units)
+  if any(u < 1 for u in units):
+    raise ConfigError(f"{name} must be positive integers, got {list(units)}")
+  return units
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture hyper-parameters shared by every model in the registry.
+
+  Attributes:
+    embedding_dim: D, the width of each embedding table (per task and shared).
+    num_layers: Stacked STEM (or MoE) layers.
+    num_shared_experts: K_h, shared experts per layer.
+    num_specific_experts: K_s, task-specific experts per task and layer.
+    expert_hidden_units: Expert MLP widths; the expert output is the last one.
+    gate_hidden_units: Gate MLP hidden widths before the softmax layer.
+    tower_hidden_units: Tower MLP hidden widths before the 1-unit logit.
+    net_dropout: Dropout rate after every hidden layer (0 = none).
+    batch_norm: Batch normalization after every hidden layer.
+    embedding_l2: L2 factor on the embedding rows used in a batch (per example).
+    loss_weights: One weight per task; None means 1 for every task.
+  """
+  embedding_dim: int = 16
+  num_layers: int = 1
+  num_shared_experts: int = 2
+  num_specific_experts: int = 1
+  expert_hidden_units: Tuple[int, ...] = (256, 128)
+  gate_hidden_units: Tuple[int, ...] = (64,)
+  tower_hidden_units: Tuple[int, ...] = (64,)
+  net_dropout: float = 0.0
+  batch_norm: bool = False
+  embedding_l2: float = 1e-6
+  loss_weights: Optional[Tuple[float, ...]] = None
+
+  def __post_init__(self):
+    set_ = lambda k, v: object.__setattr__(self, k, v)  # frozen dataclass
+    for name in ("embedding_dim", "num_layers", "num_specific_experts"):
+      if getattr(self, name) < 1:
+        raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.num_shared_experts < 0:
+      raise ConfigError(
+          f"num_shared_experts must be >= 0, got {self.num_shared_experts}")
+    if not self.expert_hidden_units:
+      raise ConfigError("expert_hidden_units needs at least one width")
+    for name in ("expert_hidden_units", "gate_hidden_units",
+                 "tower_hidden_units"):
+      set_(name, _positive_units(name, getattr(self, name)))
+    if not 0.0 <= self.net_dropout < 1.0:
+      raise ConfigError(f"net_dropout must be in [0, 1), got {self.net_dropout}")
+    if self.embedding_l2 < 0:
+      raise ConfigError(f"embedding_l2 must be >= 0, got {self.embedding_l2}")
+    if self.loss_weights is not None:
+      weights = tuple(float(w) for w in self.loss_weights)
+      if any(w < 0 for w in weights):
+        raise ConfigError(f"loss_weights must be >= 0, got {list(weights)}")
+      set_("loss_weights", weights)
+
+  def task_loss_weights(self, tasks: Sequence[str]) -> Tuple[float, ...]:
+    """One weight per task, checked against the number of tasks."""
+    if self.loss_weights is None:
+      return tuple(1.0 for _ in tasks)
+    if len(self.loss_weights) != len(tasks):
+      raise ConfigError(
+          f"loss_weights has {len(self.loss_weights)} values but the data has "
+          f"{len(tasks)} tasks {list(tasks)}")
+    return self.loss_weights
+
+  @classmethod
+  def reference(cls) -> "ModelConfig":
+    """The authors' TikTok configuration of STEM-Net."""
+    return cls(embedding_dim=16, num_layers=1, num_shared_experts=8,
+               num_specific_experts=1, expert_hidden_units=(512, 512, 512),
+               gate_hidden_units=(128, 64), tower_hidden_units=(128, 64),
+               net_dropout=0.0, batch_norm=False, embedding_l2=1e-6)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """How to train: data, run directory, optimizer and stopping.
+
+  Attributes:
+    model: Registry name of the architecture (see `stem_tfrs.models`).
+    data_dir: Prepared data set (schema.json, stats.json, shards).
+    run_dir: Where config.json, checkpoints, logs and metrics.json go.
+    export_dir: Base directory of SavedModel exports ("" = do not export).
+    epochs: Maximum training epochs.
+    batch_size: Examples per training step.
+    eval_batch_size: Examples per evaluation step.
+    learning_rate: Adam learning rate.
+    seed: Seed of weights, shuffling and dropout.
+    early_stop_patience: Epochs without validation AUC gain before stopping.
+    reduce_lr_factor: Learning-rate factor applied when validation AUC stalls.
+    shuffle_buffer: Examples in the training shuffle buffer.
+    deterministic: Make TensorFlow ops deterministic (same seed, same metrics).
+  """
+  model: str = "stem"
+  data_dir: str = "data/synthetic"
+  run_dir: str = ""
+  export_dir: str = "saved_models"
+  epochs: int = 3
+  batch_size: int = 1024
+  eval_batch_size: int = 8192
+  learning_rate: float = 1e-3
+  seed: int = 2023
+  early_stop_patience: int = 1
+  reduce_lr_factor: float = 0.1
+  shuffle_buffer: int = 100_000
+  deterministic: bool = True
+
+  def __post_init__(self):
+    for name in ("epochs", "batch_size", "eval_batch_size"):
+      if getattr(self, name) < 1:
+        raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.learning_rate <= 0:
+      raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+    if self.early_stop_patience < 0:
+      raise ConfigError(
+          f"early_stop_patience must be >= 0, got {self.early_stop_patience}")
+    if not 0.0 < self.reduce_lr_factor <= 1.0:
+      raise ConfigError(
+          f"reduce_lr_factor must be in (0, 1], got {self.reduce_lr_factor}")

@@ -1,0 +1,122 @@
+"""tf.data pipelines over a prepared data set's TFRecord shards."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import tensorflow as tf
+
+from stem_tfrs.schema import Schema, SchemaError
+
+_TF_DTYPES = {"string": tf.string, "int64": tf.int64}
+
+
+def feature_spec(schema: Schema) -> Dict[str, tf.io.FixedLenFeature]:
+  """`tf.io.parse_example` spec of the schema's features and labels."""
+  spec = {f.name: tf.io.FixedLenFeature([], _TF_DTYPES[f.dtype]) for f in schema.features}
+  spec.update({label: tf.io.FixedLenFeature([], tf.int64) for label in schema.labels})
+  return spec
+
+
+def serving_input_signature(schema: Schema) -> Dict[str, tf.TensorSpec]:
+  """One [None] tensor per raw feature column, named and typed as in the schema."""
+  return {f.name: tf.TensorSpec([None], _TF_DTYPES[f.dtype], name=f.name)
+          for f in schema.features}
+
+
+def validate_shards(schema: Schema, splits=("train", "valid", "test")) -> None:
+  """Checks that every split has readable shards holding the schema's columns.
+
+  Reads the first record of each split's first shard: cheap, and it catches a
+  schema that names a column the shards lack, or one of another type, before
+  anything is trained or written.
+
+  Raises:
+    SchemaError: naming the split, the shard and the column.
+  """
+  kinds = {"string": "bytes_list", "int64": "int64_list"}
+  expected = {f.name: kinds[f.dtype] for f in schema.features}
+  expected.update({label: "int64_list" for label in schema.labels})
+  for split in splits:
+    path = schema.shard_paths(split)[0]
+    if not tf.io.gfile.exists(path):
+      raise SchemaError(f"shard {path} of split '{split}' does not exist")
+    try:
+      record = next(iter(tf.data.TFRecordDataset(path).take(1)), None)
+    except tf.errors.OpError as e:
+      raise SchemaError(f"shard {path} is not a readable TFRecord file: {e.message}")
+    if record is None:
+      raise SchemaError(f"shard {path} of split '{split}' holds no records")
+    example = tf.train.Example.FromString(record.numpy())
+    present = example.features.feature
+    for column, kind in expected.items():
+      if column not in present:
+        raise SchemaError(
+            f"column '{column}' named in schema.json is missing from shard {path} "
+            f"(it holds: {', '.join(sorted(present))})")
+      if present[column].WhichOneof("kind") != kind:
+        raise SchemaError(
+            f"column '{column}' in shard {path} is a {present[column].WhichOneof('kind')}"
+            f", but schema.json expects a {kind}")
+
+
+def make_dataset(schema: Schema, split: str, batch_size: int, *,
+                 shuffle: bool = False, seed: Optional[int] = None,
+                 shuffle_buffer: int = 100_000, drop_remainder: bool = False,
+                 input_context: Optional[tf.distribute.InputContext] = None,
+                 ) -> tf.data.Dataset:
+  """Batches of (features, labels) from the shards of `split`.
+
+  Shards are read in parallel (interleave), records are shuffled (if asked),
+  batched, then parsed batch-wise with one vectorized `parse_example`, and
+  prefetched. The order is deterministic for a given seed.
+
+  Every label must be 0 or 1: a batch holding another value stops the
+  pipeline with an `InvalidArgumentError` that names the label.
+
+  Args:
+    schema: The prepared data set's schema.
+    split: "train", "valid" or "test".
+    batch_size: Examples per batch (per input pipeline).
+    shuffle: Shuffle shards and records (training).
+    seed: Shuffle seed.
+    shuffle_buffer: Records in the shuffle buffer.
+    drop_remainder: Drop the last partial batch.
+    input_context: Under a multi-worker strategy, reads only this pipeline's
+      share of the shards.
+
+  Returns:
+    A dataset of (features, labels): features maps each feature name to a
+    [B] tensor of raw ids (schema dtype); labels maps each task to a [B]
+    float32 tensor of 0/1.
+  """
+  paths = schema.shard_paths(split)
+  files = tf.data.Dataset.from_tensor_slices(paths)
+  if input_context is not None and input_context.num_input_pipelines > 1:
+    files = files.shard(input_context.num_input_pipelines,
+                        input_context.input_pipeline_id)
+  if shuffle:
+    files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+  records = files.interleave(
+      tf.data.TFRecordDataset, cycle_length=min(len(paths), 8),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if shuffle:
+    records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+  spec = feature_spec(schema)
+  feature_names, labels = schema.feature_names, schema.labels
+
+  def parse(serialized: tf.Tensor) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
+    parsed = tf.io.parse_example(serialized, spec)
+    checks = [tf.debugging.Assert(
+        tf.reduce_all((parsed[label] == 0) | (parsed[label] == 1)),
+        [f"label {label} in split {split} must be 0 or 1; values in the batch:",
+         parsed[label]], summarize=8) for label in labels]
+    with tf.control_dependencies(checks):
+      label_values = {label: tf.cast(parsed[label], tf.float32) for label in labels}
+    return {name: parsed[name] for name in feature_names}, label_values
+
+  return (records
+          .batch(batch_size, drop_remainder=drop_remainder,
+                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .prefetch(tf.data.AUTOTUNE))

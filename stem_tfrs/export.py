@@ -1,0 +1,99 @@
+"""SavedModel export for TF Serving: raw features in, one probability per task out.
+
+Layout (what TF Serving's file-system source polls):
+
+    <export_dir>/<model_name>/<version>/saved_model.pb
+                                       /variables/...
+                                       /assets/<vocabulary files>
+                                       /assets.extra/schema.json, config.json
+
+`<version>` is an integer: by default the current unix time in seconds, or one
+more than the largest existing version if that is not larger, so a version is
+never reused. The model is written under a non-numeric temporary sibling
+(`.tmp-...`, which TF Serving ignores) and renamed into place only once
+complete, so a server polling the base path never loads a half-written model.
+
+Signature `serving_default`: one input per raw feature column, named after the
+column, shape [None], dtype from the schema (tf.string for ids); one float32
+output per task, named after the task, shape [None], the task probability.
+Ids never seen in training map to the OOV row inside the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Dict, Optional
+
+import tensorflow as tf
+
+from stem_tfrs.data import serving_input_signature
+from stem_tfrs.schema import Schema
+
+
+class _ServingModule(tf.Module):
+  """What is saved: the model and its serving function."""
+
+  def __init__(self, model: tf.keras.Model, schema: Schema):
+    super().__init__()
+    self.model = model
+    self.serve = tf.function(self._serve,
+                             input_signature=[serving_input_signature(schema)])
+
+  def _serve(self, features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    probabilities = self.model(features, training=False)
+    return {task: tf.cast(p, tf.float32) for task, p in probabilities.items()}
+
+
+def versions(base_dir: str) -> list:
+  """The integer versions present under `base_dir`, ascending."""
+  if not tf.io.gfile.isdir(base_dir):
+    return []
+  return sorted(int(n.rstrip("/")) for n in tf.io.gfile.listdir(base_dir)
+                if n.rstrip("/").isdigit())
+
+
+def export_saved_model(model: tf.keras.Model, schema: Schema, export_dir: str,
+                       model_name: str, version: Optional[int] = None,
+                       extra_files: Optional[Dict[str, dict]] = None) -> str:
+  """Exports `model` as `<export_dir>/<model_name>/<version>/`; returns that path.
+
+  Args:
+    model: A trained `MultiTaskRankingModel` (its `call` gives probabilities).
+    schema: The schema it was trained on (defines the serving inputs).
+    export_dir: Base directory of exports.
+    model_name: The model's name in TF Serving.
+    version: Integer version; default: unix time, or one past the largest.
+    extra_files: File name -> JSON content, written into `assets.extra/`
+      (the schema is always written as `schema.json`).
+
+  Raises:
+    FileExistsError: `version` is given and already exported.
+  """
+  base = os.path.join(export_dir, model_name)
+  existing = versions(base)
+  if version is None:
+    version = max([int(time.time())] + [v + 1 for v in existing])
+  elif version < 0:
+    raise ValueError(f"version must be a non-negative integer, got {version}")
+  elif version in existing:
+    raise FileExistsError(f"version {version} already exists in {base}")
+  final = os.path.join(base, str(version))
+  tmp = os.path.join(base, f".tmp-{version}-{os.getpid()}")
+  tf.io.gfile.makedirs(base)
+  try:
+    module = _ServingModule(model, schema)
+    tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+    extra = os.path.join(tmp, "assets.extra")
+    tf.io.gfile.makedirs(extra)
+    files = {"schema.json": schema.to_json(), **(extra_files or {})}
+    for name, content in files.items():
+      with tf.io.gfile.GFile(os.path.join(extra, name), "w") as f:
+        f.write(json.dumps(content, indent=2) + "\n")
+    tf.io.gfile.rename(tmp, final)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return final

@@ -1,0 +1,146 @@
+"""Multi-layer perceptrons: one MLP, and a group of same-shaped experts as one batched MLP."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+
+def _hidden_block_config(units, dropout, batch_norm):
+  units = [int(u) for u in units]
+  if any(u < 1 for u in units):
+    raise ValueError(f"hidden units must be positive, got {units}")
+  if not 0.0 <= dropout < 1.0:
+    raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+  return units, float(dropout), bool(batch_norm)
+
+
+@tf.keras.utils.register_keras_serializable(package="stem_tfrs")
+class MLP(tf.keras.layers.Layer):
+  """Dense -> [BatchNorm] -> ReLU -> [Dropout] per hidden width, then an optional linear output.
+
+  Example:
+
+      tower = MLP([128, 64], output_units=1, name="tower_like")
+      logits = tower(x)            # [B, 1]
+
+  Args:
+    hidden_units: Widths of the hidden layers (may be empty).
+    output_units: If set, a final linear Dense of this width (no activation).
+    dropout: Dropout rate after each hidden activation.
+    batch_norm: Batch normalization before each hidden activation.
+
+  Input shape: [B, d_in]. Output shape: [B, output_units or hidden_units[-1]].
+  """
+
+  def __init__(self, hidden_units: Sequence[int], output_units: Optional[int] = None,
+               dropout: float = 0.0, batch_norm: bool = False, **kwargs):
+    super().__init__(**kwargs)
+    self.hidden_units, self.dropout, self.batch_norm = _hidden_block_config(
+        hidden_units, dropout, batch_norm)
+    if output_units is not None and output_units < 1:
+      raise ValueError(f"output_units must be >= 1, got {output_units}")
+    if output_units is None and not self.hidden_units:
+      raise ValueError("an MLP needs hidden_units or output_units")
+    self.output_units = output_units
+
+  def build(self, input_shape):
+    self._blocks = []
+    for i, units in enumerate(self.hidden_units):
+      block = [tf.keras.layers.Dense(units, use_bias=not self.batch_norm,
+                                     name=f"dense_{i}")]
+      if self.batch_norm:
+        block.append(tf.keras.layers.BatchNormalization(name=f"batch_norm_{i}"))
+      block.append(tf.keras.layers.ReLU())
+      if self.dropout:
+        block.append(tf.keras.layers.Dropout(self.dropout))
+      self._blocks.extend(block)
+    if self.output_units is not None:
+      self._blocks.append(tf.keras.layers.Dense(self.output_units, name="output"))
+    super().build(input_shape)
+
+  def call(self, inputs: tf.Tensor, training: Optional[bool] = None) -> tf.Tensor:
+    x = inputs
+    for layer in self._blocks:
+      x = layer(x, training=training)
+    return x
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(hidden_units=self.hidden_units, output_units=self.output_units,
+                  dropout=self.dropout, batch_norm=self.batch_norm)
+    return config
+
+
+@tf.keras.utils.register_keras_serializable(package="stem_tfrs")
+class ExpertGroup(tf.keras.layers.Layer):
+  """K independent expert MLPs of the same shape that read the same input.
+
+  The K experts' weights are stacked, so each hidden layer of all K experts is
+  one batched contraction (`einsum`) instead of K small matrix products:
+
+      y_0 = relu(einsum("bi,kio->bko", x, W_0) + b_0)
+      y_l = relu(einsum("bki,kio->bko", y_{l-1}, W_l) + b_l)
+
+  Each expert is initialized as a Glorot-uniform Dense layer of its own shape
+  would be. With `batch_norm`, every expert keeps its own statistics.
+
+  Args:
+    num_experts: K.
+    hidden_units: Expert widths; the output width is `hidden_units[-1]`.
+    dropout: Dropout rate after each hidden activation.
+    batch_norm: Batch normalization before each hidden activation.
+
+  Input shape: [B, d_in]. Output shape: [B, K, hidden_units[-1]].
+  """
+
+  def __init__(self, num_experts: int, hidden_units: Sequence[int],
+               dropout: float = 0.0, batch_norm: bool = False, **kwargs):
+    super().__init__(**kwargs)
+    if num_experts < 1:
+      raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+    self.num_experts = int(num_experts)
+    self.hidden_units, self.dropout, self.batch_norm = _hidden_block_config(
+        hidden_units, dropout, batch_norm)
+    if not self.hidden_units:
+      raise ValueError("an expert needs at least one hidden width")
+
+  def build(self, input_shape):
+    k = self.num_experts
+    fan_in = int(input_shape[-1])
+    self.kernels, self.biases, self.norms = [], [], []
+    for i, units in enumerate(self.hidden_units):
+      # VarianceScaling computes fans over the whole [K, in, out] kernel, K
+      # times too large; scale=K restores the per-expert Glorot variance. (One
+      # instance per weight: an unseeded instance repeats its values.)
+      initializer = tf.keras.initializers.VarianceScaling(
+          scale=float(k), mode="fan_avg", distribution="uniform")
+      self.kernels.append(self.add_weight(
+          name=f"kernel_{i}", shape=[k, fan_in, units], initializer=initializer))
+      if self.batch_norm:
+        self.norms.append(tf.keras.layers.BatchNormalization(
+            axis=[-2, -1], name=f"batch_norm_{i}"))
+      else:
+        self.biases.append(self.add_weight(
+            name=f"bias_{i}", shape=[k, units], initializer="zeros"))
+      fan_in = units
+    self._dropout = tf.keras.layers.Dropout(self.dropout) if self.dropout else None
+    super().build(input_shape)
+
+  def call(self, inputs: tf.Tensor, training: Optional[bool] = None) -> tf.Tensor:
+    x = tf.einsum("bi,kio->bko", inputs, self.kernels[0])
+    for i in range(len(self.hidden_units)):
+      if i > 0:
+        x = tf.einsum("bki,kio->bko", x, self.kernels[i])
+      x = self.norms[i](x, training=training) if self.batch_norm else x + self.biases[i]
+      x = tf.nn.relu(x)
+      if self._dropout is not None:
+        x = self._dropout(x, training=training)
+    return x
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(num_experts=self.num_experts, hidden_units=self.hidden_units,
+                  dropout=self.dropout, batch_norm=self.batch_norm)
+    return config

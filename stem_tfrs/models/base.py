@@ -1,0 +1,117 @@
+"""The multi-task ranking model every architecture shares: embeddings -> backbone -> towers -> tasks."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional, Tuple
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from stem_tfrs.config import ModelConfig
+from stem_tfrs.layers import MLP, FieldEmbedding
+from stem_tfrs.schema import Schema
+
+Features = Dict[str, tf.Tensor]
+Labels = Dict[str, tf.Tensor]
+
+
+class MultiTaskRankingModel(tfrs.Model):
+  """A `tfrs.Model` with one tower and one `tfrs.tasks.Ranking` head per task.
+
+  Architectures differ only in the backbone between the embeddings and the
+  towers: a subclass sets `multi_embedding` (one table per task plus a shared
+  one, or a single shared table) and implements `backbone`.
+
+      embeddings = FieldEmbedding(features)        T+1 (or 1) x [B, F*D]
+      hidden     = self.backbone(embeddings)       T x [B, H]
+      logit_t    = Tower_t(hidden[t])              [B]
+      loss       = sum_t w_t * BCE(label_t, sigmoid(logit_t))  (+ embedding L2)
+
+  `call` returns probabilities, so `model.predict` and the SavedModel give
+  what users serve; `compute_logits` returns the logits the losses use.
+
+  Args:
+    schema: The prepared data set's schema (features and tasks).
+    config: Architecture hyper-parameters.
+  """
+
+  #: True: one embedding table per task plus a shared one; False: shared only.
+  multi_embedding: bool = False
+
+  def __init__(self, schema: Schema, config: ModelConfig, name: Optional[str] = None):
+    super().__init__(name=name)
+    self.schema = schema
+    self.config = config
+    self.task_names: List[str] = schema.tasks
+    self.loss_weights: Tuple[float, ...] = config.task_loss_weights(self.task_names)
+    features = [dataclasses.asdict(f) for f in schema.features]
+    for feature in features:
+      if feature["vocabulary_file"]:
+        feature["vocabulary_file"] = schema.path(feature["vocabulary_file"])
+    tables = self.task_names + ["shared"] if self.multi_embedding else ["shared"]
+    self.embedding = FieldEmbedding(
+        features, table_names=tables, embedding_dim=config.embedding_dim,
+        embedding_l2=config.embedding_l2, name="embedding")
+    self.towers = [MLP(config.tower_hidden_units, output_units=1,
+                       dropout=config.net_dropout, batch_norm=config.batch_norm,
+                       name=f"tower_{task}") for task in self.task_names]
+    self.ranking_tasks = [
+        tfrs.tasks.Ranking(
+            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
+            metrics=[tf.keras.metrics.AUC(from_logits=True, name=f"{task}_auc")],
+            loss_metrics=[tf.keras.metrics.Mean(name=f"{task}_loss")],
+            name=f"ranking_{task}")
+        for task in self.task_names]
+
+  def get_config(self) -> dict:
+    return {"schema": dict(self.schema.to_json(), directory=self.schema.directory),
+            "model_config": dataclasses.asdict(self.config), "name": self.name}
+
+  @classmethod
+  def from_config(cls, config: dict) -> "MultiTaskRankingModel":
+    schema_json = dict(config["schema"])
+    schema = Schema.from_json(schema_json, directory=schema_json.pop("directory"))
+    return cls(schema, ModelConfig(**config["model_config"]), name=config.get("name"))
+
+  def build_from_schema(self) -> "MultiTaskRankingModel":
+    """Creates every weight by calling the model on one placeholder row.
+
+    Keras builds subclassed models lazily; callbacks such as BackupAndRestore
+    and `summary()` need the weights to exist first.
+    """
+    placeholder = {"string": tf.constant([""]), "int64": tf.constant([0], tf.int64)}
+    self({f.name: placeholder[f.dtype] for f in self.schema.features}, training=False)
+    return self
+
+  def backbone(self, embeddings: List[tf.Tensor],
+               training: Optional[bool] = None) -> List[tf.Tensor]:
+    """Embedding outputs -> one [B, H] representation per task."""
+    raise NotImplementedError
+
+  def compute_logits(self, features: Features,
+                     training: Optional[bool] = None) -> Dict[str, tf.Tensor]:
+    """Raw features -> {task: logit [B]}."""
+    hidden = self.backbone(self.embedding(features), training=training)
+    return {task: tf.squeeze(tower(h, training=training), axis=-1)
+            for task, tower, h in zip(self.task_names, self.towers, hidden)}
+
+  def call(self, features: Features, training: Optional[bool] = None) -> Dict[str, tf.Tensor]:
+    """Raw features -> {task: probability [B]}."""
+    return {task: tf.nn.sigmoid(logit)
+            for task, logit in self.compute_logits(features, training).items()}
+
+  def compute_loss(self, inputs: Tuple[Features, Labels], training: bool = False) -> tf.Tensor:
+    """Weighted sum of the tasks' mean BCE losses; updates each task's metrics.
+
+    The embedding L2 penalty is not in it: the embedding layer adds it with
+    `add_loss`, and `tfrs.Model` reports it as `regularization_loss`.
+    """
+    features, labels = inputs
+    logits = self.compute_logits(features, training=training)
+    loss = 0.0
+    for task, weight, ranking in zip(self.task_names, self.loss_weights, self.ranking_tasks):
+      task_loss = ranking(labels=labels[task][:, None], predictions=logits[task][:, None],
+                          training=training)
+      loss += weight * task_loss
+    return loss

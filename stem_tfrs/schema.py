@@ -1,0 +1,210 @@
+"""The schema of a prepared data set: features, labels (= tasks), group column, shards.
+
+A prepared data set is a directory written by `data_prep`:
+
+    <data_dir>/schema.json         this schema
+    <data_dir>/stats.json          {"<split>": {"rows": n, "positive_rate": {"<task>": x}}}
+    <data_dir>/vocab/<feature>.txt one raw value per line, most frequent first
+    <data_dir>/<split>-NNNNN-of-MMMMM.tfrecord   tf.train.Example shards
+
+Each `tf.train.Example` holds one raw value per categorical feature (bytes for
+`dtype="string"`, int64 for `dtype="int64"`) and one int64 0/1 value per label.
+The ids stay raw in the shards: the model maps them to rows itself, so the
+exported SavedModel takes the same raw ids a serving request carries.
+
+`schema.json` looks like:
+
+    {"version": 1,
+     "features": [{"name": "uid", "dtype": "string",
+                   "vocabulary_file": "vocab/uid.txt", "vocabulary_size": 4211},
+                  {"name": "device_id", "dtype": "string", "hash_buckets": 100000}],
+     "labels": ["finish", "like"],
+     "group_column": "uid",
+     "splits": {"train": ["train-00000-of-00004.tfrecord", ...], ...}}
+
+Paths inside the schema are relative to the schema's directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Dict, List, Optional
+
+SCHEMA_FILE = "schema.json"
+STATS_FILE = "stats.json"
+SPLITS = ("train", "valid", "test")
+_DTYPES = ("string", "int64")
+
+
+class SchemaError(ValueError):
+  """A schema, or the data it describes, is not usable; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CategoricalFeature:
+  """One categorical input column.
+
+  Attributes:
+    name: Column name in the shards and input name of the SavedModel.
+    dtype: "string" (default) or "int64": the raw id type.
+    vocabulary_file: Path of the vocabulary, one value per line, relative to
+      the schema's directory. Values not in it map to the one OOV row.
+    vocabulary_size: Number of lines in `vocabulary_file` (without OOV).
+    hash_buckets: Instead of a vocabulary, hash raw values into this many rows.
+  """
+  name: str
+  dtype: str = "string"
+  vocabulary_file: Optional[str] = None
+  vocabulary_size: Optional[int] = None
+  hash_buckets: Optional[int] = None
+
+  def __post_init__(self):
+    if self.dtype not in _DTYPES:
+      raise SchemaError(
+          f"feature '{self.name}': dtype '{self.dtype}' is not one of "
+          f"{', '.join(_DTYPES)}")
+    if (self.vocabulary_file is None) == (self.hash_buckets is None):
+      raise SchemaError(
+          f"feature '{self.name}': give exactly one of vocabulary_file and "
+          "hash_buckets")
+    if self.hash_buckets is not None and self.hash_buckets < 1:
+      raise SchemaError(
+          f"feature '{self.name}': hash_buckets must be >= 1, got "
+          f"{self.hash_buckets}")
+
+  @property
+  def num_rows(self) -> int:
+    """Rows of this feature's embedding table, the OOV row included."""
+    if self.hash_buckets is not None:
+      return self.hash_buckets
+    if self.vocabulary_size is None:
+      raise SchemaError(f"feature '{self.name}': vocabulary_size is missing")
+    return self.vocabulary_size + 1
+
+
+@dataclasses.dataclass
+class Schema:
+  """A prepared data set's description; see the module docstring.
+
+  Attributes:
+    features: Categorical input columns, in model input order.
+    labels: Binary label columns; each one is a task, in this order.
+    group_column: The feature that groups samples for gAUC (the user id).
+    splits: Split name -> shard file names, relative to `directory`.
+    directory: The directory holding schema.json (not serialized).
+  """
+  features: List[CategoricalFeature]
+  labels: List[str]
+  group_column: Optional[str] = None
+  splits: Dict[str, List[str]] = dataclasses.field(default_factory=dict)
+  directory: str = ""
+
+  def __post_init__(self):
+    names = [f.name for f in self.features]
+    if not names:
+      raise SchemaError("schema has no features")
+    if not self.labels:
+      raise SchemaError("schema has no labels (tasks)")
+    duplicated = sorted({n for n in names + self.labels
+                         if (names + self.labels).count(n) > 1})
+    if duplicated:
+      raise SchemaError(f"schema names these columns twice: {duplicated}")
+    if self.group_column is not None and self.group_column not in names:
+      raise SchemaError(
+          f"group_column '{self.group_column}' is not one of the features "
+          f"{names}")
+
+  @property
+  def feature_names(self) -> List[str]:
+    return [f.name for f in self.features]
+
+  @property
+  def tasks(self) -> List[str]:
+    return list(self.labels)
+
+  def feature(self, name: str) -> CategoricalFeature:
+    for f in self.features:
+      if f.name == name:
+        return f
+    raise SchemaError(f"schema has no feature '{name}'")
+
+  def path(self, relative: str) -> str:
+    """Absolute path of a file named relative to the schema's directory."""
+    return os.path.join(self.directory, relative)
+
+  def shard_paths(self, split: str) -> List[str]:
+    """Absolute shard paths of `split`; a clear error if there are none."""
+    if not self.splits.get(split):
+      raise SchemaError(
+          f"{os.path.join(self.directory, SCHEMA_FILE)} lists no shards for "
+          f"split '{split}'")
+    return [self.path(p) for p in self.splits[split]]
+
+  def to_json(self) -> dict:
+    out = {
+        "version": 1,
+        "features": [
+            {k: v for k, v in dataclasses.asdict(f).items() if v is not None}
+            for f in self.features
+        ],
+        "labels": list(self.labels),
+        "group_column": self.group_column,
+        "splits": self.splits,
+    }
+    return out
+
+  def save(self, directory: str) -> str:
+    path = os.path.join(directory, SCHEMA_FILE)
+    with open(path, "w") as f:
+      json.dump(self.to_json(), f, indent=2)
+      f.write("\n")
+    return path
+
+  @classmethod
+  def from_json(cls, data: dict, directory: str = "") -> "Schema":
+    try:
+      features = [CategoricalFeature(**f) for f in data["features"]]
+      return cls(features=features, labels=list(data["labels"]),
+                 group_column=data.get("group_column"),
+                 splits={k: list(v) for k, v in data.get("splits", {}).items()},
+                 directory=directory)
+    except (KeyError, TypeError) as e:
+      raise SchemaError(f"malformed schema in {directory or 'JSON'}: {e!r}")
+
+  @classmethod
+  def load(cls, data_dir: str) -> "Schema":
+    """Reads `<data_dir>/schema.json`.
+
+    Raises:
+      SchemaError: the file is missing, unreadable or inconsistent.
+    """
+    path = os.path.join(data_dir, SCHEMA_FILE)
+    if not os.path.isfile(path):
+      raise SchemaError(
+          f"no {SCHEMA_FILE} in data directory '{data_dir}': prepare one with "
+          "`python -m data_prep.synthetic --out DIR` (or another data_prep "
+          "module)")
+    try:
+      with open(path) as f:
+        data = json.load(f)
+    except json.JSONDecodeError as e:
+      raise SchemaError(f"{path} is not valid JSON: {e}")
+    schema = cls.from_json(data, directory=os.path.abspath(data_dir))
+    for feature in schema.features:
+      if feature.vocabulary_file and not os.path.isfile(
+          schema.path(feature.vocabulary_file)):
+        raise SchemaError(
+            f"{path}: vocabulary file '{feature.vocabulary_file}' of feature "
+            f"'{feature.name}' does not exist")
+    return schema
+
+
+def load_stats(data_dir: str) -> dict:
+  """Reads `<data_dir>/stats.json` ({} if absent)."""
+  path = os.path.join(data_dir, STATS_FILE)
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)

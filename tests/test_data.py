@@ -1,0 +1,88 @@
+"""stem_tfrs.data: batches, dtypes, shard validation and the label check."""
+
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from stem_tfrs.data import make_dataset, validate_shards
+from stem_tfrs.schema import Schema, SchemaError, load_stats
+
+
+def test_batches_hold_raw_ids_and_float_labels(tiny_data):
+  schema = Schema.load(tiny_data)
+  features, labels = next(iter(make_dataset(schema, "train", 32, shuffle=True, seed=1)))
+  assert set(features) == set(schema.feature_names)
+  assert all(v.dtype == tf.string and v.shape == [32] for v in features.values())
+  assert set(labels) == {"finish", "like"}
+  assert all(v.dtype == tf.float32 for v in labels.values())
+
+
+def test_one_pass_reads_every_row_once_in_a_seeded_order(tiny_data):
+  schema = Schema.load(tiny_data)
+  rows = load_stats(tiny_data)["valid"]["rows"]
+  batches = list(make_dataset(schema, "valid", 100))
+  assert sum(int(f["uid"].shape[0]) for f, _ in batches) == rows
+  order = lambda seed: np.concatenate([f["uid"].numpy() for f, _ in
+                                       make_dataset(schema, "train", 64, shuffle=True, seed=seed)])
+  assert (order(4) == order(4)).all() and not (order(4) == order(5)).all()
+
+
+def write_shard(path, rows):
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for row in rows:
+      example = tf.train.Example()
+      for key, value in row.items():
+        if isinstance(value, bytes):
+          example.features.feature[key].bytes_list.value.append(value)
+        else:
+          example.features.feature[key].int64_list.value.append(value)
+      writer.write(example.SerializeToString())
+
+
+def copy_with_train_shard(tiny_data, tmp_path, rows):
+  """A copy of the tiny data set whose train split is one shard of `rows`."""
+  data = tmp_path / "data"
+  shutil.copytree(tiny_data, data)
+  schema = Schema.load(str(data))
+  write_shard(data / "bad-train.tfrecord", rows)
+  schema.splits["train"] = ["bad-train.tfrecord"]
+  schema.save(str(data))
+  return Schema.load(str(data))
+
+
+def good_row(**changes):
+  row = {name: b"1" for name in ["uid", "item_id", "author_id", "item_city", "channel",
+                                 "music_id", "device_id", "video_duration"]}
+  row.update(finish=1, like=0)
+  row.update(changes)
+  return {k: v for k, v in row.items() if v is not None}
+
+
+def test_validate_shards_names_a_missing_column(tiny_data, tmp_path):
+  schema = copy_with_train_shard(tiny_data, tmp_path, [good_row(music_id=None)])
+  with pytest.raises(SchemaError, match=r"column 'music_id' named in schema.json is missing "
+                                        r"from shard .*bad-train.tfrecord"):
+    validate_shards(schema)
+
+
+def test_validate_shards_names_a_column_of_the_wrong_type(tiny_data, tmp_path):
+  schema = copy_with_train_shard(tiny_data, tmp_path, [good_row(like=b"0")])
+  with pytest.raises(SchemaError, match="column 'like' .* is a bytes_list, but schema.json "
+                                        "expects a int64_list"):
+    validate_shards(schema)
+
+
+def test_validate_shards_rejects_an_empty_shard(tiny_data, tmp_path):
+  schema = copy_with_train_shard(tiny_data, tmp_path, [])
+  with pytest.raises(SchemaError, match="holds no records"):
+    validate_shards(schema)
+
+
+def test_label_outside_0_1_stops_the_pipeline_naming_the_label(tiny_data, tmp_path):
+  schema = copy_with_train_shard(tiny_data, tmp_path, [good_row()] * 5 + [good_row(like=2)])
+  validate_shards(schema)  # the first record is fine
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="label like in split train must be 0 or 1"):
+    list(make_dataset(schema, "train", 4))

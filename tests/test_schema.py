@@ -1,0 +1,55 @@
+"""stem_tfrs.schema: round trip and the errors a user meets."""
+
+import json
+
+import pytest
+
+from stem_tfrs.schema import CategoricalFeature, Schema, SchemaError
+
+
+def test_round_trip(tmp_path):
+  (tmp_path / "vocab").mkdir()
+  (tmp_path / "vocab" / "uid.txt").write_text("a\nb\n")
+  schema = Schema([CategoricalFeature("uid", vocabulary_file="vocab/uid.txt", vocabulary_size=2),
+                   CategoricalFeature("device", hash_buckets=100)],
+                  labels=["click", "like"], group_column="uid",
+                  splits={"train": ["train-0.tfrecord"]}, directory=str(tmp_path))
+  schema.save(str(tmp_path))
+  loaded = Schema.load(str(tmp_path))
+  assert loaded.to_json() == schema.to_json()
+  assert loaded.shard_paths("train") == [str(tmp_path / "train-0.tfrecord")]
+  assert [f.num_rows for f in loaded.features] == [3, 100]
+
+
+def test_missing_schema_says_how_to_make_one(tmp_path):
+  with pytest.raises(SchemaError, match=r"no schema.json in data directory .*data_prep"):
+    Schema.load(str(tmp_path))
+
+
+def test_missing_vocabulary_file_is_named(tmp_path):
+  (tmp_path / "schema.json").write_text(json.dumps({
+      "features": [{"name": "uid", "vocabulary_file": "vocab/uid.txt", "vocabulary_size": 2}],
+      "labels": ["click"]}))
+  with pytest.raises(SchemaError, match="vocabulary file 'vocab/uid.txt' of feature 'uid'"):
+    Schema.load(str(tmp_path))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(features=[], labels=["a"]), "no features"),
+    (dict(features=[CategoricalFeature("x", hash_buckets=2)], labels=[]), "no labels"),
+    (dict(features=[CategoricalFeature("x", hash_buckets=2)], labels=["x"]), "twice"),
+    (dict(features=[CategoricalFeature("x", hash_buckets=2)], labels=["a"], group_column="u"),
+     "group_column 'u'"),
+])
+def test_inconsistent_schemas_are_rejected(kwargs, message):
+  with pytest.raises(SchemaError, match=message):
+    Schema(**kwargs)
+
+
+def test_feature_needs_exactly_one_of_vocabulary_and_hashing():
+  with pytest.raises(SchemaError, match="exactly one"):
+    CategoricalFeature("x")
+  with pytest.raises(SchemaError, match="exactly one"):
+    CategoricalFeature("x", vocabulary_file="v.txt", hash_buckets=3)
+  with pytest.raises(SchemaError, match="dtype 'float'"):
+    CategoricalFeature("x", dtype="float", hash_buckets=3)

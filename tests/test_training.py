@@ -1,0 +1,99 @@
+"""stem_tfrs.training: the run directory, metrics, determinism, and a loss that goes down."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from stem_tfrs import ModelConfig, TrainConfig, build_model, make_dataset, training
+from stem_tfrs.config import ConfigError
+from stem_tfrs.schema import Schema
+
+from conftest import tiny_model_config
+
+
+def test_run_directory_holds_config_checkpoint_logs_and_metrics(trained_run):
+  run = trained_run.run_dir
+  config = json.load(open(os.path.join(run, "config.json")))
+  assert config["model"] == "stem" and config["tasks"] == ["finish", "like"]
+  assert config["schema"].endswith("schema.json") and os.path.isfile(config["schema"])
+  assert set(config["model_config"]) == {f.name for f in dataclasses.fields(ModelConfig)}
+  assert set(config["train_config"]) == {f.name for f in dataclasses.fields(TrainConfig)}
+  assert any(n.startswith("best") for n in os.listdir(os.path.join(run, "checkpoints")))
+  events = [f for _, _, files in os.walk(os.path.join(run, "logs")) for f in files]
+  assert any(f.startswith("events.out.tfevents") for f in events)
+  metrics = json.load(open(os.path.join(run, "metrics.json")))
+  assert metrics == trained_run.metrics
+  assert set(metrics) == {"valid", "test"}
+  for split in metrics.values():
+    assert set(split) == {"finish", "like"}
+    for m in split.values():
+      assert {"logloss", "auc", "gauc"} <= set(m)
+      assert 0.0 < m["logloss"] < 1.0 and 0.0 <= m["gauc"] <= 1.0
+      assert m["auc"] > 0.55  # the synthetic data carries signal a model must find
+  history = json.load(open(os.path.join(run, "training.json")))
+  assert history["epochs_run"] >= 1 and history["train_examples_per_second"] > 0
+
+
+def test_same_seed_gives_same_metrics(tiny_data, tmp_path):
+  def run(name):
+    config = TrainConfig(data_dir=tiny_data, run_dir=str(tmp_path / name), export_dir="",
+                         epochs=1, batch_size=256, seed=11)
+    return training.train(tiny_model_config(net_dropout=0.1), config, verbose=0).metrics
+  assert run("a") == run("b")
+
+
+def test_a_few_training_steps_lower_the_loss(tiny_data):
+  tf.keras.utils.set_random_seed(0)
+  schema = Schema.load(tiny_data)
+  model = build_model("stem", schema, tiny_model_config())
+  model.compile(optimizer=tf.keras.optimizers.Adam(1e-2))
+  batch = next(iter(make_dataset(schema, "train", 512)))
+  before = model.compute_loss(batch)
+  model.fit(tf.data.Dataset.from_tensors(batch).repeat(20), verbose=0)
+  assert float(model.compute_loss(batch)) < 0.9 * float(before)
+
+
+def test_loss_weights_scale_each_task(tiny_data):
+  schema = Schema.load(tiny_data)
+  batch = next(iter(make_dataset(schema, "train", 256)))
+  tf.keras.utils.set_random_seed(0)
+  plain = build_model("stem", schema, tiny_model_config())
+  tf.keras.utils.set_random_seed(0)
+  weighted = build_model("stem", schema, tiny_model_config(loss_weights=(2.0, 0.0)))
+  logits = plain.compute_logits(batch[0])
+  finish = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(batch[1]["finish"],
+                                                                  logits["finish"]))
+  np.testing.assert_allclose(float(weighted.compute_loss(batch)), 2 * float(finish), rtol=1e-5)
+
+
+def test_bad_configuration_is_refused_before_anything_is_written(tiny_data, tmp_path):
+  run_dir = tmp_path / "run"
+  with pytest.raises(ConfigError, match="unknown model 'nope'; choose one of: stem"):
+    training.train(tiny_model_config(), TrainConfig(model="nope", data_dir=tiny_data,
+                                                    run_dir=str(run_dir)))
+  with pytest.raises(ConfigError, match="loss_weights has 3 values but the data has 2 tasks"):
+    training.train(tiny_model_config(loss_weights=(1, 1, 1)),
+                   TrainConfig(data_dir=tiny_data, run_dir=str(run_dir)))
+  assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(embedding_dim=0), "embedding_dim must be >= 1"),
+    (dict(net_dropout=1.5), "net_dropout"),
+    (dict(expert_hidden_units=()), "expert_hidden_units"),
+    (dict(tower_hidden_units=(64, -1)), "tower_hidden_units must be positive"),
+])
+def test_model_config_validation(kwargs, message):
+  with pytest.raises(ConfigError, match=message):
+    ModelConfig(**kwargs)
+
+
+def test_reference_configuration_is_the_authors():
+  ref = ModelConfig.reference()
+  assert (ref.embedding_dim, ref.num_shared_experts, ref.num_specific_experts) == (16, 8, 1)
+  assert ref.expert_hidden_units == (512, 512, 512)
+  assert ref.gate_hidden_units == (128, 64) and ref.tower_hidden_units == (128, 64)
