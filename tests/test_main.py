@@ -68,7 +68,7 @@ def run_train(tmp_path, data_dir, *extra):
 
 def test_unknown_model_is_one_line(tmp_path, data_copy):
   result = run_train(tmp_path, data_copy, "--model=nope")
-  assert_clean_error(result, r"--model=nope: value should be one of <stem>")
+  assert_clean_error(result, r"--model=nope: value should be one of <stem\|single_task\|shared_bottom")
   assert not os.path.exists(tmp_path / "run")
   assert_nothing_written(tmp_path)
 

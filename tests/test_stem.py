@@ -13,27 +13,12 @@ import pytest
 import tensorflow as tf
 
 from stem_tfrs.layers import STEMLayer
-from stem_tfrs.models import STEMNet
+from stem_tfrs.models import MEMMoE, STEMNet
 from stem_tfrs.schema import CategoricalFeature, Schema
 
 from conftest import tiny_model_config
 
 TASKS = ["finish", "like", "follow"]
-
-
-class NoStopGradientSTEMLayer(STEMLayer):
-  """The STEM layer with AFTB removed: other tasks' experts pass unblocked."""
-
-  def _block_gradient(self, expert_outputs):
-    return expert_outputs
-
-
-class NoStopGradientSTEMNet(STEMNet):
-
-  def __init__(self, schema, config, name="stem"):
-    super().__init__(schema, config, name=name)
-    self.stem_layers = [NoStopGradientSTEMLayer(**layer.get_config())
-                        for layer in self.stem_layers]
 
 
 def make_schema(directory) -> Schema:
@@ -110,9 +95,12 @@ def test_task_loss_never_reaches_other_tasks_parameters(schema):
 
 
 def test_aftb_check_fails_without_stop_gradient(schema):
+  # ME-MMoE is STEM-Net built from STEMLayer(aftb=False): the same layer
+  # without tf.stop_gradient.
   tf.keras.utils.set_random_seed(0)
   config = tiny_model_config(num_shared_experts=2, num_specific_experts=2)
-  model = NoStopGradientSTEMNet(schema, config).build_from_schema()
+  model = MEMMoE(schema, config, name="stem").build_from_schema()
+  assert not any(layer.aftb for layer in model.stem_layers)
   features, labels = make_batch(schema)
   violations = aftb_violations(model, features, labels, config.embedding_dim)
   # Every task's loss now leaks into the two other tasks' experts and embedding slices.
@@ -173,7 +161,7 @@ def test_stem_layer_output_shapes_and_gates_sum_to_one():
 def test_stem_layer_config_round_trip():
   layer = STEMLayer(["a", "b"], num_shared_experts=3, num_specific_experts=2,
                     expert_hidden_units=[8], gate_hidden_units=[4], dropout=0.1,
-                    batch_norm=True, output_shared=False, name="s")
+                    batch_norm=True, output_shared=False, aftb=False, name="s")
   clone = STEMLayer.from_config(layer.get_config())
   assert clone.get_config() == layer.get_config()
 

@@ -7,6 +7,7 @@ from typing import List, Optional, Sequence
 import tensorflow as tf
 
 from stem_tfrs.layers.mlp import MLP, ExpertGroup
+from stem_tfrs.layers.moe import mix
 
 
 @tf.keras.utils.register_keras_serializable(package="stem_tfrs")
@@ -54,6 +55,9 @@ class STEMLayer(tf.keras.layers.Layer):
     dropout: Dropout rate in experts and gates.
     batch_norm: Batch normalization in experts and gates.
     output_shared: Also compute h_S (needed if another layer follows).
+    aftb: True (STEM): other tasks' experts pass through tf.stop_gradient into
+      task t's gate. False gives the ME-MMoE baseline's layer: the same
+      experts and gates, all forward and all backward.
 
   Input: list of T+1 tensors [B, d] (task inputs in task order, shared last).
   Output: list of T tensors [B, H] (+ h_S last if `output_shared`).
@@ -62,7 +66,8 @@ class STEMLayer(tf.keras.layers.Layer):
   def __init__(self, task_names: Sequence[str], num_shared_experts: int,
                num_specific_experts: int, expert_hidden_units: Sequence[int],
                gate_hidden_units: Sequence[int] = (), dropout: float = 0.0,
-               batch_norm: bool = False, output_shared: bool = True, **kwargs):
+               batch_norm: bool = False, output_shared: bool = True, aftb: bool = True,
+               **kwargs):
     super().__init__(**kwargs)
     if not task_names:
       raise ValueError("STEMLayer needs at least one task")
@@ -80,6 +85,7 @@ class STEMLayer(tf.keras.layers.Layer):
     self.dropout = float(dropout)
     self.batch_norm = bool(batch_norm)
     self.output_shared = bool(output_shared)
+    self.aftb = bool(aftb)
 
   @property
   def num_candidates(self) -> int:
@@ -104,10 +110,6 @@ class STEMLayer(tf.keras.layers.Layer):
     self.shared_gate = MLP(name="gate_shared", **gate) if self.output_shared else None
     super().build(input_shape)
 
-  def _block_gradient(self, expert_outputs: tf.Tensor) -> tf.Tensor:
-    """What another task's experts pass through on their way into a gate."""
-    return tf.stop_gradient(expert_outputs)
-
   def call(self, inputs: Sequence[tf.Tensor], training: Optional[bool] = None,
            return_gates: bool = False):
     """Returns the T (+1) mixed outputs; with `return_gates`, also the gates.
@@ -122,14 +124,14 @@ class STEMLayer(tf.keras.layers.Layer):
 
     outputs, gates = [], []
     for t, (gate, x_t) in enumerate(zip(self.task_gates, task_inputs)):
-      candidates = [out if j == t else self._block_gradient(out)
+      candidates = [tf.stop_gradient(out) if self.aftb and j != t else out
                     for j, out in enumerate(task_outputs)] + shared_outputs
       weights = tf.nn.softmax(gate(x_t + shared_input, training=training))
-      outputs.append(_mix(weights, candidates))
+      outputs.append(mix(weights, candidates))
       gates.append(weights)
     if self.output_shared:
       weights = tf.nn.softmax(self.shared_gate(shared_input, training=training))
-      outputs.append(_mix(weights, task_outputs + shared_outputs))
+      outputs.append(mix(weights, task_outputs + shared_outputs))
       gates.append(weights)
     return (outputs, gates) if return_gates else outputs
 
@@ -140,11 +142,6 @@ class STEMLayer(tf.keras.layers.Layer):
         num_specific_experts=self.num_specific_experts,
         expert_hidden_units=self.expert_hidden_units,
         gate_hidden_units=self.gate_hidden_units, dropout=self.dropout,
-        batch_norm=self.batch_norm, output_shared=self.output_shared)
+        batch_norm=self.batch_norm, output_shared=self.output_shared, aftb=self.aftb)
     return config
 
-
-def _mix(weights: tf.Tensor, candidates: List[tf.Tensor]) -> tf.Tensor:
-  """sum_k weights[:, k] * candidates[:, k]: [B, N] x N-stacked [B, ., H] -> [B, H]."""
-  stacked = tf.concat(candidates, axis=1)                        # [B, N, H]
-  return tf.einsum("bn,bnh->bh", weights, stacked)

@@ -1,16 +1,36 @@
-"""Model registry: `--model` names -> `MultiTaskRankingModel` subclasses."""
+"""Model registry: `--model` names -> `MultiTaskRankingModel` subclasses.
+
+Every model shares the embedding layer, the towers, the Ranking tasks, the
+data pipeline and the metrics; only the backbone differs, so comparisons
+between them are fair.
+"""
 
 from __future__ import annotations
 
 from typing import Dict, Type
 
 from stem_tfrs.config import ConfigError, ModelConfig
+from stem_tfrs.models.aitm import AITM
 from stem_tfrs.models.base import MultiTaskRankingModel
-from stem_tfrs.models.stem import STEMNet
+from stem_tfrs.models.esmm import ESMM
+from stem_tfrs.models.moe import MMoE, OMoE
+from stem_tfrs.models.ple import MEPLE, PLE
+from stem_tfrs.models.shared_bottom import SharedBottom
+from stem_tfrs.models.single_task import SingleTask
+from stem_tfrs.models.stem import MEMMoE, STEMNet
 from stem_tfrs.schema import Schema
 
 MODELS: Dict[str, Type[MultiTaskRankingModel]] = {
     "stem": STEMNet,
+    "single_task": SingleTask,
+    "shared_bottom": SharedBottom,
+    "omoe": OMoE,
+    "mmoe": MMoE,
+    "ple": PLE,
+    "aitm": AITM,
+    "esmm": ESMM,
+    "me_mmoe": MEMMoE,
+    "me_ple": MEPLE,
 }
 MODEL_NAMES = tuple(MODELS)
 
@@ -29,4 +49,5 @@ def build_model(name: str, schema: Schema, config: ModelConfig) -> MultiTaskRank
   return MODELS[name](schema, config, name=name).build_from_schema()
 
 
-__all__ = ["MODELS", "MODEL_NAMES", "build_model", "MultiTaskRankingModel", "STEMNet"]
+__all__ = ["MODELS", "MODEL_NAMES", "build_model", "MultiTaskRankingModel"] + [
+    cls.__name__ for cls in MODELS.values()]

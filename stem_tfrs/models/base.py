@@ -20,10 +20,9 @@ class MultiTaskRankingModel(tfrs.Model):
   """A `tfrs.Model` with one tower and one `tfrs.tasks.Ranking` head per task.
 
   Architectures differ only in the backbone between the embeddings and the
-  towers: a subclass sets `multi_embedding` (one table per task plus a shared
-  one, or a single shared table) and implements `backbone`.
+  towers: a subclass sets `embedding_tables` and implements `backbone`.
 
-      embeddings = FieldEmbedding(features)        T+1 (or 1) x [B, F*D]
+      embeddings = FieldEmbedding(features)        one [B, F*D] per table
       hidden     = self.backbone(embeddings)       T x [B, H]
       logit_t    = Tower_t(hidden[t])              [B]
       loss       = sum_t w_t * BCE(label_t, sigmoid(logit_t))  (+ embedding L2)
@@ -36,8 +35,10 @@ class MultiTaskRankingModel(tfrs.Model):
     config: Architecture hyper-parameters.
   """
 
-  #: True: one embedding table per task plus a shared one; False: shared only.
-  multi_embedding: bool = False
+  #: The embedding tables the architecture reads: "shared" (one table, the
+  #: shared-embedding baselines), "tasks_and_shared" (one per task, then the
+  #: shared one: STEM and the ME baselines) or "tasks" (single-task models).
+  embedding_tables: str = "shared"
 
   def __init__(self, schema: Schema, config: ModelConfig, name: Optional[str] = None):
     super().__init__(name=name)
@@ -49,7 +50,8 @@ class MultiTaskRankingModel(tfrs.Model):
     for feature in features:
       if feature["vocabulary_file"]:
         feature["vocabulary_file"] = schema.path(feature["vocabulary_file"])
-    tables = self.task_names + ["shared"] if self.multi_embedding else ["shared"]
+    tables = {"shared": ["shared"], "tasks_and_shared": self.task_names + ["shared"],
+              "tasks": list(self.task_names)}[self.embedding_tables]
     self.embedding = FieldEmbedding(
         features, table_names=tables, embedding_dim=config.embedding_dim,
         embedding_l2=config.embedding_l2, name="embedding")
@@ -101,8 +103,12 @@ class MultiTaskRankingModel(tfrs.Model):
     return {task: tf.nn.sigmoid(logit)
             for task, logit in self.compute_logits(features, training).items()}
 
+  def auxiliary_loss(self, logits: Dict[str, tf.Tensor], labels: Labels) -> tf.Tensor:
+    """An architecture's own loss term beside the tasks' (AITM's calibration); 0 here."""
+    return 0.0
+
   def compute_loss(self, inputs: Tuple[Features, Labels], training: bool = False) -> tf.Tensor:
-    """Weighted sum of the tasks' mean BCE losses; updates each task's metrics.
+    """Weighted sum of the tasks' mean BCE losses (+ `auxiliary_loss`); updates metrics.
 
     The embedding L2 penalty is not in it: the embedding layer adds it with
     `add_loss`, and `tfrs.Model` reports it as `regularization_loss`.
@@ -114,4 +120,4 @@ class MultiTaskRankingModel(tfrs.Model):
       task_loss = ranking(labels=labels[task][:, None], predictions=logits[task][:, None],
                           training=training)
       loss += weight * task_loss
-    return loss
+    return loss + self.auxiliary_loss(logits, labels)

@@ -1,4 +1,4 @@
-"""STEM-Net: shared and task-specific embeddings, STEM layers, one tower per task."""
+"""STEM-Net and its ablation ME-MMoE: task + shared embeddings, stacked STEM layers."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ class STEMNet(MultiTaskRankingModel):
   See `stem_tfrs.layers.STEMLayer` for the AFTB gate.
   """
 
-  multi_embedding = True
+  embedding_tables = "tasks_and_shared"
+  #: All Forward, Task-specific Backward (False: ME-MMoE).
+  aftb = True
 
   def __init__(self, schema: Schema, config: ModelConfig, name: Optional[str] = "stem"):
     super().__init__(schema, config, name=name)
@@ -33,7 +35,7 @@ class STEMNet(MultiTaskRankingModel):
                   expert_hidden_units=config.expert_hidden_units,
                   gate_hidden_units=config.gate_hidden_units,
                   dropout=config.net_dropout, batch_norm=config.batch_norm,
-                  output_shared=i < last, name=f"stem_layer_{i}")
+                  output_shared=i < last, aftb=self.aftb, name=f"stem_layer_{i}")
         for i in range(config.num_layers)]
 
   def backbone(self, embeddings: List[tf.Tensor],
@@ -42,3 +44,17 @@ class STEMNet(MultiTaskRankingModel):
     for layer in self.stem_layers:
       x = layer(x, training=training)
     return x
+
+
+class MEMMoE(STEMNet):
+  """ME-MMoE: STEM-Net's embeddings, experts and gates without the AFTB stop_gradient.
+
+  Every gate mixes every task's experts and the shared ones, and every task's
+  loss trains all of them: the multi-embedding ablation that isolates what
+  AFTB adds.
+  """
+
+  aftb = False
+
+  def __init__(self, schema: Schema, config: ModelConfig, name: Optional[str] = "me_mmoe"):
+    super().__init__(schema, config, name=name)

@@ -1,0 +1,162 @@
+"""Mixture-of-experts layers of the baselines: MMoE / OMoE and CGC (one PLE level)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+from stem_tfrs.layers.mlp import MLP, ExpertGroup
+
+
+def mix(weights: tf.Tensor, candidates: Sequence[tf.Tensor]) -> tf.Tensor:
+  """sum_k weights[:, k] * candidates[:, k]: [B, N] x N-stacked [B, ., H] -> [B, H]."""
+  stacked = tf.concat(list(candidates), axis=1)                  # [B, N, H]
+  return tf.einsum("bn,bnh->bh", weights, stacked)
+
+
+@tf.keras.utils.register_keras_serializable(package="stem_tfrs")
+class MMoELayer(tf.keras.layers.Layer):
+  """Multi-gate Mixture-of-Experts (Ma et al., KDD 2018), or OMoE with one gate.
+
+  K shared experts read the input x; task t's gate mixes them:
+
+      h_t = sum_k softmax(Gate_t(x))[k] * Expert_k(x)
+
+  With `one_gate=True` (OMoE) a single gate serves every task, so every task
+  gets the same mixture.
+
+  Args:
+    task_names: The T tasks (they name the gates: `gate_<task>`).
+    num_experts: K (experts are named `expert_shared`).
+    expert_hidden_units: Expert widths; outputs have width H = the last one.
+    gate_hidden_units: Gate hidden widths before the K-way softmax.
+    dropout, batch_norm: As in `MLP`, for experts and gates.
+    one_gate: OMoE: one gate (`gate_shared`) for all tasks.
+
+  Input: [B, d]. Output: list of T tensors [B, H].
+  """
+
+  def __init__(self, task_names: Sequence[str], num_experts: int,
+               expert_hidden_units: Sequence[int], gate_hidden_units: Sequence[int] = (),
+               dropout: float = 0.0, batch_norm: bool = False, one_gate: bool = False,
+               **kwargs):
+    super().__init__(**kwargs)
+    if num_experts < 1:
+      raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+    self.task_names = list(task_names)
+    self.num_experts = int(num_experts)
+    self.expert_hidden_units = [int(u) for u in expert_hidden_units]
+    self.gate_hidden_units = [int(u) for u in gate_hidden_units]
+    self.dropout, self.batch_norm, self.one_gate = float(dropout), bool(batch_norm), bool(one_gate)
+
+  def build(self, input_shape):
+    self.experts = ExpertGroup(self.num_experts, self.expert_hidden_units, dropout=self.dropout,
+                               batch_norm=self.batch_norm, name="expert_shared")
+    gate = dict(hidden_units=self.gate_hidden_units, output_units=self.num_experts,
+                dropout=self.dropout, batch_norm=self.batch_norm)
+    names = ["shared"] if self.one_gate else self.task_names
+    self.gates = [MLP(name=f"gate_{n}", **gate) for n in names]
+    super().build(input_shape)
+
+  def call(self, inputs: tf.Tensor, training: Optional[bool] = None, return_gates: bool = False):
+    experts = self.experts(inputs, training=training)             # [B, K, H]
+    weights = [tf.nn.softmax(g(inputs, training=training)) for g in self.gates]
+    if self.one_gate:
+      weights = weights * len(self.task_names)
+    outputs = [mix(w, [experts]) for w in weights]
+    return (outputs, weights) if return_gates else outputs
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(task_names=self.task_names, num_experts=self.num_experts,
+                  expert_hidden_units=self.expert_hidden_units,
+                  gate_hidden_units=self.gate_hidden_units, dropout=self.dropout,
+                  batch_norm=self.batch_norm, one_gate=self.one_gate)
+    return config
+
+
+@tf.keras.utils.register_keras_serializable(package="stem_tfrs")
+class CGCLayer(tf.keras.layers.Layer):
+  """Customized Gate Control, one extraction level of PLE (Tang et al., RecSys 2020).
+
+  Task t has K_s experts reading its input x_t, K_h shared experts read x_S.
+  Task t's gate reads x_t and mixes only its own and the shared experts:
+
+      h_t = sum_k softmax(Gate_t(x_t))[k] * c_k,  c = [e_{t,1..K_s}, s_{1..K_h}]
+
+  so other tasks' experts are not in its mixture at all (forward or
+  backward). The shared gate, needed only by a next level, mixes every expert:
+  h_S = sum_k softmax(Gate_S(x_S))[k] * c_k, c = [e_{1..T,.}, s_.].
+  PLE feeds the same shared embedding as every x_t and x_S; ME-PLE feeds task
+  and shared embeddings, like STEM.
+
+  Args:
+    task_names: The T tasks (`expert_<task>`, `gate_<task>`).
+    num_shared_experts: K_h (`expert_shared`).
+    num_specific_experts: K_s per task.
+    expert_hidden_units, gate_hidden_units, dropout, batch_norm: as in STEMLayer.
+    output_shared: Also compute h_S (`gate_shared`), for a next level.
+
+  Input: list of T+1 tensors [B, d] (tasks, then shared).
+  Output: list of T tensors [B, H] (+ h_S last if `output_shared`).
+  """
+
+  def __init__(self, task_names: Sequence[str], num_shared_experts: int,
+               num_specific_experts: int, expert_hidden_units: Sequence[int],
+               gate_hidden_units: Sequence[int] = (), dropout: float = 0.0,
+               batch_norm: bool = False, output_shared: bool = True, **kwargs):
+    super().__init__(**kwargs)
+    if num_specific_experts < 1 or num_shared_experts < 0:
+      raise ValueError("CGCLayer needs num_specific_experts >= 1 and num_shared_experts >= 0, "
+                       f"got {num_specific_experts} and {num_shared_experts}")
+    self.task_names = list(task_names)
+    self.num_shared_experts = int(num_shared_experts)
+    self.num_specific_experts = int(num_specific_experts)
+    self.expert_hidden_units = [int(u) for u in expert_hidden_units]
+    self.gate_hidden_units = [int(u) for u in gate_hidden_units]
+    self.dropout, self.batch_norm = float(dropout), bool(batch_norm)
+    self.output_shared = bool(output_shared)
+
+  def build(self, input_shape):
+    expert = dict(hidden_units=self.expert_hidden_units, dropout=self.dropout,
+                  batch_norm=self.batch_norm)
+    gate = dict(hidden_units=self.gate_hidden_units, dropout=self.dropout,
+                batch_norm=self.batch_norm)
+    own = self.num_specific_experts + self.num_shared_experts
+    everyone = len(self.task_names) * self.num_specific_experts + self.num_shared_experts
+    self.task_experts = [ExpertGroup(self.num_specific_experts, name=f"expert_{t}", **expert)
+                         for t in self.task_names]
+    self.shared_experts = (ExpertGroup(self.num_shared_experts, name="expert_shared", **expert)
+                           if self.num_shared_experts else None)
+    self.task_gates = [MLP(output_units=own, name=f"gate_{t}", **gate) for t in self.task_names]
+    self.shared_gate = (MLP(output_units=everyone, name="gate_shared", **gate)
+                        if self.output_shared else None)
+    super().build(input_shape)
+
+  def call(self, inputs: Sequence[tf.Tensor], training: Optional[bool] = None,
+           return_gates: bool = False):
+    task_inputs, shared_input = list(inputs[:-1]), inputs[-1]
+    task_outputs = [experts(x, training=training)
+                    for experts, x in zip(self.task_experts, task_inputs)]
+    shared_outputs = ([self.shared_experts(shared_input, training=training)]
+                      if self.shared_experts is not None else [])
+    outputs, gates = [], []
+    for gate, x_t, own in zip(self.task_gates, task_inputs, task_outputs):
+      weights = tf.nn.softmax(gate(x_t, training=training))
+      outputs.append(mix(weights, [own] + shared_outputs))
+      gates.append(weights)
+    if self.output_shared:
+      weights = tf.nn.softmax(self.shared_gate(shared_input, training=training))
+      outputs.append(mix(weights, task_outputs + shared_outputs))
+      gates.append(weights)
+    return (outputs, gates) if return_gates else outputs
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(task_names=self.task_names, num_shared_experts=self.num_shared_experts,
+                  num_specific_experts=self.num_specific_experts,
+                  expert_hidden_units=self.expert_hidden_units,
+                  gate_hidden_units=self.gate_hidden_units, dropout=self.dropout,
+                  batch_norm=self.batch_norm, output_shared=self.output_shared)
+    return config
