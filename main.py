@@ -1,7 +1,8 @@
 """Command line of stem_tfrs: `python main.py <command> [--flags]`.
 
 Commands:
-  train   Train a model (STEM-Net by default), evaluate it and export a SavedModel.
+  train       Train a model (STEM-Net by default), evaluate it and export a SavedModel.
+  benchmark   Train every model with every seed on the same data; write comparison reports.
 
 `python main.py train --helpfull` lists every flag; `--flagfile=FILE` reads
 flags from a file. The commands are thin shells over the `stem_tfrs` library.

@@ -22,6 +22,7 @@ setup(
         "tensorboard==2.21.0",
         "pandas==3.1.1",
         "absl-py==2.5.1",
+        "matplotlib==3.11.2",
     ],
     extras_require={"test": ["pytest>=8,<10"]},
 )

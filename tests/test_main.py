@@ -31,8 +31,9 @@ def assert_clean_error(result, pattern):
 
 
 def test_train_with_default_data_prepares_trains_evaluates_and_exports(tmp_path):
+  (tmp_path / "tiny.flags").write_text("\n".join(TINY_MODEL_FLAGS) + "\n")
   result = main_py("train", "--synthetic_rows=20000", "--epochs=1", "--batch_size=256",
-                   "--verbose=2", *TINY_MODEL_FLAGS, cwd=tmp_path)
+                   "--verbose=2", "--flagfile=tiny.flags", cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert os.path.isfile(tmp_path / "data" / "synthetic" / "schema.json")
   table = [line.split() for line in result.stdout.splitlines()]
@@ -43,6 +44,8 @@ def test_train_with_default_data_prepares_trains_evaluates_and_exports(tmp_path)
   assert len(runs) == 1
   metrics = json.load(open(os.path.join(runs[0], "metrics.json")))
   assert set(metrics["test"]) == {"finish", "like"}
+  config = json.load(open(os.path.join(runs[0], "config.json")))
+  assert config["model_config"]["expert_hidden_units"] == [16]  # read from the flagfile
   exports = os.listdir(tmp_path / "saved_models" / "stem")
   assert len(exports) == 1 and exports[0].isdigit()
   assert os.path.isfile(tmp_path / "saved_models" / "stem" / exports[0] / "saved_model.pb")

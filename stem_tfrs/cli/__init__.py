@@ -7,11 +7,13 @@ import sys
 from typing import Callable, Dict, List
 
 from absl import flags
+import tensorflow as tf
 
-from stem_tfrs.cli import train
+from stem_tfrs.cli import benchmark, train
 
 COMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "train": train.run,
+    "benchmark": benchmark.run,
 }
 
 
@@ -26,8 +28,10 @@ def parse_flags(argv: List[str]) -> List[str]:
 
 def main(argv: List[str]) -> int:
   """absl entry point: argv[1] names the command; flags are already parsed."""
-  # TensorFlow's own INFO records (saver timings, asset paths) are not news to a user.
-  logging.getLogger("tensorflow").setLevel(logging.WARNING)
+  # TensorFlow's and matplotlib's own INFO records (saver timings, font caches)
+  # are not news to a user; ours are.
+  tf.get_logger().setLevel(logging.WARNING)
+  logging.getLogger("matplotlib").setLevel(logging.WARNING)
   if len(argv) < 2 or argv[1] not in COMMANDS:
     got = f"'{argv[1]}'" if len(argv) > 1 else "none"
     print(f"error: give a command, one of: {', '.join(COMMANDS)} (got {got}); "

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import re
-import sys
 from typing import List
 
 from absl import flags, logging
-import tensorflow as tf
 
 from stem_tfrs import evaluation, training
+from stem_tfrs.cli.errors import one_line_errors
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
 from stem_tfrs.models import MODEL_NAMES
-from stem_tfrs.schema import SCHEMA_FILE, SchemaError
+from stem_tfrs.schema import SCHEMA_FILE
 
 _M, _T = ModelConfig(), TrainConfig()  # the defaults live in the dataclasses
 EMBEDDED_DATA_DIR = _T.data_dir
@@ -111,19 +109,13 @@ def ensure_embedded_data(data_dir: str, rows: int) -> None:
   prepare_synthetic(data_dir, rows=rows)
 
 
+@one_line_errors
 def run(argv: List[str]) -> int:
   del argv
-  try:
-    model_config, train_config = configs_from_flags()
-    if not FLAGS["data_dir"].present:
-      ensure_embedded_data(train_config.data_dir, FLAGS.synthetic_rows)
-    result = training.train(model_config, train_config, verbose=FLAGS.verbose)
-  except (ConfigError, SchemaError, ValueError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  except tf.errors.OpError as e:
-    print(f"error: {_first_line(e.message)}", file=sys.stderr)
-    return 1
+  model_config, train_config = configs_from_flags()
+  if not FLAGS["data_dir"].present:
+    ensure_embedded_data(train_config.data_dir, FLAGS.synthetic_rows)
+  result = training.train(model_config, train_config, verbose=FLAGS.verbose)
   print()
   print(evaluation.format_table(result.metrics))
   print(f"\nrun directory: {result.run_dir}")
@@ -131,12 +123,3 @@ def run(argv: List[str]) -> int:
     print(f"SavedModel:    {result.export_path}")
   logging.info("train wall time %.1f s", result.seconds)
   return 0
-
-
-def _first_line(message: str) -> str:
-  """The useful part of a TensorFlow runtime error, on one line (no graph dump)."""
-  failed = re.search(r"assertion failed: \[(.*?)\] \[(.*?)\]", message)
-  if failed:
-    return f"{failed.group(1)} {failed.group(2)}"
-  lines = [line.strip() for line in message.splitlines() if line.strip()]
-  return lines[0] if lines else message

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import tensorflow as tf
 
+from stem_tfrs.layers.gated_experts import GatedTaskExperts, mix
 from stem_tfrs.layers.mlp import MLP, ExpertGroup
-
-
-def mix(weights: tf.Tensor, candidates: Sequence[tf.Tensor]) -> tf.Tensor:
-  """sum_k weights[:, k] * candidates[:, k]: [B, N] x N-stacked [B, ., H] -> [B, H]."""
-  stacked = tf.concat(list(candidates), axis=1)                  # [B, N, H]
-  return tf.einsum("bn,bnh->bh", weights, stacked)
 
 
 @tf.keras.utils.register_keras_serializable(package="stem_tfrs")
@@ -77,7 +72,7 @@ class MMoELayer(tf.keras.layers.Layer):
 
 
 @tf.keras.utils.register_keras_serializable(package="stem_tfrs")
-class CGCLayer(tf.keras.layers.Layer):
+class CGCLayer(GatedTaskExperts):
   """Customized Gate Control, one extraction level of PLE (Tang et al., RecSys 2020).
 
   Task t has K_s experts reading its input x_t, K_h shared experts read x_S.
@@ -89,74 +84,17 @@ class CGCLayer(tf.keras.layers.Layer):
   backward). The shared gate, needed only by a next level, mixes every expert:
   h_S = sum_k softmax(Gate_S(x_S))[k] * c_k, c = [e_{1..T,.}, s_.].
   PLE feeds the same shared embedding as every x_t and x_S; ME-PLE feeds task
-  and shared embeddings, like STEM.
-
-  Args:
-    task_names: The T tasks (`expert_<task>`, `gate_<task>`).
-    num_shared_experts: K_h (`expert_shared`).
-    num_specific_experts: K_s per task.
-    expert_hidden_units, gate_hidden_units, dropout, batch_norm: as in STEMLayer.
-    output_shared: Also compute h_S (`gate_shared`), for a next level.
-
-  Input: list of T+1 tensors [B, d] (tasks, then shared).
-  Output: list of T tensors [B, H] (+ h_S last if `output_shared`).
+  and shared embeddings, like STEM. Arguments, inputs and outputs as in
+  `GatedTaskExperts`.
   """
 
-  def __init__(self, task_names: Sequence[str], num_shared_experts: int,
-               num_specific_experts: int, expert_hidden_units: Sequence[int],
-               gate_hidden_units: Sequence[int] = (), dropout: float = 0.0,
-               batch_norm: bool = False, output_shared: bool = True, **kwargs):
-    super().__init__(**kwargs)
-    if num_specific_experts < 1 or num_shared_experts < 0:
-      raise ValueError("CGCLayer needs num_specific_experts >= 1 and num_shared_experts >= 0, "
-                       f"got {num_specific_experts} and {num_shared_experts}")
-    self.task_names = list(task_names)
-    self.num_shared_experts = int(num_shared_experts)
-    self.num_specific_experts = int(num_specific_experts)
-    self.expert_hidden_units = [int(u) for u in expert_hidden_units]
-    self.gate_hidden_units = [int(u) for u in gate_hidden_units]
-    self.dropout, self.batch_norm = float(dropout), bool(batch_norm)
-    self.output_shared = bool(output_shared)
+  @property
+  def task_gate_width(self) -> int:
+    return self.num_specific_experts + self.num_shared_experts
 
-  def build(self, input_shape):
-    expert = dict(hidden_units=self.expert_hidden_units, dropout=self.dropout,
-                  batch_norm=self.batch_norm)
-    gate = dict(hidden_units=self.gate_hidden_units, dropout=self.dropout,
-                batch_norm=self.batch_norm)
-    own = self.num_specific_experts + self.num_shared_experts
-    everyone = len(self.task_names) * self.num_specific_experts + self.num_shared_experts
-    self.task_experts = [ExpertGroup(self.num_specific_experts, name=f"expert_{t}", **expert)
-                         for t in self.task_names]
-    self.shared_experts = (ExpertGroup(self.num_shared_experts, name="expert_shared", **expert)
-                           if self.num_shared_experts else None)
-    self.task_gates = [MLP(output_units=own, name=f"gate_{t}", **gate) for t in self.task_names]
-    self.shared_gate = (MLP(output_units=everyone, name="gate_shared", **gate)
-                        if self.output_shared else None)
-    super().build(input_shape)
+  def task_gate_input(self, task_input: tf.Tensor, shared_input: tf.Tensor) -> tf.Tensor:
+    return task_input
 
-  def call(self, inputs: Sequence[tf.Tensor], training: Optional[bool] = None,
-           return_gates: bool = False):
-    task_inputs, shared_input = list(inputs[:-1]), inputs[-1]
-    task_outputs = [experts(x, training=training)
-                    for experts, x in zip(self.task_experts, task_inputs)]
-    shared_outputs = ([self.shared_experts(shared_input, training=training)]
-                      if self.shared_experts is not None else [])
-    outputs, gates = [], []
-    for gate, x_t, own in zip(self.task_gates, task_inputs, task_outputs):
-      weights = tf.nn.softmax(gate(x_t, training=training))
-      outputs.append(mix(weights, [own] + shared_outputs))
-      gates.append(weights)
-    if self.output_shared:
-      weights = tf.nn.softmax(self.shared_gate(shared_input, training=training))
-      outputs.append(mix(weights, task_outputs + shared_outputs))
-      gates.append(weights)
-    return (outputs, gates) if return_gates else outputs
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(task_names=self.task_names, num_shared_experts=self.num_shared_experts,
-                  num_specific_experts=self.num_specific_experts,
-                  expert_hidden_units=self.expert_hidden_units,
-                  gate_hidden_units=self.gate_hidden_units, dropout=self.dropout,
-                  batch_norm=self.batch_norm, output_shared=self.output_shared)
-    return config
+  def task_candidates(self, t: int, task_outputs: List[tf.Tensor],
+                      shared_outputs: List[tf.Tensor]) -> List[tf.Tensor]:
+    return [task_outputs[t]] + shared_outputs

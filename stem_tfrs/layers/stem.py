@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import tensorflow as tf
 
-from stem_tfrs.layers.mlp import MLP, ExpertGroup
-from stem_tfrs.layers.moe import mix
+from stem_tfrs.layers.gated_experts import GatedTaskExperts
 
 
 @tf.keras.utils.register_keras_serializable(package="stem_tfrs")
-class STEMLayer(tf.keras.layers.Layer):
+class STEMLayer(GatedTaskExperts):
   """One STEM-Net layer (Su et al., "STEM: Unleashing the Power of Embeddings
   for Multi-task Recommendation", AAAI 2024, arXiv:2308.13537).
 
@@ -68,80 +67,30 @@ class STEMLayer(tf.keras.layers.Layer):
                gate_hidden_units: Sequence[int] = (), dropout: float = 0.0,
                batch_norm: bool = False, output_shared: bool = True, aftb: bool = True,
                **kwargs):
-    super().__init__(**kwargs)
-    if not task_names:
-      raise ValueError("STEMLayer needs at least one task")
-    if num_specific_experts < 1:
-      raise ValueError(
-          f"num_specific_experts must be >= 1, got {num_specific_experts}")
-    if num_shared_experts < 0:
-      raise ValueError(
-          f"num_shared_experts must be >= 0, got {num_shared_experts}")
-    self.task_names = list(task_names)
-    self.num_shared_experts = int(num_shared_experts)
-    self.num_specific_experts = int(num_specific_experts)
-    self.expert_hidden_units = [int(u) for u in expert_hidden_units]
-    self.gate_hidden_units = [int(u) for u in gate_hidden_units]
-    self.dropout = float(dropout)
-    self.batch_norm = bool(batch_norm)
-    self.output_shared = bool(output_shared)
+    super().__init__(task_names, num_shared_experts, num_specific_experts,
+                     expert_hidden_units, gate_hidden_units, dropout=dropout,
+                     batch_norm=batch_norm, output_shared=output_shared, **kwargs)
     self.aftb = bool(aftb)
 
   @property
   def num_candidates(self) -> int:
     """N, the number of experts every gate mixes."""
-    return len(self.task_names) * self.num_specific_experts + self.num_shared_experts
+    return self.num_experts
 
-  def build(self, input_shape):
-    if len(input_shape) != len(self.task_names) + 1:
-      raise ValueError(
-          f"STEMLayer over {len(self.task_names)} tasks takes "
-          f"{len(self.task_names) + 1} inputs (tasks, then shared), got "
-          f"{len(input_shape)}")
-    expert = dict(hidden_units=self.expert_hidden_units, dropout=self.dropout,
-                  batch_norm=self.batch_norm)
-    gate = dict(hidden_units=self.gate_hidden_units, output_units=self.num_candidates,
-                dropout=self.dropout, batch_norm=self.batch_norm)
-    self.task_experts = [ExpertGroup(self.num_specific_experts, name=f"expert_{t}", **expert)
-                         for t in self.task_names]
-    self.shared_experts = (ExpertGroup(self.num_shared_experts, name="expert_shared", **expert)
-                           if self.num_shared_experts else None)
-    self.task_gates = [MLP(name=f"gate_{t}", **gate) for t in self.task_names]
-    self.shared_gate = MLP(name="gate_shared", **gate) if self.output_shared else None
-    super().build(input_shape)
+  @property
+  def task_gate_width(self) -> int:
+    return self.num_experts
 
-  def call(self, inputs: Sequence[tf.Tensor], training: Optional[bool] = None,
-           return_gates: bool = False):
-    """Returns the T (+1) mixed outputs; with `return_gates`, also the gates.
+  def task_gate_input(self, task_input: tf.Tensor, shared_input: tf.Tensor) -> tf.Tensor:
+    return task_input + shared_input
 
-    The gates come as a list of [B, N] softmax weights in output order.
-    """
-    task_inputs, shared_input = list(inputs[:-1]), inputs[-1]
-    task_outputs = [experts(x, training=training)               # T x [B, K_s, H]
-                    for experts, x in zip(self.task_experts, task_inputs)]
-    shared_outputs = ([self.shared_experts(shared_input, training=training)]
-                      if self.shared_experts is not None else [])  # [B, K_h, H]
-
-    outputs, gates = [], []
-    for t, (gate, x_t) in enumerate(zip(self.task_gates, task_inputs)):
-      candidates = [tf.stop_gradient(out) if self.aftb and j != t else out
-                    for j, out in enumerate(task_outputs)] + shared_outputs
-      weights = tf.nn.softmax(gate(x_t + shared_input, training=training))
-      outputs.append(mix(weights, candidates))
-      gates.append(weights)
-    if self.output_shared:
-      weights = tf.nn.softmax(self.shared_gate(shared_input, training=training))
-      outputs.append(mix(weights, task_outputs + shared_outputs))
-      gates.append(weights)
-    return (outputs, gates) if return_gates else outputs
+  def task_candidates(self, t: int, task_outputs: List[tf.Tensor],
+                      shared_outputs: List[tf.Tensor]) -> List[tf.Tensor]:
+    """Every expert; other tasks' behind tf.stop_gradient (with `aftb`)."""
+    return [tf.stop_gradient(out) if self.aftb and j != t else out
+            for j, out in enumerate(task_outputs)] + shared_outputs
 
   def get_config(self):
     config = super().get_config()
-    config.update(
-        task_names=self.task_names, num_shared_experts=self.num_shared_experts,
-        num_specific_experts=self.num_specific_experts,
-        expert_hidden_units=self.expert_hidden_units,
-        gate_hidden_units=self.gate_hidden_units, dropout=self.dropout,
-        batch_norm=self.batch_norm, output_shared=self.output_shared, aftb=self.aftb)
+    config.update(aftb=self.aftb)
     return config
-

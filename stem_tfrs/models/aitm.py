@@ -34,9 +34,7 @@ class AITM(MultiTaskRankingModel):
   def __init__(self, schema: Schema, config: ModelConfig, name: Optional[str] = "aitm"):
     super().__init__(schema, config, name=name)
     width = config.expert_hidden_units[-1]
-    self.bottoms = [MLP(config.expert_hidden_units, dropout=config.net_dropout,
-                        batch_norm=config.batch_norm, name=f"bottom_{task}")
-                    for task in self.task_names]
+    self.bottoms = self.task_bottoms()
     self.transfers = [MLP([width], name=f"transfer_{task}") for task in self.task_names[1:]]
     self.attentions = [AITAttention(width, name=f"ait_{task}") for task in self.task_names[1:]]
 

@@ -66,6 +66,12 @@ class MultiTaskRankingModel(tfrs.Model):
             name=f"ranking_{task}")
         for task in self.task_names]
 
+  def task_bottoms(self) -> List[MLP]:
+    """One bottom MLP per task (`bottom_<task>`) with the experts' widths."""
+    return [MLP(self.config.expert_hidden_units, dropout=self.config.net_dropout,
+                batch_norm=self.config.batch_norm, name=f"bottom_{task}")
+            for task in self.task_names]
+
   def get_config(self) -> dict:
     return {"schema": dict(self.schema.to_json(), directory=self.schema.directory),
             "model_config": dataclasses.asdict(self.config), "name": self.name}
@@ -90,6 +96,15 @@ class MultiTaskRankingModel(tfrs.Model):
                training: Optional[bool] = None) -> List[tf.Tensor]:
     """Embedding outputs -> one [B, H] representation per task."""
     raise NotImplementedError
+
+  def gate_weights(self, features: Features) -> Optional[Dict[str, Tuple[tf.Tensor, List[str]]]]:
+    """The last gated layer's mixture weights, for the gate analysis.
+
+    Returns:
+      {task: (weights [B, N], owner of each of the N experts: a task name or
+      "shared")}, or None for architectures without gates.
+    """
+    return None
 
   def compute_logits(self, features: Features,
                      training: Optional[bool] = None) -> Dict[str, tf.Tensor]:

@@ -21,8 +21,9 @@ def logit_of_product(logits: List[tf.Tensor]) -> tf.Tensor:
 class ESMM(MultiTaskRankingModel):
   """ESMM (Ma et al., SIGIR 2018), generalized to a funnel of T tasks.
 
-  The towers (`--tower_hidden_units`; the authors' configuration uses
-  512,512,512) read the shared embedding. Tower 1 predicts task 1; tower t > 1
+  Each task has its own network on the shared embedding: a bottom MLP of the
+  experts' widths (`--expert_hidden_units`; the authors' ESMM towers are
+  512,512,512), then its tower. Network 1 predicts task 1; network t > 1
   predicts task t *given* task t-1, and the model outputs
 
       p(task t) = p(task 1) * prod_{s=2..t} p(task s | task s-1)
@@ -36,10 +37,11 @@ class ESMM(MultiTaskRankingModel):
 
   def __init__(self, schema: Schema, config: ModelConfig, name: Optional[str] = "esmm"):
     super().__init__(schema, config, name=name)
+    self.bottoms = self.task_bottoms()
 
   def backbone(self, embeddings: List[tf.Tensor],
                training: Optional[bool] = None) -> List[tf.Tensor]:
-    return embeddings * len(self.task_names)
+    return [bottom(embeddings[0], training=training) for bottom in self.bottoms]
 
   def compute_logits(self, features: Features,
                      training: Optional[bool] = None) -> Dict[str, tf.Tensor]:

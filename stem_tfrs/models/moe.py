@@ -31,6 +31,11 @@ class MMoE(MultiTaskRankingModel):
                training: Optional[bool] = None) -> List[tf.Tensor]:
     return self.moe(embeddings[0], training=training)
 
+  def gate_weights(self, features):
+    _, gates = self.moe(self.embedding(features)[0], return_gates=True)
+    owners = ["shared"] * self.config.num_shared_experts
+    return {task: (gates[i], owners) for i, task in enumerate(self.task_names)}
+
 
 class OMoE(MMoE):
   """OMoE: MMoE with one gate shared by all tasks (the same expert mixture for each)."""

@@ -7,7 +7,6 @@ from typing import List, Optional
 import tensorflow as tf
 
 from stem_tfrs.config import ModelConfig
-from stem_tfrs.layers import MLP
 from stem_tfrs.models.base import MultiTaskRankingModel
 from stem_tfrs.schema import Schema
 
@@ -27,9 +26,7 @@ class SingleTask(MultiTaskRankingModel):
 
   def __init__(self, schema: Schema, config: ModelConfig, name: Optional[str] = "single_task"):
     super().__init__(schema, config, name=name)
-    self.bottoms = [MLP(config.expert_hidden_units, dropout=config.net_dropout,
-                        batch_norm=config.batch_norm, name=f"bottom_{task}")
-                    for task in self.task_names]
+    self.bottoms = self.task_bottoms()
 
   def backbone(self, embeddings: List[tf.Tensor],
                training: Optional[bool] = None) -> List[tf.Tensor]:

@@ -1,0 +1,250 @@
+"""A fair, resumable comparison: every model x every seed on the same prepared data.
+
+Every model is trained by `training.train` with the same data, embeddings,
+towers, optimizer, stopping rule and metrics; only `--model` and the seed
+change. Output directory:
+
+    <output_dir>/runs/<model>/seed-<seed>/   one training run each (config.json,
+                                             metrics.json, ..., predictions.npz,
+                                             gates.json, summary.json)
+    <output_dir>/results.csv, .json, .md    per model and task: mean and std over
+                                             seeds of test AUC, gAUC, logloss;
+                                             parameters, training time, examples/s
+    <output_dir>/auc.png                    test AUC, models x tasks, error bars
+    <output_dir>/comparable.csv, .png       AUC per comparable-sample group, and
+                                             the gap to single_task
+    <output_dir>/gates.csv, .png            gate weight on own / other / shared experts
+
+A run whose `summary.json` exists and whose configuration matches is reused, so
+re-invoking after a crash retrains only what had not finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import List, Optional, Sequence, Tuple
+
+from absl import logging
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from stem_tfrs import analysis, data, evaluation, training
+from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
+from stem_tfrs.models import MODEL_NAMES
+from stem_tfrs.schema import Schema
+
+SUMMARY = "summary.json"
+METRICS = ("auc", "gauc", "logloss")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+  """What to compare.
+
+  Attributes:
+    models: Registry names, in report order.
+    seeds: Seeds per model: train_config.seed, seed + 1, ...
+    output_dir: Where runs and reports go.
+    kappa: Comparable-sample threshold (see `stem_tfrs.analysis`).
+    comparable_tasks: The tasks (A, B) of the comparable-sample analysis;
+      default: the first two tasks.
+  """
+  models: Tuple[str, ...]
+  seeds: int = 1
+  output_dir: str = "benchmark"
+  kappa: float = 2.0
+  comparable_tasks: Optional[Tuple[str, str]] = None
+
+  def __post_init__(self):
+    unknown = [m for m in self.models if m not in MODEL_NAMES]
+    if unknown or not self.models:
+      raise ConfigError(f"unknown model(s) {unknown}; choose from: {', '.join(MODEL_NAMES)}"
+                        if unknown else "give at least one model")
+    if self.seeds < 1:
+      raise ConfigError(f"seeds must be >= 1, got {self.seeds}")
+    if self.kappa < 1.0:
+      raise ConfigError(f"kappa must be >= 1, got {self.kappa}")
+
+
+def _run_config(model_config: ModelConfig, config: TrainConfig) -> dict:
+  return {"model_config": dataclasses.asdict(model_config),
+          "train_config": dataclasses.asdict(config)}
+
+
+def _finished(run_dir: str, expected: dict) -> Optional[dict]:
+  path = os.path.join(run_dir, SUMMARY)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    summary = json.load(f)
+  return summary if summary.get("config") == json.loads(json.dumps(expected)) else None
+
+
+def run_one(model_config: ModelConfig, config: TrainConfig, schema: Schema,
+            verbose: int = 0) -> dict:
+  """Trains one (model, seed), saves its test predictions and gate shares; returns its summary."""
+  expected = _run_config(model_config, config)
+  summary = _finished(config.run_dir, expected)
+  if summary is not None:
+    logging.info("reusing finished run %s", config.run_dir)
+    return summary
+  shutil.rmtree(config.run_dir, ignore_errors=True)  # a half-finished earlier attempt
+  tf.keras.backend.clear_session()
+  result = training.train(model_config, config, verbose=verbose)
+  test = data.make_dataset(schema, "test", config.eval_batch_size)
+  predictions = evaluation.predict(result.model, test, schema.group_column)
+  np.savez_compressed(os.path.join(config.run_dir, "predictions.npz"),
+                      **{k: v.astype(bytes) if v.dtype == object else v
+                         for k, v in predictions.items()})
+  gates = analysis.mean_gate_shares(result.model, test)
+  with open(os.path.join(config.run_dir, "training.json")) as f:
+    history = json.load(f)
+  summary = {
+      "model": config.model, "seed": config.seed, "config": expected,
+      "metrics": result.metrics, "gates": gates,
+      "params": int(result.model.count_params()),
+      "train_seconds": history["train_seconds"],
+      "examples_per_second": history["train_examples_per_second"],
+  }
+  with open(os.path.join(config.run_dir, SUMMARY), "w") as f:
+    json.dump(summary, f, indent=2)
+  return summary
+
+
+def aggregate(summaries: List[dict], tasks: Sequence[str]) -> pd.DataFrame:
+  """One row per (model, task): test metrics' mean and std over seeds, size, speed."""
+  rows = []
+  for model in dict.fromkeys(s["model"] for s in summaries):
+    runs = [s for s in summaries if s["model"] == model]
+    for task in tasks:
+      row = {"model": model, "task": task, "seeds": len(runs)}
+      for metric in METRICS:
+        values = [r["metrics"]["test"][task][metric] for r in runs]
+        row[f"{metric}_mean"] = float(np.mean(values))
+        row[f"{metric}_std"] = float(np.std(values))
+      row["params"] = runs[0]["params"]
+      row["train_seconds"] = float(np.mean([r["train_seconds"] for r in runs]))
+      row["examples_per_second"] = float(np.mean([r["examples_per_second"] for r in runs]))
+      rows.append(row)
+  return pd.DataFrame(rows)
+
+
+def gate_table(summaries: List[dict]) -> pd.DataFrame:
+  rows = []
+  for model in dict.fromkeys(s["model"] for s in summaries):
+    runs = [s["gates"] for s in summaries if s["model"] == model and s["gates"]]
+    if not runs:
+      continue
+    for task in runs[0]:
+      row = {"model": model, "task": task}
+      for share in ("own", "other_tasks", "shared"):
+        row[share] = float(np.mean([r[task][share] for r in runs]))
+      rows.append(row)
+  return pd.DataFrame(rows, columns=["model", "task", "own", "other_tasks", "shared"])
+
+
+def markdown(results: pd.DataFrame) -> str:
+  lines = ["| model | task | test AUC | test gAUC | test logloss | params | train s | examples/s |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for r in results.itertuples():
+    lines.append(
+        f"| {r.model} | {r.task} | {r.auc_mean:.4f} ± {r.auc_std:.4f} | "
+        f"{r.gauc_mean:.4f} ± {r.gauc_std:.4f} | {r.logloss_mean:.4f} ± {r.logloss_std:.4f} | "
+        f"{r.params:,} | {r.train_seconds:.0f} | {r.examples_per_second:,.0f} |")
+  seeds = sorted(set(results["seeds"]))
+  return (f"Test metrics, mean ± std over {', '.join(map(str, seeds))} seed(s).\n\n"
+          + "\n".join(lines) + "\n")
+
+
+def _bar_chart(path: str, frame: pd.DataFrame, value: str, error: Optional[str], title: str,
+               ylabel: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+  groups = list(dict.fromkeys(frame["x"]))
+  series = list(dict.fromkeys(frame["series"]))
+  width = 0.8 / max(len(series), 1)
+  bars = len(groups) * max(len(series), 1)
+  fig, ax = plt.subplots(figsize=(min(16, max(7, 0.18 * bars + 3)), 4.5))
+  for i, name in enumerate(series):
+    part = frame[frame["series"] == name].set_index("x").reindex(groups)
+    positions = np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width
+    ax.bar(positions, part[value], width,
+           yerr=part[error] if error else None, capsize=2, label=str(name))
+  ax.set_xticks(np.arange(len(groups)))
+  ax.set_xticklabels(groups, rotation=30, ha="right")
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.legend(fontsize="small", ncol=2 if len(series) > 5 else 1)
+  values = frame[value].to_numpy(dtype=float)
+  finite = values[np.isfinite(values)]
+  if value.startswith("auc") and finite.size and finite.min() > 0:
+    ax.set_ylim(max(0.0, finite.min() - 0.05), min(1.0, finite.max() + 0.03))
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def run_benchmark(model_config: ModelConfig, train_config: TrainConfig,
+                  bench: BenchmarkConfig, verbose: int = 0) -> pd.DataFrame:
+  """Trains every (model, seed), then writes the reports; returns the results table."""
+  schema = training.load_and_check(model_config, train_config)
+  task_a, task_b = bench.comparable_tasks or tuple(schema.tasks[:2])
+  if len(schema.tasks) < 2 or {task_a, task_b} - set(schema.tasks):
+    raise ConfigError(f"comparable tasks ({task_a}, {task_b}) must be two of the data's tasks "
+                      f"{schema.tasks}")
+  out = bench.output_dir
+  os.makedirs(out, exist_ok=True)
+  summaries, predictions = [], {}
+  for model in bench.models:
+    for offset in range(bench.seeds):
+      seed = train_config.seed + offset
+      config = dataclasses.replace(
+          train_config, model=model, seed=seed, export_dir="",
+          run_dir=os.path.join(out, "runs", model, f"seed-{seed}"))
+      logging.info("benchmark: %s, seed %d", model, seed)
+      summaries.append(run_one(model_config, config, schema, verbose=verbose))
+      with np.load(os.path.join(config.run_dir, "predictions.npz"), allow_pickle=False) as npz:
+        predictions.setdefault(model, []).append({k: npz[k] for k in npz.files})
+
+  results = aggregate(summaries, schema.tasks)
+  results.to_csv(os.path.join(out, "results.csv"), index=False)
+  with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump({"results": results.to_dict(orient="records"),
+               "runs": [{k: s[k] for k in ("model", "seed", "metrics", "params",
+                                           "train_seconds", "examples_per_second")}
+                        for s in summaries]}, f, indent=2)
+  with open(os.path.join(out, "results.md"), "w") as f:
+    f.write(markdown(results))
+  _bar_chart(os.path.join(out, "auc.png"),
+             results.rename(columns={"model": "x", "task": "series"}), "auc_mean", "auc_std",
+             "Test AUC (mean ± std over seeds)", "AUC")
+
+  first = next(iter(predictions.values()))[0]
+  rho = analysis.user_feedback_ratio(schema, task_a, task_b)
+  groups = analysis.assign_groups(first["group"], rho, bench.kappa)
+  comparable = analysis.comparable_report(predictions, schema.tasks, groups)
+  comparable.insert(0, "kappa", bench.kappa)
+  comparable.insert(1, "task_a", task_a)
+  comparable.insert(2, "task_b", task_b)
+  comparable.to_csv(os.path.join(out, "comparable.csv"), index=False)
+  gap = comparable[comparable["model"] != "single_task"].copy()
+  gap["x"] = gap["group"] + " / " + gap["task"]
+  _bar_chart(os.path.join(out, "comparable.png"), gap.rename(columns={"model": "series"}),
+             "auc_vs_single_task", None,
+             f"Test AUC minus single_task's, by sample group (kappa={bench.kappa:g})",
+             "AUC gap (negative = negative transfer)")
+
+  gates = gate_table(summaries)
+  gates.to_csv(os.path.join(out, "gates.csv"), index=False)
+  if not gates.empty:
+    long = gates.melt(id_vars=["model", "task"], var_name="series", value_name="weight")
+    long["x"] = long["model"] + " / " + long["task"]
+    _bar_chart(os.path.join(out, "gates.png"), long, "weight", None,
+               "Mean gate weight on own, other tasks' and shared experts (test split)",
+               "gate weight")
+  return results

@@ -1,0 +1,41 @@
+"""How every command reports a user's mistake: one line on stderr, exit status 1."""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+from typing import Callable, List
+
+import tensorflow as tf
+
+from stem_tfrs.config import ConfigError
+from stem_tfrs.schema import SchemaError
+
+#: Errors that describe bad input (flags, files, data), not a bug: no traceback.
+USER_ERRORS = (ConfigError, SchemaError, ValueError, OSError)
+
+
+def first_line(message: str) -> str:
+  """The useful part of a TensorFlow runtime error, on one line (no graph dump)."""
+  failed = re.search(r"assertion failed: \[(.*?)\] \[(.*?)\]", message)
+  if failed:
+    return f"{failed.group(1)} {failed.group(2)}"
+  lines = [line.strip() for line in message.splitlines() if line.strip()]
+  return lines[0] if lines else message
+
+
+def one_line_errors(command: Callable[[List[str]], int]) -> Callable[[List[str]], int]:
+  """Wraps a command so that bad input ends it with `error: ...` and status 1."""
+
+  @functools.wraps(command)
+  def run(argv: List[str]) -> int:
+    try:
+      return command(argv)
+    except USER_ERRORS as e:
+      print(f"error: {e}", file=sys.stderr)
+    except tf.errors.OpError as e:
+      print(f"error: {first_line(e.message)}", file=sys.stderr)
+    return 1
+
+  return run

@@ -1,0 +1,128 @@
+"""What STEM and CGC (PLE) layers share: task and shared experts, a gate per task, a shared gate."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import tensorflow as tf
+
+from stem_tfrs.layers.mlp import MLP, ExpertGroup
+
+
+def mix(weights: tf.Tensor, candidates: Sequence[tf.Tensor]) -> tf.Tensor:
+  """sum_k weights[:, k] * candidates[:, k]: [B, N] x N-stacked [B, ., H] -> [B, H]."""
+  stacked = tf.concat(list(candidates), axis=1)                  # [B, N, H]
+  return tf.einsum("bn,bnh->bh", weights, stacked)
+
+
+class GatedTaskExperts(tf.keras.layers.Layer):
+  """Base layer: K_s experts per task, K_h shared experts, one softmax gate per task.
+
+  Task t's experts (`expert_<task>`) read x_t, the shared experts
+  (`expert_shared`) read x_S. Task t's gate (`gate_<task>`) reads
+  `task_gate_input(x_t, x_S)` and mixes `task_candidates(t, ...)`; subclasses
+  define both. The shared gate (`gate_shared`, only with `output_shared`)
+  reads x_S and mixes every expert, with no stop_gradient, for a next layer.
+
+  Args:
+    task_names: The T tasks.
+    num_shared_experts: K_h (may be 0).
+    num_specific_experts: K_s (>= 1).
+    expert_hidden_units: Expert MLP widths; outputs have width H = the last one.
+    gate_hidden_units: Gate MLP hidden widths before the softmax layer.
+    dropout: Dropout rate in experts and gates.
+    batch_norm: Batch normalization in experts and gates.
+    output_shared: Also compute h_S (needed if another layer follows).
+
+  Input: list of T+1 tensors [B, d] (task inputs in task order, shared last).
+  Output: list of T tensors [B, H] (+ h_S last if `output_shared`).
+  """
+
+  def __init__(self, task_names: Sequence[str], num_shared_experts: int,
+               num_specific_experts: int, expert_hidden_units: Sequence[int],
+               gate_hidden_units: Sequence[int] = (), dropout: float = 0.0,
+               batch_norm: bool = False, output_shared: bool = True, **kwargs):
+    super().__init__(**kwargs)
+    if not task_names:
+      raise ValueError(f"{type(self).__name__} needs at least one task")
+    if num_specific_experts < 1:
+      raise ValueError(f"num_specific_experts must be >= 1, got {num_specific_experts}")
+    if num_shared_experts < 0:
+      raise ValueError(f"num_shared_experts must be >= 0, got {num_shared_experts}")
+    self.task_names = list(task_names)
+    self.num_shared_experts = int(num_shared_experts)
+    self.num_specific_experts = int(num_specific_experts)
+    self.expert_hidden_units = [int(u) for u in expert_hidden_units]
+    self.gate_hidden_units = [int(u) for u in gate_hidden_units]
+    self.dropout = float(dropout)
+    self.batch_norm = bool(batch_norm)
+    self.output_shared = bool(output_shared)
+
+  @property
+  def num_experts(self) -> int:
+    """All experts of the layer: T * K_s + K_h."""
+    return len(self.task_names) * self.num_specific_experts + self.num_shared_experts
+
+  @property
+  def task_gate_width(self) -> int:
+    """How many experts a task gate mixes."""
+    raise NotImplementedError
+
+  def task_gate_input(self, task_input: tf.Tensor, shared_input: tf.Tensor) -> tf.Tensor:
+    raise NotImplementedError
+
+  def task_candidates(self, t: int, task_outputs: List[tf.Tensor],
+                      shared_outputs: List[tf.Tensor]) -> List[tf.Tensor]:
+    """The expert outputs ([B, k, H] each) task t's gate mixes, in gate order."""
+    raise NotImplementedError
+
+  def build(self, input_shape):
+    if len(input_shape) != len(self.task_names) + 1:
+      raise ValueError(
+          f"{type(self).__name__} over {len(self.task_names)} tasks takes "
+          f"{len(self.task_names) + 1} inputs (tasks, then shared), got {len(input_shape)}")
+    expert = dict(hidden_units=self.expert_hidden_units, dropout=self.dropout,
+                  batch_norm=self.batch_norm)
+    gate = dict(hidden_units=self.gate_hidden_units, dropout=self.dropout,
+                batch_norm=self.batch_norm)
+    self.task_experts = [ExpertGroup(self.num_specific_experts, name=f"expert_{t}", **expert)
+                         for t in self.task_names]
+    self.shared_experts = (ExpertGroup(self.num_shared_experts, name="expert_shared", **expert)
+                           if self.num_shared_experts else None)
+    self.task_gates = [MLP(output_units=self.task_gate_width, name=f"gate_{t}", **gate)
+                       for t in self.task_names]
+    self.shared_gate = (MLP(output_units=self.num_experts, name="gate_shared", **gate)
+                        if self.output_shared else None)
+    super().build(input_shape)
+
+  def call(self, inputs: Sequence[tf.Tensor], training: Optional[bool] = None,
+           return_gates: bool = False):
+    """Returns the T (+1) mixed outputs; with `return_gates`, also the gates.
+
+    The gates come as a list of [B, width] softmax weights in output order.
+    """
+    task_inputs, shared_input = list(inputs[:-1]), inputs[-1]
+    task_outputs = [experts(x, training=training)                   # T x [B, K_s, H]
+                    for experts, x in zip(self.task_experts, task_inputs)]
+    shared_outputs = ([self.shared_experts(shared_input, training=training)]
+                      if self.shared_experts is not None else [])   # [B, K_h, H]
+    outputs, gates = [], []
+    for t, (gate, x_t) in enumerate(zip(self.task_gates, task_inputs)):
+      weights = tf.nn.softmax(gate(self.task_gate_input(x_t, shared_input), training=training))
+      outputs.append(mix(weights, self.task_candidates(t, task_outputs, shared_outputs)))
+      gates.append(weights)
+    if self.output_shared:
+      weights = tf.nn.softmax(self.shared_gate(shared_input, training=training))
+      outputs.append(mix(weights, task_outputs + shared_outputs))
+      gates.append(weights)
+    return (outputs, gates) if return_gates else outputs
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(
+        task_names=self.task_names, num_shared_experts=self.num_shared_experts,
+        num_specific_experts=self.num_specific_experts,
+        expert_hidden_units=self.expert_hidden_units,
+        gate_hidden_units=self.gate_hidden_units, dropout=self.dropout,
+        batch_norm=self.batch_norm, output_shared=self.output_shared)
+    return config

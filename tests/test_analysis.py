@@ -1,0 +1,70 @@
+"""stem_tfrs.analysis: comparable-sample groups and gate shares."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stem_tfrs import build_model
+from stem_tfrs.analysis import (EPSILON, assign_groups, comparable_report, mean_gate_shares,
+                                user_feedback_ratio)
+from stem_tfrs.schema import Schema
+
+from conftest import tiny_model_config
+from test_data import good_row, write_shard
+
+
+def test_groups_follow_kappa_thresholds():
+  rho = pd.Series({b"a": 1.0, b"b": 2.0, b"c": 2.01, b"d": 0.5, b"e": 0.49})
+  users = np.array([b"a", b"b", b"c", b"d", b"e", b"zzz"])
+  assert list(assign_groups(users, rho, kappa=2.0)) == [
+      "comparable", "comparable", "A-dominant", "comparable", "B-dominant", "unseen"]
+  with pytest.raises(ValueError, match="kappa"):
+    assign_groups(users, rho, kappa=0.5)
+
+
+def test_feedback_ratio_is_relative_to_global_positive_rates(tiny_data, tmp_path):
+  import shutil
+  data = tmp_path / "data"
+  shutil.copytree(tiny_data, data)
+  schema = Schema.load(str(data))
+  # u1: 2 of 2 finish, 0 of 2 like; u2: 0 of 2 finish, 2 of 2 like. Global rates 1/2, 1/2.
+  rows = [good_row(uid=b"u1", finish=1, like=0)] * 2 + [good_row(uid=b"u2", finish=0, like=1)] * 2
+  write_shard(data / "t.tfrecord", rows)
+  schema.splits["train"] = ["t.tfrecord"]
+  rho = user_feedback_ratio(schema, "finish", "like")
+  assert rho[b"u1"] == pytest.approx((2 + EPSILON) / (0 + EPSILON))
+  assert rho[b"u2"] == pytest.approx((0 + EPSILON) / (2 + EPSILON))
+
+
+def test_comparable_report_gives_gap_to_single_task():
+  labels = np.array([0, 1, 0, 1])
+  groups = np.array(["comparable", "comparable", "A-dominant", "A-dominant"], dtype=object)
+  perfect = {"t": np.array([0.1, 0.9, 0.2, 0.8]), "label/t": labels}
+  reversed_ = {"t": np.array([0.9, 0.1, 0.8, 0.2]), "label/t": labels}
+  report = comparable_report({"single_task": [perfect], "stem": [reversed_, perfect]}, ["t"],
+                             groups)
+  row = report[(report.model == "stem") & (report.group == "comparable")].iloc[0]
+  assert row.auc_mean == 0.5 and row.auc_std == 0.5 and row.auc_vs_single_task == -0.5
+  assert set(report.columns) >= {"group", "task", "model", "samples", "auc_mean", "auc_std"}
+
+
+@pytest.mark.parametrize("name, other_tasks_zero", [("stem", False), ("ple", True),
+                                                     ("mmoe", True)])
+def test_gate_shares_sum_to_one(name, other_tasks_zero, tiny_data):
+  from stem_tfrs import make_dataset
+  schema = Schema.load(tiny_data)
+  model = build_model(name, schema, tiny_model_config())
+  shares = mean_gate_shares(model, make_dataset(schema, "valid", 512))
+  assert set(shares) == {"finish", "like"}
+  for s in shares.values():
+    assert s["own"] + s["other_tasks"] + s["shared"] == pytest.approx(1.0, abs=1e-5)
+    assert (s["other_tasks"] == 0) == other_tasks_zero
+  if name == "mmoe":
+    assert shares["finish"]["shared"] == pytest.approx(1.0)
+
+
+def test_models_without_gates_have_no_gate_shares(tiny_data):
+  from stem_tfrs import make_dataset
+  schema = Schema.load(tiny_data)
+  model = build_model("shared_bottom", schema, tiny_model_config())
+  assert mean_gate_shares(model, make_dataset(schema, "valid", 512)) is None
