@@ -145,7 +145,9 @@ def generate(rows: int, seed: int) -> Iterator[Chunk]:
   world = World(seed=seed, num_users=max(rows // 80, 50), num_items=max(rows // 40, 100))
   for k, start in enumerate(range(0, rows, CHUNK_ROWS)):
     n = min(CHUNK_ROWS, rows - start)
-    yield Chunk(world.rows(k, n), source="synthetic", first_line=start + 1)
+    frame = world.rows(k, n)
+    frame.index = range(start + 1, start + n + 1)
+    yield Chunk(frame, source="synthetic")
 
 
 def prepare_synthetic(out_dir: str, rows: int = 400_000, seed: int = 2023,

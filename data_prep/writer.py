@@ -4,12 +4,14 @@ Every data_prep module reduces its raw layout to a stream of pandas chunks
 (`Chunk`: the rows plus where they came from) and hands it to `prepare`, which
 makes two passes over the stream and never holds more than one chunk:
 
-1. validate each chunk (columns, 0/1 labels), assign each row to a split with a
-   seeded random draw, count every feature value seen in the train split, and
-   count rows and positives per split;
-2. write the vocabularies (values seen at least `min_count` times in train,
-   most frequent first; the rest share the OOV row), then write each row as a
-   `tf.train.Example` of raw values to the shards of its split.
+1. validate each chunk (columns; a label that is not 0 or 1 makes a bad row,
+   skipped and reported, or an error in strict mode), count the usable rows
+   and every feature value (on the train split with `RandomSplit`, on all
+   rows with `ExactSplit`, whose exact sizes need the row count first);
+2. write the vocabularies (values seen at least `min_count` times, most
+   frequent first; the rest share the OOV row), then assign each row its
+   split and write it as a `tf.train.Example` of raw values to that split's
+   shards, counting rows and positives per split.
 
 The data set is written to a hidden temporary sibling of `out_dir` and renamed
 into place only when complete, so a failed run leaves nothing that training
@@ -20,11 +22,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
+import math
 import os
 import shutil
 import tempfile
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -32,9 +36,57 @@ import tensorflow as tf
 
 from stem_tfrs.schema import SPLITS, STATS_FILE, CategoricalFeature, Schema
 
+BAD_ROWS_FILE = "bad_rows.json"
+
 
 class DataError(ValueError):
   """The raw data is unusable; the message says what and where."""
+
+
+EXAMPLES_PER_KIND = 5
+
+
+class BadRows:
+  """Counts malformed rows per kind and keeps the first few of each, with file and line.
+
+  Bad rows are skipped; in strict mode the first one raises `DataError`
+  instead. The writer reads its input twice, and counts during the first pass
+  only (`freeze()` after it).
+  """
+
+  def __init__(self, strict: bool = False):
+    self.strict = strict
+    self.counts: Dict[str, int] = collections.Counter()
+    self.examples: Dict[str, List[str]] = collections.defaultdict(list)
+    self._frozen = False
+
+  def add(self, kind: str, source: str, line: int, detail: str) -> None:
+    where = f"{source} line {line:,}: {detail}"
+    if self.strict:
+      raise DataError(f"{kind}: {where} (without --strict, bad rows are skipped)")
+    if self._frozen:
+      return
+    self.counts[kind] += 1
+    if len(self.examples[kind]) < EXAMPLES_PER_KIND:
+      self.examples[kind].append(where)
+
+  def freeze(self) -> None:
+    self._frozen = True
+
+  @property
+  def total(self) -> int:
+    return sum(self.counts.values())
+
+  def to_json(self) -> dict:
+    return {"total": self.total,
+            "by_kind": {k: {"rows": n, "first": self.examples[k]} for k, n in self.counts.items()}}
+
+  def summary(self) -> str:
+    """One line per kind, for the command line."""
+    if not self.total:
+      return "no bad rows"
+    return "\n".join([f"skipped {self.total:,} bad row(s):"] + [
+        f"  {kind}: {n:,} (first: {self.examples[kind][0]})" for kind, n in self.counts.items()])
 
 
 @dataclasses.dataclass
@@ -42,33 +94,83 @@ class Chunk:
   """A block of raw rows.
 
   Attributes:
-    frame: The rows, one column per raw column (at least the features and labels).
+    frame: The rows, one column per raw column (at least the features and
+      labels); its index holds each row's line number in `source`.
     source: Where they came from (a file path, or a generator's name).
-    first_line: Line number in `source` of the frame's first row (1-based).
   """
   frame: pd.DataFrame
   source: str
-  first_line: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
-class SplitFractions:
-  """Random split as in the paper: `test` of all rows, then `valid` of the rest."""
+class RandomSplit:
+  """Each row draws its split: `test` of all rows, then `valid` of the rest.
+
+  Draws are seeded per chunk, so both passes agree, and the vocabularies are
+  counted on the train split alone. Split sizes vary around their fractions.
+  """
   test: float = 0.1
   valid_of_rest: float = 0.1
+  vocabulary_from_train = True
 
-  def assign(self, draws: np.ndarray) -> np.ndarray:
-    """Uniform draws in [0, 1) -> split index (0 train, 1 valid, 2 test)."""
+  def assigner(self, total_rows: Optional[int], seed: int) -> Callable[[int], np.ndarray]:
+    """A function: next chunk's row count -> split index per row (0 train, 1 valid, 2 test)."""
+    chunk_index = itertools.count()
     valid_end = self.test + (1.0 - self.test) * self.valid_of_rest
-    return np.where(draws < self.test, 2, np.where(draws < valid_end, 1, 0))
+
+    def assign(n: int) -> np.ndarray:
+      draws = np.random.default_rng([seed, next(chunk_index)]).random(n)
+      return np.where(draws < self.test, 2, np.where(draws < valid_end, 1, 0))
+    return assign
+
+
+@dataclasses.dataclass(frozen=True)
+class ExactSplit:
+  """Exact split sizes, as scikit-learn's `train_test_split` applied twice gives them.
+
+  test = ceil(test * N) rows, then valid = ceil(valid_of_rest * (N - test)),
+  drawn uniformly at random without replacement while streaming (a
+  hypergeometric draw per chunk). The sizes need N, known only after the
+  first pass, so the vocabularies are counted on all rows, as the STEM-Net
+  authors' preprocessing did before splitting.
+  """
+  test: float = 0.1
+  valid_of_rest: float = 0.1
+  vocabulary_from_train = False
+
+  def sizes(self, total_rows: int) -> Tuple[int, int, int]:
+    """(train, valid, test) row counts."""
+    test = math.ceil(self.test * total_rows)
+    valid = math.ceil(self.valid_of_rest * (total_rows - test))
+    return total_rows - test - valid, valid, test
+
+  def assigner(self, total_rows: Optional[int], seed: int) -> Callable[[int], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    left = {"rows": total_rows}
+    left["train"], left["valid"], left["test"] = self.sizes(total_rows)
+
+    def assign(n: int) -> np.ndarray:
+      out = np.zeros(n, dtype=np.int64)
+      n_test = rng.hypergeometric(left["test"], left["rows"] - left["test"], n) if n else 0
+      test_rows = rng.choice(n, n_test, replace=False)
+      out[test_rows] = 2
+      rest = np.flatnonzero(out == 0)
+      others = left["rows"] - left["test"]
+      n_valid = (rng.hypergeometric(left["valid"], others - left["valid"], len(rest))
+                 if len(rest) else 0)
+      out[rng.choice(rest, n_valid, replace=False)] = 1
+      left["rows"] -= n
+      left["test"] -= n_test
+      left["valid"] -= n_valid
+      return out
+    return assign
 
 
 def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[str],
             labels: Sequence[str], group_column: Optional[str], out_dir: str,
-            min_count: int = 1, seed: int = 42,
-            split: SplitFractions = SplitFractions(),
-            num_shards: Optional[Dict[str, int]] = None,
-            overwrite: bool = False) -> dict:
+            min_count: int = 1, seed: int = 42, split=RandomSplit(),
+            num_shards: Optional[Dict[str, int]] = None, overwrite: bool = False,
+            bad_rows: Optional[BadRows] = None) -> dict:
   """Writes a prepared data set to `out_dir` and returns its stats.
 
   Args:
@@ -78,21 +180,25 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
     labels: 0/1 label columns, one per task.
     group_column: The feature that groups rows for gAUC (the user id).
     out_dir: Destination directory; must not exist unless `overwrite`.
-    min_count: Values seen fewer times in train map to the OOV row.
-    seed: Seed of the split draw.
-    split: Split fractions.
+    min_count: Values seen fewer times map to the OOV row.
+    seed: Seed of the split.
+    split: `RandomSplit` (vocabularies from train) or `ExactSplit`.
     num_shards: Shards per split (default train 8, valid 2, test 2).
     overwrite: Replace an existing `out_dir`.
+    bad_rows: Collects rows with a label that is not 0 or 1 (skipped), or,
+      if strict, raises on the first; the readers report theirs here too.
+      Written to `bad_rows.json` beside the data.
 
   Returns:
     The stats written to stats.json.
 
   Raises:
-    DataError: a missing column, a label outside {0, 1}, or no rows at all.
+    DataError: a missing column, a bad row in strict mode, or no rows at all.
     FileExistsError: `out_dir` exists and `overwrite` is False.
   """
   features, labels = list(features), list(labels)
   num_shards = {"train": 8, "valid": 2, "test": 2, **(num_shards or {})}
+  bad_rows = bad_rows if bad_rows is not None else BadRows(strict=True)
   if min_count < 1:
     raise ValueError(f"min_count must be >= 1, got {min_count}")
   out_dir = os.path.abspath(out_dir)
@@ -102,18 +208,17 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
   os.makedirs(parent, exist_ok=True)
 
   counts = {name: collections.Counter() for name in features}
-  rows = np.zeros(len(SPLITS), dtype=np.int64)
-  positives = np.zeros((len(SPLITS), len(labels)), dtype=np.int64)
-  for chunk, splits in _split_chunks(read_chunks, features, labels, split, seed):
-    train = chunk.frame[splits == 0]
+  total = 0
+  assign = split.assigner(None, seed) if split.vocabulary_from_train else None
+  for frame in _valid_rows(read_chunks, features, labels, bad_rows):
+    total += len(frame)
+    counted = frame[assign(len(frame)) == 0] if assign else frame
     for name in features:
-      counts[name].update(train[name].value_counts(sort=False).to_dict())
-    for s in range(len(SPLITS)):
-      in_split = splits == s
-      rows[s] += in_split.sum()
-      positives[s] += chunk.frame.loc[in_split, labels].to_numpy().sum(axis=0)
-  if rows.sum() == 0:
-    raise DataError("the raw input holds no rows")
+      counts[name].update(counted[name].value_counts(sort=False).to_dict())
+  bad_rows.freeze()
+  if total == 0:
+    raise DataError("the raw input holds no usable rows" +
+                    (f" ({bad_rows.total:,} bad rows skipped)" if bad_rows.total else ""))
 
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
   try:
@@ -121,7 +226,9 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the data set is not
     schema_features = _write_vocabularies(tmp, counts, min_count)
-    shard_files = _write_shards(tmp, read_chunks, features, labels, split, seed, num_shards)
+    shard_files, rows, positives = _write_shards(
+        tmp, _valid_rows(read_chunks, features, labels, bad_rows), features, labels,
+        split.assigner(total, seed), num_shards)
     schema = Schema(features=schema_features, labels=labels,
                     group_column=group_column, splits=shard_files, directory=tmp)
     schema.save(tmp)
@@ -130,9 +237,10 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
                "positive_rate": {task: float(positives[s, t] / max(rows[s], 1))
                                  for t, task in enumerate(labels)}}
         for s, name in enumerate(SPLITS)}
-    with open(os.path.join(tmp, STATS_FILE), "w") as f:
-      json.dump(stats, f, indent=2)
-      f.write("\n")
+    for name, content in ((STATS_FILE, stats), (BAD_ROWS_FILE, bad_rows.to_json())):
+      with open(os.path.join(tmp, name), "w") as f:
+        json.dump(content, f, indent=2)
+        f.write("\n")
     _replace_dir(tmp, out_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -140,33 +248,32 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
   return stats
 
 
-def _split_chunks(read_chunks, features, labels, split, seed) -> Iterator:
-  """Yields (validated chunk, split index per row); the same draws every pass."""
-  for i, chunk in enumerate(read_chunks()):
-    _validate(chunk, features, labels)
-    draws = np.random.default_rng([seed, i]).random(len(chunk.frame))
-    yield chunk, split.assign(draws)
-
-
-def _validate(chunk: Chunk, features: List[str], labels: List[str]) -> None:
-  frame = chunk.frame
-  missing = [c for c in features + labels if c not in frame.columns]
-  if missing:
-    raise DataError(
-        f"{chunk.source}: missing column(s) {missing}; found {list(frame.columns)}")
-  for label in labels:
-    values = pd.to_numeric(frame[label], errors="coerce")
-    bad = ~values.isin([0, 1]).to_numpy()
-    if bad.any():
-      row = int(np.argmax(bad))
+def _valid_rows(read_chunks, features, labels, bad_rows: BadRows) -> Iterator[pd.DataFrame]:
+  """Yields each chunk's usable rows: labels as int64 0/1, features as strings."""
+  for chunk in read_chunks():
+    frame = chunk.frame
+    missing = [c for c in features + labels if c not in frame.columns]
+    if missing:
       raise DataError(
-          f"column '{label}' in {chunk.source} line {chunk.first_line + row:,}: "
-          f"'{frame[label].iloc[row]}' is not 0 or 1")
-    frame[label] = values.astype(np.int64)
-  for name in features:
-    frame[name] = frame[name].fillna("").astype(str)
-    if frame[name].str.contains("\n", regex=False).any():
-      raise DataError(f"column '{name}' in {chunk.source}: a value holds a newline")
+          f"{chunk.source}: missing column(s) {missing}; found {list(frame.columns)}")
+    keep = np.ones(len(frame), dtype=bool)
+    for label in labels:
+      values = pd.to_numeric(frame[label], errors="coerce")
+      for row in np.flatnonzero(~values.isin([0, 1]).to_numpy() & keep):
+        raw = frame[label].iloc[row]
+        kind = ("unparsable number" if pd.isna(values.iloc[row]) else
+                "label outside {0, 1}")
+        bad_rows.add(kind, chunk.source, int(frame.index[row]),
+                     f"column '{label}': '{raw}' is not 0 or 1")
+        keep[row] = False
+    frame = frame[keep].copy()
+    for label in labels:
+      frame[label] = pd.to_numeric(frame[label]).astype(np.int64)
+    for name in features:
+      frame[name] = frame[name].fillna("").astype(str)
+      if frame[name].str.contains("\n", regex=False).any():
+        raise DataError(f"column '{name}' in {chunk.source}: a value holds a newline")
+    yield frame
 
 
 def _write_vocabularies(out_dir: str, counts: Dict[str, collections.Counter],
@@ -184,33 +291,35 @@ def _write_vocabularies(out_dir: str, counts: Dict[str, collections.Counter],
   return schema_features
 
 
-def _write_shards(out_dir, read_chunks, features, labels, split, seed,
-                  num_shards) -> Dict[str, List[str]]:
+def _write_shards(out_dir, frames, features, labels, assign, num_shards):
+  """Writes every row to its split's shards (round robin); returns names, rows, positives."""
   names = {s: [f"{s}-{i:05d}-of-{num_shards[s]:05d}.tfrecord"
                for i in range(num_shards[s])] for s in SPLITS}
-  writers = {s: [tf.io.TFRecordWriter(os.path.join(out_dir, n)) for n in names[s]]
-             for s in SPLITS}
-  written = collections.Counter()
+  writers = [[tf.io.TFRecordWriter(os.path.join(out_dir, n)) for n in names[s]] for s in SPLITS]
+  rows = np.zeros(len(SPLITS), dtype=np.int64)
+  positives = np.zeros((len(SPLITS), len(labels)), dtype=np.int64)
   try:
-    for chunk, splits in _split_chunks(read_chunks, features, labels, split, seed):
-      columns = [(n, chunk.frame[n].str.encode("utf-8").tolist()) for n in features]
-      label_columns = [(n, chunk.frame[n].tolist()) for n in labels]
+    for frame in frames:
+      splits = assign(len(frame))
+      for s in range(len(SPLITS)):
+        positives[s] += frame.loc[splits == s, labels].to_numpy().sum(axis=0)
+      columns = [(n, frame[n].str.encode("utf-8").tolist()) for n in features]
+      label_columns = [(n, frame[n].tolist()) for n in labels]
       for row, s in enumerate(splits):
-        split_name = SPLITS[s]
         example = tf.train.Example()
         feature = example.features.feature
         for name, values in columns:
           feature[name].bytes_list.value.append(values[row])
         for name, values in label_columns:
           feature[name].int64_list.value.append(values[row])
-        shard = written[split_name] % num_shards[split_name]
-        writers[split_name][shard].write(example.SerializeToString())
-        written[split_name] += 1
+        split_writers = writers[s]
+        split_writers[rows[s] % len(split_writers)].write(example.SerializeToString())
+        rows[s] += 1
   finally:
-    for split_writers in writers.values():
+    for split_writers in writers:
       for writer in split_writers:
         writer.close()
-  return names
+  return names, rows, positives
 
 
 def _replace_dir(src: str, dst: str) -> None:

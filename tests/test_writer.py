@@ -3,18 +3,20 @@
 import json
 import os
 
+import numpy as np
+
 import pandas as pd
 import pytest
 import tensorflow as tf
 
-from data_prep.writer import Chunk, DataError, prepare
+from data_prep.writer import BadRows, Chunk, DataError, ExactSplit, RandomSplit, prepare
 from stem_tfrs.schema import Schema
 
 
-def frame(n=200, like=None):
+def frame(n=200, like=None, first_line=1):
   data = {"uid": [f"u{i % 7}" for i in range(n)], "item": [f"i{i % 3}" for i in range(n)],
-          "finish": [i % 2 for i in range(n)], "like": like or [i % 5 == 0 for i in range(n)]}
-  return pd.DataFrame(data)
+          "finish": [i % 2 for i in range(n)], "like": like or [int(i % 5 == 0) for i in range(n)]}
+  return pd.DataFrame(data, index=range(first_line, first_line + n))
 
 
 def run(tmp_path, chunks, **kwargs):
@@ -29,7 +31,7 @@ def leftovers(tmp_path):
 
 
 def test_writes_schema_stats_vocab_and_all_rows(tmp_path):
-  chunks = [Chunk(frame(), "a.csv", 2), Chunk(frame(100), "a.csv", 202)]
+  chunks = [Chunk(frame(first_line=2), "a.csv"), Chunk(frame(100, first_line=202), "a.csv")]
   stats = run(tmp_path, chunks)
   out = tmp_path / "out"
   schema = Schema.load(str(out))
@@ -57,23 +59,35 @@ def test_split_is_deterministic_by_seed(tmp_path):
 
 def test_min_count_sends_rare_values_to_oov(tmp_path):
   f = frame(100)
-  f.loc[0, "item"] = "rare"
+  f.loc[1, "item"] = "rare"
   run(tmp_path, [Chunk(f, "x")], min_count=2, seed=0, split=_all_train())
   vocab = (tmp_path / "out" / "vocab" / "item.txt").read_text().splitlines()
   assert "rare" not in vocab and set(vocab) == {"i0", "i1", "i2"}
 
 
 def _all_train():
-  from data_prep.writer import SplitFractions
-  return SplitFractions(test=0.0, valid_of_rest=0.0)
+  return RandomSplit(test=0.0, valid_of_rest=0.0)
 
 
 def test_label_outside_0_1_names_column_file_and_line_and_writes_nothing(tmp_path):
   like = [0] * 200
   like[57] = 2
-  with pytest.raises(DataError, match=r"column 'like' in a\.csv line 59: '2' is not 0 or 1"):
-    run(tmp_path, [Chunk(frame(like=like), "a.csv", first_line=2)])
+  with pytest.raises(DataError, match=r"label outside \{0, 1\}: a\.csv line 59: column 'like': "
+                                      r"'2' is not 0 or 1"):
+    run(tmp_path, [Chunk(frame(like=like, first_line=2), "a.csv")])
   assert leftovers(tmp_path) == []
+
+
+def test_bad_labels_are_skipped_counted_and_reported_unless_strict(tmp_path):
+  like = [0] * 100
+  like[3], like[10], like[11] = 2, "x", -1
+  bad = BadRows(strict=False)
+  stats = run(tmp_path, [Chunk(frame(100, like=like), "b.csv")], bad_rows=bad)
+  assert sum(s["rows"] for s in stats.values()) == 97
+  assert bad.counts == {"label outside {0, 1}": 2, "unparsable number": 1}
+  assert bad.examples["unparsable number"] == ["b.csv line 11: column 'like': 'x' is not 0 or 1"]
+  report = json.loads((tmp_path / "out" / "bad_rows.json").read_text())
+  assert report["total"] == 3 and report["by_kind"]["label outside {0, 1}"]["rows"] == 2
 
 
 def test_missing_column_is_named(tmp_path):
@@ -83,7 +97,7 @@ def test_missing_column_is_named(tmp_path):
 
 
 def test_empty_input_is_an_error(tmp_path):
-  with pytest.raises(DataError, match="no rows"):
+  with pytest.raises(DataError, match="no usable rows"):
     run(tmp_path, [Chunk(frame(0), "empty.csv")])
   assert leftovers(tmp_path) == []
 
@@ -113,3 +127,30 @@ def test_failure_in_second_pass_leaves_previous_data_set_intact(tmp_path):
             out_dir=str(tmp_path / "out"), overwrite=True)
   assert (tmp_path / "out" / "stats.json").read_text() == before
   assert leftovers(tmp_path) == ["out"]
+
+
+@pytest.mark.parametrize("total", [1, 9, 10, 11, 999, 1234])
+def test_exact_split_sizes_match_train_test_split_twice(tmp_path, total):
+  # scikit-learn: test = ceil(0.1 * N); valid = ceil(0.1 * (N - test)).
+  import math
+  test = math.ceil(0.1 * total)
+  valid = math.ceil(0.1 * (total - test))
+  chunks = [Chunk(frame(min(total, 500), first_line=1), "x")]
+  if total > 500:
+    chunks += [Chunk(frame(total - 500, first_line=501), "x")]
+  stats = run(tmp_path, chunks, split=ExactSplit(), seed=42, out_dir=str(tmp_path / f"o{total}"))
+  assert (stats["train"]["rows"], stats["valid"]["rows"], stats["test"]["rows"]) == (
+      total - test - valid, valid, test)
+
+
+def test_exact_split_is_seeded_and_uniform():
+  split = ExactSplit()
+
+  def draw(seed):
+    assign = split.assigner(10_000, seed)
+    return np.concatenate([assign(n) for n in (3000, 7000)])
+
+  a, b = draw(1), draw(1)
+  assert (a == b).all() and not (a == draw(2)).all()
+  assert (a == 2).sum() == 1000 and (a == 1).sum() == 900
+  assert abs((a[:3000] == 2).mean() - 0.1) < 0.03  # test rows spread over both chunks

@@ -9,11 +9,12 @@ from typing import Callable, Dict, List
 from absl import flags
 import tensorflow as tf
 
-from stem_tfrs.cli import benchmark, train
+from stem_tfrs.cli import benchmark, prepare, train
 
 COMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "train": train.run,
     "benchmark": benchmark.run,
+    "prepare": prepare.run,
 }
 
 

@@ -1,0 +1,79 @@
+"""The command line shared by `python -m data_prep.<name>` and `python main.py prepare`."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Callable, List, Optional, Tuple
+
+from absl import app, flags
+
+from data_prep.writer import BadRows
+
+
+@dataclasses.dataclass(frozen=True)
+class Loader:
+  """A raw data set's preparer and its defaults."""
+  prepare: Callable[..., dict]
+  min_count: int
+  seed: int
+  tasks: Tuple[str, ...]
+
+
+def loaders() -> dict:
+  """Name -> Loader, for every raw layout data_prep reads."""
+  from data_prep import qkvideo, tiktok
+  return {
+      "tiktok": Loader(tiktok.prepare_tiktok, tiktok.DEFAULT_MIN_COUNT, tiktok.DEFAULT_SEED,
+                       tiktok.TASKS),
+      "qkvideo": Loader(qkvideo.prepare_qkvideo, qkvideo.DEFAULT_MIN_COUNT,
+                        qkvideo.DEFAULT_SEED, qkvideo.TASKS),
+  }
+
+
+def define_flags(seed_flag: bool = True) -> None:
+  """--raw, --out, --min_count, --tasks, --strict, --overwrite (and --seed)."""
+  flags.DEFINE_string("raw", None, "Raw input file, in the data set's original layout.")
+  flags.DEFINE_string("out", None, "Output directory of the prepared data set.")
+  flags.DEFINE_integer("min_count", None, "Values seen fewer times share the OOV row "
+                       "(default: the data set's, 10 for TikTok as in the paper).")
+  flags.DEFINE_list("tasks", None, "Label columns to keep as tasks (default: the data set's).")
+  flags.DEFINE_bool("strict", False, "Stop at the first bad row instead of skipping it.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --out directory.")
+  if seed_flag:
+    flags.DEFINE_integer("seed", None, "Seed of the split (default: the data set's, 42).")
+
+
+def prepare(name: str, seed: Optional[int]) -> int:
+  """Runs loader `name` with the parsed flags; prints the outcome; returns the exit status."""
+  FLAGS = flags.FLAGS
+  loader = loaders()[name]
+  if not FLAGS.raw or not FLAGS.out:
+    print("error: --raw and --out are required", file=sys.stderr)
+    return 2
+  bad_rows = BadRows(strict=FLAGS.strict)
+  try:
+    stats = loader.prepare(
+        FLAGS.raw, FLAGS.out, bad_rows=bad_rows, overwrite=FLAGS.overwrite,
+        min_count=loader.min_count if FLAGS.min_count is None else FLAGS.min_count,
+        seed=loader.seed if seed is None else seed, tasks=FLAGS.tasks or loader.tasks)
+  except (ValueError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"wrote {FLAGS.out}: " + ", ".join(
+      f"{split} {s['rows']:,} rows" for split, s in stats.items()))
+  print(bad_rows.summary())
+  return 0
+
+
+def run_module(name: str) -> None:
+  """`python -m data_prep.<name>`: define the flags and run."""
+  define_flags()
+
+  def main(argv: List[str]) -> int:
+    if len(argv) > 1:
+      print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+      return 2
+    return prepare(name, flags.FLAGS.seed)
+
+  app.run(main)

@@ -1,0 +1,51 @@
+"""Tenrec QK-Video -> prepared data set.
+
+Run as `python -m data_prep.qkvideo --raw QK-video.csv --out DIR`
+(or `python main.py prepare --dataset=qkvideo ...`).
+
+Raw layout: `QK-video.csv`, comma-separated with a header: user_id, item_id,
+click, follow, like, share, video_category, watching_times, gender, age.
+
+Features: user_id, item_id, video_category, gender, age (categorical).
+`watching_times` is left out: it is measured after the impression, like the
+labels. Tasks: click and like by default; any of click, follow, like, share
+with `--tasks`. Values seen fewer than `--min_count` (10) times share the OOV
+row; a random 80/10/10 train/valid/test split with exact sizes, seed 42.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from data_prep.readers import read_delimited
+from data_prep.writer import BadRows, DataError, ExactSplit, prepare
+
+FEATURES = ["user_id", "item_id", "video_category", "gender", "age"]
+LABEL_COLUMNS = ("click", "follow", "like", "share")
+TASKS = ("click", "like")
+DEFAULT_MIN_COUNT = 10
+DEFAULT_SEED = 42
+
+
+def prepare_qkvideo(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_COUNT,
+                    seed: int = DEFAULT_SEED, tasks: Optional[Sequence[str]] = None,
+                    bad_rows: Optional[BadRows] = None, overwrite: bool = False,
+                    chunk_rows: int = 200_000) -> dict:
+  """Prepares `raw` (QK-video.csv) in `out_dir`; returns the stats."""
+  tasks = list(tasks or TASKS)
+  unknown = [t for t in tasks if t not in LABEL_COLUMNS]
+  if unknown:
+    raise DataError(f"QK-Video has no label column(s) {unknown}; choose from "
+                    f"{', '.join(LABEL_COLUMNS)}")
+  bad_rows = bad_rows if bad_rows is not None else BadRows()
+  return prepare(
+      lambda: read_delimited(raw, sep=",", required=FEATURES + tasks, bad_rows=bad_rows,
+                             chunk_rows=chunk_rows),
+      features=FEATURES, labels=tasks, group_column="user_id", out_dir=out_dir,
+      min_count=min_count, seed=seed, split=ExactSplit(test=0.1, valid_of_rest=1 / 9),
+      overwrite=overwrite, bad_rows=bad_rows)
+
+
+if __name__ == "__main__":
+  from data_prep import cli
+  cli.run_module("qkvideo")

@@ -1,0 +1,52 @@
+"""TikTok (ICME 2019 Short Video Understanding Challenge, Track 1) -> prepared data set.
+
+Run as `python -m data_prep.tiktok --raw final_track1_train.txt --out DIR`
+(or `python main.py prepare --dataset=tiktok ...`).
+
+Raw layout: `final_track1_train.txt`, tab-separated, no header, 12 columns:
+uid, user_city, item_id, author_id, item_city, channel, finish, like,
+music_id, device_id, create_time, video_duration.
+
+The defaults reproduce the STEM-Net authors' preprocessing: the 8 categorical
+features uid, item_id, author_id, item_city, channel, music_id, device_id,
+video_duration; tasks finish and like; values seen fewer than 10 times (over
+all rows, counted before the split, as the authors did) share one OOV row; a
+random split of 10% test, then 10% of the rest for validation, seed 42, with
+exactly the sizes scikit-learn's `train_test_split` gives (81/9/10).
+Malformed lines are skipped and reported (`--strict` stops at the first).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from data_prep.readers import read_delimited
+from data_prep.writer import BadRows, ExactSplit, prepare
+
+COLUMNS = ["uid", "user_city", "item_id", "author_id", "item_city", "channel", "finish", "like",
+           "music_id", "device_id", "create_time", "video_duration"]
+FEATURES = ["uid", "item_id", "author_id", "item_city", "channel", "music_id", "device_id",
+            "video_duration"]
+TASKS = ("finish", "like")
+DEFAULT_MIN_COUNT = 10
+DEFAULT_SEED = 42
+
+
+def prepare_tiktok(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_COUNT,
+                   seed: int = DEFAULT_SEED, tasks: Optional[Sequence[str]] = None,
+                   bad_rows: Optional[BadRows] = None, overwrite: bool = False,
+                   chunk_rows: int = 200_000) -> dict:
+  """Prepares `raw` (final_track1_train.txt) in `out_dir`; returns the stats."""
+  tasks = list(tasks or TASKS)
+  bad_rows = bad_rows if bad_rows is not None else BadRows()
+  return prepare(
+      lambda: read_delimited(raw, sep="\t", columns=COLUMNS, bad_rows=bad_rows,
+                             chunk_rows=chunk_rows),
+      features=FEATURES, labels=tasks, group_column="uid", out_dir=out_dir,
+      min_count=min_count, seed=seed, split=ExactSplit(test=0.1, valid_of_rest=0.1),
+      overwrite=overwrite, bad_rows=bad_rows)
+
+
+if __name__ == "__main__":
+  from data_prep import cli
+  cli.run_module("tiktok")

@@ -1,0 +1,54 @@
+"""data_prep.qkvideo on tiny files in Tenrec's QK-video.csv layout."""
+
+import numpy as np
+import pytest
+
+from data_prep.qkvideo import prepare_qkvideo
+from data_prep.writer import BadRows, DataError
+from stem_tfrs.schema import Schema
+
+HEADER = "user_id,item_id,click,follow,like,share,video_category,watching_times,gender,age"
+
+
+def write_raw(path, rows=500, header=HEADER, extra=()):
+  rng = np.random.default_rng(1)
+  lines = [header]
+  for _ in range(rows):
+    click = int(rng.random() < 0.3)
+    lines.append(",".join(map(str, [
+        rng.integers(0, 50), rng.integers(0, 80), click, int(click and rng.random() < 0.05),
+        int(click and rng.random() < 0.2), 0, rng.integers(0, 6), rng.integers(0, 4),
+        rng.integers(0, 3), rng.integers(0, 5)])))
+  for position, line in extra:
+    lines.insert(position, line)
+  path.write_text("\n".join(lines) + "\n")
+
+
+def test_default_tasks_features_and_80_10_10_split(tmp_path):
+  write_raw(tmp_path / "QK-video.csv", extra=[(5, "1,2,3"), (9, "1,2,7,0,0,0,1,1,1,1")])
+  bad = BadRows()
+  stats = prepare_qkvideo(str(tmp_path / "QK-video.csv"), str(tmp_path / "out"), min_count=1,
+                          bad_rows=bad)
+  schema = Schema.load(str(tmp_path / "out"))
+  assert schema.tasks == ["click", "like"] and schema.group_column == "user_id"
+  assert schema.feature_names == ["user_id", "item_id", "video_category", "gender", "age"]
+  assert [stats[s]["rows"] for s in ("train", "valid", "test")] == [400, 50, 50]
+  assert bad.counts == {"wrong column count": 1, "label outside {0, 1}": 1}
+  assert bad.examples["wrong column count"][0].endswith("QK-video.csv line 6: 3 fields, "
+                                                        "expected 10")
+
+
+def test_any_label_column_can_be_a_task(tmp_path):
+  write_raw(tmp_path / "QK-video.csv")
+  prepare_qkvideo(str(tmp_path / "QK-video.csv"), str(tmp_path / "out"),
+                  tasks=["click", "follow", "share"])
+  assert Schema.load(str(tmp_path / "out")).tasks == ["click", "follow", "share"]
+  with pytest.raises(DataError, match=r"no label column\(s\) \['watching_times'\]"):
+    prepare_qkvideo(str(tmp_path / "QK-video.csv"), str(tmp_path / "o2"),
+                    tasks=["watching_times"])
+
+
+def test_missing_required_column_is_named(tmp_path):
+  write_raw(tmp_path / "QK-video.csv", header=HEADER.replace(",like,", ",likes,"))
+  with pytest.raises(DataError, match=r"QK-video.csv: missing column\(s\) \['like'\]"):
+    prepare_qkvideo(str(tmp_path / "QK-video.csv"), str(tmp_path / "out"))

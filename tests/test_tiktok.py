@@ -1,0 +1,113 @@
+"""data_prep.tiktok on tiny files in the exact ICME 2019 Track 1 layout, malformed rows included."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data_prep.tiktok import COLUMNS, prepare_tiktok
+from data_prep.writer import BadRows, DataError
+from stem_tfrs.schema import Schema
+
+from conftest import REPO, TINY_MODEL_FLAGS
+from test_main import assert_clean_error, main_py
+
+
+def write_raw(path, rows=400, seed=0, extra_lines=()):
+  """A final_track1_train.txt: 12 tab-separated fields, no header; returns the good rows."""
+  rng = np.random.default_rng(seed)
+  good = []
+  for i in range(rows):
+    row = [f"{rng.integers(0, 40)}", f"{rng.integers(0, 5)}", f"{rng.integers(0, 60)}",
+           f"{rng.integers(0, 20)}", f"{rng.integers(0, 8)}", f"{rng.integers(0, 3)}",
+           f"{rng.integers(0, 2)}", f"{int(rng.random() < 0.1)}", f"{rng.integers(0, 30)}",
+           f"{rng.integers(0, 15)}", f"{53000000 + i}", f"{rng.integers(5, 30)}"]
+    good.append(row)
+  lines = ["\t".join(r) for r in good]
+  for position, line in extra_lines:
+    lines.insert(position, line)
+  path.write_text("\n".join(lines) + "\n")
+  return good
+
+
+MALFORMED = [(10, "1\t2\t3"),                                   # line 11: too few fields
+             (20, "\t".join(["7"] * 13)),                        # line 21: too many
+             (30, "\t".join(["1"] * 6 + ["2", "0"] + ["1"] * 4)),  # line 31: finish = 2
+             (40, "\t".join(["1"] * 7 + ["yes"] + ["1"] * 4))]     # line 41: like = 'yes'
+
+
+def test_prepares_the_paper_split_and_reports_bad_rows(tmp_path):
+  good = write_raw(tmp_path / "raw.txt", extra_lines=MALFORMED)
+  bad = BadRows()
+  stats = prepare_tiktok(str(tmp_path / "raw.txt"), str(tmp_path / "out"), min_count=2,
+                         bad_rows=bad, chunk_rows=64)
+  n = len(good)
+  test = math.ceil(0.1 * n)
+  valid = math.ceil(0.1 * (n - test))
+  assert [stats[s]["rows"] for s in ("train", "valid", "test")] == [n - test - valid, valid, test]
+  assert bad.counts == {"wrong column count": 2, "label outside {0, 1}": 1,
+                        "unparsable number": 1}
+  assert bad.examples["wrong column count"][0].endswith("raw.txt line 11: 3 fields, expected 12")
+  assert "line 41: column 'like': 'yes'" in bad.examples["unparsable number"][0]
+  report = json.loads((tmp_path / "out" / "bad_rows.json").read_text())
+  assert report["total"] == 4
+
+  schema = Schema.load(str(tmp_path / "out"))
+  assert schema.feature_names == ["uid", "item_id", "author_id", "item_city", "channel",
+                                  "music_id", "device_id", "video_duration"]
+  assert schema.tasks == ["finish", "like"] and schema.group_column == "uid"
+  finish = sum(int(r[COLUMNS.index("finish")]) for r in good)
+  parsed = [tf.io.parse_example(batch, {"finish": tf.io.FixedLenFeature([], tf.int64)})
+            for batch in tf.data.TFRecordDataset(
+                sum((schema.shard_paths(s) for s in ("train", "valid", "test")), [])).batch(1000)]
+  assert sum(int(tf.reduce_sum(p["finish"])) for p in parsed) == finish
+  # min_count over all rows: every uid value seen twice or more has a row.
+  uids = [r[0] for r in good]
+  expected = {u for u in set(uids) if uids.count(u) >= 2}
+  assert set((tmp_path / "out" / "vocab" / "uid.txt").read_text().split()) == expected
+
+
+def test_default_min_count_is_the_papers_ten(tmp_path):
+  good = write_raw(tmp_path / "raw.txt", rows=300)
+  prepare_tiktok(str(tmp_path / "raw.txt"), str(tmp_path / "out"))
+  vocab = (tmp_path / "out" / "vocab" / "author_id.txt").read_text().split()
+  authors = [r[3] for r in good]
+  assert set(vocab) == {a for a in set(authors) if authors.count(a) >= 10}
+
+
+def test_strict_stops_at_the_first_bad_row(tmp_path):
+  write_raw(tmp_path / "raw.txt", extra_lines=MALFORMED)
+  with pytest.raises(DataError, match=r"wrong column count: .*raw.txt line 11: 3 fields"):
+    prepare_tiktok(str(tmp_path / "raw.txt"), str(tmp_path / "out"), bad_rows=BadRows(True))
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_missing_and_empty_files_are_one_line_errors(tmp_path):
+  with pytest.raises(DataError, match=r"input file .*nope.txt does not exist"):
+    prepare_tiktok(str(tmp_path / "nope.txt"), str(tmp_path / "out"))
+  (tmp_path / "empty.txt").write_text("")
+  with pytest.raises(DataError, match=r"input file .*empty.txt is empty"):
+    prepare_tiktok(str(tmp_path / "empty.txt"), str(tmp_path / "out"))
+
+
+def test_module_cli_strict_and_main_prepare_then_train(tmp_path):
+  write_raw(tmp_path / "raw.txt", rows=3000, extra_lines=MALFORMED)
+  strict = subprocess.run([sys.executable, "-m", "data_prep.tiktok", "--raw=raw.txt",
+                           "--out=strict", "--strict"], cwd=tmp_path, capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=REPO), timeout=300)
+  assert_clean_error(strict, r"wrong column count: raw.txt line 11")
+  assert not os.path.exists(tmp_path / "strict")
+
+  prepared = main_py("prepare", "--dataset=tiktok", "--raw=raw.txt", "--out=tiktok",
+                     "--min_count=2", cwd=tmp_path)
+  assert prepared.returncode == 0, prepared.stderr[-2000:]
+  assert "skipped 4 bad row(s)" in prepared.stdout
+  trained = main_py("train", "--data_dir=tiktok", "--epochs=1", "--batch_size=256",
+                    "--export_dir=", "--verbose=0", *TINY_MODEL_FLAGS, cwd=tmp_path)
+  assert trained.returncode == 0, trained.stderr[-2000:]
+  assert "test   like" in trained.stdout
