@@ -22,18 +22,21 @@ class Loader:
 
 def loaders() -> dict:
   """Name -> Loader, for every raw layout data_prep reads."""
-  from data_prep import qkvideo, tiktok
+  from data_prep import movielens, qkvideo, tiktok
   return {
       "tiktok": Loader(tiktok.prepare_tiktok, tiktok.DEFAULT_MIN_COUNT, tiktok.DEFAULT_SEED,
                        tiktok.TASKS),
       "qkvideo": Loader(qkvideo.prepare_qkvideo, qkvideo.DEFAULT_MIN_COUNT,
                         qkvideo.DEFAULT_SEED, qkvideo.TASKS),
+      "movielens": Loader(movielens.prepare_movielens, movielens.DEFAULT_MIN_COUNT,
+                          movielens.DEFAULT_SEED, movielens.TASKS),
   }
 
 
 def define_flags(seed_flag: bool = True) -> None:
   """--raw, --out, --min_count, --tasks, --strict, --overwrite (and --seed)."""
-  flags.DEFINE_string("raw", None, "Raw input file, in the data set's original layout.")
+  flags.DEFINE_string("raw", None, "Raw input file (a directory for movielens), in the data "
+                      "set's original layout.")
   flags.DEFINE_string("out", None, "Output directory of the prepared data set.")
   flags.DEFINE_integer("min_count", None, "Values seen fewer times share the OOV row "
                        "(default: the data set's, 10 for TikTok as in the paper).")

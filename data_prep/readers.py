@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import pandas as pd
 
@@ -17,16 +17,9 @@ def _check_file(path: str) -> None:
     raise DataError(f"input file {path} is empty")
 
 
-def read_header(path: str, sep: str) -> List[str]:
-  """The column names of a delimited file's first line."""
-  _check_file(path)
-  with open(path, encoding="utf-8", newline="") as f:
-    return f.readline().rstrip("\r\n").split(sep)
-
-
 def read_delimited(path: str, *, sep: str, columns: Optional[Sequence[str]] = None,
                    required: Sequence[str] = (), bad_rows: BadRows,
-                   chunk_rows: int = 200_000) -> Iterator[Chunk]:
+                   chunk_rows: int = 200_000, encoding: str = "utf-8") -> Iterator[Chunk]:
   """Yields the rows of a delimited text file as string-typed chunks.
 
   A line whose number of fields differs from the number of columns is a bad
@@ -41,9 +34,10 @@ def read_delimited(path: str, *, sep: str, columns: Optional[Sequence[str]] = No
     required: Columns that must exist (a one-line error otherwise).
     bad_rows: Where malformed lines are reported.
     chunk_rows: Lines per chunk.
+    encoding: The file's text encoding.
   """
   _check_file(path)
-  with open(path, encoding="utf-8", newline="") as f:
+  with open(path, encoding=encoding, newline="") as f:
     first_line = 1
     if columns is None:
       columns = f.readline().rstrip("\r\n").split(sep)

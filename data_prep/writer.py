@@ -170,7 +170,8 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
             labels: Sequence[str], group_column: Optional[str], out_dir: str,
             min_count: int = 1, seed: int = 42, split=RandomSplit(),
             num_shards: Optional[Dict[str, int]] = None, overwrite: bool = False,
-            bad_rows: Optional[BadRows] = None) -> dict:
+            bad_rows: Optional[BadRows] = None,
+            multivalent: Optional[Dict[str, str]] = None) -> dict:
   """Writes a prepared data set to `out_dir` and returns its stats.
 
   Args:
@@ -188,6 +189,8 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
     bad_rows: Collects rows with a label that is not 0 or 1 (skipped), or,
       if strict, raises on the first; the readers report theirs here too.
       Written to `bad_rows.json` beside the data.
+    multivalent: Feature -> separator, for features holding a list of values
+      in one raw field ("Action|Comedy"); an empty field is an empty list.
 
   Returns:
     The stats written to stats.json.
@@ -197,6 +200,7 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
     FileExistsError: `out_dir` exists and `overwrite` is False.
   """
   features, labels = list(features), list(labels)
+  multivalent = dict(multivalent or {})
   num_shards = {"train": 8, "valid": 2, "test": 2, **(num_shards or {})}
   bad_rows = bad_rows if bad_rows is not None else BadRows(strict=True)
   if min_count < 1:
@@ -214,7 +218,10 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
     total += len(frame)
     counted = frame[assign(len(frame)) == 0] if assign else frame
     for name in features:
-      counts[name].update(counted[name].value_counts(sort=False).to_dict())
+      values = counted[name]
+      if name in multivalent:
+        values = values[values != ""].str.split(multivalent[name], regex=False).explode()
+      counts[name].update(values.value_counts(sort=False).to_dict())
   bad_rows.freeze()
   if total == 0:
     raise DataError("the raw input holds no usable rows" +
@@ -225,10 +232,10 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the data set is not
-    schema_features = _write_vocabularies(tmp, counts, min_count)
+    schema_features = _write_vocabularies(tmp, counts, min_count, multivalent)
     shard_files, rows, positives = _write_shards(
         tmp, _valid_rows(read_chunks, features, labels, bad_rows), features, labels,
-        split.assigner(total, seed), num_shards)
+        split.assigner(total, seed), num_shards, multivalent)
     schema = Schema(features=schema_features, labels=labels,
                     group_column=group_column, splits=shard_files, directory=tmp)
     schema.save(tmp)
@@ -277,7 +284,7 @@ def _valid_rows(read_chunks, features, labels, bad_rows: BadRows) -> Iterator[pd
 
 
 def _write_vocabularies(out_dir: str, counts: Dict[str, collections.Counter],
-                        min_count: int) -> List[CategoricalFeature]:
+                        min_count: int, multivalent: Dict[str, str]) -> List[CategoricalFeature]:
   os.makedirs(os.path.join(out_dir, "vocab"))
   schema_features = []
   for name, counter in counts.items():
@@ -287,11 +294,12 @@ def _write_vocabularies(out_dir: str, counts: Dict[str, collections.Counter],
     with open(os.path.join(out_dir, path), "w", encoding="utf-8") as f:
       f.writelines(f"{v}\n" for v in kept)
     schema_features.append(CategoricalFeature(
-        name=name, dtype="string", vocabulary_file=path, vocabulary_size=len(kept)))
+        name=name, dtype="string", vocabulary_file=path, vocabulary_size=len(kept),
+        multivalent=name in multivalent))
   return schema_features
 
 
-def _write_shards(out_dir, frames, features, labels, assign, num_shards):
+def _write_shards(out_dir, frames, features, labels, assign, num_shards, multivalent):
   """Writes every row to its split's shards (round robin); returns names, rows, positives."""
   names = {s: [f"{s}-{i:05d}-of-{num_shards[s]:05d}.tfrecord"
                for i in range(num_shards[s])] for s in SPLITS}
@@ -303,13 +311,19 @@ def _write_shards(out_dir, frames, features, labels, assign, num_shards):
       splits = assign(len(frame))
       for s in range(len(SPLITS)):
         positives[s] += frame.loc[splits == s, labels].to_numpy().sum(axis=0)
-      columns = [(n, frame[n].str.encode("utf-8").tolist()) for n in features]
+      columns = [(n, frame[n].str.encode("utf-8").tolist()) for n in features
+                 if n not in multivalent]
+      lists = [(n, [v.encode("utf-8").split(multivalent[n].encode("utf-8")) if v else []
+                    for v in frame[n]]) for n in features if n in multivalent]
       label_columns = [(n, frame[n].tolist()) for n in labels]
       for row, s in enumerate(splits):
         example = tf.train.Example()
         feature = example.features.feature
         for name, values in columns:
           feature[name].bytes_list.value.append(values[row])
+        for name, values in lists:
+          feature[name].bytes_list.SetInParent()
+          feature[name].bytes_list.value.extend(values[row])
         for name, values in label_columns:
           feature[name].int64_list.value.append(values[row])
         split_writers = writers[s]

@@ -9,18 +9,26 @@ import tensorflow as tf
 from stem_tfrs.schema import Schema, SchemaError
 
 _TF_DTYPES = {"string": tf.string, "int64": tf.int64}
+#: What pads the lists of a multivalent feature to a rectangle; never looked up.
+PADDING = {"string": "", "int64": -1}
 
 
-def feature_spec(schema: Schema) -> Dict[str, tf.io.FixedLenFeature]:
+def feature_spec(schema: Schema) -> dict:
   """`tf.io.parse_example` spec of the schema's features and labels."""
-  spec = {f.name: tf.io.FixedLenFeature([], _TF_DTYPES[f.dtype]) for f in schema.features}
+  spec = {f.name: (tf.io.RaggedFeature(_TF_DTYPES[f.dtype]) if f.multivalent
+                   else tf.io.FixedLenFeature([], _TF_DTYPES[f.dtype]))
+          for f in schema.features}
   spec.update({label: tf.io.FixedLenFeature([], tf.int64) for label in schema.labels})
   return spec
 
 
 def serving_input_signature(schema: Schema) -> Dict[str, tf.TensorSpec]:
-  """One [None] tensor per raw feature column, named and typed as in the schema."""
-  return {f.name: tf.TensorSpec([None], _TF_DTYPES[f.dtype], name=f.name)
+  """One tensor per raw feature column, named and typed as in the schema.
+
+  Shape [None], or [None, None] padded with `PADDING` for a multivalent one.
+  """
+  return {f.name: tf.TensorSpec([None, None] if f.multivalent else [None],
+                                _TF_DTYPES[f.dtype], name=f.name)
           for f in schema.features}
 
 
@@ -37,6 +45,7 @@ def validate_shards(schema: Schema, splits=("train", "valid", "test")) -> None:
   kinds = {"string": "bytes_list", "int64": "int64_list"}
   expected = {f.name: kinds[f.dtype] for f in schema.features}
   expected.update({label: "int64_list" for label in schema.labels})
+  multivalent = {f.name for f in schema.features if f.multivalent}  # an empty list has no kind
   for split in splits:
     path = schema.shard_paths(split)[0]
     if not tf.io.gfile.exists(path):
@@ -54,7 +63,7 @@ def validate_shards(schema: Schema, splits=("train", "valid", "test")) -> None:
         raise SchemaError(
             f"column '{column}' named in schema.json is missing from shard {path} "
             f"(it holds: {', '.join(sorted(present))})")
-      if present[column].WhichOneof("kind") != kind:
+      if present[column].WhichOneof("kind") not in (kind, None if column in multivalent else kind):
         raise SchemaError(
             f"column '{column}' in shard {path} is a {present[column].WhichOneof('kind')}"
             f", but schema.json expects a {kind}")
@@ -87,8 +96,8 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
 
   Returns:
     A dataset of (features, labels): features maps each feature name to a
-    [B] tensor of raw ids (schema dtype); labels maps each task to a [B]
-    float32 tensor of 0/1.
+    [B] tensor of raw ids (schema dtype), or [B, L] padded with `PADDING` for
+    a multivalent feature; labels maps each task to a [B] float32 tensor of 0/1.
   """
   paths = schema.shard_paths(split)
   files = tf.data.Dataset.from_tensor_slices(paths)
@@ -103,7 +112,7 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
   if shuffle:
     records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   spec = feature_spec(schema)
-  feature_names, labels = schema.feature_names, schema.labels
+  labels = schema.labels
 
   def parse(serialized: tf.Tensor) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
     parsed = tf.io.parse_example(serialized, spec)
@@ -113,7 +122,9 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
          parsed[label]], summarize=8) for label in labels]
     with tf.control_dependencies(checks):
       label_values = {label: tf.cast(parsed[label], tf.float32) for label in labels}
-    return {name: parsed[name] for name in feature_names}, label_values
+    features = {f.name: (parsed[f.name].to_tensor(default_value=PADDING[f.dtype])
+                         if f.multivalent else parsed[f.name]) for f in schema.features}
+    return features, label_values
 
   return (records
           .batch(batch_size, drop_remainder=drop_remainder,

@@ -53,12 +53,17 @@ class CategoricalFeature:
       the schema's directory. Values not in it map to the one OOV row.
     vocabulary_size: Number of lines in `vocabulary_file` (without OOV).
     hash_buckets: Instead of a vocabulary, hash raw values into this many rows.
+    multivalent: The column holds a list of values per example (genres,
+      tags); the model mean-pools their embeddings. In shards a list is one
+      bytes_list / int64_list of any length; at serving, a [None, None] tensor
+      padded with "" (or -1 for int64), the padding being ignored.
   """
   name: str
   dtype: str = "string"
   vocabulary_file: Optional[str] = None
   vocabulary_size: Optional[int] = None
   hash_buckets: Optional[int] = None
+  multivalent: bool = False
 
   def __post_init__(self):
     if self.dtype not in _DTYPES:

@@ -106,3 +106,19 @@ def test_layer_configs_round_trip(vocab_features):
   assert FieldEmbedding.from_config(layer.get_config()).get_config() == layer.get_config()
   group = ExpertGroup(2, [3], dropout=0.2, batch_norm=True)
   assert ExpertGroup.from_config(group.get_config()).get_config() == group.get_config()
+
+
+def test_multivalent_field_is_the_mean_of_its_values_padding_excluded(vocab_features):
+  features = [vocab_features[0], dict(vocab_features[1], multivalent=True), vocab_features[2]]
+  layer = FieldEmbedding(features, ["t", "shared"], embedding_dim=2, embedding_l2=0.1)
+  out = layer({"a": tf.constant(["a1", "a2"]),
+               "b": tf.constant([["b0", "b1", ""], ["", "", ""]]),
+               "c": tf.constant(["x", "y"])})[0].numpy()
+  table = layer.table.numpy()
+  np.testing.assert_allclose(out[0, 2:4], (table[5, :2] + table[6, :2]) / 2, rtol=1e-6)
+  np.testing.assert_array_equal(out[1, 2:4], [0.0, 0.0])  # an empty list
+  np.testing.assert_array_equal(out[:, :2], table[[2, 3], :2])  # field a stays first
+  rows = np.concatenate([table[[2, 3]], table[[5, 6]],
+                         layer.table.numpy()[[7 + int(layer._lookups[2](tf.constant(v)))
+                                              for v in ("x", "y")]]])
+  assert float(sum(layer.losses)) == pytest.approx(0.1 * np.square(rows).sum() / 2, rel=1e-5)

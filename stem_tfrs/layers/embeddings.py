@@ -7,6 +7,9 @@ from typing import Dict, List, Sequence
 import tensorflow as tf
 
 
+_PADDING = {"string": "", "int64": -1}  # pads multivalent lists; masked out
+
+
 def _lookup_layer(feature: dict) -> tf.keras.layers.Layer:
   """Raw values -> row index in [0, num_rows); unknown values -> row 0 (OOV)."""
   name = f"lookup_{feature['name']}"
@@ -40,6 +43,10 @@ class FieldEmbedding(tf.keras.layers.Layer):
   `IntegerLookup` or `Hashing`), so an exported model takes raw ids, and ids
   never seen in training map to the field's OOV row instead of failing.
 
+  A multivalent field (a list of values per example, padded with "" or -1)
+  is the mean of its values' rows, padding excluded (zeros for an empty
+  list).
+
   With `embedding_l2 > 0`, the layer adds the loss
   `embedding_l2 * sum(rows ** 2) / B` over the rows gathered for the batch
   (all tables), not over whole tables: its cost grows with the batch, not
@@ -54,14 +61,15 @@ class FieldEmbedding(tf.keras.layers.Layer):
       x_finish, x_like, x_shared = embedding({"uid": tf.constant(["u1"])})
 
   Args:
-    features: One dict per field: `name`, `dtype` ("string" or "int64") and
-      either `vocabulary_file` + `vocabulary_size` or `hash_buckets` (the
-      fields of `stem_tfrs.schema.CategoricalFeature`).
+    features: One dict per field: `name`, `dtype` ("string" or "int64"),
+      either `vocabulary_file` + `vocabulary_size` or `hash_buckets`, and
+      `multivalent` (the fields of `stem_tfrs.schema.CategoricalFeature`).
     table_names: Names of the tables, task tables first, "shared" last.
     embedding_dim: D.
     embedding_l2: Factor of the per-batch L2 penalty on the gathered rows.
 
-  Input: dict field name -> raw ids of shape [B] (or [B, 1]).
+  Input: dict field name -> raw ids of shape [B] (or [B, 1]); [B, L] for a
+    multivalent field.
   Output: list of len(table_names) tensors of shape [B, F * D], in
     `table_names` order.
   """
@@ -104,19 +112,41 @@ class FieldEmbedding(tf.keras.layers.Layer):
     super().build(input_shape)
 
   def call(self, inputs: Dict[str, tf.Tensor]) -> List[tf.Tensor]:
-    rows = []
-    for feature, lookup, offset in zip(self.features, self._lookups, self._offsets):
-      ids = tf.reshape(inputs[feature["name"]], [-1])
-      rows.append(tf.cast(lookup(ids), tf.int32) + offset)
-    rows = tf.stack(rows, axis=1)                                 # [B, F]
-    embedded = tf.gather(self.table, rows)                         # [B, F, T'*D]
+    single_positions, single_rows, pooled_positions, pooled = [], [], [], []
+    penalty = []
+    for position, (feature, lookup, offset) in enumerate(
+        zip(self.features, self._lookups, self._offsets)):
+      raw = inputs[feature["name"]]
+      if feature.get("multivalent"):
+        if raw.shape.rank == 1:  # one value per example
+          raw = raw[:, None]
+        rows = tf.gather(self.table, tf.cast(lookup(raw), tf.int32) + offset)  # [B, L, W]
+        mask = tf.cast(tf.not_equal(raw, _PADDING[feature.get("dtype", "string")]),
+                       rows.dtype)[..., None]                                  # [B, L, 1]
+        rows *= mask
+        penalty.append(tf.reduce_sum(tf.square(rows)))
+        pooled.append(tf.reduce_sum(rows, axis=1)
+                      / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0))          # [B, W]
+        pooled_positions.append(position)
+      else:
+        single_rows.append(tf.cast(lookup(tf.reshape(raw, [-1])), tf.int32) + offset)
+        single_positions.append(position)
+    parts = []
+    if single_rows:
+      embedded = tf.gather(self.table, tf.stack(single_rows, axis=1))  # [B, F1, W]: one gather
+      penalty.append(tf.reduce_sum(tf.square(embedded)))
+      parts.append(embedded)
+    if pooled:
+      parts.append(tf.stack(pooled, axis=1))                            # [B, F2, W]
+    embedded = tf.concat(parts, axis=1) if len(parts) > 1 else parts[0]
+    order = single_positions + pooled_positions
+    if order != sorted(order):  # back to schema order
+      embedded = tf.gather(embedded, sorted(range(len(order)), key=order.__getitem__), axis=1)
     if self.embedding_l2:
-      batch = tf.cast(tf.shape(rows)[0], embedded.dtype)
-      self.add_loss(self.embedding_l2 * tf.reduce_sum(tf.square(embedded))
-                    / tf.maximum(batch, 1.0))
+      batch = tf.cast(tf.shape(embedded)[0], embedded.dtype)
+      self.add_loss(self.embedding_l2 * tf.add_n(penalty) / tf.maximum(batch, 1.0))
     num_fields, num_tables = len(self.features), len(self.table_names)
-    embedded = tf.reshape(
-        embedded, [-1, num_fields, num_tables, self.embedding_dim])
+    embedded = tf.reshape(embedded, [-1, num_fields, num_tables, self.embedding_dim])
     return [tf.reshape(embedded[:, :, k, :], [-1, num_fields * self.embedding_dim])
             for k in range(num_tables)]
 

@@ -1,0 +1,126 @@
+"""data_prep.movielens in both ML-100K layouts, and genres as a multivalent feature end to end."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data_prep.movielens import GENRES, prepare_movielens
+from data_prep.writer import BadRows, DataError
+from stem_tfrs import TrainConfig, training
+from stem_tfrs.schema import Schema
+
+from conftest import tiny_model_config
+
+USERS, ITEMS = 30, 60
+
+
+def ratings(seed=0, n=400):
+  rng = np.random.default_rng(seed)
+  pairs = set()
+  while len(pairs) < n:
+    pairs.add((int(rng.integers(1, USERS + 1)), int(rng.integers(1, ITEMS + 1))))
+  return [(u, i, int(rng.integers(1, 6)), 880000000 + k) for k, (u, i) in enumerate(sorted(pairs))]
+
+
+def item_genres(i):
+  return [g for k, g in enumerate(GENRES) if (i + k) % 7 == 0] or ["Drama"]
+
+
+def write_original(directory, extra_data_lines=()):
+  lines = [f"{u}\t{i}\t{r}\t{t}" for u, i, r, t in ratings()] + list(extra_data_lines)
+  (directory / "u.data").write_text("\n".join(lines) + "\n")
+  (directory / "u.user").write_text("".join(
+      f"{u}|{20 + u}|{'MF'[u % 2]}|job{u % 4}|0{u:04d}\n" for u in range(1, USERS + 1)))
+  (directory / "u.item").write_bytes("".join(
+      f"{i}|Movie é {i} (1995)|01-Jan-{1990 + i % 8}||http://x|"
+      + "|".join("1" if g in item_genres(i) else "0" for g in GENRES) + "\n"
+      for i in range(1, ITEMS + 1)).encode("latin-1"))
+
+
+def write_atomic(directory):
+  (directory / "ml-100k.inter").write_text(
+      "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+      + "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ratings()))
+  (directory / "ml-100k.user").write_text(
+      "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n"
+      + "".join(f"{u}\t{20 + u}\t{'MF'[u % 2]}\tjob{u % 4}\t0{u:04d}\n"
+                for u in range(1, USERS + 1)))
+  (directory / "ml-100k.item").write_text(
+      "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+      + "".join(f"{i}\tMovie {i}\t{1990 + i % 8}\t{' '.join(item_genres(i))}\n"
+                for i in range(1, ITEMS + 1)))
+
+
+def read_all(schema):
+  spec = {"click": tf.io.FixedLenFeature([], tf.int64), "like": tf.io.FixedLenFeature([], tf.int64),
+          "genres": tf.io.RaggedFeature(tf.string), "item_id": tf.io.FixedLenFeature([], tf.string)}
+  paths = sum((schema.shard_paths(s) for s in ("train", "valid", "test")), [])
+  return tf.io.parse_example(next(iter(tf.data.TFRecordDataset(paths).batch(100_000))), spec)
+
+
+@pytest.mark.parametrize("layout", ["original", "atomic"])
+def test_ratings_become_clicks_and_likes_with_four_negatives_each(tmp_path, layout):
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  (write_original if layout == "original" else write_atomic)(raw)
+  stats = prepare_movielens(str(raw), str(tmp_path / "out"))
+  assert sum(s["rows"] for s in stats.values()) == 400 * 5
+  schema = Schema.load(str(tmp_path / "out"))
+  assert schema.tasks == ["click", "like"]
+  assert schema.feature("genres").multivalent and not schema.feature("item_id").multivalent
+  rows = read_all(schema)
+  click, like = rows["click"].numpy(), rows["like"].numpy()
+  assert click.sum() == 400 and like[click == 0].sum() == 0
+  assert like.sum() == sum(r >= 4 for _, _, r, _ in ratings())
+  lengths = rows["genres"].row_lengths().numpy()
+  assert lengths.max() > 1 and lengths.min() >= 1
+  first = rows["item_id"].numpy()[0].decode()
+  assert sorted(v.decode() for v in rows["genres"][0].numpy()) == sorted(item_genres(int(first)))
+
+
+def test_negatives_are_seeded_and_never_rated_items(tmp_path):
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  write_original(raw)
+  from data_prep.movielens import build_rows
+  a = build_rows(str(raw), seed=1, bad_rows=BadRows())
+  b = build_rows(str(raw), seed=1, bad_rows=BadRows())
+  assert a.equals(b)
+  rated = {(str(u), str(i)) for u, i, _, _ in ratings()}
+  negatives = a[a.click == 0]
+  assert len(negatives) == 1600
+  assert not any((u, i) in rated for u, i in zip(negatives.user_id, negatives.item_id))
+
+
+def test_bad_rating_lines_are_reported(tmp_path):
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  write_original(raw, extra_data_lines=["1\t2\t3", "5\t6\tfive\t0"])
+  bad = BadRows()
+  prepare_movielens(str(raw), str(tmp_path / "out"), bad_rows=bad)
+  assert bad.counts == {"wrong column count": 1, "unparsable number": 1}
+  with pytest.raises(DataError, match="wrong column count: .*u.data line 401"):
+    prepare_movielens(str(raw), str(tmp_path / "o2"), bad_rows=BadRows(strict=True))
+  with pytest.raises(DataError, match="neither u.data"):
+    prepare_movielens(str(tmp_path), str(tmp_path / "o3"))
+
+
+def test_multivalent_genres_train_and_serve_padded(tmp_path):
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  write_original(raw)
+  prepare_movielens(str(raw), str(tmp_path / "data"))
+  config = TrainConfig(data_dir=str(tmp_path / "data"), run_dir=str(tmp_path / "run"),
+                       export_dir=str(tmp_path / "export"), epochs=1, batch_size=128)
+  result = training.train(tiny_model_config(), config, verbose=0)
+  assert result.metrics["test"]["click"]["auc"] > 0.5
+  serve = tf.saved_model.load(result.export_path).signatures["serving_default"]
+  _, inputs = serve.structured_input_signature
+  assert inputs["genres"].shape.as_list() == [None, None]
+  request = {"user_id": ["1", "999"], "item_id": ["2", "nope"], "age": ["21", "?"],
+             "gender": ["F", "F"], "occupation": ["job1", "x"], "release_year": ["1992", "?"],
+             "genres": [["Action", "Comedy", ""], ["", "", ""]]}
+  served = serve(**{k: tf.constant(v) for k, v in request.items()})
+  expected = result.model({k: tf.constant(v) for k, v in request.items()})
+  for task in ("click", "like"):
+    np.testing.assert_allclose(served[task].numpy(), expected[task].numpy(), atol=1e-6)
