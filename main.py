@@ -3,7 +3,7 @@
 Commands:
   train       Train a model (STEM-Net by default), evaluate it and export a SavedModel.
   benchmark   Train every model with every seed on the same data; write comparison reports.
-  prepare     Turn a raw data set (TikTok, QK-Video) into a prepared data set.
+  prepare     Turn a raw data set (TikTok, KuaiRand-1K, QK-Video, MovieLens) into a prepared one.
 
 `python main.py train --helpfull` lists every flag; `--flagfile=FILE` reads
 flags from a file. The commands are thin shells over the `stem_tfrs` library.

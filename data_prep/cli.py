@@ -22,12 +22,14 @@ class Loader:
 
 def loaders() -> dict:
   """Name -> Loader, for every raw layout data_prep reads."""
-  from data_prep import movielens, qkvideo, tiktok
+  from data_prep import kuairand, movielens, qkvideo, tiktok
   return {
       "tiktok": Loader(tiktok.prepare_tiktok, tiktok.DEFAULT_MIN_COUNT, tiktok.DEFAULT_SEED,
                        tiktok.TASKS),
       "qkvideo": Loader(qkvideo.prepare_qkvideo, qkvideo.DEFAULT_MIN_COUNT,
                         qkvideo.DEFAULT_SEED, qkvideo.TASKS),
+      "kuairand": Loader(kuairand.prepare_kuairand, kuairand.DEFAULT_MIN_COUNT,
+                         kuairand.DEFAULT_SEED, kuairand.TASKS),
       "movielens": Loader(movielens.prepare_movielens, movielens.DEFAULT_MIN_COUNT,
                           movielens.DEFAULT_SEED, movielens.TASKS),
   }

@@ -113,13 +113,13 @@ class RandomSplit:
   valid_of_rest: float = 0.1
   vocabulary_from_train = True
 
-  def assigner(self, total_rows: Optional[int], seed: int) -> Callable[[int], np.ndarray]:
-    """A function: next chunk's row count -> split index per row (0 train, 1 valid, 2 test)."""
+  def assigner(self, total_rows: Optional[int], seed: int) -> Callable[[pd.DataFrame], np.ndarray]:
+    """A function: next chunk's rows -> split index per row (0 train, 1 valid, 2 test)."""
     chunk_index = itertools.count()
     valid_end = self.test + (1.0 - self.test) * self.valid_of_rest
 
-    def assign(n: int) -> np.ndarray:
-      draws = np.random.default_rng([seed, next(chunk_index)]).random(n)
+    def assign(frame: pd.DataFrame) -> np.ndarray:
+      draws = np.random.default_rng([seed, next(chunk_index)]).random(len(frame))
       return np.where(draws < self.test, 2, np.where(draws < valid_end, 1, 0))
     return assign
 
@@ -144,12 +144,13 @@ class ExactSplit:
     valid = math.ceil(self.valid_of_rest * (total_rows - test))
     return total_rows - test - valid, valid, test
 
-  def assigner(self, total_rows: Optional[int], seed: int) -> Callable[[int], np.ndarray]:
+  def assigner(self, total_rows: Optional[int], seed: int) -> Callable[[pd.DataFrame], np.ndarray]:
     rng = np.random.default_rng(seed)
     left = {"rows": total_rows}
     left["train"], left["valid"], left["test"] = self.sizes(total_rows)
 
-    def assign(n: int) -> np.ndarray:
+    def assign(frame: pd.DataFrame) -> np.ndarray:
+      n = len(frame)
       out = np.zeros(n, dtype=np.int64)
       n_test = rng.hypergeometric(left["test"], left["rows"] - left["test"], n) if n else 0
       test_rows = rng.choice(n, n_test, replace=False)
@@ -183,7 +184,10 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
     out_dir: Destination directory; must not exist unless `overwrite`.
     min_count: Values seen fewer times map to the OOV row.
     seed: Seed of the split.
-    split: `RandomSplit` (vocabularies from train) or `ExactSplit`.
+    split: `RandomSplit` (vocabularies from train), `ExactSplit`, or any
+      object with `vocabulary_from_train` and `assigner(total_rows, seed)`
+      returning a function of a chunk's rows -> split index per row
+      (0 train, 1 valid, 2 test); `total_rows` is None in the first pass.
     num_shards: Shards per split (default train 8, valid 2, test 2).
     overwrite: Replace an existing `out_dir`.
     bad_rows: Collects rows with a label that is not 0 or 1 (skipped), or,
@@ -216,7 +220,7 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
   assign = split.assigner(None, seed) if split.vocabulary_from_train else None
   for frame in _valid_rows(read_chunks, features, labels, bad_rows):
     total += len(frame)
-    counted = frame[assign(len(frame)) == 0] if assign else frame
+    counted = frame[assign(frame) == 0] if assign else frame
     for name in features:
       values = counted[name]
       if name in multivalent:
@@ -288,7 +292,9 @@ def _write_vocabularies(out_dir: str, counts: Dict[str, collections.Counter],
   os.makedirs(os.path.join(out_dir, "vocab"))
   schema_features = []
   for name, counter in counts.items():
-    kept = sorted((v for v, c in counter.items() if c >= min_count),
+    # "" is a missing value: it shares the OOV row (and a vocabulary file
+    # cannot hold an empty line).
+    kept = sorted((v for v, c in counter.items() if c >= min_count and v != ""),
                   key=lambda v: (-counter[v], v))
     path = os.path.join("vocab", f"{name}.txt")
     with open(os.path.join(out_dir, path), "w", encoding="utf-8") as f:
@@ -308,7 +314,7 @@ def _write_shards(out_dir, frames, features, labels, assign, num_shards, multiva
   positives = np.zeros((len(SPLITS), len(labels)), dtype=np.int64)
   try:
     for frame in frames:
-      splits = assign(len(frame))
+      splits = assign(frame)
       for s in range(len(SPLITS)):
         positives[s] += frame.loc[splits == s, labels].to_numpy().sum(axis=0)
       columns = [(n, frame[n].str.encode("utf-8").tolist()) for n in features

@@ -5,7 +5,10 @@ import pytest
 
 from data_prep.qkvideo import prepare_qkvideo
 from data_prep.writer import BadRows, DataError
+from stem_tfrs import TrainConfig, training
 from stem_tfrs.schema import Schema
+
+from conftest import tiny_model_config
 
 HEADER = "user_id,item_id,click,follow,like,share,video_category,watching_times,gender,age"
 
@@ -52,3 +55,12 @@ def test_missing_required_column_is_named(tmp_path):
   write_raw(tmp_path / "QK-video.csv", header=HEADER.replace(",like,", ",likes,"))
   with pytest.raises(DataError, match=r"QK-video.csv: missing column\(s\) \['like'\]"):
     prepare_qkvideo(str(tmp_path / "QK-video.csv"), str(tmp_path / "out"))
+
+
+def test_trains_on_the_prepared_data_without_further_flags(tmp_path):
+  write_raw(tmp_path / "QK-video.csv", rows=2000)
+  prepare_qkvideo(str(tmp_path / "QK-video.csv"), str(tmp_path / "out"), min_count=1)
+  config = TrainConfig(data_dir=str(tmp_path / "out"), run_dir=str(tmp_path / "run"),
+                       export_dir="", epochs=1, batch_size=128)
+  metrics = training.train(tiny_model_config(), config, verbose=0).metrics
+  assert set(metrics["test"]) == {"click", "like"}

@@ -148,9 +148,16 @@ def test_exact_split_is_seeded_and_uniform():
 
   def draw(seed):
     assign = split.assigner(10_000, seed)
-    return np.concatenate([assign(n) for n in (3000, 7000)])
+    return np.concatenate([assign(pd.DataFrame(index=range(n))) for n in (3000, 7000)])
 
   a, b = draw(1), draw(1)
   assert (a == b).all() and not (a == draw(2)).all()
   assert (a == 2).sum() == 1000 and (a == 1).sum() == 900
   assert abs((a[:3000] == 2).mean() - 0.1) < 0.03  # test rows spread over both chunks
+
+
+def test_empty_values_are_missing_and_stay_out_of_the_vocabulary(tmp_path):
+  f = frame(50)
+  f["item"] = ["", "i1"] * 25
+  run(tmp_path, [Chunk(f, "x")], split=_all_train())
+  assert (tmp_path / "out" / "vocab" / "item.txt").read_text() == "i1\n"
