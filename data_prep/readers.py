@@ -62,7 +62,7 @@ def read_delimited(path: str, *, sep: str, columns: Optional[Sequence[str]] = No
           rows.append(None)
         else:
           rows.append(None)
-      frame = pd.DataFrame([r for r in rows if r is not None], columns=columns, dtype=str)
+      frame = pd.DataFrame([r for r in rows if r is not None], columns=columns, dtype=object)
       frame.index = [first_line + i for i, r in enumerate(rows) if r is not None]
       yield Chunk(frame, source=path)
       first_line += len(lines)

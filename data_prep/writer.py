@@ -268,23 +268,34 @@ def _valid_rows(read_chunks, features, labels, bad_rows: BadRows) -> Iterator[pd
       raise DataError(
           f"{chunk.source}: missing column(s) {missing}; found {list(frame.columns)}")
     keep = np.ones(len(frame), dtype=bool)
+    label_values = {}
     for label in labels:
-      values = pd.to_numeric(frame[label], errors="coerce")
-      for row in np.flatnonzero(~values.isin([0, 1]).to_numpy() & keep):
-        raw = frame[label].iloc[row]
-        kind = ("unparsable number" if pd.isna(values.iloc[row]) else
-                "label outside {0, 1}")
-        bad_rows.add(kind, chunk.source, int(frame.index[row]),
-                     f"column '{label}': '{raw}' is not 0 or 1")
-        keep[row] = False
+      column = frame[label]
+      values = column.isin([1, "1"]).to_numpy().astype(np.int64)
+      for row in np.flatnonzero(~column.isin([0, 1, "0", "1"]).to_numpy()):  # the slow path
+        number = pd.to_numeric(pd.Series([column.iloc[row]]), errors="coerce").iloc[0]
+        if number in (0, 1):  # "1.0", 0.0, ...
+          values[row] = int(number)
+        elif keep[row]:
+          kind = "unparsable number" if pd.isna(number) else "label outside {0, 1}"
+          bad_rows.add(kind, chunk.source, int(frame.index[row]),
+                       f"column '{label}': '{column.iloc[row]}' is not 0 or 1")
+          keep[row] = False
+      label_values[label] = values
     frame = frame[keep].copy()
     for label in labels:
-      frame[label] = pd.to_numeric(frame[label]).astype(np.int64)
+      frame[label] = label_values[label][keep]
     for name in features:
-      frame[name] = frame[name].fillna("").astype(str)
-      if frame[name].str.contains("\n", regex=False).any():
-        raise DataError(f"column '{name}' in {chunk.source}: a value holds a newline")
+      frame[name] = _as_python_strings(frame[name])
     yield frame
+
+
+def _as_python_strings(column: pd.Series) -> pd.Series:
+  """An object column of str, missing values as "" (pandas' own string dtype is slower)."""
+  column = column.astype(object).where(column.notna(), "")
+  if pd.api.types.infer_dtype(column, skipna=False) not in ("string", "empty"):
+    column = column.map(str)
+  return column
 
 
 def _write_vocabularies(out_dir: str, counts: Dict[str, collections.Counter],
@@ -296,6 +307,9 @@ def _write_vocabularies(out_dir: str, counts: Dict[str, collections.Counter],
     # cannot hold an empty line).
     kept = sorted((v for v, c in counter.items() if c >= min_count and v != ""),
                   key=lambda v: (-counter[v], v))
+    broken = next((v for v in kept if "\n" in v or "\r" in v), None)
+    if broken is not None:
+      raise DataError(f"column '{name}': the value {broken!r} holds a line break")
     path = os.path.join("vocab", f"{name}.txt")
     with open(os.path.join(out_dir, path), "w", encoding="utf-8") as f:
       f.writelines(f"{v}\n" for v in kept)
@@ -317,7 +331,7 @@ def _write_shards(out_dir, frames, features, labels, assign, num_shards, multiva
       splits = assign(frame)
       for s in range(len(SPLITS)):
         positives[s] += frame.loc[splits == s, labels].to_numpy().sum(axis=0)
-      columns = [(n, frame[n].str.encode("utf-8").tolist()) for n in features
+      columns = [(n, [v.encode("utf-8") for v in frame[n]]) for n in features
                  if n not in multivalent]
       lists = [(n, [v.encode("utf-8").split(multivalent[n].encode("utf-8")) if v else []
                     for v in frame[n]]) for n in features if n in multivalent]

@@ -64,3 +64,11 @@ def test_trains_on_the_prepared_data_without_further_flags(tmp_path):
                        export_dir="", epochs=1, batch_size=128)
   metrics = training.train(tiny_model_config(), config, verbose=0).metrics
   assert set(metrics["test"]) == {"click", "like"}
+
+
+def test_strict_stops_at_the_first_bad_row(tmp_path):
+  write_raw(tmp_path / "QK-video.csv", extra=[(7, "1,2,3")])
+  with pytest.raises(DataError, match=r"wrong column count: .*QK-video.csv line 8: 3 fields"):
+    prepare_qkvideo(str(tmp_path / "QK-video.csv"), str(tmp_path / "out"),
+                    bad_rows=BadRows(strict=True))
+  assert not (tmp_path / "out").exists()
