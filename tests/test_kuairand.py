@@ -85,9 +85,17 @@ def test_any_label_column_and_missing_inputs(tmp_path):
 
 
 def test_trains_on_the_prepared_data_without_further_flags(tmp_path):
-  write_raw(tmp_path / "", rows_per_log=600)
+  write_raw(tmp_path, rows_per_log=600)
   prepare_kuairand(str(tmp_path), str(tmp_path / "out"), min_count=1)
   config = TrainConfig(data_dir=str(tmp_path / "out"), run_dir=str(tmp_path / "run"),
                        export_dir="", epochs=1, batch_size=128)
   metrics = training.train(tiny_model_config(), config, verbose=0).metrics
   assert set(metrics["test"]) == {"is_click", "is_like", "long_view"}
+
+
+def test_strict_stops_at_the_first_bad_row(tmp_path):
+  write_raw(tmp_path, extra=[(5, "1,2,3")])
+  with pytest.raises(DataError, match=r"wrong column count: .*log_standard_4_22_to_5_08_1k.csv "
+                                      r"line 6: 3 fields, expected 19"):
+    prepare_kuairand(str(tmp_path), str(tmp_path / "out"), bad_rows=BadRows(strict=True))
+  assert not (tmp_path / "out").exists()
