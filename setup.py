@@ -23,6 +23,7 @@ setup(
         "pandas==3.1.1",
         "absl-py==2.5.1",
         "matplotlib==3.11.2",
+        "tensorflow-serving-api==2.21.0",
     ],
     extras_require={"test": ["pytest>=8,<10"]},
 )

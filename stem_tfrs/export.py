@@ -5,7 +5,8 @@ Layout (what TF Serving's file-system source polls):
     <export_dir>/<model_name>/<version>/saved_model.pb
                                        /variables/...
                                        /assets/<vocabulary files>
-                                       /assets.extra/schema.json, config.json
+                                       /assets.extra/schema.json, config.json,
+                                                     tf_serving_warmup_requests
 
 `<version>` is an integer: by default the current unix time in seconds, or one
 more than the largest existing version if that is not larger, so a version is
@@ -25,12 +26,16 @@ import json
 import os
 import shutil
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
+import numpy as np
 import tensorflow as tf
 
+from stem_tfrs import data, models
+from stem_tfrs.config import ModelConfig
 from stem_tfrs.data import serving_input_signature
-from stem_tfrs.schema import Schema
+from stem_tfrs.schema import Schema, SchemaError
+from stem_tfrs.serving import warmup
 
 
 class _ServingModule(tf.Module):
@@ -47,6 +52,40 @@ class _ServingModule(tf.Module):
     return {task: tf.cast(p, tf.float32) for task, p in probabilities.items()}
 
 
+def sample_batches(schema: Schema, sizes=(1, 8, 64)) -> List[Dict[str, np.ndarray]]:
+  """Raw-feature batches of the given sizes from the test split ([] without one)."""
+  if not schema.splits.get("test"):
+    return []
+  batches = []
+  for size in sizes:
+    features, _ = next(iter(data.make_dataset(schema, "test", size)))
+    batches.append({name: value.numpy() for name, value in features.items()})
+  return batches
+
+
+def export_run(run_dir: str, export_dir: str, version: Optional[int] = None) -> str:
+  """Exports the best checkpoint of a finished run (its config.json says what to build).
+
+  Raises:
+    SchemaError: the run directory lacks config.json or a checkpoint, or its
+      schema is gone.
+  """
+  config_path = os.path.join(run_dir, "config.json")
+  checkpoint = os.path.join(run_dir, "checkpoints", "best")
+  if not os.path.isfile(config_path):
+    raise SchemaError(f"{run_dir} is not a run directory: it has no config.json")
+  if not tf.io.gfile.exists(checkpoint + ".index"):
+    raise SchemaError(f"{run_dir} has no best checkpoint (checkpoints/best); did it finish "
+                      "an epoch?")
+  with open(config_path) as f:
+    config = json.load(f)
+  schema = Schema.load(os.path.dirname(config["schema"]))
+  model = models.build_model(config["model"], schema, ModelConfig(**config["model_config"]))
+  model.load_weights(checkpoint).expect_partial()
+  return export_saved_model(model, schema, export_dir, config["model"], version=version,
+                            extra_files={"config.json": config})
+
+
 def versions(base_dir: str) -> list:
   """The integer versions present under `base_dir`, ascending."""
   if not tf.io.gfile.isdir(base_dir):
@@ -57,7 +96,8 @@ def versions(base_dir: str) -> list:
 
 def export_saved_model(model: tf.keras.Model, schema: Schema, export_dir: str,
                        model_name: str, version: Optional[int] = None,
-                       extra_files: Optional[Dict[str, dict]] = None) -> str:
+                       extra_files: Optional[Dict[str, dict]] = None,
+                       warmup_batches: Optional[List[Dict[str, np.ndarray]]] = None) -> str:
   """Exports `model` as `<export_dir>/<model_name>/<version>/`; returns that path.
 
   Args:
@@ -68,6 +108,8 @@ def export_saved_model(model: tf.keras.Model, schema: Schema, export_dir: str,
     version: Integer version; default: unix time, or one past the largest.
     extra_files: File name -> JSON content, written into `assets.extra/`
       (the schema is always written as `schema.json`).
+    warmup_batches: Raw-feature batches for TF Serving's warmup file;
+      default: a few batches of the schema's test split, if it has one.
 
   Raises:
     FileExistsError: `version` is given and already exported.
@@ -92,6 +134,10 @@ def export_saved_model(model: tf.keras.Model, schema: Schema, export_dir: str,
     for name, content in files.items():
       with tf.io.gfile.GFile(os.path.join(extra, name), "w") as f:
         f.write(json.dumps(content, indent=2) + "\n")
+    if warmup_batches is None:
+      warmup_batches = sample_batches(schema)
+    if warmup_batches:
+      warmup.write_warmup(os.path.join(extra, warmup.WARMUP_FILE), warmup_batches, model_name)
     tf.io.gfile.rename(tmp, final)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)

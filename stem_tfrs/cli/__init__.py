@@ -9,12 +9,13 @@ from typing import Callable, Dict, List
 from absl import flags
 import tensorflow as tf
 
-from stem_tfrs.cli import benchmark, prepare, train
+from stem_tfrs.cli import benchmark, export, prepare, train
 
 COMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "train": train.run,
     "benchmark": benchmark.run,
     "prepare": prepare.run,
+    "export": export.run,
 }
 
 

@@ -1,0 +1,1 @@
+"""Serving helpers: TF Serving warmup records, REST and gRPC clients, batch scoring."""

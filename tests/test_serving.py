@@ -1,0 +1,124 @@
+"""What TF Serving relies on, proved with TensorFlow's own tools: signature, warmup, atomic export."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from stem_tfrs.serving.warmup import WARMUP_FILE, read_warmup
+
+from conftest import REPO
+from test_export import raw_batch
+from test_main import assert_clean_error, main_py
+
+
+def saved_model_cli(*args):
+  result = subprocess.run(["saved_model_cli", *args], capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+def test_saved_model_cli_show_reports_the_serving_contract(trained_run):
+  out = saved_model_cli("show", "--all", "--dir", trained_run.export_path)
+  section = out.split("signature_def['serving_default']:")[1].split("signature_def[")[0]
+  schema = trained_run.model.schema
+  for name in schema.feature_names:
+    assert re.search(rf"inputs\['{name}'\] tensor_info:\s+dtype: DT_STRING\s+shape: \(-1\)",
+                     section), name
+  for task in schema.tasks:
+    assert re.search(rf"outputs\['{task}'\] tensor_info:\s+dtype: DT_FLOAT\s+shape: \(-1\)",
+                     section), task
+  assert "Method name is: tensorflow/serving/predict" in section
+  assert "inputs['finish']" not in section  # no label inputs
+
+
+def test_saved_model_cli_run_returns_the_models_probabilities(trained_run):
+  batch = raw_batch(trained_run.model.schema, n=4)
+  exprs = ";".join(f"{k}={v!r}" for k, v in batch.items())
+  out = saved_model_cli("run", "--dir", trained_run.export_path, "--tag_set", "serve",
+                        "--signature_def", "serving_default", "--input_exprs", exprs)
+  expected = trained_run.model({k: tf.constant(v) for k, v in batch.items()})
+  for task in ("finish", "like"):
+    printed = re.search(rf"Result for output key {task}:\s*\[([^\]]*)\]", out).group(1)
+    np.testing.assert_allclose(np.array(printed.split(), dtype=float), expected[task].numpy(),
+                               atol=1e-5)
+
+
+def test_warmup_requests_replay_against_the_saved_model(trained_run):
+  path = os.path.join(trained_run.export_path, "assets.extra", WARMUP_FILE)
+  requests = read_warmup(path)
+  assert [len(r["uid"]) for r in requests] == [1, 8, 64]
+  serve = tf.saved_model.load(trained_run.export_path).signatures["serving_default"]
+  for request in requests:
+    assert set(request) == set(trained_run.model.schema.feature_names)
+    outputs = serve(**{k: tf.constant(v) for k, v in request.items()})
+    for task in ("finish", "like"):
+      p = outputs[task].numpy()
+      assert p.shape == (len(request["uid"]),) and ((p > 0) & (p < 1)).all()
+
+
+@pytest.fixture(scope="module")
+def serve(trained_run):
+  return tf.saved_model.load(trained_run.export_path).signatures["serving_default"]
+
+
+def test_unseen_ids_empty_batches_and_duplicate_rows_serve(trained_run, serve):
+  names = trained_run.model.schema.feature_names
+  unseen = serve(**{n: tf.constant(["never", "seen"]) for n in names})
+  assert unseen["finish"].shape == [2]
+  np.testing.assert_array_equal(unseen["finish"].numpy()[0], unseen["finish"].numpy()[1])
+  empty = serve(**{n: tf.constant([], dtype=tf.string) for n in names})
+  assert empty["finish"].shape == [0] and empty["like"].shape == [0]
+  row = raw_batch(trained_run.model.schema, n=2)
+  twice = serve(**{k: tf.constant([v[1], v[1], v[1]]) for k, v in row.items()})
+  assert len(set(twice["like"].numpy().tolist())) == 1
+
+
+def test_wrong_dtype_is_a_signature_error(trained_run, serve):
+  names = trained_run.model.schema.feature_names
+  inputs = {n: tf.constant(["1"]) for n in names}
+  inputs["uid"] = tf.constant([1], dtype=tf.int64)
+  with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):
+    serve(**inputs)
+
+
+def test_export_command_writes_the_version_asked_for(trained_run, tmp_path):
+  result = main_py("export", f"--run_dir={trained_run.run_dir}", f"--export_dir={tmp_path}",
+                   "--version=5", cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert os.listdir(tmp_path / "stem") == ["5"]
+  again = main_py("export", f"--run_dir={trained_run.run_dir}", f"--export_dir={tmp_path}",
+                  "--version=5", cwd=tmp_path)
+  assert_clean_error(again, "version 5 already exists")
+  (tmp_path / "not_a_run").mkdir()
+  missing = main_py("export", f"--run_dir={tmp_path / 'not_a_run'}", cwd=tmp_path)
+  assert_clean_error(missing, "is not a run directory: it has no config.json")
+
+
+def test_an_export_killed_midway_leaves_no_numeric_version(trained_run, tmp_path):
+  base = tmp_path / "stem"
+  process = subprocess.Popen(
+      [sys.executable, os.path.join(REPO, "main.py"), "export",
+       f"--run_dir={trained_run.run_dir}", f"--export_dir={tmp_path}"],
+      cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  while time.time() < deadline and process.poll() is None:
+    if base.exists() and any(n.startswith(".tmp-") for n in os.listdir(base)):
+      process.send_signal(signal.SIGKILL)
+      break
+    time.sleep(0.005)
+  process.wait(timeout=60)
+  assert process.returncode == -signal.SIGKILL, "the export ended before it could be killed"
+  names = os.listdir(base)
+  assert any(n.startswith(".tmp-") for n in names)  # killed while writing
+  for name in names:
+    if name.isdigit():  # TF Serving would load it: it must be complete
+      tf.saved_model.load(str(base / name))
+  assert not [n for n in names if n.isdigit()]
