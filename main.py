@@ -4,6 +4,7 @@ Commands:
   train       Train a model (STEM-Net by default), evaluate it and export a SavedModel.
   benchmark   Train every model with every seed on the same data; write comparison reports.
   export      Export a finished run's best checkpoint as a versioned SavedModel for TF Serving.
+  predict     Score a CSV of raw features with a SavedModel, or with a model on TF Serving.
   prepare     Turn a raw data set (TikTok, KuaiRand-1K, QK-Video, MovieLens) into a prepared one.
 
 `python main.py train --helpfull` lists every flag; `--flagfile=FILE` reads

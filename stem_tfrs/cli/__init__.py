@@ -9,13 +9,14 @@ from typing import Callable, Dict, List
 from absl import flags
 import tensorflow as tf
 
-from stem_tfrs.cli import benchmark, export, prepare, train
+from stem_tfrs.cli import benchmark, export, predict, prepare, train
 
 COMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "train": train.run,
     "benchmark": benchmark.run,
     "prepare": prepare.run,
     "export": export.run,
+    "predict": predict.run,
 }
 
 

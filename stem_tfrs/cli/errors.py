@@ -11,9 +11,11 @@ import tensorflow as tf
 
 from stem_tfrs.config import ConfigError
 from stem_tfrs.schema import SchemaError
+from stem_tfrs.serving.clients import ServingError
 
-#: Errors that describe bad input (flags, files, data), not a bug: no traceback.
-USER_ERRORS = (ConfigError, SchemaError, ValueError, OSError)
+#: Errors that describe bad input (flags, files, data, a refused request), not a
+#: bug: no traceback.
+USER_ERRORS = (ConfigError, SchemaError, ServingError, ValueError, OSError)
 
 
 def first_line(message: str) -> str:

@@ -1,0 +1,90 @@
+"""Latency and throughput of an exported SavedModel, loaded as TF Serving would load it.
+
+    python benchmarks/serving.py [--saved_model saved_models/stem/<version>] [--output FILE.json]
+
+Calls `serving_default` in-process (no network) with batches of 1, 64 and 1024
+rows of raw ids drawn from the model's vocabularies, after a warm-up, and
+reports p50/p99 latency per call and examples/s, as JSON and as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+
+def newest_export(base: str = "saved_models") -> str:
+  versions = [p for p in glob.glob(os.path.join(base, "*", "*")) if os.path.basename(p).isdigit()]
+  if not versions:
+    raise SystemExit(f"no SavedModel under {base}/; run `python main.py train` first "
+                     "or pass --saved_model")
+  return max(versions, key=lambda p: int(os.path.basename(p)))
+
+
+def request(saved_model: str, batch: int, rng) -> dict:
+  """A batch of raw ids: vocabulary values, one in ten never seen in training."""
+  with open(os.path.join(saved_model, "assets.extra", "schema.json")) as f:
+    schema = json.load(f)
+  features = {}
+  for feature in schema["features"]:
+    vocab_file = os.path.join(saved_model, "assets", os.path.basename(feature["vocabulary_file"]))
+    vocab = open(vocab_file).read().split()
+    ids = [vocab[i] if rng.random() > 0.1 else "unseen"
+           for i in rng.integers(0, len(vocab), batch)]
+    features[feature["name"]] = (tf.constant([[v] for v in ids]) if feature.get("multivalent")
+                                 else tf.constant(ids))
+  return features
+
+
+def measure(serve, features, seconds: float, min_calls: int = 20) -> list:
+  latencies = []
+  start = time.perf_counter()
+  while time.perf_counter() - start < seconds or len(latencies) < min_calls:
+    t = time.perf_counter()
+    serve(**features)
+    latencies.append(time.perf_counter() - t)
+  return latencies
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--saved_model", default=None)
+  parser.add_argument("--batches", default="1,64,1024")
+  parser.add_argument("--seconds", type=float, default=5.0, help="Measuring time per batch size.")
+  parser.add_argument("--output", default="benchmarks/serving.json")
+  args = parser.parse_args()
+  path = args.saved_model or newest_export()
+  serve = tf.saved_model.load(path).signatures["serving_default"]
+  rng = np.random.default_rng(0)
+  results = []
+  for batch in [int(b) for b in args.batches.split(",")]:
+    features = request(path, batch, rng)
+    measure(serve, features, seconds=0.5)  # warm-up: tracing, allocation
+    latencies = np.array(measure(serve, features, args.seconds)) * 1000.0
+    results.append({"batch": batch, "calls": len(latencies),
+                    "p50_ms": round(float(np.percentile(latencies, 50)), 3),
+                    "p99_ms": round(float(np.percentile(latencies, 99)), 3),
+                    "examples_per_second": round(batch * len(latencies) / (latencies.sum() / 1000))})
+  report = {"saved_model": path, "results": results,
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "tensorflow": tf.__version__}}
+  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+  with open(args.output, "w") as f:
+    json.dump(report, f, indent=2)
+  print(f"{'batch':>6} {'p50 ms':>9} {'p99 ms':>9} {'examples/s':>12}")
+  for r in results:
+    print(f"{r['batch']:>6} {r['p50_ms']:>9.3f} {r['p99_ms']:>9.3f} {r['examples_per_second']:>12,}")
+  print(f"-> {args.output}")
+
+
+if __name__ == "__main__":
+  main()

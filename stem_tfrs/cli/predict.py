@@ -1,0 +1,54 @@
+"""`python main.py predict`: score a CSV of raw features with a SavedModel or a served model.
+
+    python main.py predict --saved_model=saved_models/stem/1700000000 --input=rows.csv --output=scores.csv
+    python main.py predict --server=localhost:8500 --protocol=grpc --model_name=stem \\
+        --schema=saved_models/stem/1700000000/assets.extra/schema.json --input=rows.csv --output=scores.csv
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+from absl import flags
+
+from stem_tfrs.cli.errors import one_line_errors
+from stem_tfrs.config import ConfigError
+from stem_tfrs.serving import batch, clients
+
+flags.DEFINE_string("saved_model", None, "A SavedModel version directory to score with, in "
+                    "this process (no server).")
+flags.DEFINE_string("server", None, "HOST:PORT of a TF Serving server to score with instead "
+                    "(REST 8501, gRPC 8500).")
+flags.DEFINE_enum("protocol", "grpc", ["grpc", "rest"], "How to talk to --server.")
+flags.DEFINE_string("model_name", "stem", "The model's name on --server.")
+flags.DEFINE_string("schema", None, "With --server: the schema.json that says the model's "
+                    "inputs (an export's assets.extra/schema.json).")
+flags.DEFINE_string("input", None, "CSV with a header naming every model input; a list "
+                    "(multivalent) input is one '|'-separated field. Any size: it is streamed.")
+flags.DEFINE_string("output", None, "CSV to write: --keep_columns, then one probability "
+                    "column per task.")
+flags.DEFINE_list("keep_columns", [], "Input columns to copy to the output (e.g. ids).")
+
+FLAGS = flags.FLAGS
+
+
+@one_line_errors
+def run(argv: List[str]) -> int:
+  del argv
+  if not FLAGS.input or not FLAGS.output:
+    raise ConfigError("--input and --output are required")
+  if bool(FLAGS.saved_model) == bool(FLAGS.server):
+    raise ConfigError("give exactly one of --saved_model and --server")
+  if FLAGS.saved_model:
+    predict, specs = batch.saved_model_predictor(FLAGS.saved_model)
+  else:
+    if not FLAGS.schema:
+      raise ConfigError("--server needs --schema (the export's assets.extra/schema.json)")
+    specs = batch.schema_input_specs(FLAGS.schema)
+    client = (clients.GrpcClient if FLAGS.protocol == "grpc" else clients.RestClient)(
+        FLAGS.server, FLAGS.model_name)
+    predict = client.predict
+  rows = batch.score_csv(FLAGS.input, FLAGS.output, predict, specs,
+                         batch_size=FLAGS.eval_batch_size, keep_columns=FLAGS.keep_columns)
+  print(f"scored {rows:,} rows -> {FLAGS.output}")
+  return 0

@@ -1,0 +1,109 @@
+"""Clients of a model served by TF Serving: REST (port 8501) and gRPC PredictionService (8500).
+
+    client = RestClient("localhost:8501", "stem")          # or GrpcClient("localhost:8500", "stem")
+    client.predict({"uid": ["1", "2"], "item_id": ["10", "11"], ...})
+    # -> {"finish": array([0.31, 0.52]), "like": array([0.04, 0.09])}
+
+Both send raw feature columns to the `serving_default` signature and return one
+probability array per task. A request the server refuses raises `ServingError`
+with the server's own message (e.g. a missing input).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+SIGNATURE = "serving_default"
+Features = Dict[str, Sequence]
+
+
+class ServingError(RuntimeError):
+  """The server refused or failed a request; the message is the server's."""
+
+
+def rest_request(features: Features, row_format: bool = False) -> dict:
+  """The JSON body of a REST predict request: columnar `inputs`, or row `instances`."""
+  columns = {name: np.asarray(values).tolist() for name, values in features.items()}
+  if not row_format:
+    return {"signature_name": SIGNATURE, "inputs": columns}
+  sizes = {len(v) for v in columns.values()}
+  if len(sizes) > 1:
+    raise ValueError(f"feature columns differ in length: {sorted(sizes)}")
+  rows = sizes.pop() if sizes else 0
+  return {"signature_name": SIGNATURE,
+          "instances": [{name: values[i] for name, values in columns.items()}
+                        for i in range(rows)]}
+
+
+def parse_rest_response(body: dict) -> Dict[str, np.ndarray]:
+  """{task: probabilities} from a REST predict response, in either format."""
+  if "error" in body:
+    raise ServingError(body["error"])
+  if "outputs" in body:
+    outputs = body["outputs"]
+    if not isinstance(outputs, dict):  # a single output comes bare
+      raise ServingError(f"unexpected response outputs: {outputs!r}")
+    return {task: np.asarray(v, dtype=np.float32) for task, v in outputs.items()}
+  if "predictions" in body:
+    rows = body["predictions"]
+    tasks = list(rows[0]) if rows else []
+    return {task: np.asarray([r[task] for r in rows], dtype=np.float32) for task in tasks}
+  raise ServingError(f"unexpected response: {str(body)[:200]}")
+
+
+class RestClient:
+  """POSTs to http://HOST:PORT/v1/models/NAME[/versions/V]:predict."""
+
+  def __init__(self, server: str, model_name: str, version: Optional[int] = None,
+               row_format: bool = False, timeout: float = 30.0):
+    path = f"/v1/models/{model_name}" + (f"/versions/{version}" if version else "")
+    self.url = f"http://{server}{path}:predict"
+    self.row_format = row_format
+    self.timeout = timeout
+
+  def predict(self, features: Features) -> Dict[str, np.ndarray]:
+    data = json.dumps(rest_request(features, self.row_format)).encode("utf-8")
+    request = urllib.request.Request(self.url, data=data,
+                                     headers={"Content-Type": "application/json"})
+    try:
+      with urllib.request.urlopen(request, timeout=self.timeout) as response:
+        return parse_rest_response(json.loads(response.read()))
+    except urllib.error.HTTPError as e:
+      try:
+        message = json.loads(e.read()).get("error", str(e))
+      except ValueError:
+        message = str(e)
+      raise ServingError(f"{self.url}: HTTP {e.code}: {message}") from None
+    except urllib.error.URLError as e:
+      raise ServingError(f"{self.url}: {e.reason}") from None
+
+
+class GrpcClient:
+  """Calls tensorflow.serving.PredictionService/Predict at HOST:PORT."""
+
+  def __init__(self, server: str, model_name: str, timeout: float = 30.0):
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+    self._grpc = grpc
+    self.channel = grpc.insecure_channel(server)
+    self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+    self.model_name = model_name
+    self.timeout = timeout
+
+  def predict(self, features: Features) -> Dict[str, np.ndarray]:
+    import tensorflow as tf
+    from stem_tfrs.serving.warmup import predict_request
+    request = predict_request({k: np.asarray(v) for k, v in features.items()}, self.model_name)
+    try:
+      response = self.stub.Predict(request, timeout=self.timeout)
+    except self._grpc.RpcError as e:
+      raise ServingError(f"{e.code().name}: {e.details()}") from None
+    return {task: tf.make_ndarray(proto) for task, proto in response.outputs.items()}
+
+  def close(self) -> None:
+    self.channel.close()
