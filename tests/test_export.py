@@ -42,7 +42,8 @@ def test_export_layout(trained_run):
   assert os.path.basename(base) == "stem" and version.isdigit()
   assert os.listdir(base) == [version]  # no temporary directory left behind
   assert os.path.isfile(os.path.join(path, "saved_model.pb"))
-  assert sorted(os.listdir(os.path.join(path, "assets.extra"))) == ["config.json", "schema.json"]
+  assert sorted(os.listdir(os.path.join(path, "assets.extra"))) == [
+      "config.json", "schema.json", "tf_serving_warmup_requests"]
   assert json.load(open(os.path.join(path, "assets.extra", "schema.json")))["labels"] == [
       "finish", "like"]
   assert "uid.txt" in os.listdir(os.path.join(path, "assets"))
