@@ -8,7 +8,8 @@ Measures in one run:
   (b) training examples/s of each model at the authors' configuration (batch
       4096) and at the embedded default configuration, with the tf.data
       pipeline over the shards included, and excluded (one parsed batch
-      repeated from memory);
+      repeated from memory), in float32, and in mixed_bfloat16 (pipeline
+      included);
   (c) the FLOP count per example (forward and training step), counted from the
       dense layers of the configuration (embedding gathers are not FLOPs);
 and writes examples/s, achieved GFLOP/s and the fraction of the fp32 ceiling.
@@ -23,10 +24,12 @@ import dataclasses
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 
 import stem_tfrs  # noqa: E402,F401  (Keras 2 first)
 import tensorflow as tf  # noqa: E402
@@ -117,9 +120,11 @@ def main() -> None:
     for name in args.models.split(","):
       for label, (config, batch) in configs.items():
         forward = forward_flops(config, name, len(schema.features), len(schema.tasks))
-        for pipeline in ("included", "excluded"):
+        for pipeline, policy in (("included", "float32"), ("excluded", "float32"),
+                                 ("included", "mixed_bfloat16")):
           tf.keras.backend.clear_session()
           tf.keras.utils.set_random_seed(0)
+          tf.keras.mixed_precision.set_global_policy(policy)
           model = build_model(name, schema, config)
           model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
           data = make_dataset(schema, "train", batch, shuffle=True, seed=0,
@@ -127,7 +132,9 @@ def main() -> None:
           if pipeline == "excluded":
             data = tf.data.Dataset.from_tensors(next(iter(data))).repeat()
           rate = train_examples_per_second(model, data, batch, args.steps)
+          tf.keras.mixed_precision.set_global_policy("float32")
           runs.append({"model": name, "config": label, "batch": batch, "pipeline": pipeline,
+                       "policy": policy,
                        "examples_per_second": round(rate),
                        "forward_mflop_per_example": round(forward / 1e6, 2),
                        "train_mflop_per_example": round(3 * forward / 1e6, 2),
@@ -145,10 +152,12 @@ def main() -> None:
     json.dump(report, f, indent=2)
   print(f"ceiling GFLOP/s: {report['ceiling_gflops']}")
   print(f"tf.data alone: {report['pipeline_only_examples_per_second']:,} examples/s")
-  print(f"{'model':<6} {'config':<13} {'pipeline':<9} {'ex/s':>8} {'GFLOP/s':>8} {'of ceiling':>10}")
+  print(f"{'model':<6} {'config':<13} {'pipeline':<9} {'policy':<15} {'ex/s':>8} {'GFLOP/s':>8} "
+        f"{'of fp32 ceiling':>15}")
   for r in runs:
-    print(f"{r['model']:<6} {r['config']:<13} {r['pipeline']:<9} {r['examples_per_second']:>8,} "
-          f"{r['achieved_gflops']:>8.1f} {r['fraction_of_fp32_ceiling']:>10.1%}")
+    print(f"{r['model']:<6} {r['config']:<13} {r['pipeline']:<9} {r['policy']:<15} "
+          f"{r['examples_per_second']:>8,} "
+          f"{r['achieved_gflops']:>8.1f} {r['fraction_of_fp32_ceiling']:>15.1%}")
   print(f"-> {args.output}")
 
 

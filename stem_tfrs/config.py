@@ -94,6 +94,9 @@ class ModelConfig:
                net_dropout=0.0, batch_norm=False, embedding_l2=1e-6)
 
 
+MIXED_PRECISION_POLICIES = ("", "mixed_bfloat16")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """How to train: data, run directory, optimizer and stopping.
@@ -112,6 +115,8 @@ class TrainConfig:
     reduce_lr_factor: Learning-rate factor applied when validation AUC stalls.
     shuffle_buffer: Examples in the training shuffle buffer.
     deterministic: Make TensorFlow ops deterministic (same seed, same metrics).
+    mixed_precision: "" (float32) or "mixed_bfloat16": bf16 compute with
+      float32 variables, losses and outputs.
   """
   model: str = "stem"
   data_dir: str = "data/synthetic"
@@ -126,8 +131,14 @@ class TrainConfig:
   reduce_lr_factor: float = 0.1
   shuffle_buffer: int = 100_000
   deterministic: bool = True
+  mixed_precision: str = ""
 
   def __post_init__(self):
+    if self.mixed_precision not in MIXED_PRECISION_POLICIES:
+      raise ConfigError(
+          f"mixed_precision must be one of {MIXED_PRECISION_POLICIES}, got "
+          f"'{self.mixed_precision}' (mixed_float16 needs loss scaling, which tfrs.Model's "
+          "train_step does not do)")
     for name in ("epochs", "batch_size", "eval_batch_size"):
       if getattr(self, name) < 1:
         raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -133,6 +133,17 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1) -> T
   tf.keras.utils.set_random_seed(config.seed)
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()
+  previous_policy = tf.keras.mixed_precision.global_policy()
+  if config.mixed_precision:
+    tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
+  try:
+    return _train(schema, model_config, config, run_dir, run_config, verbose)
+  finally:
+    tf.keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_dir: str,
+           run_config: dict, verbose: int) -> TrainResult:
   strategy = tf.distribute.get_strategy()
   with strategy.scope():
     model = build_model(config.model, schema, model_config)

@@ -97,3 +97,25 @@ def test_reference_configuration_is_the_authors():
   assert (ref.embedding_dim, ref.num_shared_experts, ref.num_specific_experts) == (16, 8, 1)
   assert ref.expert_hidden_units == (512, 512, 512)
   assert ref.gate_hidden_units == (128, 64) and ref.tower_hidden_units == (128, 64)
+
+
+def test_mixed_bfloat16_trains_exports_float32_and_restores_the_policy(tiny_data, tmp_path):
+  def run(name, policy):
+    config = TrainConfig(data_dir=tiny_data, run_dir=str(tmp_path / name),
+                         export_dir=str(tmp_path / "export"), epochs=2, batch_size=256,
+                         learning_rate=3e-3, seed=3, mixed_precision=policy)
+    return training.train(tiny_model_config(), config, verbose=0)
+  bf16, fp32 = run("bf16", "mixed_bfloat16"), run("fp32", "")
+  assert tf.keras.mixed_precision.global_policy().name == "float32"
+  assert bf16.model.stem_layers[0].compute_dtype == "bfloat16"
+  serve = tf.saved_model.load(bf16.export_path).signatures["serving_default"]
+  assert all(spec.dtype == tf.float32 for spec in serve.structured_outputs.values())
+  for task in ("finish", "like"):
+    assert abs(bf16.metrics["test"][task]["auc"] - fp32.metrics["test"][task]["auc"]) < 0.01
+    assert abs(bf16.metrics["test"][task]["logloss"]
+               - fp32.metrics["test"][task]["logloss"]) < 0.01
+
+
+def test_mixed_float16_is_refused_with_the_reason():
+  with pytest.raises(ConfigError, match="mixed_float16 needs loss scaling"):
+    TrainConfig(mixed_precision="mixed_float16")

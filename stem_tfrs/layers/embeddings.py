@@ -144,7 +144,8 @@ class FieldEmbedding(tf.keras.layers.Layer):
       embedded = tf.gather(embedded, sorted(range(len(order)), key=order.__getitem__), axis=1)
     if self.embedding_l2:
       batch = tf.cast(tf.shape(embedded)[0], embedded.dtype)
-      self.add_loss(self.embedding_l2 * tf.add_n(penalty) / tf.maximum(batch, 1.0))
+      self.add_loss(tf.cast(self.embedding_l2 * tf.add_n(penalty) / tf.maximum(batch, 1.0),
+                            tf.float32))  # float32 beside the task losses, whatever the policy
     num_fields, num_tables = len(self.features), len(self.table_names)
     embedded = tf.reshape(embedded, [-1, num_fields, num_tables, self.embedding_dim])
     return [tf.reshape(embedded[:, :, k, :], [-1, num_fields * self.embedding_dim])

@@ -61,8 +61,10 @@ class MultiTaskRankingModel(tfrs.Model):
     self.ranking_tasks = [
         tfrs.tasks.Ranking(
             loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
-            metrics=[tf.keras.metrics.AUC(from_logits=True, name=f"{task}_auc")],
-            loss_metrics=[tf.keras.metrics.Mean(name=f"{task}_loss")],
+            # float32 counters whatever the policy: bfloat16 cannot count past 256.
+            metrics=[tf.keras.metrics.AUC(from_logits=True, name=f"{task}_auc",
+                                          dtype=tf.float32)],
+            loss_metrics=[tf.keras.metrics.Mean(name=f"{task}_loss", dtype=tf.float32)],
             name=f"ranking_{task}")
         for task in self.task_names]
 
@@ -110,7 +112,8 @@ class MultiTaskRankingModel(tfrs.Model):
                      training: Optional[bool] = None) -> Dict[str, tf.Tensor]:
     """Raw features -> {task: logit [B]}."""
     hidden = self.backbone(self.embedding(features), training=training)
-    return {task: tf.squeeze(tower(h, training=training), axis=-1)
+    # Logits, and so losses and probabilities, stay float32 under mixed precision.
+    return {task: tf.cast(tf.squeeze(tower(h, training=training), axis=-1), tf.float32)
             for task, tower, h in zip(self.task_names, self.towers, hidden)}
 
   def call(self, features: Features, training: Optional[bool] = None) -> Dict[str, tf.Tensor]:
