@@ -20,7 +20,6 @@ products of every dense layer).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
