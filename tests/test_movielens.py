@@ -72,6 +72,9 @@ def test_ratings_become_clicks_and_likes_with_four_negatives_each(tmp_path, layo
   click, like = rows["click"].numpy(), rows["like"].numpy()
   assert click.sum() == 400 and like[click == 0].sum() == 0
   assert like.sum() == sum(r >= 4 for _, _, r, _ in ratings())
+  genres = set((tmp_path / "out" / "vocab" / "genres.txt").read_text().split("\n")) - {""}
+  assert genres == {g for i in range(1, ITEMS + 1) for g in item_genres(i)}
+  assert (tmp_path / "out" / "vocab" / "gender.txt").read_text().split() in (["M", "F"], ["F", "M"])
   lengths = rows["genres"].row_lengths().numpy()
   assert lengths.max() > 1 and lengths.min() >= 1
   first = rows["item_id"].numpy()[0].decode()

@@ -36,6 +36,8 @@ def test_default_tasks_features_and_80_10_10_split(tmp_path):
   assert schema.tasks == ["click", "like"] and schema.group_column == "user_id"
   assert schema.feature_names == ["user_id", "item_id", "video_category", "gender", "age"]
   assert [stats[s]["rows"] for s in ("train", "valid", "test")] == [400, 50, 50]
+  categories = (tmp_path / "out" / "vocab" / "video_category.txt").read_text().split()
+  assert sorted(categories) == [str(c) for c in range(6)]  # every category of the raw file
   assert bad.counts == {"wrong column count": 1, "label outside {0, 1}": 1}
   assert bad.examples["wrong column count"][0].endswith("QK-video.csv line 6: 3 fields, "
                                                         "expected 10")
