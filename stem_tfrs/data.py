@@ -6,11 +6,9 @@ from typing import Dict, Optional, Tuple
 
 import tensorflow as tf
 
-from stem_tfrs.schema import Schema, SchemaError
+from stem_tfrs.schema import PADDING, Schema, SchemaError
 
 _TF_DTYPES = {"string": tf.string, "int64": tf.int64}
-#: What pads the lists of a multivalent feature to a rectangle; never looked up.
-PADDING = {"string": "", "int64": -1}
 
 
 def feature_spec(schema: Schema) -> dict:

@@ -36,6 +36,8 @@ SCHEMA_FILE = "schema.json"
 STATS_FILE = "stats.json"
 SPLITS = ("train", "valid", "test")
 _DTYPES = ("string", "int64")
+#: What pads a multivalent feature's lists to a rectangle, per dtype; never looked up.
+PADDING = {"string": "", "int64": -1}
 
 
 class SchemaError(ValueError):

@@ -6,8 +6,7 @@ from typing import Dict, List, Sequence
 
 import tensorflow as tf
 
-
-_PADDING = {"string": "", "int64": -1}  # pads multivalent lists; masked out
+from stem_tfrs.schema import PADDING
 
 
 def _lookup_layer(feature: dict) -> tf.keras.layers.Layer:
@@ -121,7 +120,7 @@ class FieldEmbedding(tf.keras.layers.Layer):
         if raw.shape.rank == 1:  # one value per example
           raw = raw[:, None]
         rows = tf.gather(self.table, tf.cast(lookup(raw), tf.int32) + offset)  # [B, L, W]
-        mask = tf.cast(tf.not_equal(raw, _PADDING[feature.get("dtype", "string")]),
+        mask = tf.cast(tf.not_equal(raw, PADDING[feature.get("dtype", "string")]),
                        rows.dtype)[..., None]                                  # [B, L, 1]
         rows *= mask
         penalty.append(tf.reduce_sum(tf.square(rows)))

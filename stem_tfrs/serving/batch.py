@@ -11,6 +11,7 @@ import pandas as pd
 import tensorflow as tf
 
 from stem_tfrs.config import ConfigError
+from stem_tfrs.schema import PADDING
 
 LIST_SEPARATOR = "|"
 #: name -> (rank, dtype): rank 1 for one id per row, 2 for a padded list.
@@ -43,7 +44,7 @@ def schema_input_specs(schema_json: str) -> InputSpecs:
 def column_array(values: pd.Series, rank: int, dtype: str) -> np.ndarray:
   """A CSV column as a model input: '|'-separated lists padded for rank 2."""
   if rank == 2:
-    padding = "" if dtype == "string" else "-1"
+    padding = str(PADDING[dtype])
     lists = [v.split(LIST_SEPARATOR) if v else [] for v in values]
     width = max([len(v) for v in lists] + [1])
     array = np.array([v + [padding] * (width - len(v)) for v in lists], dtype=object)
