@@ -89,6 +89,7 @@ def test_ple_gate_sees_only_its_task_and_shared_experts(schema):
   x = model.embedding(features)
   _, gates = layer(x * (len(TASKS) + 1), return_gates=True)
   assert [g.shape[-1] for g in gates] == [2 + 3] * len(TASKS)
+  assert layer.candidate_owners(1) == ["like", "like", "shared", "shared", "shared"]
   grads = task_gradients(model, features, labels, "finish")
   for other in ("like", "follow"):
     assert present(grads, f"expert_{other}/") and not nonzero(grads, f"expert_{other}/")

@@ -151,6 +151,7 @@ def test_stem_layer_output_shapes_and_gates_sum_to_one():
   outputs, gates = layer(inputs, return_gates=True)
   assert [o.shape.as_list() for o in outputs] == [[5, 6]] * 3
   assert layer.num_candidates == 2 * 2 + 3
+  assert layer.candidate_owners(1) == ["a", "a", "b", "b", "shared", "shared", "shared"]
   for g in gates:
     assert g.shape.as_list() == [5, 7]
     np.testing.assert_allclose(tf.reduce_sum(g, axis=1).numpy(), 1.0, rtol=1e-5)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -76,6 +76,10 @@ class GatedTaskExperts(tf.keras.layers.Layer):
     """The expert outputs ([B, k, H] each) task t's gate mixes, in gate order."""
     raise NotImplementedError
 
+  def candidate_owners(self, t: int) -> List[str]:
+    """Who owns each expert task t's gate mixes (a task name or "shared"), in gate order."""
+    raise NotImplementedError
+
   def build(self, input_shape):
     if len(input_shape) != len(self.task_names) + 1:
       raise ValueError(
@@ -116,6 +120,12 @@ class GatedTaskExperts(tf.keras.layers.Layer):
       outputs.append(mix(weights, task_outputs + shared_outputs))
       gates.append(weights)
     return (outputs, gates) if return_gates else outputs
+
+  def gates_with_owners(self, inputs: Sequence[tf.Tensor]
+                        ) -> Dict[str, Tuple[tf.Tensor, List[str]]]:
+    """{task: (gate weights [B, width], owner of each weight)} for `inputs`."""
+    _, gates = self(inputs, return_gates=True)
+    return {task: (gates[t], self.candidate_owners(t)) for t, task in enumerate(self.task_names)}
 
   def get_config(self):
     config = super().get_config()

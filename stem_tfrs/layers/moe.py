@@ -98,3 +98,6 @@ class CGCLayer(GatedTaskExperts):
   def task_candidates(self, t: int, task_outputs: List[tf.Tensor],
                       shared_outputs: List[tf.Tensor]) -> List[tf.Tensor]:
     return [task_outputs[t]] + shared_outputs
+
+  def candidate_owners(self, t: int) -> List[str]:
+    return [self.task_names[t]] * self.num_specific_experts + ["shared"] * self.num_shared_experts

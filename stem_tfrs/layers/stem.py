@@ -90,6 +90,10 @@ class STEMLayer(GatedTaskExperts):
     return [tf.stop_gradient(out) if self.aftb and j != t else out
             for j, out in enumerate(task_outputs)] + shared_outputs
 
+  def candidate_owners(self, t: int) -> List[str]:
+    return ([task for task in self.task_names for _ in range(self.num_specific_experts)]
+            + ["shared"] * self.num_shared_experts)
+
   def get_config(self):
     config = super().get_config()
     config.update(aftb=self.aftb)

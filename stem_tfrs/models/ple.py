@@ -46,10 +46,7 @@ class PLE(MultiTaskRankingModel):
     x = self.first_level_inputs(self.embedding(features))
     for layer in self.cgc_layers[:-1]:
       x = layer(x)
-    _, gates = self.cgc_layers[-1](x, return_gates=True)
-    k_s, k_h = self.config.num_specific_experts, self.config.num_shared_experts
-    return {task: (gates[i], [task] * k_s + ["shared"] * k_h)
-            for i, task in enumerate(self.task_names)}
+    return self.cgc_layers[-1].gates_with_owners(x)
 
 
 class MEPLE(PLE):

@@ -49,10 +49,7 @@ class STEMNet(MultiTaskRankingModel):
     x = self.embedding(features)
     for layer in self.stem_layers[:-1]:
       x = layer(x)
-    _, gates = self.stem_layers[-1](x, return_gates=True)
-    k_s, k_h = self.config.num_specific_experts, self.config.num_shared_experts
-    owners = [t for t in self.task_names for _ in range(k_s)] + ["shared"] * k_h
-    return {task: (gates[i], owners) for i, task in enumerate(self.task_names)}
+    return self.stem_layers[-1].gates_with_owners(x)
 
 
 class MEMMoE(STEMNet):
