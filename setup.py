@@ -24,6 +24,9 @@ setup(
         "absl-py==2.5.1",
         "matplotlib==3.11.2",
         "tensorflow-serving-api==2.21.0",
+        "keras-tuner==1.4.8",  # python main.py tune
     ],
-    extras_require={"test": ["pytest>=8,<10"]},
+    # The tests also execute the quickstart notebook in a Jupyter kernel.
+    extras_require={"test": ["pytest>=8,<10", "nbclient==0.11.0", "nbformat==5.11.1",
+                             "ipykernel==7.4.0"]},
 )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -22,6 +21,8 @@ import time
 
 import numpy as np
 import pandas as pd
+
+from machine import describe  # benchmarks/machine.py
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CARDINALITIES = {"uid": 70_000, "user_city": 400, "item_id": 4_000_000, "author_id": 850_000,
@@ -52,7 +53,7 @@ def main() -> None:
   parser.add_argument("--rows", type=int, default=10_000_000)
   parser.add_argument("--workdir", default=None, help="Where the raw file and output go "
                       "(default: a temporary directory, removed afterwards).")
-  parser.add_argument("--output", default="benchmarks/data_prep.json")
+  parser.add_argument("--output", default="benchmarks/results/data_prep.json")
   args = parser.parse_args()
 
   with tempfile.TemporaryDirectory(dir=args.workdir) as work:
@@ -77,7 +78,7 @@ def main() -> None:
         "rows_per_second": round(args.rows / seconds),
         "peak_rss_mib": round(peak_kib / 1024, 1),
         "split_rows": {s: v["rows"] for s, v in stats.items()},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": describe(),
     }
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   with open(args.output, "w") as f:

@@ -4,7 +4,9 @@
 
 Calls `serving_default` in-process (no network) with batches of 1, 64 and 1024
 rows of raw ids drawn from the model's vocabularies, after a warm-up, and
-reports p50/p99 latency per call and examples/s, as JSON and as a table.
+reports p50/p99 latency per call and examples/s, as JSON and as a table, with
+the fraction of the forward pass's "GEMM-only" ceiling (its dense layers'
+matrix products timed alone at the batch's shapes; STEM and MMoE exports).
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import argparse
 import glob
 import json
 import os
-import platform
 import time
+import types
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
+from ceiling import dense_layers, gemm_ceiling  # noqa: E402  (benchmarks/)
+from machine import describe  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 
@@ -55,34 +59,61 @@ def measure(serve, features, seconds: float, min_calls: int = 20) -> list:
   return latencies
 
 
+def forward_ceiling(saved_model: str):
+  """(function: batch -> examples/s of the forward pass's matrix products alone) or None.
+
+  Read from the export's assets.extra/config.json; None for an architecture
+  without a FLOP model (only STEM and MMoE have one).
+  """
+  extra = os.path.join(saved_model, "assets.extra")
+  with open(os.path.join(extra, "config.json")) as f:
+    config = json.load(f)
+  with open(os.path.join(extra, "schema.json")) as f:
+    schema = json.load(f)
+  model_config = types.SimpleNamespace(**config["model_config"])
+  shape = (model_config, config["model"], len(schema["features"]), len(config["tasks"]))
+  try:
+    dense_layers(*shape)
+  except ValueError:
+    return None
+  return lambda batch: gemm_ceiling(*shape, batch, training=False)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--saved_model", default=None)
   parser.add_argument("--batches", default="1,64,1024")
   parser.add_argument("--seconds", type=float, default=5.0, help="Measuring time per batch size.")
-  parser.add_argument("--output", default="benchmarks/serving.json")
+  parser.add_argument("--output", default="benchmarks/results/serving.json")
   args = parser.parse_args()
   path = args.saved_model or newest_export()
   serve = tf.saved_model.load(path).signatures["serving_default"]
   rng = np.random.default_rng(0)
+  ceiling = forward_ceiling(path)
   results = []
   for batch in [int(b) for b in args.batches.split(",")]:
     features = request(path, batch, rng)
     measure(serve, features, seconds=0.5)  # warm-up: tracing, allocation
     latencies = np.array(measure(serve, features, args.seconds)) * 1000.0
+    rate = batch * len(latencies) / (latencies.sum() / 1000)
     results.append({"batch": batch, "calls": len(latencies),
                     "p50_ms": round(float(np.percentile(latencies, 50)), 3),
                     "p99_ms": round(float(np.percentile(latencies, 99)), 3),
-                    "examples_per_second": round(batch * len(latencies) / (latencies.sum() / 1000))})
+                    "examples_per_second": round(rate)})
+    if ceiling is not None:
+      gemm_only = ceiling(batch)
+      results[-1]["gemm_only_examples_per_second"] = round(gemm_only)
+      results[-1]["fraction_of_gemm_only"] = round(rate / gemm_only, 3)
   report = {"saved_model": path, "results": results,
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                        "tensorflow": tf.__version__}}
+            "machine": describe()}
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   with open(args.output, "w") as f:
     json.dump(report, f, indent=2)
-  print(f"{'batch':>6} {'p50 ms':>9} {'p99 ms':>9} {'examples/s':>12}")
+  print(f"{'batch':>6} {'p50 ms':>9} {'p99 ms':>9} {'examples/s':>12} {'of GEMM-only':>13}")
   for r in results:
-    print(f"{r['batch']:>6} {r['p50_ms']:>9.3f} {r['p99_ms']:>9.3f} {r['examples_per_second']:>12,}")
+    share = f"{r['fraction_of_gemm_only']:.1%}" if "fraction_of_gemm_only" in r else "-"
+    print(f"{r['batch']:>6} {r['p50_ms']:>9.3f} {r['p99_ms']:>9.3f} "
+          f"{r['examples_per_second']:>12,} {share:>13}")
   print(f"-> {args.output}")
 
 

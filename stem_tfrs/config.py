@@ -95,6 +95,8 @@ class ModelConfig:
 
 
 MIXED_PRECISION_POLICIES = ("", "mixed_bfloat16")
+#: tf.distribute strategies `train` can run under (see `stem_tfrs.distributed`).
+STRATEGIES = ("default", "mirrored", "multi_worker", "parameter_server")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +116,13 @@ class TrainConfig:
     early_stop_patience: Epochs without validation AUC gain before stopping.
     reduce_lr_factor: Learning-rate factor applied when validation AUC stalls.
     shuffle_buffer: Examples in the training shuffle buffer.
+    in_memory: Parse the training split once and serve its batches from
+      memory, fully reshuffled every epoch (see `make_dataset`); for splits
+      that fit in RAM.
     deterministic: Make TensorFlow ops deterministic (same seed, same metrics).
+    strategy: tf.distribute strategy: "default", "mirrored", "multi_worker"
+      or "parameter_server" (the last two read TF_CONFIG; see
+      `stem_tfrs.distributed`).
     mixed_precision: "" (float32) or "mixed_bfloat16": bf16 compute with
       float32 variables, losses and outputs.
   """
@@ -130,8 +138,10 @@ class TrainConfig:
   early_stop_patience: int = 1
   reduce_lr_factor: float = 0.1
   shuffle_buffer: int = 100_000
+  in_memory: bool = False
   deterministic: bool = True
   mixed_precision: str = ""
+  strategy: str = "default"
 
   def __post_init__(self):
     if self.mixed_precision not in MIXED_PRECISION_POLICIES:
@@ -139,6 +149,9 @@ class TrainConfig:
           f"mixed_precision must be one of {MIXED_PRECISION_POLICIES}, got "
           f"'{self.mixed_precision}' (mixed_float16 needs loss scaling, which tfrs.Model's "
           "train_step does not do)")
+    if self.strategy not in STRATEGIES:
+      raise ConfigError(f"unknown strategy '{self.strategy}'; choose one of: "
+                        f"{', '.join(STRATEGIES)}")
     for name in ("epochs", "batch_size", "eval_batch_size"):
       if getattr(self, name) < 1:
         raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

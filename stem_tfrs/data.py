@@ -71,12 +71,19 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
                  shuffle: bool = False, seed: Optional[int] = None,
                  shuffle_buffer: int = 100_000, drop_remainder: bool = False,
                  input_context: Optional[tf.distribute.InputContext] = None,
-                 ) -> tf.data.Dataset:
+                 in_memory: bool = False) -> tf.data.Dataset:
   """Batches of (features, labels) from the shards of `split`.
 
   Shards are read in parallel (interleave), records are shuffled (if asked),
   batched, then parsed batch-wise with one vectorized `parse_example`, and
   prefetched. The order is deterministic for a given seed.
+
+  With `in_memory`, the split is read and parsed once, when this function
+  is called, into one tensor per column; every epoch then draws a fresh
+  permutation of all rows (a full shuffle, not a buffer) and gathers each
+  batch from memory, about 3x faster than parsing records every epoch. It
+  needs the parsed split in RAM (about 30-60 bytes a row per categorical
+  column for short string ids).
 
   Every label must be 0 or 1: a batch holding another value stops the
   pipeline with an `InvalidArgumentError` that names the label.
@@ -90,29 +97,20 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
     shuffle_buffer: Records in the shuffle buffer.
     drop_remainder: Drop the last partial batch.
     input_context: Under a multi-worker strategy, reads only this pipeline's
-      share of the shards.
+      share of the shards (of the records when there are fewer shards than
+      pipelines, or with `in_memory`).
+    in_memory: Parse the split once and serve batches from memory.
 
   Returns:
     A dataset of (features, labels): features maps each feature name to a
     [B] tensor of raw ids (schema dtype), or [B, L] padded with `PADDING` for
     a multivalent feature; labels maps each task to a [B] float32 tensor of 0/1.
   """
-  paths = schema.shard_paths(split)
-  files = tf.data.Dataset.from_tensor_slices(paths)
-  if input_context is not None and input_context.num_input_pipelines > 1:
-    files = files.shard(input_context.num_input_pipelines,
-                        input_context.input_pipeline_id)
-  if shuffle:
-    files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-  records = files.interleave(
-      tf.data.TFRecordDataset, cycle_length=min(len(paths), 8),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  if shuffle:
-    records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   spec = feature_spec(schema)
   labels = schema.labels
 
-  def parse(serialized: tf.Tensor) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
+  def parse(serialized: tf.Tensor, pad: bool = True
+            ) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
     parsed = tf.io.parse_example(serialized, spec)
     checks = [tf.debugging.Assert(
         tf.reduce_all((parsed[label] == 0) | (parsed[label] == 1)),
@@ -121,11 +119,67 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
     with tf.control_dependencies(checks):
       label_values = {label: tf.cast(parsed[label], tf.float32) for label in labels}
     features = {f.name: (parsed[f.name].to_tensor(default_value=PADDING[f.dtype])
-                         if f.multivalent else parsed[f.name]) for f in schema.features}
+                         if f.multivalent and pad else parsed[f.name]) for f in schema.features}
     return features, label_values
 
+  if in_memory:
+    columns = _read_columns(schema, split, parse)
+    rows = tf.data.Dataset.range(columns[1][labels[0]].shape[0])
+    if input_context is not None and input_context.num_input_pipelines > 1:
+      rows = rows.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if shuffle:
+      rows = rows.shuffle(rows.cardinality(), seed=seed, reshuffle_each_iteration=True)
+    return (rows
+            .batch(batch_size, drop_remainder=drop_remainder)
+            .map(lambda index: _gather(schema, columns, index),
+                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))
+  paths = schema.shard_paths(split)
+  files = tf.data.Dataset.from_tensor_slices(paths)
+  pipelines = input_context.num_input_pipelines if input_context is not None else 1
+  if 1 < pipelines <= len(paths):  # each pipeline its own shards
+    files = files.shard(pipelines, input_context.input_pipeline_id)
+  if shuffle:
+    files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+  records = files.interleave(
+      tf.data.TFRecordDataset, cycle_length=min(len(paths), 8),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if pipelines > len(paths):  # fewer shards than pipelines: each its own records
+    records = records.shard(pipelines, input_context.input_pipeline_id)
+  if shuffle:
+    records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   return (records
           .batch(batch_size, drop_remainder=drop_remainder,
                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
           .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
           .prefetch(tf.data.AUTOTUNE))
+
+
+def _read_columns(schema: Schema, split: str, parse) -> Tuple[dict, dict]:
+  """The whole split as (features, labels), one tensor per column, in shard order.
+
+  Multivalent features stay ragged here; `_gather` pads each batch.
+  """
+  records = tf.data.Dataset.from_tensor_slices(schema.shard_paths(split)).interleave(
+      tf.data.TFRecordDataset, cycle_length=1)
+  parsed = records.batch(16_384).map(
+      lambda serialized: parse(serialized, pad=False), num_parallel_calls=tf.data.AUTOTUNE)
+  features, labels = {}, {}
+  for batch_features, batch_labels in parsed:
+    for name, value in batch_features.items():
+      features.setdefault(name, []).append(value)
+    for name, value in batch_labels.items():
+      labels.setdefault(name, []).append(value)
+  if not labels:
+    raise SchemaError(f"split '{split}' of {schema.directory} holds no records")
+  return ({name: tf.concat(parts, axis=0) for name, parts in features.items()},
+          {name: tf.concat(parts, axis=0) for name, parts in labels.items()})
+
+
+def _gather(schema: Schema, columns: Tuple[dict, dict], index: tf.Tensor):
+  features, labels = columns
+  batch = {}
+  for f in schema.features:
+    value = tf.gather(features[f.name], index)
+    batch[f.name] = value.to_tensor(default_value=PADDING[f.dtype]) if f.multivalent else value
+  return batch, {name: tf.gather(value, index) for name, value in labels.items()}

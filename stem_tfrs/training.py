@@ -22,7 +22,7 @@ from absl import logging
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from stem_tfrs import data, evaluation, export
+from stem_tfrs import data, distributed, evaluation, export
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
 from stem_tfrs.models import MODELS, build_model
 from stem_tfrs.schema import Schema, load_stats
@@ -38,7 +38,7 @@ class TrainResult:
   export_path: Optional[str]
   history: Dict[str, List[float]]
   seconds: float
-  model: tf.keras.Model
+  model: Optional[tf.keras.Model]  # None on a non-chief worker
 
 
 class MeanValidationAUC(tf.keras.callbacks.Callback):
@@ -62,10 +62,16 @@ def default_run_dir(model_name: str) -> str:
 
 
 def callbacks(config: TrainConfig, tasks: List[str], run_dir: str) -> list:
-  """The Keras callbacks of a run, in the order they must run."""
+  """The Keras callbacks of a run, in the order they must run.
+
+  Under parameter_server, the per-batch logs are remote values that only
+  resolve when awaited, so the per-batch TerminateOnNaN is left out there.
+  """
+  per_batch = [] if config.strategy == "parameter_server" else [
+      tf.keras.callbacks.TerminateOnNaN()]
   return [
       MeanValidationAUC(tasks),
-      tf.keras.callbacks.TerminateOnNaN(),
+      *per_batch,
       tf.keras.callbacks.ModelCheckpoint(
           os.path.join(run_dir, "checkpoints", "best"), monitor=MONITOR, mode="max",
           save_best_only=True, save_weights_only=True),
@@ -100,24 +106,48 @@ def _write_json(path: str, content) -> None:
     f.write("\n")
 
 
-def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1) -> TrainResult:
+def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
+          strategy: Optional[tf.distribute.Strategy] = None) -> TrainResult:
   """Trains, evaluates (valid and test, exact metrics) and exports one model.
+
+  Under a cluster strategy every process of the cluster calls `train` (the
+  parameter-server coordinator alone, its workers and servers run
+  `distributed.run_server`); only the chief writes config.json, metrics.json,
+  training.json and the export, which it builds from the best checkpoint into
+  a single-machine model, the same artifact whatever strategy trained it.
 
   Args:
     model_config: The architecture's hyper-parameters.
-    config: Data, run directory, optimizer, stopping.
+    config: Data, run directory, optimizer, stopping, strategy.
     verbose: Keras `fit` verbosity (1: progress bars, 2: a line per epoch).
+    strategy: A strategy to use instead of the one `config.strategy` names.
 
   Returns:
-    The run's `TrainResult`; the trained model carries the best weights.
+    The run's `TrainResult`; the trained model carries the best weights. A
+    non-chief worker returns empty metrics and no model.
 
   Raises:
     ConfigError, SchemaError: before anything is written.
     tf.errors.OpError: bad data met while training (e.g. a label not 0/1);
       metrics.json and the export are then not written.
   """
+  # First: MultiWorkerMirroredStrategy must exist before any other op runs.
+  strategy = strategy or distributed.make_strategy(config.strategy)
+  if config.strategy in distributed.CLUSTER_STRATEGIES:
+    if not config.run_dir:
+      raise ConfigError(f"--strategy={config.strategy} needs --run_dir: every process of "
+                        "the cluster must name the same run directory")
+    if config.in_memory:
+      raise ConfigError(f"--in_memory is for one machine; with --strategy={config.strategy} "
+                        "each worker streams its share of the shards")
   schema = load_and_check(model_config, config)
+  if config.strategy in distributed.CLUSTER_STRATEGIES:
+    rows = load_stats(schema.directory).get("train", {}).get("rows") or 0
+    if rows < config.batch_size:
+      raise ConfigError(f"--batch_size={config.batch_size} is larger than the train split "
+                        f"({rows} rows): a cluster epoch is train rows // batch_size steps")
   run_dir = config.run_dir or default_run_dir(config.model)
+  chief = distributed.is_chief(strategy)
   os.makedirs(run_dir, exist_ok=True)
   run_config = {
       "model": config.model,
@@ -128,7 +158,8 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1) -> T
       "data_stats": load_stats(schema.directory),
       "versions": {"tensorflow": tf.__version__, "tensorflow_recommenders": tfrs.__version__},
   }
-  _write_json(os.path.join(run_dir, "config.json"), run_config)
+  if chief:
+    _write_json(os.path.join(run_dir, "config.json"), run_config)
 
   tf.keras.utils.set_random_seed(config.seed)
   if config.deterministic:
@@ -137,26 +168,46 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1) -> T
   if config.mixed_precision:
     tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
   try:
-    return _train(schema, model_config, config, run_dir, run_config, verbose)
+    return _train(schema, model_config, config, run_dir, run_config, verbose, strategy, chief)
   finally:
     tf.keras.mixed_precision.set_global_policy(previous_policy)
 
 
 def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_dir: str,
-           run_config: dict, verbose: int) -> TrainResult:
-  strategy = tf.distribute.get_strategy()
+           run_config: dict, verbose: int, strategy: tf.distribute.Strategy,
+           chief: bool) -> TrainResult:
   with strategy.scope():
     model = build_model(config.model, schema, model_config)
     model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
-  train_ds = data.make_dataset(schema, "train", config.batch_size, shuffle=True,
-                               seed=config.seed, shuffle_buffer=config.shuffle_buffer)
   valid_ds = data.make_dataset(schema, "valid", config.eval_batch_size)
+  fit_args = {}
+  if config.strategy in distributed.CLUSTER_STRATEGIES:
+    train_input, fit_args["steps_per_epoch"] = _cluster_train_input(schema, config)
+  else:
+    train_input = data.make_dataset(schema, "train", config.batch_size, shuffle=True,
+                                    seed=config.seed, shuffle_buffer=config.shuffle_buffer,
+                                    in_memory=config.in_memory)
+  if config.strategy == "parameter_server":
+    valid_ds, fit_args["validation_steps"] = _parameter_server_valid_input(schema, config)
 
   logging.info("training %s on %s into %s", config.model, schema.directory, run_dir)
   start = time.time()
-  history = model.fit(train_ds, validation_data=valid_ds, epochs=config.epochs,
-                      callbacks=callbacks(config, schema.tasks, run_dir), verbose=verbose)
+  history = model.fit(train_input, validation_data=valid_ds, epochs=config.epochs,
+                      callbacks=callbacks(config, schema.tasks, run_dir), verbose=verbose,
+                      **fit_args)
   train_seconds = time.time() - start
+  backup = os.path.join(run_dir, "backup")
+  if chief and os.path.isdir(backup) and not os.listdir(backup):
+    os.rmdir(backup)  # BackupAndRestore empties it after a multi-worker run
+  if not chief:
+    return TrainResult(run_dir=run_dir, metrics={}, export_path=None,
+                       history=history.history, seconds=time.time() - start, model=None)
+  sharded = distributed.variable_devices(model)
+  if strategy is not tf.distribute.get_strategy():
+    # Evaluate and export a single-machine model: no variable is mirrored,
+    # sharded or remote, and the SavedModel does not depend on the cluster.
+    with tf.distribute.get_strategy().scope():
+      model = build_model(config.model, schema, model_config)
   model.load_weights(os.path.join(run_dir, "checkpoints", "best")).expect_partial()
 
   metrics = {split: evaluation.evaluate(
@@ -164,7 +215,12 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
              for split in ("valid", "test")}
   train_rows = load_stats(schema.directory).get("train", {}).get("rows")
   epochs_run = len(history.history.get("loss", []))
+  if "steps_per_epoch" in fit_args:
+    train_rows = fit_args["steps_per_epoch"] * config.batch_size
   _write_json(os.path.join(run_dir, "training.json"), {
+      "strategy": config.strategy,
+      "replicas": strategy.num_replicas_in_sync,
+      "sharded_variables": sharded,
       "epochs_run": epochs_run,
       "train_seconds": train_seconds,
       "train_examples_per_second": (train_rows * epochs_run / train_seconds
@@ -181,3 +237,46 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
     logging.info("exported %s", export_path)
   return TrainResult(run_dir=run_dir, metrics=metrics, export_path=export_path,
                      history=history.history, seconds=time.time() - start, model=model)
+
+
+def _cluster_train_input(schema: Schema, config: TrainConfig):
+  """(DatasetCreator, steps per epoch) of a cluster run: each worker reads its own share.
+
+  `config.batch_size` is the global batch of one synchronous step (split over
+  the replicas) with multi_worker, and each worker's batch with
+  parameter_server. An epoch is `train rows // batch_size` steps over a
+  repeated stream, so that every worker runs the same number of steps.
+  """
+  rows = load_stats(schema.directory).get("train", {}).get("rows") or 0
+  # Parameter-server workers cannot tell each other apart in `dataset_fn`:
+  # an unseeded shuffle gives each its own order.
+  seed = None if config.strategy == "parameter_server" else config.seed
+
+  def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+    batch = input_context.get_per_replica_batch_size(config.batch_size)
+    return data.make_dataset(schema, "train", batch, shuffle=True, seed=seed,
+                             shuffle_buffer=config.shuffle_buffer, drop_remainder=True,
+                             input_context=input_context).repeat()
+
+  return (tf.keras.utils.experimental.DatasetCreator(dataset_fn),
+          rows // config.batch_size)
+
+
+def _parameter_server_valid_input(schema: Schema, config: TrainConfig):
+  """(DatasetCreator, steps) of the per-epoch validation of a parameter-server run.
+
+  The workers evaluate in parallel, each from its own stream of the split; an
+  unseeded shuffle makes each stream a different random order, so the epoch's
+  validation AUC is an estimate from about one split's worth of rows drawn
+  across the workers. (The metrics.json figures are exact: the chief computes
+  them over whole splits after training.)
+  """
+  rows = load_stats(schema.directory).get("valid", {}).get("rows") or 0
+  steps = max(1, -(-rows // config.eval_batch_size))
+
+  def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+    del input_context  # every worker reads the whole split, in its own order
+    return data.make_dataset(schema, "valid", config.eval_batch_size, shuffle=True,
+                             seed=None, shuffle_buffer=config.shuffle_buffer).repeat()
+
+  return tf.keras.utils.experimental.DatasetCreator(dataset_fn), steps

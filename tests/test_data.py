@@ -86,3 +86,33 @@ def test_label_outside_0_1_stops_the_pipeline_naming_the_label(tiny_data, tmp_pa
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match="label like in split train must be 0 or 1"):
     list(make_dataset(schema, "train", 4))
+
+
+def rows_of(dataset, schema):
+  """Every (feature values..., label values...) row a dataset yields, as a sorted list."""
+  rows = []
+  for features, labels in dataset:
+    columns = [features[name].numpy() for name in schema.feature_names]
+    columns += [labels[label].numpy() for label in schema.labels]
+    rows.extend(zip(*columns))
+  return sorted(rows)
+
+
+def test_in_memory_serves_the_same_rows_as_the_records_reshuffled_each_epoch(tiny_data):
+  schema = Schema.load(tiny_data)
+  in_memory = lambda seed: make_dataset(schema, "train", 256, shuffle=True, seed=seed,
+                                        in_memory=True)
+  assert rows_of(in_memory(3), schema) == rows_of(make_dataset(schema, "train", 256), schema)
+  uids = lambda dataset: np.concatenate([f["uid"].numpy() for f, _ in dataset])
+  assert (uids(in_memory(3)) == uids(in_memory(3))).all()     # seeded: the same order
+  assert not (uids(in_memory(3)) == uids(in_memory(4))).all()
+  two_epochs = uids(in_memory(3).repeat(2))
+  half = len(two_epochs) // 2
+  assert not (two_epochs[:half] == two_epochs[half:]).all()   # a new permutation per epoch
+
+
+def test_in_memory_checks_labels_when_it_reads_the_split(tiny_data, tmp_path):
+  schema = copy_with_train_shard(tiny_data, tmp_path, [good_row()] * 5 + [good_row(like=2)])
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="label like in split train must be 0 or 1"):
+    make_dataset(schema, "train", 4, in_memory=True)

@@ -114,7 +114,8 @@ def test_multivalent_genres_train_and_serve_padded(tmp_path):
   write_original(raw)
   prepare_movielens(str(raw), str(tmp_path / "data"))
   config = TrainConfig(data_dir=str(tmp_path / "data"), run_dir=str(tmp_path / "run"),
-                       export_dir=str(tmp_path / "export"), epochs=1, batch_size=128)
+                       export_dir=str(tmp_path / "export"), epochs=1, batch_size=128,
+                       in_memory=True)  # the records path pads genres in test_kuairand
   result = training.train(tiny_model_config(), config, verbose=0)
   assert result.metrics["test"]["click"]["auc"] > 0.5
   serve = tf.saved_model.load(result.export_path).signatures["serving_default"]

@@ -119,3 +119,43 @@ def test_mixed_bfloat16_trains_exports_float32_and_restores_the_policy(tiny_data
 def test_mixed_float16_is_refused_with_the_reason():
   with pytest.raises(ConfigError, match="mixed_float16 needs loss scaling"):
     TrainConfig(mixed_precision="mixed_float16")
+
+
+def scalar_tags(log_dir):
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  events = EventAccumulator(log_dir)
+  events.Reload()
+  return {tag: len(events.Tensors(tag)) for tag in events.Tags()["tensors"]}
+
+
+def test_tensorboard_logs_per_task_losses_aucs_and_learning_rate(trained_run):
+  train = scalar_tags(os.path.join(trained_run.run_dir, "logs", "train"))
+  valid = scalar_tags(os.path.join(trained_run.run_dir, "logs", "validation"))
+  epochs = len(trained_run.history["loss"])
+  for task in ("finish", "like"):
+    for metric in ("loss", "auc"):
+      assert train[f"epoch_{task}_{metric}"] == epochs
+      assert valid[f"epoch_{task}_{metric}"] == epochs
+  assert train["epoch_lr"] == epochs and valid["epoch_auc"] == epochs  # mean validation AUC
+
+
+def test_mirrored_strategy_trains_and_exports_a_single_machine_model(tiny_data, tmp_path):
+  config = TrainConfig(data_dir=tiny_data, run_dir=str(tmp_path / "run"),
+                       export_dir=str(tmp_path / "export"), epochs=1, batch_size=512,
+                       strategy="mirrored")
+  result = training.train(tiny_model_config(), config, verbose=0)
+  record = json.loads(open(os.path.join(result.run_dir, "training.json")).read())
+  assert record["strategy"] == "mirrored" and record["replicas"] >= 1
+  assert result.metrics["test"]["finish"]["auc"] > 0.55
+  # The returned model is the rebuilt single-machine one, outside any strategy.
+  assert not any(isinstance(v, tf.distribute.DistributedValues) for v in result.model.weights)
+  assert tf.saved_model.load(result.export_path).signatures["serving_default"] is not None
+
+
+def test_cluster_strategy_without_tf_config_is_a_one_line_error(tiny_data, tmp_path, monkeypatch):
+  monkeypatch.delenv("TF_CONFIG", raising=False)
+  config = TrainConfig(data_dir=tiny_data, run_dir=str(tmp_path / "run"),
+                       strategy="parameter_server")
+  with pytest.raises(ConfigError, match="TF_CONFIG is not set"):
+    training.train(tiny_model_config(), config, verbose=0)
+  assert not (tmp_path / "run").exists()

@@ -9,7 +9,7 @@ from typing import Callable, Dict, List
 from absl import flags
 import tensorflow as tf
 
-from stem_tfrs.cli import benchmark, export, predict, prepare, train
+from stem_tfrs.cli import benchmark, export, predict, prepare, server, train, tune
 
 COMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "train": train.run,
@@ -17,6 +17,8 @@ COMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "prepare": prepare.run,
     "export": export.run,
     "predict": predict.run,
+    "server": server.run,
+    "tune": tune.run,
 }
 
 

@@ -16,8 +16,9 @@ flags.DEFINE_list("models", ["all"], "Models to compare, comma-separated, or 'al
                   f"({','.join(MODEL_NAMES)}). The data, model and training flags of "
                   "`train` apply to every one of them.")
 flags.DEFINE_integer("seeds", 3, "Seeds per model: --seed, --seed+1, ...")
-flags.DEFINE_string("output_dir", "benchmark", "Directory of the runs and reports; "
-                    "re-invoking with the same flags reuses finished runs.")
+flags.DEFINE_string("output_dir", "benchmark", "Directory of the runs and reports of "
+                    "benchmark and tune (tune's default: tuning/<model>); re-invoking with "
+                    "the same flags reuses finished runs.")
 flags.DEFINE_float("kappa", 2.0, "Comparable-sample threshold: a user's feedback ratio "
                    "between the two tasks within [1/kappa, kappa] is comparable.")
 flags.DEFINE_list("comparable_tasks", None, "The two tasks A,B of the comparable-sample "

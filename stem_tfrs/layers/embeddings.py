@@ -38,6 +38,9 @@ class FieldEmbedding(tf.keras.layers.Layer):
   `shared` last. The variable is named `fused`, or `shared` when the layer
   has the single shared table of the shared-embedding baselines.
 
+  Rows are read with `tf.nn.embedding_lookup`, which also reads a table
+  sharded across parameter servers (a `ShardedVariable`) shard by shard.
+
   The raw ids are mapped to rows inside the layer (`StringLookup`,
   `IntegerLookup` or `Hashing`), so an exported model takes raw ids, and ids
   never seen in training map to the field's OOV row instead of failing.
@@ -49,7 +52,8 @@ class FieldEmbedding(tf.keras.layers.Layer):
   With `embedding_l2 > 0`, the layer adds the loss
   `embedding_l2 * sum(rows ** 2) / B` over the rows gathered for the batch
   (all tables), not over whole tables: its cost grows with the batch, not
-  with the vocabulary.
+  with the vocabulary. (Under a synchronous strategy, B is the global batch:
+  each replica adds its share.)
 
   Example:
 
@@ -119,7 +123,7 @@ class FieldEmbedding(tf.keras.layers.Layer):
       if feature.get("multivalent"):
         if raw.shape.rank == 1:  # one value per example
           raw = raw[:, None]
-        rows = tf.gather(self.table, tf.cast(lookup(raw), tf.int32) + offset)  # [B, L, W]
+        rows = tf.nn.embedding_lookup(self.table, tf.cast(lookup(raw), tf.int32) + offset)
         mask = tf.cast(tf.not_equal(raw, PADDING[feature.get("dtype", "string")]),
                        rows.dtype)[..., None]                                  # [B, L, 1]
         rows *= mask
@@ -132,7 +136,8 @@ class FieldEmbedding(tf.keras.layers.Layer):
         single_positions.append(position)
     parts = []
     if single_rows:
-      embedded = tf.gather(self.table, tf.stack(single_rows, axis=1))  # [B, F1, W]: one gather
+      embedded = tf.nn.embedding_lookup(                     # [B, F1, W]: one gather
+          self.table, tf.stack(single_rows, axis=1))
       penalty.append(tf.reduce_sum(tf.square(embedded)))
       parts.append(embedded)
     if pooled:
@@ -142,7 +147,9 @@ class FieldEmbedding(tf.keras.layers.Layer):
     if order != sorted(order):  # back to schema order
       embedded = tf.gather(embedded, sorted(range(len(order)), key=order.__getitem__), axis=1)
     if self.embedding_l2:
-      batch = tf.cast(tf.shape(embedded)[0], embedded.dtype)
+      # Per replica: its share of the global-batch mean (R replicas sum their gradients).
+      batch = tf.cast(tf.shape(embedded)[0]
+                      * tf.distribute.get_strategy().num_replicas_in_sync, embedded.dtype)
       self.add_loss(tf.cast(self.embedding_l2 * tf.add_n(penalty) / tf.maximum(batch, 1.0),
                             tf.float32))  # float32 beside the task losses, whatever the policy
     num_fields, num_tables = len(self.features), len(self.table_names)

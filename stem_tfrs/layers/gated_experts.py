@@ -10,9 +10,18 @@ from stem_tfrs.layers.mlp import MLP, ExpertGroup
 
 
 def mix(weights: tf.Tensor, candidates: Sequence[tf.Tensor]) -> tf.Tensor:
-  """sum_k weights[:, k] * candidates[:, k]: [B, N] x N-stacked [B, ., H] -> [B, H]."""
-  stacked = tf.concat(list(candidates), axis=1)                  # [B, N, H]
-  return tf.einsum("bn,bnh->bh", weights, stacked)
+  """sum_k weights[:, k] * candidates[:, k]: [B, N] x N-stacked [B, ., H] -> [B, H].
+
+  Each group of candidates is mixed where it lies and the partial sums are
+  added: concatenating the groups first would copy every expert output once
+  per gate.
+  """
+  parts, start = [], 0
+  for group in candidates:                                       # [B, k, H]
+    k = group.shape[1]
+    parts.append(tf.einsum("bn,bnh->bh", weights[:, start:start + k], group))
+    start += k
+  return tf.add_n(parts) if len(parts) > 1 else parts[0]
 
 
 class GatedTaskExperts(tf.keras.layers.Layer):

@@ -77,11 +77,20 @@ class MLP(tf.keras.layers.Layer):
 class ExpertGroup(tf.keras.layers.Layer):
   """K independent expert MLPs of the same shape that read the same input.
 
-  The K experts' weights are stacked, so each hidden layer of all K experts is
-  one batched contraction (`einsum`) instead of K small matrix products:
+  The K experts' weights are stacked ([K, in, out] kernels, [K, out] biases),
+  so each hidden layer of all K experts is one product instead of K small ones.
+  The first layer, where every expert reads the same x, is one wide matrix
+  product with the bias and ReLU fused into it; the later layers are one
+  batched product over the experts, kept in expert-major layout [K, B, .] so
+  that no transpose sits between them:
 
-      y_0 = relu(einsum("bi,kio->bko", x, W_0) + b_0)
-      y_l = relu(einsum("bki,kio->bko", y_{l-1}, W_l) + b_l)
+      y_0 = relu(x @ [W_0^1 | ... | W_0^K] + b_0)            [B, K * H_0]
+      y_l = relu(matmul(y_{l-1}, W_l) + b_l)                 [K, B, H_l]
+
+  (Measured on a 2-core CPU at the authors' STEM configuration, this runs the
+  training step about 20% faster than `einsum("bki,kio->bko")` per layer,
+  whose hidden transposes and broadcast copy cost as much as a layer's
+  bias and activation.)
 
   Each expert is initialized as a Glorot-uniform Dense layer of its own shape
   would be. With `batch_norm`, every expert keeps its own statistics.
@@ -119,8 +128,10 @@ class ExpertGroup(tf.keras.layers.Layer):
       self.kernels.append(self.add_weight(
           name=f"kernel_{i}", shape=[k, fan_in, units], initializer=initializer))
       if self.batch_norm:
+        # Statistics per expert and unit: layer 0 normalizes [B, K, H_0],
+        # the later layers [K, B, H_i].
         self.norms.append(tf.keras.layers.BatchNormalization(
-            axis=[-2, -1], name=f"batch_norm_{i}"))
+            axis=[1, 2] if i == 0 else [0, 2], name=f"batch_norm_{i}"))
       else:
         self.biases.append(self.add_weight(
             name=f"bias_{i}", shape=[k, units], initializer="zeros"))
@@ -129,15 +140,27 @@ class ExpertGroup(tf.keras.layers.Layer):
     super().build(input_shape)
 
   def call(self, inputs: tf.Tensor, training: Optional[bool] = None) -> tf.Tensor:
-    x = tf.einsum("bi,kio->bko", inputs, self.kernels[0])
-    for i in range(len(self.hidden_units)):
-      if i > 0:
-        x = tf.einsum("bki,kio->bko", x, self.kernels[i])
-      x = self.norms[i](x, training=training) if self.batch_norm else x + self.biases[i]
-      x = tf.nn.relu(x)
-      if self._dropout is not None:
-        x = self._dropout(x, training=training)
-    return x
+    k, width = self.num_experts, self.hidden_units[0]
+    kernel = tf.reshape(tf.transpose(self.kernels[0], [1, 0, 2]), [-1, k * width])
+    x = tf.matmul(inputs, kernel)                                          # [B, K * H_0]
+    if self.batch_norm:
+      x = self.norms[0](tf.reshape(x, [-1, k, width]), training=training)
+    else:  # MatMul + BiasAdd + Relu: one fused kernel
+      x = tf.nn.bias_add(x, tf.reshape(self.biases[0], [-1]))
+    x = tf.reshape(self._relu_dropout(x, training), [-1, k, width])        # [B, K, H_0]
+    if len(self.hidden_units) == 1:
+      return x
+    x = tf.transpose(x, [1, 0, 2])                                         # [K, B, H_0]
+    for i in range(1, len(self.hidden_units)):
+      x = tf.matmul(x, self.kernels[i])                                    # [K, B, H_i]
+      x = (self.norms[i](x, training=training) if self.batch_norm
+           else x + self.biases[i][:, None, :])
+      x = self._relu_dropout(x, training)
+    return tf.transpose(x, [1, 0, 2])                                      # [B, K, H]
+
+  def _relu_dropout(self, x: tf.Tensor, training: Optional[bool]) -> tf.Tensor:
+    x = tf.nn.relu(x)
+    return self._dropout(x, training=training) if self._dropout is not None else x
 
   def get_config(self):
     config = super().get_config()

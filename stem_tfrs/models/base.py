@@ -60,13 +60,35 @@ class MultiTaskRankingModel(tfrs.Model):
                        name=f"tower_{task}") for task in self.task_names]
     self.ranking_tasks = [
         tfrs.tasks.Ranking(
-            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
+            # Per-example losses, averaged over the global batch in
+            # `compute_loss`: Keras forbids AUTO reduction under a strategy.
+            loss=tf.keras.losses.BinaryCrossentropy(
+                from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
             # float32 counters whatever the policy: bfloat16 cannot count past 256.
             metrics=[tf.keras.metrics.AUC(from_logits=True, name=f"{task}_auc",
                                           dtype=tf.float32)],
             loss_metrics=[tf.keras.metrics.Mean(name=f"{task}_loss", dtype=tf.float32)],
             name=f"ranking_{task}")
         for task in self.task_names]
+
+    # Metric results are already global on every replica (synced on read);
+    # the logs take replica 0's instead of summing R copies.
+    self.distribute_reduction_method = "first"
+
+  def train_step(self, inputs):
+    return self._global_losses(super().train_step(inputs))
+
+  def test_step(self, inputs):
+    return self._global_losses(super().test_step(inputs))
+
+  def _global_losses(self, logs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """Replaces each replica's share of the losses in `logs` by their global sum."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+      return logs
+    return {key: (context.all_reduce("sum", value)
+                  if key in ("loss", "regularization_loss", "total_loss") else value)
+            for key, value in logs.items()}
 
   def task_bottoms(self) -> List[MLP]:
     """One bottom MLP per task (`bottom_<task>`) with the experts' widths."""
@@ -128,14 +150,18 @@ class MultiTaskRankingModel(tfrs.Model):
   def compute_loss(self, inputs: Tuple[Features, Labels], training: bool = False) -> tf.Tensor:
     """Weighted sum of the tasks' mean BCE losses (+ `auxiliary_loss`); updates metrics.
 
-    The embedding L2 penalty is not in it: the embedding layer adds it with
-    `add_loss`, and `tfrs.Model` reports it as `regularization_loss`.
+    Under a synchronous strategy with R replicas each replica returns its
+    share of the global-batch mean (`tf.nn.compute_average_loss`; the summed
+    gradients are then those of the global mean), and on one device the plain
+    mean. The embedding L2 penalty is not in it: the embedding layer adds it
+    with `add_loss`, and `tfrs.Model` reports it as `regularization_loss`.
     """
     features, labels = inputs
     logits = self.compute_logits(features, training=training)
     loss = 0.0
     for task, weight, ranking in zip(self.task_names, self.loss_weights, self.ranking_tasks):
-      task_loss = ranking(labels=labels[task][:, None], predictions=logits[task][:, None],
-                          training=training)
-      loss += weight * task_loss
-    return loss + self.auxiliary_loss(logits, labels)
+      per_example = ranking(labels=labels[task][:, None], predictions=logits[task][:, None],
+                            training=training)                         # [B]
+      loss += weight * tf.nn.compute_average_loss(per_example)
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss + self.auxiliary_loss(logits, labels) / replicas

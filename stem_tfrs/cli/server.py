@@ -1,0 +1,22 @@
+"""`python main.py server`: a worker or parameter server of a parameter-server cluster.
+
+    TF_CONFIG='{"cluster": {...}, "task": {"type": "ps", "index": 0}}' python main.py server
+
+Runs TensorFlow's gRPC server for the task TF_CONFIG names until the process is
+stopped; the chief (`python main.py train --strategy=parameter_server`) sends
+it variables and work. See docs/distributed.md.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+from stem_tfrs import distributed
+from stem_tfrs.cli.errors import one_line_errors
+
+
+@one_line_errors
+def run(argv: List[str]) -> int:
+  del argv
+  distributed.run_server()
+  return 0

@@ -1,0 +1,51 @@
+"""`python main.py tune`: KerasTuner search over the authors' hyper-parameters.
+
+    python main.py tune --data_dir=data/tiktok --max_trials=20 --output_dir=tuning/stem
+    python main.py train --flagfile=tuning/stem/best.flags
+
+Every `train` flag sets the base configuration; the searched values
+(`stem_tfrs.tuning.SEARCH_SPACE`) replace theirs in each trial. Writes
+results.csv (one row per trial) and best.flags (the best trial's full `train`
+configuration) into --output_dir; rerun the same command to resume.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List
+
+from absl import flags
+
+from stem_tfrs import tuning
+from stem_tfrs.cli.errors import one_line_errors
+from stem_tfrs.cli.train import configs_from_flags, ensure_embedded_data, flags_from_configs
+
+flags.DEFINE_integer("max_trials", 10, "Trials in the whole search (tune).")
+flags.DEFINE_enum("objective", "auc", list(tuning.OBJECTIVES),
+                  "What tune maximizes: the tasks' mean validation AUC or gAUC.")
+flags.DEFINE_enum("tuner", "random", list(tuning.TUNERS),
+                  "KerasTuner oracle: random search or Bayesian optimization (tune).")
+
+FLAGS = flags.FLAGS
+
+
+@one_line_errors
+def run(argv: List[str]) -> int:
+  del argv
+  model_config, train_config = configs_from_flags()
+  output_dir = (FLAGS.output_dir if FLAGS["output_dir"].present
+                else os.path.join("tuning", train_config.model))
+  if not FLAGS["data_dir"].present:
+    ensure_embedded_data(train_config.data_dir, FLAGS.synthetic_rows)
+  result = tuning.tune(model_config, train_config, output_dir, max_trials=FLAGS.max_trials,
+                       objective=FLAGS.objective, tuner=FLAGS.tuner)
+  best_flags = os.path.join(output_dir, "best.flags")
+  with open(best_flags, "w") as f:
+    f.write(f"# The best of {len(result.trials)} trials by validation {FLAGS.objective} "
+            f"(python main.py tune); results in {result.results_csv}\n")
+    f.write("\n".join(flags_from_configs(result.best_model_config,
+                                         result.best_train_config)) + "\n")
+  print(tuning.format_results(result.trials, FLAGS.objective))
+  print(f"\nresults:     {result.results_csv}\nbest flags:  {best_flags}\n"
+        f"train it:    python main.py train --flagfile={best_flags}")
+  return 0

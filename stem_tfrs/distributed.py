@@ -1,0 +1,135 @@
+"""tf.distribute strategies by name, configured from TF_CONFIG, and a cluster's server process.
+
+    strategy = distributed.make_strategy("multi_worker")   # before any other TensorFlow op
+    with strategy.scope():
+      model = build_model(...)
+
+Names (`STRATEGIES`):
+
+  default           one device (TensorFlow's default strategy)
+  mirrored          all local GPUs, one replica each (MirroredStrategy)
+  multi_worker      synchronous data parallelism over the workers of TF_CONFIG
+                    (MultiWorkerMirroredStrategy); every worker runs `train`
+  parameter_server  asynchronous training: variables live on the "ps" tasks,
+                    the embedding tables split across them along their rows;
+                    the "chief" task runs `train` as the coordinator, the
+                    "worker" and "ps" tasks run `python main.py server`
+                    (ParameterServerStrategy)
+
+See docs/distributed.md for TF_CONFIG layouts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import tensorflow as tf
+
+from stem_tfrs.config import STRATEGIES, ConfigError
+
+#: Strategies whose processes form a cluster described by TF_CONFIG.
+CLUSTER_STRATEGIES = ("multi_worker", "parameter_server")
+#: Variables of at least twice this size are split across the parameter
+#: servers (MinSizePartitioner): the embedding tables, and large expert kernels.
+MIN_SHARD_BYTES = 64 << 10
+
+
+def cluster_resolver() -> tf.distribute.cluster_resolver.TFConfigClusterResolver:
+  """TF_CONFIG's cluster and this process's task; ConfigError if TF_CONFIG is unusable."""
+  raw = os.environ.get("TF_CONFIG", "")
+  if not raw:
+    raise ConfigError("TF_CONFIG is not set: a cluster strategy needs "
+                      '{"cluster": {...}, "task": {"type": ..., "index": ...}} '
+                      "(see docs/distributed.md)")
+  try:
+    config = json.loads(raw)
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"TF_CONFIG is not valid JSON: {e}")
+  if not isinstance(config, dict) or "cluster" not in config or "task" not in config:
+    raise ConfigError("TF_CONFIG needs both 'cluster' and 'task' (see docs/distributed.md)")
+  return tf.distribute.cluster_resolver.TFConfigClusterResolver()
+
+
+def make_strategy(name: str, min_shard_bytes: int = MIN_SHARD_BYTES) -> tf.distribute.Strategy:
+  """The strategy called `name`; cluster strategies read TF_CONFIG.
+
+  Call it before any other TensorFlow op of the process:
+  MultiWorkerMirroredStrategy configures the collective ops at start-up.
+
+  Raises:
+    ConfigError: unknown name, or TF_CONFIG missing or not fit for it.
+  """
+  if name not in STRATEGIES:
+    raise ConfigError(f"unknown strategy '{name}'; choose one of: {', '.join(STRATEGIES)}")
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "mirrored":
+    return tf.distribute.MirroredStrategy()
+  resolver = cluster_resolver()
+  cluster = resolver.cluster_spec().as_dict()
+  if name == "multi_worker":
+    if "ps" in cluster:
+      raise ConfigError("TF_CONFIG has 'ps' tasks: use --strategy=parameter_server")
+    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+  for job in ("chief", "worker", "ps"):
+    if not cluster.get(job):
+      raise ConfigError(f"--strategy=parameter_server needs TF_CONFIG with a '{job}' job "
+                        f"(it has: {', '.join(sorted(cluster)) or 'none'})")
+  if resolver.task_type != "chief":
+    raise ConfigError(f"this process is task '{resolver.task_type}' of TF_CONFIG: with "
+                      "--strategy=parameter_server only the chief runs `train`; workers "
+                      "and parameter servers run `python main.py server`")
+  partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
+      min_shard_bytes=min_shard_bytes, max_shards=len(cluster["ps"]))
+  return tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """Whether this process writes the run's files (config, metrics, export).
+
+  True without a cluster, for the coordinator of a parameter-server cluster,
+  and for the chief (or worker 0 when there is no chief) of a multi-worker one.
+  """
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return True
+  resolver = strategy.cluster_resolver
+  if not resolver.task_type:
+    return True
+  has_chief = bool(resolver.cluster_spec().as_dict().get("chief"))
+  return (resolver.task_type == "chief"
+          or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0))
+
+
+def run_server() -> None:
+  """Serves this process's task of TF_CONFIG (a parameter-server "worker" or "ps") until killed.
+
+  Raises:
+    ConfigError: TF_CONFIG is missing, or names another task type.
+  """
+  resolver = cluster_resolver()
+  if resolver.task_type not in ("worker", "ps"):
+    raise ConfigError(f"`server` runs the 'worker' and 'ps' tasks of a parameter-server "
+                      f"cluster; TF_CONFIG says this is task '{resolver.task_type}' (the "
+                      "chief runs `train --strategy=parameter_server`)")
+  # Fail over to the coordinator quickly when a peer dies (TensorFlow's recipe).
+  os.environ.setdefault("GRPC_FAIL_FAST", "use_caller")
+  server = tf.distribute.Server(
+      resolver.cluster_spec(), job_name=resolver.task_type, task_index=resolver.task_id,
+      protocol=resolver.rpc_layer or "grpc", start=True)
+  server.join()
+
+
+def variable_devices(model: tf.keras.Model) -> dict:
+  """{variable name: [device of shard 0, shard 1, ...]} of a model's partitioned weights.
+
+  Under ParameterServerStrategy a partitioned weight is a `ShardedVariable`;
+  Keras lists its shards as weights named `<variable>/part_<i>`.
+  """
+  shards = {}
+  for weight in model.weights:
+    match = re.fullmatch(r"(.*)/part_(\d+)(:\d+)?", weight.name)
+    if match:
+      shards.setdefault(match.group(1), {})[int(match.group(2))] = weight.device
+  return {name: [devices[i] for i in sorted(devices)] for name, devices in shards.items()}

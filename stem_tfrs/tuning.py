@@ -1,0 +1,170 @@
+"""Hyper-parameter search with KerasTuner: each trial is one `training.train` run.
+
+    result = tuning.tune(ModelConfig(), TrainConfig(data_dir="data/tiktok"),
+                         output_dir="tuning/stem", max_trials=20)
+    result.best_model_config, result.best_train_config
+
+KerasTuner's oracle proposes the values (random search or Bayesian
+optimization over `SEARCH_SPACE`) and keeps the search's state in
+`<output_dir>/search/`; each trial trains a full run into
+`<output_dir>/trials/<trial id>/` and is scored on the validation split with
+the exact metrics of `stem_tfrs.evaluation` (mean over tasks of AUC or gAUC).
+Rerunning the same search in the same directory resumes it: finished trials are
+kept, and a trial cut short by an interruption is run again, resuming from its
+last finished epoch (its run directory keeps BackupAndRestore's state).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from typing import Dict, List, Optional, Tuple
+
+import keras_tuner
+
+from stem_tfrs import training
+from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
+
+#: The search space: (config, field) -> candidate values. Our reading of the
+#: STEM-Net authors' search (expert counts, embedding L2, dropout, learning
+#: rate, seed); their exact grids are not published.
+SEARCH_SPACE: Dict[Tuple[str, str], list] = {
+    ("model", "num_shared_experts"): [1, 2, 4, 8],
+    ("model", "num_specific_experts"): [1, 2],
+    ("model", "embedding_l2"): [0.0, 1e-7, 1e-6, 1e-5],
+    ("model", "net_dropout"): [0.0, 0.1, 0.2],
+    ("train", "learning_rate"): [1e-4, 3e-4, 1e-3],
+    ("train", "seed"): [2023, 2024, 2025],
+}
+OBJECTIVES = ("auc", "gauc")
+TUNERS = ("random", "bayesian")
+
+
+@dataclasses.dataclass
+class TuneResult:
+  """The search's trials and its best configuration."""
+  trials: List[dict]            # one row per finished trial: id, values, score
+  best_model_config: ModelConfig
+  best_train_config: TrainConfig
+  results_csv: str
+
+
+def configs_for(values: Dict[str, object], model_config: ModelConfig,
+                train_config: TrainConfig) -> Tuple[ModelConfig, TrainConfig]:
+  """The base configs with a trial's values (keyed "<config>.<field>") put in."""
+  model = {f: v for (c, f), v in _by_field(values).items() if c == "model"}
+  train = {f: v for (c, f), v in _by_field(values).items() if c == "train"}
+  return (dataclasses.replace(model_config, **model),
+          dataclasses.replace(train_config, **train))
+
+
+def _by_field(values: Dict[str, object]) -> Dict[Tuple[str, str], object]:
+  return {tuple(name.split(".", 1)): value for name, value in values.items()}
+
+
+class RunTuner(keras_tuner.Tuner):
+  """A KerasTuner `Tuner` whose trial is a whole `training.train` run."""
+
+  def __init__(self, oracle: keras_tuner.Oracle, model_config: ModelConfig,
+               train_config: TrainConfig, objective: str, trials_dir: str, **kwargs):
+    super().__init__(oracle=oracle, **kwargs)
+    self.base_model_config = model_config
+    self.base_train_config = train_config
+    self.objective_metric = objective
+    self.trials_dir = trials_dir
+
+  def run_trial(self, trial, *args, **kwargs) -> Dict[str, float]:
+    hp = trial.hyperparameters
+    values = {f"{c}.{f}": hp.Choice(f"{c}.{f}", candidates)
+              for (c, f), candidates in SEARCH_SPACE.items()}
+    model_config, train_config = configs_for(values, self.base_model_config,
+                                             self.base_train_config)
+    train_config = dataclasses.replace(
+        train_config, run_dir=os.path.join(self.trials_dir, trial.trial_id), export_dir="")
+    result = training.train(model_config, train_config, verbose=0)
+    valid = result.metrics["valid"]
+    return {f"val_{metric}": sum(m[metric] for m in valid.values()) / len(valid)
+            for metric in OBJECTIVES}
+
+
+def tune(model_config: ModelConfig, train_config: TrainConfig, output_dir: str,
+         max_trials: int = 10, objective: str = "auc", tuner: str = "random") -> TuneResult:
+  """Searches `SEARCH_SPACE` around the base configs; resumes a search in `output_dir`.
+
+  Args:
+    model_config: Everything not searched: architecture and sizes.
+    train_config: Data, epochs, batch size... (run_dir and export_dir are
+      set per trial; trials do not export).
+    output_dir: Holds the search state, the trials' runs and results.csv.
+    max_trials: Trials in the whole search (a resumed search counts the
+      finished ones).
+    objective: "auc" or "gauc": the tasks' mean on the validation split.
+    tuner: "random" (RandomSearch) or "bayesian" (BayesianOptimization).
+
+  Raises:
+    ConfigError: a bad objective, tuner or trial count.
+  """
+  if objective not in OBJECTIVES:
+    raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")
+  if tuner not in TUNERS:
+    raise ConfigError(f"tuner must be one of {', '.join(TUNERS)}, got '{tuner}'")
+  if max_trials < 1:
+    raise ConfigError(f"max_trials must be >= 1, got {max_trials}")
+  training.load_and_check(model_config, train_config)  # fail before any trial
+  goal = keras_tuner.Objective(f"val_{objective}", direction="max")
+  oracle_class = {"random": keras_tuner.oracles.RandomSearchOracle,
+                  "bayesian": keras_tuner.oracles.BayesianOptimizationOracle}[tuner]
+  oracle = oracle_class(objective=goal, max_trials=max_trials, seed=train_config.seed)
+  search = RunTuner(oracle, model_config, train_config, objective,
+                    trials_dir=os.path.join(output_dir, "trials"),
+                    directory=output_dir, project_name="search", overwrite=False)
+  search.search()
+  trials = finished_trials(search)
+  if not trials:
+    raise RuntimeError(f"no trial of the search in {output_dir} finished")
+  best = max(trials, key=lambda row: row[f"val_{objective}"])
+  best_model, best_train = configs_for(
+      {k: v for k, v in best.items() if "." in k}, model_config, train_config)
+  results_csv = os.path.join(output_dir, "results.csv")
+  write_results(trials, results_csv)
+  return TuneResult(trials=trials, best_model_config=best_model,
+                    best_train_config=dataclasses.replace(best_train, run_dir=""),
+                    results_csv=results_csv)
+
+
+def finished_trials(search: keras_tuner.Tuner) -> List[dict]:
+  """One row per completed trial, in trial order: id, searched values, metrics."""
+  rows = []
+  for trial_id, trial in sorted(search.oracle.trials.items()):
+    if trial.status != keras_tuner.engine.trial.TrialStatus.COMPLETED:
+      continue
+    row = {"trial": trial_id}
+    row.update({name: trial.hyperparameters.get(name)
+                for name in (f"{c}.{f}" for c, f in SEARCH_SPACE)})
+    for metric in OBJECTIVES:
+      row[f"val_{metric}"] = trial.metrics.get_best_value(f"val_{metric}")
+    rows.append(row)
+  return rows
+
+
+def write_results(rows: List[dict], path: str) -> None:
+  """results.csv: one row per trial, best objective first is left to the reader."""
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def format_results(rows: List[dict], objective: str, limit: Optional[int] = None) -> str:
+  """A plain-text table of the trials, best first."""
+  ordered = sorted(rows, key=lambda r: -r[f"val_{objective}"])[:limit]
+  names = list(ordered[0])
+  widths = {n: max(len(n), *(len(_show(r[n])) for r in ordered)) for n in names}
+  lines = ["  ".join(n.split(".")[-1].rjust(widths[n]) for n in names)]
+  lines += ["  ".join(_show(r[n]).rjust(widths[n]) for n in names) for r in ordered]
+  return "\n".join(lines)
+
+
+def _show(value) -> str:
+  return f"{value:.4f}" if isinstance(value, float) and 0.01 <= value < 1 else f"{value}"

@@ -1,0 +1,190 @@
+"""tf.distribute clusters on loopback: `train` under multi_worker and parameter_server.
+
+Every process is a real `python main.py` process with its own TF_CONFIG, and
+talks gRPC to the others on 127.0.0.1 only. Each test kills whatever is left
+of its cluster when it ends, passed or not.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO, TINY_MODEL_FLAGS
+from stem_tfrs import data
+from stem_tfrs.schema import Schema
+
+TIMEOUT = 420
+
+
+def free_ports(n):
+  """n distinct free TCP ports on 127.0.0.1."""
+  with contextlib.ExitStack() as stack:
+    sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+    for s in sockets:
+      s.bind(("127.0.0.1", 0))
+    return [s.getsockname()[1] for s in sockets]
+
+
+class Cluster:
+  """Processes started with TF_CONFIG; `close` kills the ones still running."""
+
+  def __init__(self, cluster, log_dir):
+    self.cluster = cluster
+    self.log_dir = log_dir
+    self.processes = {}
+
+  def start(self, task_type, index, args):
+    name = f"{task_type}{index}"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=json.dumps(
+        {"cluster": self.cluster, "task": {"type": task_type, "index": index}}))
+    log = open(os.path.join(self.log_dir, f"{name}.log"), "w")
+    self.processes[name] = subprocess.Popen(
+        [sys.executable, "main.py", *args], cwd=REPO, env=env, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True)
+    return self.processes[name]
+
+  def log(self, name, tail=4000):
+    with open(os.path.join(self.log_dir, f"{name}.log")) as f:
+      text = f.read()
+    return text[-tail:] if tail else text
+
+  def wait(self, name, timeout=TIMEOUT):
+    try:
+      code = self.processes[name].wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+      pytest.fail(f"{name} still running after {timeout} s:\n{self.log(name)}")
+    assert code == 0, f"{name} exited with {code}:\n{self.log(name)}"
+
+  def close(self):
+    for process in self.processes.values():
+      if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+      process.wait(timeout=30)
+
+
+@pytest.fixture
+def cluster_factory(tmp_path):
+  clusters = []
+
+  def make(cluster):
+    clusters.append(Cluster(cluster, str(tmp_path)))
+    return clusters[-1]
+
+  yield make
+  for cluster in clusters:
+    cluster.close()
+  for cluster in clusters:  # no orphan: every process has exited
+    assert all(p.poll() is not None for p in cluster.processes.values())
+
+
+def train_args(tiny_data, run_dir, export_dir, *extra):
+  return ["train", f"--data_dir={tiny_data}", f"--run_dir={run_dir}",
+          f"--export_dir={export_dir}", "--eval_batch_size=4096", "--verbose=2",
+          *TINY_MODEL_FLAGS, *extra]
+
+
+def assert_serves_like_single_machine(export_path, trained_run, tiny_data):
+  """Same signature as a single-machine export; serves raw test rows."""
+  loaded = tf.saved_model.load(export_path).signatures["serving_default"]
+  reference = tf.saved_model.load(trained_run.export_path).signatures["serving_default"]
+  assert loaded.structured_input_signature == reference.structured_input_signature
+  assert (set(loaded.structured_outputs) == set(reference.structured_outputs)
+          and all(loaded.structured_outputs[k].shape.as_list()
+                  == reference.structured_outputs[k].shape.as_list()
+                  for k in reference.structured_outputs))
+  features, _ = next(iter(data.make_dataset(Schema.load(tiny_data), "test", 64)))
+  outputs = loaded(**features)
+  for task in ("finish", "like"):
+    p = outputs[task].numpy()
+    assert p.shape == (64,) and np.all((p > 0) & (p < 1))
+
+
+def exports(export_dir):
+  base = os.path.join(export_dir, "stem")
+  return [os.path.join(base, v) for v in os.listdir(base) if v.isdigit()]
+
+
+def test_two_workers_train_in_sync_and_only_the_chief_writes(
+    tiny_data, trained_run, tmp_path, cluster_factory):
+  ports = free_ports(2)
+  cluster = cluster_factory({"worker": [f"127.0.0.1:{p}" for p in ports]})
+  run_dir, export_dir = tmp_path / "run", tmp_path / "export"
+  for i in range(2):
+    cluster.start("worker", i, train_args(tiny_data, run_dir, export_dir, "--strategy=multi_worker",
+                                          "--epochs=2", "--batch_size=512"))
+  for i in range(2):
+    cluster.wait(f"worker{i}")
+  assert "worker done" in cluster.log("worker1")
+  training = json.loads((run_dir / "training.json").read_text())
+  assert training["strategy"] == "multi_worker" and training["replicas"] == 2
+  assert training["epochs_run"] == 2
+  assert (run_dir / "checkpoints" / "best.index").exists()
+  metrics = json.loads((run_dir / "metrics.json").read_text())
+  assert metrics["test"]["finish"]["auc"] > 0.55
+  assert sorted(os.listdir(run_dir)) == ["checkpoints", "config.json", "logs", "metrics.json",
+                                          "training.json"]  # nothing left by worker 1
+  [export_path] = exports(export_dir)
+  assert_serves_like_single_machine(export_path, trained_run, tiny_data)
+
+
+def start_parameter_server_cluster(cluster_factory, tiny_data, run_dir, export_dir, *extra):
+  ports = free_ports(5)
+  address = [f"127.0.0.1:{p}" for p in ports]
+  cluster = cluster_factory({"chief": address[:1], "worker": address[1:3], "ps": address[3:]})
+  for task_type, count in (("ps", 2), ("worker", 2)):
+    for i in range(count):
+      cluster.start(task_type, i, ["server"])
+  cluster.start("chief", 0, train_args(tiny_data, run_dir, export_dir,
+                                       "--strategy=parameter_server", *extra))
+  return cluster
+
+
+def test_parameter_servers_hold_the_embedding_shards_and_the_export_is_single_machine(
+    tiny_data, trained_run, tmp_path, cluster_factory):
+  run_dir, export_dir = tmp_path / "run", tmp_path / "export"
+  # D = 32: the fused table (1,138 rows x 3 tables x 32) is 437 KiB, over the
+  # 128 KiB from which variables are split.
+  cluster = start_parameter_server_cluster(cluster_factory, tiny_data, run_dir, export_dir,
+                                           "--epochs=1", "--batch_size=512", "--embedding_dim=32")
+  cluster.wait("chief0")
+  training = json.loads((run_dir / "training.json").read_text())
+  assert training["strategy"] == "parameter_server"
+  shards = training["sharded_variables"]
+  [table] = [name for name in shards if "fused" in name]
+  assert sorted(shards[table]) == ["/job:ps/replica:0/task:0/device:CPU:0",
+                                   "/job:ps/replica:0/task:1/device:CPU:0"]
+  metrics = json.loads((run_dir / "metrics.json").read_text())
+  assert metrics["test"]["finish"]["auc"] > 0.55
+  [export_path] = exports(export_dir)
+  assert_serves_like_single_machine(export_path, trained_run, tiny_data)
+  # The servers serve until stopped; they must still be up (and are killed by the fixture).
+  assert all(cluster.processes[n].poll() is None for n in ("ps0", "ps1", "worker0", "worker1"))
+
+
+def test_a_killed_worker_does_not_lose_the_parameter_server_run(
+    tiny_data, tmp_path, cluster_factory):
+  run_dir, export_dir = tmp_path / "run", tmp_path / "export"
+  cluster = start_parameter_server_cluster(cluster_factory, tiny_data, run_dir, export_dir,
+                                           "--epochs=3", "--batch_size=128")
+  deadline = time.time() + TIMEOUT
+  while not (run_dir / "logs" / "train").exists():  # fit has begun
+    assert cluster.processes["chief0"].poll() is None, cluster.log("chief0")
+    assert time.time() < deadline, cluster.log("chief0")
+    time.sleep(0.5)
+  time.sleep(3)
+  os.killpg(cluster.processes["worker1"].pid, signal.SIGKILL)
+  cluster.wait("chief0")
+  # The coordinator saw the worker go and carried on with the other one.
+  assert "Worker /job:worker/replica:0/task:1 failed" in cluster.log("chief0", tail=None)
+  training = json.loads((run_dir / "training.json").read_text())
+  assert training["epochs_run"] == 3
+  assert (run_dir / "metrics.json").exists() and exports(export_dir)

@@ -1,0 +1,46 @@
+"""`python main.py tune`: a KerasTuner search of whole runs, its table, best flagfile and resume."""
+
+import csv
+import os
+import subprocess
+import sys
+
+from conftest import REPO, TINY_MODEL_FLAGS
+
+
+def main_py(*args):
+  return subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+
+def test_tune_writes_results_and_a_best_flagfile_that_train_accepts_and_resumes(
+    tiny_data, tmp_path):
+  out = tmp_path / "tuning"
+  tune = ["tune", f"--data_dir={tiny_data}", f"--output_dir={out}", "--epochs=1",
+          "--batch_size=512", "--eval_batch_size=4096", *TINY_MODEL_FLAGS]
+  result = main_py(*tune, "--max_trials=2")
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = list(csv.DictReader(open(out / "results.csv")))
+  assert len(rows) == 2 and len({r["trial"] for r in rows}) == 2
+  assert {"model.num_shared_experts", "model.embedding_l2", "model.net_dropout",
+          "train.learning_rate", "train.seed", "val_auc", "val_gauc"} <= set(rows[0])
+  assert all(0.5 < float(r["val_auc"]) < 1 for r in rows)
+  best = max(rows, key=lambda r: float(r["val_auc"]))
+  best_flags = (out / "best.flags").read_text()
+  assert f"--num_shared_experts={best['model.num_shared_experts']}" in best_flags
+  assert f"--seed={best['train.seed']}" in best_flags
+  assert f"--data_dir={tiny_data}" in best_flags and "--epochs=1" in best_flags
+
+  train = main_py("train", f"--flagfile={out / 'best.flags'}", f"--run_dir={tmp_path / 'run'}",
+                  "--export_dir=", "--verbose=0")
+  assert train.returncode == 0, train.stderr[-3000:]
+  assert (tmp_path / "run" / "metrics.json").exists()
+
+  # Resume: the same search asked for 3 trials trains only the third.
+  finished = {r["trial"]: r["val_auc"] for r in rows}
+  again = main_py(*tune, "--max_trials=3")
+  assert again.returncode == 0, again.stderr[-3000:]
+  rows = list(csv.DictReader(open(out / "results.csv")))
+  assert len(rows) == 3
+  assert {r["trial"]: r["val_auc"] for r in rows if r["trial"] in finished} == finished
+  assert sorted(os.listdir(out / "trials")) == sorted(r["trial"] for r in rows)
