@@ -100,6 +100,11 @@ def load_and_check(model_config: ModelConfig, config: TrainConfig) -> Schema:
   return schema
 
 
+def _split_rows(schema: Schema, split: str) -> int:
+  """Rows of a split, from the data set's stats.json (0 if it does not say)."""
+  return load_stats(schema.directory).get(split, {}).get("rows") or 0
+
+
 def _write_json(path: str, content) -> None:
   with open(path, "w") as f:
     json.dump(content, f, indent=2, sort_keys=False)
@@ -142,7 +147,7 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
                         "each worker streams its share of the shards")
   schema = load_and_check(model_config, config)
   if config.strategy in distributed.CLUSTER_STRATEGIES:
-    rows = load_stats(schema.directory).get("train", {}).get("rows") or 0
+    rows = _split_rows(schema, "train")
     if rows < config.batch_size:
       raise ConfigError(f"--batch_size={config.batch_size} is larger than the train split "
                         f"({rows} rows): a cluster epoch is train rows // batch_size steps")
@@ -213,10 +218,11 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
   metrics = {split: evaluation.evaluate(
                  model, schema, data.make_dataset(schema, split, config.eval_batch_size))
              for split in ("valid", "test")}
-  train_rows = load_stats(schema.directory).get("train", {}).get("rows")
   epochs_run = len(history.history.get("loss", []))
-  if "steps_per_epoch" in fit_args:
+  if "steps_per_epoch" in fit_args:  # a cluster epoch is a fixed number of steps
     train_rows = fit_args["steps_per_epoch"] * config.batch_size
+  else:
+    train_rows = _split_rows(schema, "train")
   _write_json(os.path.join(run_dir, "training.json"), {
       "strategy": config.strategy,
       "replicas": strategy.num_replicas_in_sync,
@@ -247,7 +253,7 @@ def _cluster_train_input(schema: Schema, config: TrainConfig):
   parameter_server. An epoch is `train rows // batch_size` steps over a
   repeated stream, so that every worker runs the same number of steps.
   """
-  rows = load_stats(schema.directory).get("train", {}).get("rows") or 0
+  rows = _split_rows(schema, "train")
   # Parameter-server workers cannot tell each other apart in `dataset_fn`:
   # an unseeded shuffle gives each its own order.
   seed = None if config.strategy == "parameter_server" else config.seed
@@ -271,8 +277,7 @@ def _parameter_server_valid_input(schema: Schema, config: TrainConfig):
   across the workers. (The metrics.json figures are exact: the chief computes
   them over whole splits after training.)
   """
-  rows = load_stats(schema.directory).get("valid", {}).get("rows") or 0
-  steps = max(1, -(-rows // config.eval_batch_size))
+  steps = max(1, -(-_split_rows(schema, "valid") // config.eval_batch_size))
 
   def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
     del input_context  # every worker reads the whole split, in its own order
