@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import keras_tuner
 
@@ -67,11 +67,10 @@ class RunTuner(keras_tuner.Tuner):
   """A KerasTuner `Tuner` whose trial is a whole `training.train` run."""
 
   def __init__(self, oracle: keras_tuner.Oracle, model_config: ModelConfig,
-               train_config: TrainConfig, objective: str, trials_dir: str, **kwargs):
+               train_config: TrainConfig, trials_dir: str, **kwargs):
     super().__init__(oracle=oracle, **kwargs)
     self.base_model_config = model_config
     self.base_train_config = train_config
-    self.objective_metric = objective
     self.trials_dir = trials_dir
 
   def run_trial(self, trial, *args, **kwargs) -> Dict[str, float]:
@@ -116,7 +115,7 @@ def tune(model_config: ModelConfig, train_config: TrainConfig, output_dir: str,
   oracle_class = {"random": keras_tuner.oracles.RandomSearchOracle,
                   "bayesian": keras_tuner.oracles.BayesianOptimizationOracle}[tuner]
   oracle = oracle_class(objective=goal, max_trials=max_trials, seed=train_config.seed)
-  search = RunTuner(oracle, model_config, train_config, objective,
+  search = RunTuner(oracle, model_config, train_config,
                     trials_dir=os.path.join(output_dir, "trials"),
                     directory=output_dir, project_name="search", overwrite=False)
   search.search()
@@ -149,16 +148,16 @@ def finished_trials(search: keras_tuner.Tuner) -> List[dict]:
 
 
 def write_results(rows: List[dict], path: str) -> None:
-  """results.csv: one row per trial, best objective first is left to the reader."""
+  """Writes results.csv: one row per finished trial, in trial order."""
   with open(path, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
 
 
-def format_results(rows: List[dict], objective: str, limit: Optional[int] = None) -> str:
+def format_results(rows: List[dict], objective: str) -> str:
   """A plain-text table of the trials, best first."""
-  ordered = sorted(rows, key=lambda r: -r[f"val_{objective}"])[:limit]
+  ordered = sorted(rows, key=lambda r: -r[f"val_{objective}"])
   names = list(ordered[0])
   widths = {n: max(len(n), *(len(_show(r[n])) for r in ordered)) for n in names}
   lines = ["  ".join(n.split(".")[-1].rjust(widths[n]) for n in names)]
