@@ -53,14 +53,12 @@ class TuneResult:
 def configs_for(values: Dict[str, object], model_config: ModelConfig,
                 train_config: TrainConfig) -> Tuple[ModelConfig, TrainConfig]:
   """The base configs with a trial's values (keyed "<config>.<field>") put in."""
-  model = {f: v for (c, f), v in _by_field(values).items() if c == "model"}
-  train = {f: v for (c, f), v in _by_field(values).items() if c == "train"}
-  return (dataclasses.replace(model_config, **model),
-          dataclasses.replace(train_config, **train))
-
-
-def _by_field(values: Dict[str, object]) -> Dict[Tuple[str, str], object]:
-  return {tuple(name.split(".", 1)): value for name, value in values.items()}
+  fields = {"model": {}, "train": {}}
+  for name, value in values.items():
+    config, field = name.split(".", 1)
+    fields[config][field] = value
+  return (dataclasses.replace(model_config, **fields["model"]),
+          dataclasses.replace(train_config, **fields["train"]))
 
 
 class RunTuner(keras_tuner.Tuner):
