@@ -1,7 +1,12 @@
-"""Latency and throughput of an exported SavedModel, loaded as TF Serving would load it.
+"""Latency and throughput of exported SavedModels, loaded as TF Serving would load them.
 
-    python benchmarks/serving.py [--saved_model saved_models/stem/<version>] [--output FILE.json]
+    python benchmarks/serving.py [--saved_model saved_models/stem/<version>] [--no_authors]
+                                 [--output FILE.json]
 
+Measures two exports: the given one (default: the newest under saved_models/,
+the default configuration after `python main.py train`), and STEM-Net at the
+authors' configuration (built on generated data and exported untrained into
+a temporary directory: its speed does not depend on its weights).
 Calls `serving_default` in-process (no network) with batches of 1, 64 and 1024
 rows of raw ids drawn from the model's vocabularies, after a warm-up, and
 reports p50/p99 latency per call and examples/s, as JSON and as a table, with
@@ -14,16 +19,26 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import dataclasses
 import os
+import sys
+import tempfile
 import time
 import types
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 
+import stem_tfrs  # noqa: E402,F401  (Keras 2 first)
 import numpy as np  # noqa: E402
-from ceiling import dense_layers, gemm_ceiling  # noqa: E402  (benchmarks/)
-from machine import describe  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from ceiling import dense_layers, gemm_ceiling  # noqa: E402  (benchmarks/)
+from data_prep.synthetic import prepare_synthetic  # noqa: E402
+from machine import describe  # noqa: E402
+from stem_tfrs import ModelConfig, build_model  # noqa: E402
+from stem_tfrs.export import export_saved_model  # noqa: E402
+from stem_tfrs.schema import Schema  # noqa: E402
 
 
 def newest_export(base: str = "saved_models") -> str:
@@ -79,22 +94,30 @@ def forward_ceiling(saved_model: str):
   return lambda batch: gemm_ceiling(*shape, batch, training=False)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--saved_model", default=None)
-  parser.add_argument("--batches", default="1,64,1024")
-  parser.add_argument("--seconds", type=float, default=5.0, help="Measuring time per batch size.")
-  parser.add_argument("--output", default="benchmarks/results/serving.json")
-  args = parser.parse_args()
-  path = args.saved_model or newest_export()
+def authors_export(work_dir: str) -> str:
+  """An untrained STEM-Net at the authors' configuration, exported under `work_dir`."""
+  prepare_synthetic(os.path.join(work_dir, "data"), rows=20_000)
+  schema = Schema.load(os.path.join(work_dir, "data"))
+  config = ModelConfig.reference()
+  model = build_model("stem", schema, config)
+  run_config = {"model": "stem", "tasks": schema.tasks,
+                "model_config": dataclasses.asdict(config)}
+  path = export_saved_model(model, schema, os.path.join(work_dir, "export"), "stem_authors",
+                            extra_files={"config.json": run_config}, warmup_batches=[])
+  tf.keras.backend.clear_session()
+  return path
+
+
+def benchmark(path: str, batches, seconds: float) -> list:
+  """One result per batch size for the export at `path`."""
   serve = tf.saved_model.load(path).signatures["serving_default"]
   rng = np.random.default_rng(0)
   ceiling = forward_ceiling(path)
   results = []
-  for batch in [int(b) for b in args.batches.split(",")]:
+  for batch in batches:
     features = request(path, batch, rng)
     measure(serve, features, seconds=0.5)  # warm-up: tracing, allocation
-    latencies = np.array(measure(serve, features, args.seconds)) * 1000.0
+    latencies = np.array(measure(serve, features, seconds)) * 1000.0
     rate = batch * len(latencies) / (latencies.sum() / 1000)
     results.append({"batch": batch, "calls": len(latencies),
                     "p50_ms": round(float(np.percentile(latencies, 50)), 3),
@@ -104,16 +127,38 @@ def main() -> None:
       gemm_only = ceiling(batch)
       results[-1]["gemm_only_examples_per_second"] = round(gemm_only)
       results[-1]["fraction_of_gemm_only"] = round(rate / gemm_only, 3)
-  report = {"saved_model": path, "results": results,
-            "machine": describe()}
+  return results
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--saved_model", default=None)
+  parser.add_argument("--no_authors", action="store_true",
+                      help="Skip the authors' configuration.")
+  parser.add_argument("--batches", default="1,64,1024")
+  parser.add_argument("--seconds", type=float, default=5.0, help="Measuring time per batch size.")
+  parser.add_argument("--output", default="benchmarks/results/serving.json")
+  args = parser.parse_args()
+  batches = [int(b) for b in args.batches.split(",")]
+  paths = [args.saved_model or newest_export()]
+  report = {"exports": [], "machine": describe()}
+  with tempfile.TemporaryDirectory() as work:
+    if not args.no_authors:
+      paths.append(authors_export(work))
+    for path in paths:  # named as in TF Serving: <model_name>/<version>
+      name = os.path.basename(os.path.dirname(os.path.normpath(path)))
+      report["exports"].append({"name": name, "saved_model": path,
+                                "results": benchmark(path, batches, args.seconds)})
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   with open(args.output, "w") as f:
     json.dump(report, f, indent=2)
-  print(f"{'batch':>6} {'p50 ms':>9} {'p99 ms':>9} {'examples/s':>12} {'of GEMM-only':>13}")
-  for r in results:
-    share = f"{r['fraction_of_gemm_only']:.1%}" if "fraction_of_gemm_only" in r else "-"
-    print(f"{r['batch']:>6} {r['p50_ms']:>9.3f} {r['p99_ms']:>9.3f} "
-          f"{r['examples_per_second']:>12,} {share:>13}")
+  print(f"{'model':<13} {'batch':>6} {'p50 ms':>9} {'p99 ms':>9} {'examples/s':>12} "
+        f"{'of GEMM-only':>13}")
+  for export in report["exports"]:
+    for r in export["results"]:
+      share = f"{r['fraction_of_gemm_only']:.1%}" if "fraction_of_gemm_only" in r else "-"
+      print(f"{export['name']:<13} {r['batch']:>6} {r['p50_ms']:>9.3f} {r['p99_ms']:>9.3f} "
+            f"{r['examples_per_second']:>12,} {share:>13}")
   print(f"-> {args.output}")
 
 

@@ -74,15 +74,16 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
                  in_memory: bool = False) -> tf.data.Dataset:
   """Batches of (features, labels) from the shards of `split`.
 
-  Shards are read in parallel (interleave), records are shuffled (if asked),
-  batched, then parsed batch-wise with one vectorized `parse_example`, and
-  prefetched. The order is deterministic for a given seed.
+  Shards are read in parallel (interleave), shuffled (if asked) with a
+  buffer of `shuffle_buffer` records (see `_shuffled_batches`), batched, then parsed
+  batch-wise with one vectorized `parse_example`, and prefetched. The order
+  is deterministic for a given seed, and new every epoch.
 
   With `in_memory`, the split is read and parsed once, when this function
   is called, into one tensor per column; every epoch then draws a fresh
   permutation of all rows (a full shuffle, not a buffer) and gathers each
-  batch from memory, about 3x faster than parsing records every epoch. It
-  needs the parsed split in RAM (about 30-60 bytes a row per categorical
+  batch from memory, with no parsing (1.2-1.5x the records pipeline's rate
+  on 2 cores). It needs the parsed split in RAM (about 30-60 bytes a row per categorical
   column for short string ids).
 
   Every label must be 0 or 1: a batch holding another value stops the
@@ -139,20 +140,72 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
   pipelines = input_context.num_input_pipelines if input_context is not None else 1
   if 1 < pipelines <= len(paths):  # each pipeline its own shards
     files = files.shard(pipelines, input_context.input_pipeline_id)
+  share = None
+  if pipelines > len(paths):  # fewer shards than pipelines: each its own records
+    share = (pipelines, input_context.input_pipeline_id)
   if shuffle:
     files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-  records = files.interleave(
-      tf.data.TFRecordDataset, cycle_length=min(len(paths), 8),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  if pipelines > len(paths):  # fewer shards than pipelines: each its own records
-    records = records.shard(pipelines, input_context.input_pipeline_id)
-  if shuffle:
-    records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-  return (records
-          .batch(batch_size, drop_remainder=drop_remainder,
-                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    batches = _shuffled_batches(files, len(paths), batch_size, shuffle_buffer, seed,
+                                drop_remainder, share)
+  else:
+    records = files.interleave(
+        tf.data.TFRecordDataset, cycle_length=min(len(paths), 8),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if share is not None:
+      records = records.shard(*share)
+    batches = records.batch(batch_size, drop_remainder=drop_remainder,
+                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return (batches
           .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
           .prefetch(tf.data.AUTOTUNE))
+
+
+#: Consecutive records of a shard that tf.data moves as one element when it shuffles.
+_CHUNK = 64
+
+
+def _shuffled_batches(files: tf.data.Dataset, num_files: int, batch_size: int, window: int,
+                      seed: Optional[int], drop_remainder: bool,
+                      share: Optional[Tuple[int, int]]) -> tf.data.Dataset:
+  """Batches of serialized records, shuffled in two stages.
+
+  Each shard is read in chunks of `_CHUNK` consecutive records, the chunks
+  of up to 8 shards are interleaved and shuffled in a buffer of `window`
+  records' worth of chunks, then gathered into windows of `window` records,
+  and each window is fully permuted (a stateless shuffle with its own seed,
+  new every epoch) before it is cut into batches. The chunk buffer mixes the
+  epoch as a record buffer of the same size would; the permutation then
+  splits the chunks up, so a batch holds no run of consecutive records.
+  tf.data moves chunks, not records, through the shuffle, which makes the
+  pipeline about 2.5x cheaper on the CPU than a record-level shuffle buffer.
+
+  Args:
+    files: Shard paths, in this epoch's order.
+    num_files: How many.
+    batch_size: Records per batch.
+    window: Records per shuffle buffer and per permuted window.
+    seed: Seed of both shuffles (None: unseeded).
+    drop_remainder: Drop the epoch's last partial batch.
+    share: (pipelines, index): keep only every pipelines-th record of each shard.
+
+  Returns:
+    A dataset of [batch_size] tf.string tensors.
+  """
+  chunk = max(1, min(_CHUNK, window))
+
+  def read(path):
+    records = tf.data.TFRecordDataset(path)
+    return (records.shard(*share) if share is not None else records).batch(chunk)
+
+  chunks = files.interleave(read, cycle_length=min(num_files, 8),
+                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  windows = (chunks.shuffle(max(1, window // chunk), seed=seed, reshuffle_each_iteration=True)
+             .rebatch(window))
+  seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+  return (tf.data.Dataset.zip((windows, seeds))
+          .map(tf.random.experimental.stateless_shuffle,
+               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .rebatch(batch_size, drop_remainder=drop_remainder))
 
 
 def _read_columns(schema: Schema, split: str, parse) -> Tuple[dict, dict]:

@@ -1,4 +1,5 @@
-"""benchmarks/serving.py runs on an export and reports latency for each batch size."""
+"""benchmarks/serving.py runs on an export, and on the authors' configuration, and reports
+latency for each batch size."""
 
 import json
 import os
@@ -16,6 +17,16 @@ def test_serving_benchmark_reports_latency_per_batch(trained_run, tmp_path):
                           capture_output=True, text=True, cwd=REPO, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(output.read_text())
-  assert [r["batch"] for r in report["results"]] == [1, 64]
-  for r in report["results"]:
-    assert 0 < r["p50_ms"] <= r["p99_ms"] and r["calls"] >= 20 and r["examples_per_second"] > 0
+  exports = report["exports"]
+  model_name = os.path.basename(os.path.dirname(trained_run.export_path))
+  assert [e["name"] for e in exports] == [model_name, "stem_authors"]
+  assert exports[0]["saved_model"] == trained_run.export_path
+  for export in exports:
+    assert [r["batch"] for r in export["results"]] == [1, 64]
+    for r in export["results"]:
+      assert 0 < r["p50_ms"] <= r["p99_ms"] and r["calls"] >= 20 and r["examples_per_second"] > 0
+  # the authors' STEM has a FLOP model, so a GEMM-only fraction; its forward pass is larger
+  authors = exports[1]["results"]
+  assert all(0 < r["fraction_of_gemm_only"] for r in authors)
+  assert authors[1]["examples_per_second"] < exports[0]["results"][1]["examples_per_second"]
+  assert not os.path.exists(exports[1]["saved_model"])  # a temporary export, removed

@@ -98,6 +98,24 @@ def rows_of(dataset, schema):
   return sorted(rows)
 
 
+def test_shuffled_records_hold_every_row_once_in_a_new_order_each_epoch(tiny_data):
+  schema = Schema.load(tiny_data)
+  # a buffer smaller than the split: several chunk buffers and permuted windows per epoch
+  shuffled = make_dataset(schema, "train", 100, shuffle=True, seed=7, shuffle_buffer=500)
+  assert rows_of(shuffled, schema) == rows_of(make_dataset(schema, "train", 100), schema)
+  uids = lambda dataset: np.concatenate([f["uid"].numpy() for f, _ in dataset])
+  two_epochs = uids(shuffled.repeat(2))
+  half = len(two_epochs) // 2
+  assert not (two_epochs[:half] == two_epochs[half:]).all()
+  fresh = lambda: make_dataset(schema, "train", 100, shuffle=True, seed=7, shuffle_buffer=500)
+  assert (uids(fresh()) == uids(fresh())).all()               # seeded: the same first epoch
+  in_order = uids(make_dataset(schema, "train", 100))
+  assert not (two_epochs[:half] == in_order).all()
+  sizes = [int(f["uid"].shape[0]) for f, _ in make_dataset(
+      schema, "train", 100, shuffle=True, seed=7, shuffle_buffer=500, drop_remainder=True)]
+  assert set(sizes) == {100} and len(sizes) == half // 100
+
+
 def test_in_memory_serves_the_same_rows_as_the_records_reshuffled_each_epoch(tiny_data):
   schema = Schema.load(tiny_data)
   in_memory = lambda seed: make_dataset(schema, "train", 256, shuffle=True, seed=seed,

@@ -66,7 +66,8 @@ def test_expert_group_equals_independent_dense_experts():
   y = group(x).numpy()
   assert y.shape == (6, 3, 4)
   for k in range(3):
-    h = tf.nn.relu(x @ group.kernels[0][k] + group.biases[0][k])
+    first = slice(5 * k, 5 * (k + 1))  # expert k's columns of the wide first layer
+    h = tf.nn.relu(x @ group.kernels[0][:, first] + group.biases[0][first])
     h = tf.nn.relu(h @ group.kernels[1][k] + group.biases[1][k])
     np.testing.assert_allclose(y[:, k], h.numpy(), rtol=1e-5, atol=1e-6)
 
@@ -80,7 +81,7 @@ def test_expert_group_initializes_each_expert_like_a_dense_layer():
   assert np.abs(k0).max() <= limit_first and np.abs(k0).max() > 0.95 * limit_first
   assert np.abs(k1).max() <= limit_square and np.abs(k1).max() > 0.95 * limit_square
   assert not np.array_equal(k1, k2)  # same shape, different draws
-  assert not np.array_equal(k0[0], k0[1])
+  assert not np.array_equal(k0[:, :256], k0[:, 256:512])
 
 
 def test_mlp_output_shape_and_config_round_trip():

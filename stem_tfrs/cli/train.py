@@ -40,7 +40,7 @@ flags.DEFINE_integer("early_stop_patience", _T.early_stop_patience,
                      "Epochs without a gain in mean validation AUC before stopping.")
 flags.DEFINE_bool("in_memory", _T.in_memory,
                   "Parse the training split once and serve batches from RAM, fully "
-                  "reshuffled each epoch (about 3x faster input; the split must fit in memory).")
+                  "reshuffled each epoch (a full shuffle, no parsing; the split must fit in memory).")
 flags.DEFINE_enum("strategy", _T.strategy, list(STRATEGIES),
                   "tf.distribute strategy: default (one device), mirrored (local GPUs), "
                   "multi_worker or parameter_server (both read TF_CONFIG; see "

@@ -154,8 +154,10 @@ class FieldEmbedding(tf.keras.layers.Layer):
                             tf.float32))  # float32 beside the task losses, whatever the policy
     num_fields, num_tables = len(self.features), len(self.table_names)
     embedded = tf.reshape(embedded, [-1, num_fields, num_tables, self.embedding_dim])
-    return [tf.reshape(embedded[:, :, k, :], [-1, num_fields * self.embedding_dim])
-            for k in range(num_tables)]
+    # One transpose to table-major, then whole [B, F, D] blocks: the gradient
+    # of strided slices along the table axis is 3-6x slower (batch 1024-4096).
+    tables = tf.unstack(tf.transpose(embedded, [2, 0, 1, 3]))            # T+1 x [B, F, D]
+    return [tf.reshape(table, [-1, num_fields * self.embedding_dim]) for table in tables]
 
   def get_config(self):
     config = super().get_config()

@@ -73,12 +73,23 @@ class MLP(tf.keras.layers.Layer):
     return config
 
 
+def _side_by_side(initializer, k: int):
+  """An initializer of [in, K * H] that draws [K, in, H] and lays the K blocks side by side."""
+  def initialize(shape, dtype=None):
+    fan_in, width = shape
+    stacked = initializer([k, fan_in, width // k], dtype=dtype)
+    return tf.reshape(tf.transpose(stacked, [1, 0, 2]), [fan_in, width])
+  return initialize
+
+
 @tf.keras.utils.register_keras_serializable(package="stem_tfrs")
 class ExpertGroup(tf.keras.layers.Layer):
   """K independent expert MLPs of the same shape that read the same input.
 
-  The K experts' weights are stacked ([K, in, out] kernels, [K, out] biases),
-  so each hidden layer of all K experts is one product instead of K small ones.
+  The K experts' weights are stacked (the first layer's side by side as one
+  [in, K * H_0] kernel and [K * H_0] bias, the later layers' as [K, in, out]
+  kernels and [K, out] biases), so each hidden layer of all K experts is one
+  product instead of K small ones.
   The first layer, where every expert reads the same x, is one wide matrix
   product with the bias and ReLU fused into it; the later layers are one
   batched product over the experts, kept in expert-major layout [K, B, .] so
@@ -120,13 +131,17 @@ class ExpertGroup(tf.keras.layers.Layer):
     fan_in = int(input_shape[-1])
     self.kernels, self.biases, self.norms = [], [], []
     for i, units in enumerate(self.hidden_units):
-      # VarianceScaling computes fans over the whole [K, in, out] kernel, K
-      # times too large; scale=K restores the per-expert Glorot variance. (One
-      # instance per weight: an unseeded instance repeats its values.)
+      # Fans over [K, in, out] are K times an expert's; scale=K restores them.
+      # (One initializer instance per weight: an unseeded instance repeats its values.)
       initializer = tf.keras.initializers.VarianceScaling(
           scale=float(k), mode="fan_avg", distribution="uniform")
-      self.kernels.append(self.add_weight(
-          name=f"kernel_{i}", shape=[k, fan_in, units], initializer=initializer))
+      if i == 0:  # stored as the wide product reads it: expert k in columns [k*H_0, (k+1)*H_0)
+        self.kernels.append(self.add_weight(
+            name="kernel_0", shape=[fan_in, k * units],
+            initializer=_side_by_side(initializer, k)))
+      else:
+        self.kernels.append(self.add_weight(
+            name=f"kernel_{i}", shape=[k, fan_in, units], initializer=initializer))
       if self.batch_norm:
         # Statistics per expert and unit: layer 0 normalizes [B, K, H_0],
         # the later layers [K, B, H_i].
@@ -134,19 +149,19 @@ class ExpertGroup(tf.keras.layers.Layer):
             axis=[1, 2] if i == 0 else [0, 2], name=f"batch_norm_{i}"))
       else:
         self.biases.append(self.add_weight(
-            name=f"bias_{i}", shape=[k, units], initializer="zeros"))
+            name=f"bias_{i}", shape=[k * units] if i == 0 else [k, units],
+            initializer="zeros"))
       fan_in = units
     self._dropout = tf.keras.layers.Dropout(self.dropout) if self.dropout else None
     super().build(input_shape)
 
   def call(self, inputs: tf.Tensor, training: Optional[bool] = None) -> tf.Tensor:
     k, width = self.num_experts, self.hidden_units[0]
-    kernel = tf.reshape(tf.transpose(self.kernels[0], [1, 0, 2]), [-1, k * width])
-    x = tf.matmul(inputs, kernel)                                          # [B, K * H_0]
+    x = tf.matmul(inputs, self.kernels[0])                                 # [B, K * H_0]
     if self.batch_norm:
       x = self.norms[0](tf.reshape(x, [-1, k, width]), training=training)
     else:  # MatMul + BiasAdd + Relu: one fused kernel
-      x = tf.nn.bias_add(x, tf.reshape(self.biases[0], [-1]))
+      x = tf.nn.bias_add(x, self.biases[0])
     x = tf.reshape(self._relu_dropout(x, training), [-1, k, width])        # [B, K, H_0]
     if len(self.hidden_units) == 1:
       return x
