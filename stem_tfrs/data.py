@@ -75,16 +75,17 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
   """Batches of (features, labels) from the shards of `split`.
 
   Shards are read in parallel (interleave), shuffled (if asked) with a
-  buffer of `shuffle_buffer` records (see `_shuffled_batches`), batched, then parsed
-  batch-wise with one vectorized `parse_example`, and prefetched. The order
-  is deterministic for a given seed, and new every epoch.
+  buffer of `shuffle_buffer` records (see `_shuffled_batches`), batched,
+  then parsed batch-wise with one vectorized `parse_example`, and
+  prefetched. The order is deterministic for a given seed, and new every
+  epoch.
 
   With `in_memory`, the split is read and parsed once, when this function
   is called, into one tensor per column; every epoch then draws a fresh
   permutation of all rows (a full shuffle, not a buffer) and gathers each
-  batch from memory, with no parsing (1.2-1.5x the records pipeline's rate
-  on 2 cores). It needs the parsed split in RAM (about 30-60 bytes a row per categorical
-  column for short string ids).
+  batch from memory, with no parsing (1.1-1.3x the records pipeline's rate
+  on 2 cores). It needs the parsed split in RAM (about 30-60 bytes a row
+  per categorical column for short string ids).
 
   Every label must be 0 or 1: a batch holding another value stops the
   pipeline with an `InvalidArgumentError` that names the label.
@@ -177,7 +178,7 @@ def _shuffled_batches(files: tf.data.Dataset, num_files: int, batch_size: int, w
   epoch as a record buffer of the same size would; the permutation then
   splits the chunks up, so a batch holds no run of consecutive records.
   tf.data moves chunks, not records, through the shuffle, which makes the
-  pipeline about 2.5x cheaper on the CPU than a record-level shuffle buffer.
+  pipeline about twice as fast on 2 cores as a record-level shuffle buffer.
 
   Args:
     files: Shard paths, in this epoch's order.

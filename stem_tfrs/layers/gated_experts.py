@@ -15,9 +15,9 @@ def mix(weights: tf.Tensor, candidates: Sequence[tf.Tensor]) -> tf.Tensor:
   Each group of candidates is mixed where it lies, as one batched product
   [B, 1, k] x [B, k, H] (a plain product by the weight column when k = 1),
   and the partial sums are added: concatenating the groups first would copy
-  every expert output once per gate. (Measured on a 2-core CPU, this trains
-  25-40% faster than the equivalent einsum, whose gradient transposes the
-  experts' outputs.)
+  every expert output once per gate. (Measured on a 2-core CPU, forward and
+  backward, this mixing takes 25-40% less time than the equivalent einsum,
+  whose gradient transposes the experts' outputs.)
   """
   parts, start = [], 0
   for group in candidates:                                       # [B, k, H]
