@@ -17,9 +17,9 @@ matrix products timed alone at the batch's shapes; STEM and MMoE exports).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
-import dataclasses
 import os
 import sys
 import tempfile

@@ -21,8 +21,9 @@ the best timed epoch (a pair seconds apart, so a slow phase lowers both);
 and of the "GEMM-only" step, the examples/s a step would reach if it did
 nothing but its own matrix products, each timed alone at its own shape (see
 `gemm_ceiling`). Right after each fp32 run with an input pipeline, that
-pipeline alone is timed too, and its ratio to the step reported. Training FLOPs are counted as 3x forward
-(forward, then the two backward products of every dense layer).
+pipeline alone is timed too, and its ratio to the step reported. Training
+FLOPs are counted as 3x forward (forward, then the two backward products of
+every dense layer).
 """
 
 from __future__ import annotations
