@@ -45,6 +45,7 @@ from data_prep.synthetic import prepare_synthetic  # noqa: E402
 from ceiling import forward_flops, gemm_ceiling, gflops  # noqa: E402  (benchmarks/)
 from machine import describe  # noqa: E402
 from stem_tfrs import ModelConfig, build_model, make_dataset  # noqa: E402
+from stem_tfrs.optimizers import FusedAdam  # noqa: E402
 from stem_tfrs.schema import Schema  # noqa: E402
 
 
@@ -118,7 +119,7 @@ def main() -> None:
           tf.keras.utils.set_random_seed(0)
           tf.keras.mixed_precision.set_global_policy(policy)
           model = build_model(name, schema, config)
-          model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
+          model.compile(optimizer=FusedAdam(1e-3))
           data = make_dataset(schema, "train", batch, shuffle=True, seed=0,
                               drop_remainder=True, in_memory=pipeline == "in_memory").repeat()
           if pipeline == "excluded":

@@ -24,6 +24,7 @@ from stem_tfrs.schema import Schema, CategoricalFeature  # noqa: E402
 from stem_tfrs.config import ModelConfig, TrainConfig  # noqa: E402
 from stem_tfrs.data import make_dataset  # noqa: E402
 from stem_tfrs.models import build_model, MODEL_NAMES  # noqa: E402
+from stem_tfrs.optimizers import FusedAdam  # noqa: E402
 from stem_tfrs.evaluation import evaluate  # noqa: E402
 from stem_tfrs.export import export_saved_model  # noqa: E402
 from stem_tfrs.training import train  # noqa: E402
@@ -32,6 +33,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Schema", "CategoricalFeature", "ModelConfig", "TrainConfig",
-    "make_dataset", "build_model", "MODEL_NAMES", "evaluate",
+    "make_dataset", "build_model", "MODEL_NAMES", "FusedAdam", "evaluate",
     "export_saved_model", "train", "__version__",
 ]

@@ -25,6 +25,7 @@ import tensorflow_recommenders as tfrs
 from stem_tfrs import data, distributed, evaluation, export
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
 from stem_tfrs.models import MODELS, build_model
+from stem_tfrs.optimizers import FusedAdam
 from stem_tfrs.schema import Schema, load_stats
 
 MONITOR = "val_auc"
@@ -183,7 +184,7 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
            chief: bool) -> TrainResult:
   with strategy.scope():
     model = build_model(config.model, schema, model_config)
-    model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+    model.compile(optimizer=FusedAdam(config.learning_rate))
   valid_ds = data.make_dataset(schema, "valid", config.eval_batch_size)
   fit_args = {}
   if config.strategy in distributed.CLUSTER_STRATEGIES:

@@ -72,6 +72,25 @@ def test_expert_group_equals_independent_dense_experts():
     np.testing.assert_allclose(y[:, k], h.numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_expert_group_with_batch_norm_normalizes_each_expert_and_unit():
+  tf.keras.utils.set_random_seed(0)
+  group = ExpertGroup(3, [5, 4, 4], batch_norm=True)
+  x = tf.random.normal([16, 7])
+  y = group(x, training=True).numpy()
+  assert y.shape == (16, 3, 4)
+
+  def normalize(h, norm, k):  # over the batch, with expert k's scale and offset ([1, K, H])
+    mean, variance = tf.nn.moments(h, axes=[0])
+    return tf.nn.batch_normalization(h, mean, variance, norm.beta[0, k], norm.gamma[0, k],
+                                     norm.epsilon)
+
+  for k in range(3):
+    h = tf.nn.relu(normalize(x @ group.kernels[0][:, 5 * k:5 * (k + 1)], group.norms[0], k))
+    for i in (1, 2):
+      h = tf.nn.relu(normalize(h @ group.kernels[i][k], group.norms[i], k))
+    np.testing.assert_allclose(y[:, k], h.numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_expert_group_initializes_each_expert_like_a_dense_layer():
   tf.keras.utils.set_random_seed(0)
   group = ExpertGroup(8, [256, 256, 256])
