@@ -11,7 +11,8 @@ Calls `serving_default` in-process (no network) with batches of 1, 64 and 1024
 rows of raw ids drawn from the model's vocabularies, after a warm-up, and
 reports p50/p99 latency per call and examples/s, as JSON and as a table, with
 the fraction of the forward pass's "GEMM-only" ceiling (its dense layers'
-matrix products timed alone at the batch's shapes; STEM and MMoE exports).
+matrix products timed alone at the batch's shapes; STEM and MMoE exports),
+read after each of `--rounds` slices of the timing and averaged.
 """
 
 from __future__ import annotations
@@ -108,8 +109,14 @@ def authors_export(work_dir: str) -> str:
   return path
 
 
-def benchmark(path: str, batches, seconds: float) -> list:
-  """One result per batch size for the export at `path`."""
+def benchmark(path: str, batches, seconds: float, rounds: int = 5) -> list:
+  """One result per batch size for the export at `path`.
+
+  Each batch size is timed in `rounds` slices of `seconds / rounds`, and
+  the GEMM-only ceiling is read after every slice: on a shared machine whose
+  speed drifts within seconds, the calls and the ceiling then see the same
+  phases, and the fraction compares like with like.
+  """
   serve = tf.saved_model.load(path).signatures["serving_default"]
   rng = np.random.default_rng(0)
   ceiling = forward_ceiling(path)
@@ -117,15 +124,21 @@ def benchmark(path: str, batches, seconds: float) -> list:
   for batch in batches:
     features = request(path, batch, rng)
     measure(serve, features, seconds=0.5)  # warm-up: tracing, allocation
-    latencies = np.array(measure(serve, features, seconds)) * 1000.0
+    latencies, ceilings = [], []
+    for _ in range(rounds):
+      latencies += measure(serve, features, seconds / rounds, min_calls=4)
+      if ceiling is not None:
+        ceilings.append(ceiling(batch))
+    latencies = np.array(latencies) * 1000.0
     rate = batch * len(latencies) / (latencies.sum() / 1000)
     results.append({"batch": batch, "calls": len(latencies),
                     "p50_ms": round(float(np.percentile(latencies, 50)), 3),
                     "p99_ms": round(float(np.percentile(latencies, 99)), 3),
                     "examples_per_second": round(rate)})
-    if ceiling is not None:
-      gemm_only = ceiling(batch)
+    if ceilings:
+      gemm_only = float(np.mean(ceilings))
       results[-1]["gemm_only_examples_per_second"] = round(gemm_only)
+      results[-1]["gemm_only_readings"] = [round(c) for c in ceilings]
       results[-1]["fraction_of_gemm_only"] = round(rate / gemm_only, 3)
   return results
 
@@ -137,6 +150,8 @@ def main() -> None:
                       help="Skip the authors' configuration.")
   parser.add_argument("--batches", default="1,64,1024")
   parser.add_argument("--seconds", type=float, default=5.0, help="Measuring time per batch size.")
+  parser.add_argument("--rounds", type=int, default=5,
+                      help="Slices of --seconds, each followed by a GEMM-only ceiling reading.")
   parser.add_argument("--output", default="benchmarks/results/serving.json")
   args = parser.parse_args()
   batches = [int(b) for b in args.batches.split(",")]
@@ -148,7 +163,7 @@ def main() -> None:
     for path in paths:  # named as in TF Serving: <model_name>/<version>
       name = os.path.basename(os.path.dirname(os.path.normpath(path)))
       report["exports"].append({"name": name, "saved_model": path,
-                                "results": benchmark(path, batches, args.seconds)})
+                                "results": benchmark(path, batches, args.seconds, args.rounds)})
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   with open(args.output, "w") as f:
     json.dump(report, f, indent=2)

@@ -13,7 +13,7 @@ def test_serving_benchmark_reports_latency_per_batch(trained_run, tmp_path):
   output = tmp_path / "serving.json"
   result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "serving.py"),
                            f"--saved_model={trained_run.export_path}", "--seconds=0.2",
-                           "--batches=1,64", f"--output={output}"],
+                           "--batches=1,64", "--rounds=2", f"--output={output}"],
                           capture_output=True, text=True, cwd=REPO, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(output.read_text())
@@ -28,5 +28,6 @@ def test_serving_benchmark_reports_latency_per_batch(trained_run, tmp_path):
   # the authors' STEM has a FLOP model, so a GEMM-only fraction; its forward pass is larger
   authors = exports[1]["results"]
   assert all(0 < r["fraction_of_gemm_only"] for r in authors)
+  assert all(len(r["gemm_only_readings"]) == 2 for r in authors)  # one after each round
   assert authors[1]["examples_per_second"] < exports[0]["results"][1]["examples_per_second"]
   assert not os.path.exists(exports[1]["saved_model"])  # a temporary export, removed
