@@ -22,10 +22,10 @@ class FusedAdam(tf.keras.optimizers.Adam):
   dense gradient goes to one `ResourceApplyAdam` kernel, and a sparse one
   (whose repeated rows Keras has already summed) is scattered into a dense
   tensor first: rows absent from the batch get g = 0, which is what Keras'
-  sparse update does to them too. Measured on a 2-core CPU:
-  the update of a [2M, 48] table from a batch of 32K ids took 534-676 ms
-  with Keras' Adam and 222-274 ms with this one (6 runs each); the results
-  agree to float32 round-off.
+  sparse update does to them too. Measured on a 2-core CPU
+  (`benchmarks/optimizer.py`): the update of a [2M, 48] table from a batch
+  of 32K ids took 520-568 ms with Keras' Adam and 236-249 ms with this one;
+  the results agree to float32 round-off.
 
   `amsgrad` falls back to Keras' own update. Weight decay, clipping,
   learning-rate schedules and distribution strategies are Keras' own code,
