@@ -42,7 +42,7 @@ from absl import app, flags, logging
 import numpy as np
 import pandas as pd
 
-from data_prep.writer import Chunk, prepare
+from data_prep.writer import ROWS_PER_RECORD, Chunk, prepare
 
 FEATURES = ["uid", "item_id", "author_id", "item_city", "channel", "music_id",
             "device_id", "video_duration"]
@@ -151,13 +151,14 @@ def generate(rows: int, seed: int) -> Iterator[Chunk]:
 
 
 def prepare_synthetic(out_dir: str, rows: int = 400_000, seed: int = 2023,
-                      min_count: int = 2, overwrite: bool = False) -> dict:
+                      min_count: int = 2, overwrite: bool = False,
+                      rows_per_record: int = ROWS_PER_RECORD) -> dict:
   """Generates and prepares the synthetic data set in `out_dir`; returns its stats."""
   if rows < 1:
     raise ValueError(f"rows must be >= 1, got {rows}")
   return prepare(lambda: generate(rows, seed), features=FEATURES, labels=LABELS,
                  group_column=GROUP_COLUMN, out_dir=out_dir, min_count=min_count,
-                 seed=seed, overwrite=overwrite)
+                 seed=seed, overwrite=overwrite, rows_per_record=rows_per_record)
 
 
 FLAGS = flags.FLAGS

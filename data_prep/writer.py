@@ -10,8 +10,9 @@ makes two passes over the stream and never holds more than one chunk:
    rows with `ExactSplit`, whose exact sizes need the row count first);
 2. write the vocabularies (values seen at least `min_count` times, most
    frequent first; the rest share the OOV row), then assign each row its
-   split and write it as a `tf.train.Example` of raw values to that split's
-   shards, counting rows and positives per split.
+   split and a shard of it (round robin), and write each shard's rows as
+   `tf.train.Example` blocks of `rows_per_record` rows of raw values,
+   counting rows and positives per split.
 
 The data set is written to a hidden temporary sibling of `out_dir` and renamed
 into place only when complete, so a failed run leaves nothing that training
@@ -34,9 +35,11 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from stem_tfrs.schema import SPLITS, STATS_FILE, CategoricalFeature, Schema
+from stem_tfrs.schema import SPLITS, STATS_FILE, CategoricalFeature, Schema, row_lengths_key
 
 BAD_ROWS_FILE = "bad_rows.json"
+#: Rows a shard record holds by default: tf.data and the parser pay per record (stem_tfrs.schema).
+ROWS_PER_RECORD = 64
 
 
 class DataError(ValueError):
@@ -172,7 +175,8 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
             min_count: int = 1, seed: int = 42, split=RandomSplit(),
             num_shards: Optional[Dict[str, int]] = None, overwrite: bool = False,
             bad_rows: Optional[BadRows] = None,
-            multivalent: Optional[Dict[str, str]] = None) -> dict:
+            multivalent: Optional[Dict[str, str]] = None,
+            rows_per_record: int = ROWS_PER_RECORD) -> dict:
   """Writes a prepared data set to `out_dir` and returns its stats.
 
   Args:
@@ -195,6 +199,8 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
       Written to `bad_rows.json` beside the data.
     multivalent: Feature -> separator, for features holding a list of values
       in one raw field ("Action|Comedy"); an empty field is an empty list.
+    rows_per_record: Rows a shard record holds, consecutive rows of a shard
+      (see stem_tfrs.schema); 1 writes one row a record.
 
   Returns:
     The stats written to stats.json.
@@ -209,6 +215,8 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
   bad_rows = bad_rows if bad_rows is not None else BadRows(strict=True)
   if min_count < 1:
     raise ValueError(f"min_count must be >= 1, got {min_count}")
+  if rows_per_record < 1:
+    raise ValueError(f"rows_per_record must be >= 1, got {rows_per_record}")
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir) and not overwrite:
     raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
@@ -239,9 +247,9 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
     schema_features = _write_vocabularies(tmp, counts, min_count, multivalent)
     shard_files, rows, positives = _write_shards(
         tmp, _valid_rows(read_chunks, features, labels, bad_rows), features, labels,
-        split.assigner(total, seed), num_shards, multivalent)
-    schema = Schema(features=schema_features, labels=labels,
-                    group_column=group_column, splits=shard_files, directory=tmp)
+        split.assigner(total, seed), num_shards, multivalent, rows_per_record)
+    schema = Schema(features=schema_features, labels=labels, group_column=group_column,
+                    splits=shard_files, rows_per_record=rows_per_record, directory=tmp)
     schema.save(tmp)
     stats = {
         name: {"rows": int(rows[s]),
@@ -319,11 +327,56 @@ def _write_vocabularies(out_dir: str, counts: Dict[str, collections.Counter],
   return schema_features
 
 
-def _write_shards(out_dir, frames, features, labels, assign, num_shards, multivalent):
+class _ShardWriter:
+  """Writes rows to one TFRecord shard, `rows_per_record` rows a record (see stem_tfrs.schema)."""
+
+  def __init__(self, path: str, features: Sequence[str], labels: Sequence[str],
+               multivalent: Dict[str, str], rows_per_record: int):
+    self._writer = tf.io.TFRecordWriter(path)
+    self._lists = [n for n in features if n in multivalent]
+    self._bytes = [n for n in features if n not in multivalent]
+    self._labels = list(labels)
+    self._rows_per_record = rows_per_record
+    self._pending = {n: [] for n in list(features) + self._labels}
+
+  def write(self, columns: Dict[str, list]) -> None:
+    """Appends rows: column name -> one value (a list of bytes if multivalent) per row."""
+    for name, values in columns.items():
+      self._pending[name].extend(values)
+    rows = len(self._pending[self._labels[0]])
+    full = rows - rows % self._rows_per_record
+    for start in range(0, full, self._rows_per_record):
+      self._write_record({name: values[start:start + self._rows_per_record]
+                          for name, values in self._pending.items()})
+    self._pending = {name: values[full:] for name, values in self._pending.items()}
+
+  def close(self) -> None:
+    if self._pending[self._labels[0]]:
+      self._write_record(self._pending)
+    self._writer.close()
+
+  def _write_record(self, taken: Dict[str, list]) -> None:
+    example = tf.train.Example()
+    feature = example.features.feature
+    for name in self._bytes:
+      feature[name].bytes_list.value.extend(taken[name])
+    for name in self._lists:
+      feature[name].bytes_list.SetInParent()
+      feature[name].bytes_list.value.extend(itertools.chain.from_iterable(taken[name]))
+      if self._rows_per_record > 1:
+        feature[row_lengths_key(name)].int64_list.value.extend(map(len, taken[name]))
+    for name in self._labels:
+      feature[name].int64_list.value.extend(taken[name])
+    self._writer.write(example.SerializeToString())
+
+
+def _write_shards(out_dir, frames, features, labels, assign, num_shards, multivalent,
+                  rows_per_record):
   """Writes every row to its split's shards (round robin); returns names, rows, positives."""
   names = {s: [f"{s}-{i:05d}-of-{num_shards[s]:05d}.tfrecord"
                for i in range(num_shards[s])] for s in SPLITS}
-  writers = [[tf.io.TFRecordWriter(os.path.join(out_dir, n)) for n in names[s]] for s in SPLITS]
+  writers = [[_ShardWriter(os.path.join(out_dir, n), features, labels, multivalent,
+                           rows_per_record) for n in names[s]] for s in SPLITS]
   rows = np.zeros(len(SPLITS), dtype=np.int64)
   positives = np.zeros((len(SPLITS), len(labels)), dtype=np.int64)
   try:
@@ -331,24 +384,20 @@ def _write_shards(out_dir, frames, features, labels, assign, num_shards, multiva
       splits = assign(frame)
       for s in range(len(SPLITS)):
         positives[s] += frame.loc[splits == s, labels].to_numpy().sum(axis=0)
-      columns = [(n, [v.encode("utf-8") for v in frame[n]]) for n in features
-                 if n not in multivalent]
-      lists = [(n, [v.encode("utf-8").split(multivalent[n].encode("utf-8")) if v else []
-                    for v in frame[n]]) for n in features if n in multivalent]
-      label_columns = [(n, frame[n].tolist()) for n in labels]
-      for row, s in enumerate(splits):
-        example = tf.train.Example()
-        feature = example.features.feature
-        for name, values in columns:
-          feature[name].bytes_list.value.append(values[row])
-        for name, values in lists:
-          feature[name].bytes_list.SetInParent()
-          feature[name].bytes_list.value.extend(values[row])
-        for name, values in label_columns:
-          feature[name].int64_list.value.append(values[row])
-        split_writers = writers[s]
-        split_writers[rows[s] % len(split_writers)].write(example.SerializeToString())
-        rows[s] += 1
+      columns = {n: np.array([v.encode("utf-8") for v in frame[n]], dtype=object)
+                 for n in features if n not in multivalent}
+      columns.update({n: np.array([v.encode("utf-8").split(multivalent[n].encode("utf-8"))
+                                   if v else [] for v in frame[n]] + [None],
+                                  dtype=object)[:-1] for n in features if n in multivalent})
+      columns.update({n: frame[n].to_numpy() for n in labels})
+      for s, split_writers in enumerate(writers):
+        in_split = np.flatnonzero(splits == s)
+        shard = (rows[s] + np.arange(len(in_split))) % len(split_writers)
+        for i, writer in enumerate(split_writers):
+          taken = in_split[shard == i]
+          if len(taken):
+            writer.write({n: values[taken].tolist() for n, values in columns.items()})
+        rows[s] += len(in_split)
   finally:
     for split_writers in writers:
       for writer in split_writers:

@@ -6,18 +6,55 @@ from typing import Dict, Optional, Tuple
 
 import tensorflow as tf
 
-from stem_tfrs.schema import PADDING, Schema, SchemaError
+from stem_tfrs.schema import PADDING, Schema, SchemaError, row_lengths_key
 
 _TF_DTYPES = {"string": tf.string, "int64": tf.int64}
 
 
 def feature_spec(schema: Schema) -> dict:
-  """`tf.io.parse_example` spec of the schema's features and labels."""
+  """`tf.io.parse_example` spec of a shard record's features and labels.
+
+  One-row records (`rows_per_record` 1): a [] value per column, a ragged
+  list for a multivalent feature. Block records: every column a ragged
+  [records, rows] list, a multivalent feature [records, rows, values].
+  """
+  if schema.rows_per_record > 1:
+    def block_spec(f):
+      if not f.multivalent:
+        return tf.io.RaggedFeature(_TF_DTYPES[f.dtype])
+      lengths = tf.io.RaggedFeature.RowLengths(row_lengths_key(f.name))
+      return tf.io.RaggedFeature(_TF_DTYPES[f.dtype], value_key=f.name, partitions=[lengths])
+    spec = {f.name: block_spec(f) for f in schema.features}
+    spec.update({label: tf.io.RaggedFeature(tf.int64) for label in schema.labels})
+    return spec
   spec = {f.name: (tf.io.RaggedFeature(_TF_DTYPES[f.dtype]) if f.multivalent
                    else tf.io.FixedLenFeature([], _TF_DTYPES[f.dtype]))
           for f in schema.features}
   spec.update({label: tf.io.FixedLenFeature([], tf.int64) for label in schema.labels})
   return spec
+
+
+def parse_records(schema: Schema, serialized: tf.Tensor, split: str = "") -> Dict[str, tf.Tensor]:
+  """Parses [N] serialized shard records into one tensor of rows per column.
+
+  Returns:
+    Column name -> [rows] values ([rows, None] ragged for a multivalent
+    feature), labels as int64. For block records, the blocks' rows one after
+    the other; a block whose columns hold different numbers of rows stops
+    the pipeline with an `InvalidArgumentError` naming the split.
+  """
+  parsed = tf.io.parse_example(serialized, feature_spec(schema))
+  if schema.rows_per_record == 1:
+    return parsed
+  names = schema.feature_names + schema.labels
+  rows = parsed[names[0]].row_lengths()
+  checks = [tf.debugging.assert_equal(
+      parsed[name].row_lengths(), rows,
+      message=f"a record of split {split} holds {names[0]} and {name} for different numbers "
+              "of rows") for name in names[1:]]
+  with tf.control_dependencies(checks):
+    return {name: tf.identity(value.flat_values) if value.ragged_rank == 1
+            else value.merge_dims(0, 1) for name, value in parsed.items()}
 
 
 def serving_input_signature(schema: Schema) -> Dict[str, tf.TensorSpec]:
@@ -34,7 +71,8 @@ def validate_shards(schema: Schema, splits=("train", "valid", "test")) -> None:
   """Checks that every split has readable shards holding the schema's columns.
 
   Reads the first record of each split's first shard: cheap, and it catches a
-  schema that names a column the shards lack, or one of another type, before
+  schema that names a column the shards lack, or one of another type, or
+  block records under a schema that expects one row a record, before
   anything is trained or written.
 
   Raises:
@@ -43,7 +81,11 @@ def validate_shards(schema: Schema, splits=("train", "valid", "test")) -> None:
   kinds = {"string": "bytes_list", "int64": "int64_list"}
   expected = {f.name: kinds[f.dtype] for f in schema.features}
   expected.update({label: "int64_list" for label in schema.labels})
+  blocks = schema.rows_per_record > 1
   multivalent = {f.name for f in schema.features if f.multivalent}  # an empty list has no kind
+  if blocks:
+    expected.update({row_lengths_key(name): "int64_list" for name in multivalent})
+  single = [name for name in expected if name not in multivalent]
   for split in splits:
     path = schema.shard_paths(split)[0]
     if not tf.io.gfile.exists(path):
@@ -65,6 +107,17 @@ def validate_shards(schema: Schema, splits=("train", "valid", "test")) -> None:
         raise SchemaError(
             f"column '{column}' in shard {path} is a {present[column].WhichOneof('kind')}"
             f", but schema.json expects a {kind}")
+    counts = {name: len(getattr(present[name], expected[name]).value) for name in single}
+    if not blocks and max(counts.values()) > 1:
+      name = max(counts, key=counts.get)
+      raise SchemaError(
+          f"shard {path} holds {counts[name]} values of column '{name}' in a record, but "
+          f"schema.json expects one row a record: set \"rows_per_record\" there to the "
+          "rows a record holds")
+    if len(set(counts.values())) > 1:
+      raise SchemaError(
+          f"the first record of shard {path} holds columns of different lengths: " +
+          ", ".join(f"{name} {n}" for name, n in counts.items()))
 
 
 def make_dataset(schema: Schema, split: str, batch_size: int, *,
@@ -74,10 +127,14 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
                  in_memory: bool = False) -> tf.data.Dataset:
   """Batches of (features, labels) from the shards of `split`.
 
-  Shards are read in parallel (interleave), shuffled (if asked) with a
-  buffer of `shuffle_buffer` records (see `_shuffled_batches`), batched,
-  then parsed batch-wise with one vectorized `parse_example`, and
-  prefetched. The order is deterministic for a given seed, and new every
+  Shards are read in parallel (interleave), shuffled (if asked) in two
+  stages with a buffer of `shuffle_buffer` rows (see `_shuffled_batches`),
+  parsed many records at a time with one vectorized `parse_example`, cut
+  into batches and prefetched. Block records (`schema.rows_per_record` > 1)
+  are parsed before they are cut into batches, one-row records after. For
+  the same rows and seed, 64-row blocks give the same shuffled batches as
+  one-row records; unshuffled reads alternate between shards by block rather
+  than by row. The order is deterministic for a given seed, and new every
   epoch.
 
   With `in_memory`, the split is read and parsed once, when this function
@@ -96,7 +153,7 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
     batch_size: Examples per batch (per input pipeline).
     shuffle: Shuffle shards and records (training).
     seed: Shuffle seed.
-    shuffle_buffer: Records in the shuffle buffer.
+    shuffle_buffer: Rows in the shuffle buffer and in each permuted window.
     drop_remainder: Drop the last partial batch.
     input_context: Under a multi-worker strategy, reads only this pipeline's
       share of the shards (of the records when there are fewer shards than
@@ -108,21 +165,27 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
     [B] tensor of raw ids (schema dtype), or [B, L] padded with `PADDING` for
     a multivalent feature; labels maps each task to a [B] float32 tensor of 0/1.
   """
-  spec = feature_spec(schema)
   labels = schema.labels
 
-  def parse(serialized: tf.Tensor, pad: bool = True
+  def check(columns: Dict[str, tf.Tensor], pad: bool = True
             ) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
-    parsed = tf.io.parse_example(serialized, spec)
+    """Parsed columns -> (features, labels), labels checked and cast to float32."""
     checks = [tf.debugging.Assert(
-        tf.reduce_all((parsed[label] == 0) | (parsed[label] == 1)),
+        tf.reduce_all((columns[label] == 0) | (columns[label] == 1)),
         [f"label {label} in split {split} must be 0 or 1; values in the batch:",
-         parsed[label]], summarize=8) for label in labels]
+         columns[label]], summarize=8) for label in labels]
     with tf.control_dependencies(checks):
-      label_values = {label: tf.cast(parsed[label], tf.float32) for label in labels}
-    features = {f.name: (parsed[f.name].to_tensor(default_value=PADDING[f.dtype])
-                         if f.multivalent and pad else parsed[f.name]) for f in schema.features}
+      label_values = {label: tf.cast(columns[label], tf.float32) for label in labels}
+    features = {f.name: (columns[f.name].to_tensor(default_value=PADDING[f.dtype])
+                         if f.multivalent and pad else columns[f.name]) for f in schema.features}
     return features, label_values
+
+  def parse(serialized: tf.Tensor, pad: bool = True):
+    return check(parse_records(schema, serialized, split), pad)
+
+  def pad(features, label_values):
+    return {f.name: (features[f.name].to_tensor(default_value=PADDING[f.dtype])
+                     if f.multivalent else features[f.name]) for f in schema.features}, label_values
 
   if in_memory:
     columns = _read_columns(schema, split, parse)
@@ -146,29 +209,100 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
     share = (pipelines, input_context.input_pipeline_id)
   if shuffle:
     files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+  block = schema.rows_per_record
+  if block > 1:  # parse blocks of records, then cut the rows into batches
+    records = _records(files, len(paths), share)
+    if shuffle:
+      windows = _shuffled_windows(records, block, shuffle_buffer, seed, lambda serialized:
+                                  parse(serialized, pad=False))
+    else:
+      windows = (records.batch(max(1, batch_size // block))
+                 .map(lambda serialized: parse(serialized, pad=False),
+                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+    batches = windows.rebatch(batch_size, drop_remainder=drop_remainder)
+    if any(f.multivalent for f in schema.features):
+      batches = batches.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _finish(batches)
+  if shuffle:
     batches = _shuffled_batches(files, len(paths), batch_size, shuffle_buffer, seed,
                                 drop_remainder, share)
   else:
-    records = files.interleave(
-        tf.data.TFRecordDataset, cycle_length=min(len(paths), 8),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if share is not None:
-      records = records.shard(*share)
-    batches = records.batch(batch_size, drop_remainder=drop_remainder,
-                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return (batches
-          .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .prefetch(tf.data.AUTOTUNE))
+    batches = _records(files, len(paths), share).batch(
+        batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True)
+  return _finish(batches.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
 
-#: Consecutive records of a shard that tf.data moves as one element when it shuffles.
+def _finish(batches: tf.data.Dataset) -> tf.data.Dataset:
+  """Prefetched, and closed to tf.distribute's auto-sharding.
+
+  The pipeline shards itself (`input_context`). Auto-sharding, which
+  `experimental_distribute_dataset` (and so `model.fit` under a strategy)
+  applies even for one worker, rewrites `rebatch` steps into ones that only
+  split batches: the block pipeline would then yield whole windows.
+  """
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+  return batches.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+#: Consecutive one-row records of a shard that tf.data moves as one element when it shuffles.
 _CHUNK = 64
+#: Rows a parse call handles when it reads block records.
+_PARSE_ROWS = 16_384
+
+
+def _records(files: tf.data.Dataset, num_files: int,
+             share: Optional[Tuple[int, int]]) -> tf.data.Dataset:
+  """The records of up to 8 shards at a time, interleaved one record from each in turn."""
+  def read(path):
+    records = tf.data.TFRecordDataset(path)
+    return records.shard(*share) if share is not None else records
+  return files.interleave(read, cycle_length=min(num_files, 8),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _permute(seed: Optional[int]):
+  """Every window of the dataset it is applied to, permuted: a new stateless seed a window."""
+  seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+  def apply(windows: tf.data.Dataset) -> tf.data.Dataset:
+    return tf.data.Dataset.zip((windows, seeds)).map(
+        _permuted, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return apply
+
+
+def _permuted(window, seed):
+  """`window` (a tensor, or a structure of them with the same rows) in a permuted row order."""
+  if isinstance(window, tf.Tensor):
+    return tf.random.experimental.stateless_shuffle(window, seed)
+  rows = tf.shape(next(t for t in tf.nest.flatten(window) if isinstance(t, tf.Tensor)))[0]
+  order = tf.random.experimental.stateless_shuffle(tf.range(rows), seed)
+  return tf.nest.map_structure(lambda column: tf.gather(column, order), window)
+
+
+def _shuffled_windows(records: tf.data.Dataset, block: int, window: int,
+                      seed: Optional[int], parse) -> tf.data.Dataset:
+  """Parsed rows of block records, shuffled in two stages, in windows of `window` rows.
+
+  The same two stages as `_shuffled_batches`, with a block record as the
+  chunk: blocks are shuffled in a buffer of `window` rows' worth, parsed
+  `_PARSE_ROWS` rows at a time, gathered into windows of `window` rows, and
+  each window is permuted. With 64-row blocks and the same seed, the rows
+  come in the same order as from the same rows in one-row records.
+  """
+  group = max(1, _PARSE_ROWS // block)
+  return (records.shuffle(max(1, window // block), seed=seed, reshuffle_each_iteration=True)
+          .batch(group)
+          .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .rebatch(window)
+          .apply(_permute(seed)))
 
 
 def _shuffled_batches(files: tf.data.Dataset, num_files: int, batch_size: int, window: int,
                       seed: Optional[int], drop_remainder: bool,
                       share: Optional[Tuple[int, int]]) -> tf.data.Dataset:
-  """Batches of serialized records, shuffled in two stages.
+  """Batches of serialized one-row records, shuffled in two stages.
 
   Each shard is read in chunks of `_CHUNK` consecutive records, the chunks
   of up to 8 shards are interleaved and shuffled in a buffer of `window`
@@ -202,11 +336,7 @@ def _shuffled_batches(files: tf.data.Dataset, num_files: int, batch_size: int, w
                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   windows = (chunks.shuffle(max(1, window // chunk), seed=seed, reshuffle_each_iteration=True)
              .rebatch(window))
-  seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-  return (tf.data.Dataset.zip((windows, seeds))
-          .map(tf.random.experimental.stateless_shuffle,
-               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .rebatch(batch_size, drop_remainder=drop_remainder))
+  return windows.apply(_permute(seed)).rebatch(batch_size, drop_remainder=drop_remainder)
 
 
 def _read_columns(schema: Schema, split: str, parse) -> Tuple[dict, dict]:
@@ -216,7 +346,7 @@ def _read_columns(schema: Schema, split: str, parse) -> Tuple[dict, dict]:
   """
   records = tf.data.Dataset.from_tensor_slices(schema.shard_paths(split)).interleave(
       tf.data.TFRecordDataset, cycle_length=1)
-  parsed = records.batch(16_384).map(
+  parsed = records.batch(max(1, _PARSE_ROWS // schema.rows_per_record)).map(
       lambda serialized: parse(serialized, pad=False), num_parallel_calls=tf.data.AUTOTUNE)
   features, labels = {}, {}
   for batch_features, batch_labels in parsed:

@@ -7,8 +7,17 @@ A prepared data set is a directory written by `data_prep`:
     <data_dir>/vocab/<feature>.txt one raw value per line, most frequent first
     <data_dir>/<split>-NNNNN-of-MMMMM.tfrecord   tf.train.Example shards
 
-Each `tf.train.Example` holds one raw value per categorical feature (bytes for
-`dtype="string"`, int64 for `dtype="int64"`) and one int64 0/1 value per label.
+A record (one `tf.train.Example`) holds a block of up to `rows_per_record`
+consecutive rows, column by column: each categorical feature a list of the
+block's raw values (bytes for `dtype="string"`, int64 for `dtype="int64"`),
+each label a list of its int64 0/1 values, all of the same length. A
+multivalent feature holds the block's lists one after the other, and their
+lengths in `<name>#row_lengths`. With `rows_per_record` 1 (the default when
+schema.json does not say) a record is one row, and a multivalent feature
+holds its list with no lengths. Blocks make reading cheap: tf.data and the
+parser pay per record, not per row (about 3x the rows a second on 2 cores
+at 64 rows a record). A one-row record is also a valid block.
+
 The ids stay raw in the shards: the model maps them to rows itself, so the
 exported SavedModel takes the same raw ids a serving request carries.
 
@@ -20,6 +29,7 @@ exported SavedModel takes the same raw ids a serving request carries.
                   {"name": "device_id", "dtype": "string", "hash_buckets": 100000}],
      "labels": ["finish", "like"],
      "group_column": "uid",
+     "rows_per_record": 64,
      "splits": {"train": ["train-00000-of-00004.tfrecord", ...], ...}}
 
 Paths inside the schema are relative to the schema's directory.
@@ -38,6 +48,12 @@ SPLITS = ("train", "valid", "test")
 _DTYPES = ("string", "int64")
 #: What pads a multivalent feature's lists to a rectangle, per dtype; never looked up.
 PADDING = {"string": "", "int64": -1}
+
+
+def row_lengths_key(feature: str) -> str:
+  """Key of a multivalent feature's list lengths in a block record ('#': never in a column name
+  that a SavedModel input can have)."""
+  return f"{feature}#row_lengths"
 
 
 class SchemaError(ValueError):
@@ -100,12 +116,15 @@ class Schema:
     labels: Binary label columns; each one is a task, in this order.
     group_column: The feature that groups samples for gAUC (the user id).
     splits: Split name -> shard file names, relative to `directory`.
+    rows_per_record: Most rows a shard record holds (see the module
+      docstring); 1 for one row a record.
     directory: The directory holding schema.json (not serialized).
   """
   features: List[CategoricalFeature]
   labels: List[str]
   group_column: Optional[str] = None
   splits: Dict[str, List[str]] = dataclasses.field(default_factory=dict)
+  rows_per_record: int = 1
   directory: str = ""
 
   def __post_init__(self):
@@ -122,6 +141,8 @@ class Schema:
       raise SchemaError(
           f"group_column '{self.group_column}' is not one of the features "
           f"{names}")
+    if not isinstance(self.rows_per_record, int) or self.rows_per_record < 1:
+      raise SchemaError(f"rows_per_record must be an integer >= 1, got {self.rows_per_record!r}")
 
   @property
   def feature_names(self) -> List[str]:
@@ -158,6 +179,7 @@ class Schema:
         ],
         "labels": list(self.labels),
         "group_column": self.group_column,
+        "rows_per_record": self.rows_per_record,
         "splits": self.splits,
     }
     return out
@@ -176,7 +198,7 @@ class Schema:
       return cls(features=features, labels=list(data["labels"]),
                  group_column=data.get("group_column"),
                  splits={k: list(v) for k, v in data.get("splits", {}).items()},
-                 directory=directory)
+                 rows_per_record=data.get("rows_per_record", 1), directory=directory)
     except (KeyError, TypeError) as e:
       raise SchemaError(f"malformed schema in {directory or 'JSON'}: {e!r}")
 

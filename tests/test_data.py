@@ -30,14 +30,16 @@ def test_one_pass_reads_every_row_once_in_a_seeded_order(tiny_data):
 
 
 def write_shard(path, rows):
+  """Writes one record per row; a row maps columns to a value or a list of values (a block)."""
   with tf.io.TFRecordWriter(str(path)) as writer:
     for row in rows:
       example = tf.train.Example()
       for key, value in row.items():
-        if isinstance(value, bytes):
-          example.features.feature[key].bytes_list.value.append(value)
+        values = value if isinstance(value, list) else [value]
+        if isinstance(values[0], bytes):
+          example.features.feature[key].bytes_list.value.extend(values)
         else:
-          example.features.feature[key].int64_list.value.append(value)
+          example.features.feature[key].int64_list.value.extend(values)
       writer.write(example.SerializeToString())
 
 
@@ -134,3 +136,56 @@ def test_in_memory_checks_labels_when_it_reads_the_split(tiny_data, tmp_path):
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match="label like in split train must be 0 or 1"):
     make_dataset(schema, "train", 4, in_memory=True)
+
+
+def test_one_row_and_block_records_give_the_same_batches(tiny_data, tmp_path):
+  from data_prep.synthetic import prepare_synthetic
+  prepare_synthetic(str(tmp_path / "rows"), rows=20_000, seed=7, min_count=1, rows_per_record=1)
+  rows, blocks = Schema.load(str(tmp_path / "rows")), Schema.load(tiny_data)
+  assert (rows.rows_per_record, blocks.rows_per_record) == (1, 64)
+  columns = lambda dataset: [np.concatenate(c) for c in zip(*(
+      [f[name].numpy() for name in rows.feature_names] + [l[t].numpy() for t in rows.labels]
+      for f, l in dataset))]
+  for kwargs in (dict(shuffle=True, seed=7, shuffle_buffer=500), dict(in_memory=True)):
+    for a, b in zip(columns(make_dataset(rows, "train", 100, **kwargs)),
+                    columns(make_dataset(blocks, "train", 100, **kwargs))):
+      assert len(a) == len(b) and (a == b).all()
+  assert rows_of(make_dataset(rows, "test", 100), rows) == rows_of(
+      make_dataset(blocks, "test", 100), blocks)
+
+
+def test_validate_shards_tells_block_records_from_one_row_records(tiny_data, tmp_path):
+  data = tmp_path / "data"
+  shutil.copytree(tiny_data, data)
+  schema = Schema.load(str(data))
+  schema.rows_per_record = 1
+  schema.save(str(data))
+  with pytest.raises(SchemaError, match=r"holds 64 values of column '.*' in a record, but "
+                                        r"schema.json expects one row a record: set "
+                                        r"\"rows_per_record\""):
+    validate_shards(Schema.load(str(data)))
+
+
+def test_block_record_with_columns_of_different_lengths_is_an_error(tiny_data, tmp_path):
+  block = {name: [b"1", b"2"] for name in good_row() if name not in ("finish", "like")}
+  block.update(finish=[1, 0], like=[0])
+  schema = copy_with_train_shard(tiny_data, tmp_path, [block])
+  with pytest.raises(SchemaError, match="holds columns of different lengths: .*finish 2, like 1"):
+    validate_shards(schema)
+  schema = copy_with_train_shard(tiny_data, tmp_path / "later", [good_row()] * 3 + [block])
+  validate_shards(schema)  # the first record is fine
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="a record of split train holds uid and like for different numbers"):
+    list(make_dataset(schema, "train", 4))
+
+
+def test_batches_keep_their_size_under_a_strategy(tiny_data):
+  # tf.distribute's auto-sharding would rewrite the pipeline's rebatch steps (one worker too)
+  schema = Schema.load(tiny_data)
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+  for kwargs in (dict(shuffle=True, seed=1), {}):
+    dataset = make_dataset(schema, "train", 512, **kwargs)
+    sizes = [int(strategy.experimental_local_results(labels["like"])[0].shape[0])
+             for _, labels in strategy.experimental_distribute_dataset(dataset)]
+    assert sizes == [int(labels["like"].shape[0]) for _, labels in dataset]
+    assert set(sizes[:-1]) == {512}

@@ -9,6 +9,7 @@ from conftest import tiny_model_config
 
 from data_prep.kuairand import (LABEL_COLUMNS, STANDARD_LOGS, USER_FEATURES, prepare_kuairand)
 from data_prep.writer import BadRows, DataError
+from stem_tfrs.data import parse_records
 from stem_tfrs.schema import Schema
 
 LOG_HEADER = ("user_id,video_id,date,hourmin,time_ms,is_click,is_like,is_follow,is_comment,"
@@ -58,11 +59,8 @@ def test_time_split_join_and_tags(tmp_path):
   assert schema.feature("tag").multivalent
   assert set(USER_FEATURES) <= set(schema.feature_names)
   assert "0" in (tmp_path / "out" / "vocab" / "tag.txt").read_text().split()
-  spec = {"tag": tf.io.RaggedFeature(tf.string), "user_id": tf.io.FixedLenFeature([], tf.string),
-          "user_active_degree": tf.io.FixedLenFeature([], tf.string),
-          "video_id": tf.io.FixedLenFeature([], tf.string)}
-  rows = tf.io.parse_example(next(iter(tf.data.TFRecordDataset(
-      schema.shard_paths("train")).batch(10_000))), spec)
+  rows = parse_records(schema, next(iter(tf.data.TFRecordDataset(
+      schema.shard_paths("train")).batch(10_000))))
   assert rows["tag"].row_lengths().numpy().max() == 2
   video = rows["video_id"].numpy()[0].decode()
   assert sorted(t.decode() for t in rows["tag"][0].numpy()) == sorted(

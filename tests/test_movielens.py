@@ -7,6 +7,7 @@ import tensorflow as tf
 from data_prep.movielens import GENRES, prepare_movielens
 from data_prep.writer import BadRows, DataError
 from stem_tfrs import TrainConfig, training
+from stem_tfrs.data import parse_records
 from stem_tfrs.schema import Schema
 
 from conftest import tiny_model_config
@@ -52,10 +53,8 @@ def write_atomic(directory):
 
 
 def read_all(schema):
-  spec = {"click": tf.io.FixedLenFeature([], tf.int64), "like": tf.io.FixedLenFeature([], tf.int64),
-          "genres": tf.io.RaggedFeature(tf.string), "item_id": tf.io.FixedLenFeature([], tf.string)}
   paths = sum((schema.shard_paths(s) for s in ("train", "valid", "test")), [])
-  return tf.io.parse_example(next(iter(tf.data.TFRecordDataset(paths).batch(100_000))), spec)
+  return parse_records(schema, next(iter(tf.data.TFRecordDataset(paths).batch(100_000))))
 
 
 @pytest.mark.parametrize("layout", ["original", "atomic"])

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from data_prep.tiktok import COLUMNS, prepare_tiktok
 from data_prep.writer import BadRows, DataError
+from stem_tfrs.data import parse_records
 from stem_tfrs.schema import Schema
 
 from conftest import REPO, TINY_MODEL_FLAGS
@@ -62,8 +63,7 @@ def test_prepares_the_paper_split_and_reports_bad_rows(tmp_path):
                                   "music_id", "device_id", "video_duration"]
   assert schema.tasks == ["finish", "like"] and schema.group_column == "uid"
   finish = sum(int(r[COLUMNS.index("finish")]) for r in good)
-  parsed = [tf.io.parse_example(batch, {"finish": tf.io.FixedLenFeature([], tf.int64)})
-            for batch in tf.data.TFRecordDataset(
+  parsed = [parse_records(schema, batch) for batch in tf.data.TFRecordDataset(
                 sum((schema.shard_paths(s) for s in ("train", "valid", "test")), [])).batch(1000)]
   assert sum(int(tf.reduce_sum(p["finish"])) for p in parsed) == finish
   # min_count over all rows: every uid value seen twice or more has a row.

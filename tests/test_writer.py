@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from data_prep.writer import BadRows, Chunk, DataError, ExactSplit, RandomSplit, prepare
+from stem_tfrs.data import make_dataset, parse_records
 from stem_tfrs.schema import Schema
 
 
@@ -40,7 +41,8 @@ def test_writes_schema_stats_vocab_and_all_rows(tmp_path):
   assert sum(s["rows"] for s in stats.values()) == 300
   total = 0
   for split in ("train", "valid", "test"):
-    n = sum(1 for _ in tf.data.TFRecordDataset(schema.shard_paths(split)))
+    records = tf.data.TFRecordDataset(schema.shard_paths(split)).batch(1000)
+    n = sum(len(parse_records(schema, r)["finish"]) for r in records)
     assert n == stats[split]["rows"]
     total += n
   assert total == 300
@@ -161,3 +163,41 @@ def test_empty_values_are_missing_and_stay_out_of_the_vocabulary(tmp_path):
   f["item"] = ["", "i1"] * 25
   run(tmp_path, [Chunk(f, "x")], split=_all_train())
   assert (tmp_path / "out" / "vocab" / "item.txt").read_text() == "i1\n"
+
+
+def test_block_records_hold_consecutive_rows_of_a_shard_column_by_column(tmp_path):
+  f = frame(100)
+  f["tags"] = [("a|b" if i % 3 == 0 else "c" if i % 3 == 1 else "") for i in range(100)]
+  chunks = [Chunk(f.iloc[:40], "x"), Chunk(f.iloc[40:], "x")]  # blocks span chunks
+  kwargs = dict(features=["uid", "item", "tags"], multivalent={"tags": "|"}, split=_all_train(),
+                num_shards={"train": 2, "valid": 1, "test": 1})
+  run(tmp_path, chunks, out_dir=str(tmp_path / "rows"), rows_per_record=1, **kwargs)
+  run(tmp_path, chunks, out_dir=str(tmp_path / "blocks"), rows_per_record=3, **kwargs)
+  blocks = Schema.load(str(tmp_path / "blocks"))
+  assert blocks.rows_per_record == 3 and Schema.load(str(tmp_path / "rows")).rows_per_record == 1
+  first = tf.train.Example.FromString(
+      next(iter(tf.data.TFRecordDataset(blocks.shard_paths("train")[0]))).numpy()).features.feature
+  # shard 0 holds rows 0, 2, 4 first: tags "a|b", "", "c"
+  assert list(first["uid"].bytes_list.value) == [b"u0", b"u2", b"u4"]
+  assert list(first["tags"].bytes_list.value) == [b"a", b"b", b"c"]
+  assert list(first["tags#row_lengths"].int64_list.value) == [2, 0, 1]
+  assert list(first["finish"].int64_list.value) == [0, 0, 0]
+  shards = [Schema.load(str(tmp_path / name)).shard_paths("train") for name in ("rows", "blocks")]
+  assert [len(list(tf.data.TFRecordDataset(p))) for p in shards[1]] == [17, 17]  # 16x3 + 2 rows
+  read = [parse_records(Schema.load(str(tmp_path / name)), next(iter(
+      tf.data.TFRecordDataset(p).batch(1000)))) for name, p in zip(("rows", "blocks"), shards)]
+  for column in ("uid", "item", "finish", "like"):
+    assert (read[0][column].numpy() == read[1][column].numpy()).all()
+  assert read[0]["tags"].to_list() == read[1]["tags"].to_list()
+  # through the training pipeline: shuffled, padded lists, the same rows from both layouts
+  def rows(name):
+    schema = Schema.load(str(tmp_path / name))
+    out = []
+    for features, labels in make_dataset(schema, "train", 7, shuffle=True, seed=1,
+                                          shuffle_buffer=10):
+      tags = [tuple(t for t in row if t) for row in features["tags"].numpy().tolist()]
+      out.extend(zip(features["uid"].numpy().tolist(), tags, labels["like"].numpy().tolist()))
+    return out
+  assert sorted(rows("rows")) == sorted(rows("blocks")) and len(rows("blocks")) == 100
+  with pytest.raises(ValueError, match="rows_per_record must be >= 1"):
+    run(tmp_path, chunks, out_dir=str(tmp_path / "none"), rows_per_record=0, **kwargs)
