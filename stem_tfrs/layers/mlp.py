@@ -112,7 +112,9 @@ class ExpertGroup(tf.keras.layers.Layer):
     dropout: Dropout rate after each hidden activation.
     batch_norm: Batch normalization before each hidden activation.
 
-  Input shape: [B, d_in]. Output shape: [B, K, hidden_units[-1]].
+  Input shape: [B, d_in]. Output shape: [B, K, hidden_units[-1]], or with
+  `call(..., stacked=False)` a list of K [B, hidden_units[-1]] tensors (what
+  the gated layers mix: stacking them would copy every output once more).
   """
 
   def __init__(self, num_experts: int, hidden_units: Sequence[int],
@@ -154,7 +156,7 @@ class ExpertGroup(tf.keras.layers.Layer):
     self._dropout = tf.keras.layers.Dropout(self.dropout) if self.dropout else None
     super().build(input_shape)
 
-  def call(self, inputs: tf.Tensor, training: Optional[bool] = None) -> tf.Tensor:
+  def call(self, inputs: tf.Tensor, training: Optional[bool] = None, stacked: bool = True):
     k, width = self.num_experts, self.hidden_units[0]
     x = tf.matmul(inputs, self.kernels[0])                                 # [B, K * H_0]
     if self.batch_norm:
@@ -162,7 +164,7 @@ class ExpertGroup(tf.keras.layers.Layer):
     else:  # MatMul + BiasAdd + Relu: one fused kernel
       x = tf.nn.bias_add(x, self.biases[0])
     x = self._relu_dropout(x, training)
-    if len(self.hidden_units) == 1:
+    if len(self.hidden_units) == 1 and stacked:
       return tf.reshape(x, [-1, k, width])                                 # [B, K, H_0]
     experts = tf.split(tf.reshape(x, [-1, k * width]), k, axis=1)          # K x [B, H_0]
     for i in range(1, len(self.hidden_units)):
@@ -174,7 +176,7 @@ class ExpertGroup(tf.keras.layers.Layer):
       else:  # each a fused MatMul + BiasAdd + Relu
         experts = [tf.nn.bias_add(x, bias) for x, bias in zip(experts, tf.unstack(self.biases[i]))]
       experts = [self._relu_dropout(x, training) for x in experts]
-    return tf.stack(experts, axis=1)                                       # [B, K, H]
+    return tf.stack(experts, axis=1) if stacked else experts              # [B, K, H]
 
   def _relu_dropout(self, x: tf.Tensor, training: Optional[bool]) -> tf.Tensor:
     x = tf.nn.relu(x)

@@ -55,7 +55,7 @@ class MMoELayer(tf.keras.layers.Layer):
     super().build(input_shape)
 
   def call(self, inputs: tf.Tensor, training: Optional[bool] = None, return_gates: bool = False):
-    experts = self.experts(inputs, training=training)             # [B, K, H]
+    experts = self.experts(inputs, training=training, stacked=False)  # K x [B, H]
     weights = [tf.nn.softmax(g(inputs, training=training)) for g in self.gates]
     if self.one_gate:
       weights = weights * len(self.task_names)
@@ -95,8 +95,8 @@ class CGCLayer(GatedTaskExperts):
   def task_gate_input(self, task_input: tf.Tensor, shared_input: tf.Tensor) -> tf.Tensor:
     return task_input
 
-  def task_candidates(self, t: int, task_outputs: List[tf.Tensor],
-                      shared_outputs: List[tf.Tensor]) -> List[tf.Tensor]:
+  def task_candidates(self, t: int, task_outputs: List[List[tf.Tensor]],
+                      shared_outputs: List[List[tf.Tensor]]) -> List[List[tf.Tensor]]:
     return [task_outputs[t]] + shared_outputs
 
   def candidate_owners(self, t: int) -> List[str]:

@@ -84,11 +84,11 @@ class STEMLayer(GatedTaskExperts):
   def task_gate_input(self, task_input: tf.Tensor, shared_input: tf.Tensor) -> tf.Tensor:
     return task_input + shared_input
 
-  def task_candidates(self, t: int, task_outputs: List[tf.Tensor],
-                      shared_outputs: List[tf.Tensor]) -> List[tf.Tensor]:
+  def task_candidates(self, t: int, task_outputs: List[List[tf.Tensor]],
+                      shared_outputs: List[List[tf.Tensor]]) -> List[List[tf.Tensor]]:
     """Every expert; other tasks' behind tf.stop_gradient (with `aftb`)."""
-    return [tf.stop_gradient(out) if self.aftb and j != t else out
-            for j, out in enumerate(task_outputs)] + shared_outputs
+    return [[tf.stop_gradient(e) for e in group] if self.aftb and j != t else group
+            for j, group in enumerate(task_outputs)] + shared_outputs
 
   def candidate_owners(self, t: int) -> List[str]:
     return ([task for task in self.task_names for _ in range(self.num_specific_experts)]
