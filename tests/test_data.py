@@ -183,7 +183,7 @@ def test_batches_keep_their_size_under_a_strategy(tiny_data):
   # tf.distribute's auto-sharding would rewrite the pipeline's rebatch steps (one worker too)
   schema = Schema.load(tiny_data)
   strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-  for kwargs in (dict(shuffle=True, seed=1), {}):
+  for kwargs in (dict(shuffle=True, seed=1), {}, dict(shuffle=True, seed=1, in_memory=True)):
     dataset = make_dataset(schema, "train", 512, **kwargs)
     sizes = [int(strategy.experimental_local_results(labels["like"])[0].shape[0])
              for _, labels in strategy.experimental_distribute_dataset(dataset)]
