@@ -168,25 +168,23 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
   """
   labels = schema.labels
 
-  def check(columns: Dict[str, tf.Tensor], pad: bool = True
-            ) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
-    """Parsed columns -> (features, labels), labels checked and cast to float32."""
+  def parse(serialized: tf.Tensor) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
+    """Records -> (features, labels): labels checked and cast to float32, lists ragged."""
+    columns = parse_records(schema, serialized, split)
     checks = [tf.debugging.Assert(
         tf.reduce_all((columns[label] == 0) | (columns[label] == 1)),
         [f"label {label} in split {split} must be 0 or 1; values in the batch:",
          columns[label]], summarize=8) for label in labels]
     with tf.control_dependencies(checks):
       label_values = {label: tf.cast(columns[label], tf.float32) for label in labels}
-    features = {f.name: (columns[f.name].to_tensor(default_value=PADDING[f.dtype])
-                         if f.multivalent and pad else columns[f.name]) for f in schema.features}
-    return features, label_values
-
-  def parse(serialized: tf.Tensor, pad: bool = True):
-    return check(parse_records(schema, serialized, split), pad)
+    return {f.name: columns[f.name] for f in schema.features}, label_values
 
   def pad(features, label_values):
+    """Multivalent features' ragged lists -> [B, L] padded with `PADDING`."""
     return {f.name: (features[f.name].to_tensor(default_value=PADDING[f.dtype])
                      if f.multivalent else features[f.name]) for f in schema.features}, label_values
+
+  multivalent = any(f.multivalent for f in schema.features)
 
   if in_memory:
     columns = _read_columns(schema, split, parse)
@@ -218,14 +216,12 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
   if block > 1:  # parse blocks of records, then cut the rows into batches
     records = _records(files, len(paths), share)
     if shuffle:
-      windows = _shuffled_windows(records, block, shuffle_buffer, seed, lambda serialized:
-                                  parse(serialized, pad=False))
+      windows = _shuffled_windows(records, block, shuffle_buffer, seed, parse)
     else:
-      windows = (records.batch(max(1, batch_size // block))
-                 .map(lambda serialized: parse(serialized, pad=False),
-                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+      windows = records.batch(max(1, batch_size // block)).map(
+          parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     batches = windows.rebatch(batch_size, drop_remainder=drop_remainder)
-    if any(f.multivalent for f in schema.features):
+    if multivalent:
       batches = batches.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _finish(batches)
   if shuffle:
@@ -235,7 +231,8 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
     batches = _records(files, len(paths), share).batch(
         batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True)
-  return _finish(batches.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+  return _finish(batches.map((lambda serialized: pad(*parse(serialized))) if multivalent else parse,
+                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
 
 def _finish(batches: tf.data.Dataset) -> tf.data.Dataset:
@@ -352,7 +349,7 @@ def _read_columns(schema: Schema, split: str, parse) -> Tuple[dict, dict]:
   records = tf.data.Dataset.from_tensor_slices(schema.shard_paths(split)).interleave(
       tf.data.TFRecordDataset, cycle_length=1)
   parsed = records.batch(max(1, _PARSE_ROWS // schema.rows_per_record)).map(
-      lambda serialized: parse(serialized, pad=False), num_parallel_calls=tf.data.AUTOTUNE)
+      parse, num_parallel_calls=tf.data.AUTOTUNE)
   features, labels = {}, {}
   for batch_features, batch_labels in parsed:
     for name, value in batch_features.items():
