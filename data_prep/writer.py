@@ -386,6 +386,8 @@ def _write_shards(out_dir, frames, features, labels, assign, num_shards, multiva
         positives[s] += frame.loc[splits == s, labels].to_numpy().sum(axis=0)
       columns = {n: np.array([v.encode("utf-8") for v in frame[n]], dtype=object)
                  for n in features if n not in multivalent}
+      # one list per row: the trailing None keeps numpy from making lists of equal length a 2-D
+      # array
       columns.update({n: np.array([v.encode("utf-8").split(multivalent[n].encode("utf-8"))
                                    if v else [] for v in frame[n]] + [None],
                                   dtype=object)[:-1] for n in features if n in multivalent})

@@ -51,8 +51,10 @@ PADDING = {"string": "", "int64": -1}
 
 
 def row_lengths_key(feature: str) -> str:
-  """Key of a multivalent feature's list lengths in a block record ('#': never in a column name
-  that a SavedModel input can have)."""
+  """Key of a multivalent feature's list lengths in a block record.
+
+  '#' cannot appear in a column name that is also a SavedModel input name.
+  """
   return f"{feature}#row_lengths"
 
 

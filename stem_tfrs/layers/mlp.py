@@ -176,7 +176,7 @@ class ExpertGroup(tf.keras.layers.Layer):
       else:  # each a fused MatMul + BiasAdd + Relu
         experts = [tf.nn.bias_add(x, bias) for x, bias in zip(experts, tf.unstack(self.biases[i]))]
       experts = [self._relu_dropout(x, training) for x in experts]
-    return tf.stack(experts, axis=1) if stacked else experts              # [B, K, H]
+    return tf.stack(experts, axis=1) if stacked else experts    # [B, K, H] or K x [B, H]
 
   def _relu_dropout(self, x: tf.Tensor, training: Optional[bool]) -> tf.Tensor:
     x = tf.nn.relu(x)
