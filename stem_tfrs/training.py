@@ -202,9 +202,12 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
                       callbacks=callbacks(config, schema.tasks, run_dir), verbose=verbose,
                       **fit_args)
   train_seconds = time.time() - start
-  backup = os.path.join(run_dir, "backup")
-  if chief and os.path.isdir(backup) and not os.listdir(backup):
-    os.rmdir(backup)  # BackupAndRestore empties it after a multi-worker run
+  # After a finished fit every worker's BackupAndRestore has removed its own
+  # part of backup/; whichever worker gets here last removes the directory.
+  try:
+    os.rmdir(os.path.join(run_dir, "backup"))
+  except OSError:  # absent, or another worker's part is still there
+    pass
   if not chief:
     return TrainResult(run_dir=run_dir, metrics={}, export_path=None,
                        history=history.history, seconds=time.time() - start, model=None)
