@@ -88,20 +88,22 @@ class ExpertGroup(tf.keras.layers.Layer):
 
   The K experts' weights are stacked (the first layer's side by side as one
   [in, K * H_0] kernel and [K * H_0] bias, the later layers' as [K, in, out]
-  kernels and [K, out] biases). The first layer, where every expert reads
-  the same x, is one wide matrix product with the bias and ReLU fused into
-  it; each later layer is one product per expert, again with its bias and
-  ReLU fused in:
+  kernels and [K, out] biases). Every layer is one matrix product per
+  expert with its bias and ReLU fused in; the first layer's products read
+  expert k's block of columns of the side-by-side kernel:
 
-      y_0 = relu(x @ [W_0^1 | ... | W_0^K] + b_0)             [B, K * H_0]
+      y_0^k = relu(x @ W_0^k + b_0^k)                         K x [B, H_0]
       y_l^k = relu(y_{l-1}^k @ W_l^k + b_l^k)                 K x [B, H_l]
 
-  (Measured on a 2-core CPU at the authors' STEM configuration, K = 8 and
-  512-wide layers: one batched product per later layer, [K, B, H] x
-  [K, H, H'], ran the training step 5-8% slower and the batch-1024 forward
-  pass ~7% slower than these fused per-expert products, because its bias add
-  and ReLU, and their gradients, are separate passes over [K, B, H'].
-  `einsum("bki,kio->bko")` per layer was slower still.)
+  (Measured on a 2-core CPU, in alternation in one process: one wide
+  first-layer product x @ [W_0^1 | ... | W_0^K] split into the K experts'
+  blocks ran the authors' STEM training step (8 shared experts, 512-wide,
+  batch 4096) 5-7% slower and the default one 10% slower than the per-expert products,
+  as the split copies [B, K * H_0] forward and concatenates it backward,
+  where splitting the kernel copies [in, K * H_0]. One batched product per
+  later layer, [K, B, H] x [K, H, H'], ran 5-8% slower than per-expert
+  products, its bias add and ReLU, and their gradients, being separate
+  passes over [K, B, H']; `einsum("bki,kio->bko")` was slower still.)
 
   Each expert is initialized as a Glorot-uniform Dense layer of its own shape
   would be. With `batch_norm`, every expert keeps its own statistics.
@@ -137,7 +139,7 @@ class ExpertGroup(tf.keras.layers.Layer):
       # (One initializer instance per weight: an unseeded instance repeats its values.)
       initializer = tf.keras.initializers.VarianceScaling(
           scale=float(k), mode="fan_avg", distribution="uniform")
-      if i == 0:  # stored as the wide product reads it: expert k in columns [k*H_0, (k+1)*H_0)
+      if i == 0:  # side by side, expert k in columns [k*H_0, (k+1)*H_0): earlier checkpoints
         self.kernels.append(self.add_weight(
             name="kernel_0", shape=[fan_in, k * units],
             initializer=_side_by_side(initializer, k)))
@@ -157,24 +159,18 @@ class ExpertGroup(tf.keras.layers.Layer):
     super().build(input_shape)
 
   def call(self, inputs: tf.Tensor, training: Optional[bool] = None, stacked: bool = True):
-    k, width = self.num_experts, self.hidden_units[0]
-    x = tf.matmul(inputs, self.kernels[0])                                 # [B, K * H_0]
-    if self.batch_norm:
-      x = self.norms[0](tf.reshape(x, [-1, k, width]), training=training)
-    else:  # MatMul + BiasAdd + Relu: one fused kernel
-      x = tf.nn.bias_add(x, self.biases[0])
-    x = self._relu_dropout(x, training)
-    if len(self.hidden_units) == 1 and stacked:
-      return tf.reshape(x, [-1, k, width])                                 # [B, K, H_0]
-    experts = tf.split(tf.reshape(x, [-1, k * width]), k, axis=1)          # K x [B, H_0]
-    for i in range(1, len(self.hidden_units)):
-      experts = [tf.matmul(x, kernel)                                      # K x [B, H_i]
-                 for x, kernel in zip(experts, tf.unstack(self.kernels[i]))]
+    k = self.num_experts
+    experts = [inputs] * k
+    for i in range(len(self.hidden_units)):
+      # Layer 0's weights are split (a copy of [in, K * H_0]), never its outputs.
+      kernels = tf.split(self.kernels[0], k, axis=1) if i == 0 else tf.unstack(self.kernels[i])
+      experts = [tf.matmul(x, kernel) for x, kernel in zip(experts, kernels)]   # K x [B, H_i]
       if self.batch_norm:
         experts = tf.unstack(self.norms[i](tf.stack(experts, axis=1), training=training),
                              axis=1)
       else:  # each a fused MatMul + BiasAdd + Relu
-        experts = [tf.nn.bias_add(x, bias) for x, bias in zip(experts, tf.unstack(self.biases[i]))]
+        biases = tf.split(self.biases[0], k) if i == 0 else tf.unstack(self.biases[i])
+        experts = [tf.nn.bias_add(x, bias) for x, bias in zip(experts, biases)]
       experts = [self._relu_dropout(x, training) for x in experts]
     return tf.stack(experts, axis=1) if stacked else experts    # [B, K, H] or K x [B, H]
 
