@@ -8,7 +8,7 @@ from typing import Callable, List, Optional, Tuple
 
 from absl import app, flags
 
-from data_prep.writer import BadRows
+from data_prep.writer import ROWS_PER_RECORD, BadRows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +36,7 @@ def loaders() -> dict:
 
 
 def define_flags(seed_flag: bool = True) -> None:
-  """--raw, --out, --min_count, --tasks, --strict, --overwrite (and --seed)."""
+  """--raw, --out, --min_count, --tasks, --strict, --overwrite, --rows_per_record (and --seed)."""
   flags.DEFINE_string("raw", None, "Raw input file (a directory for movielens), in the data "
                       "set's original layout.")
   flags.DEFINE_string("out", None, "Output directory of the prepared data set.")
@@ -45,6 +45,10 @@ def define_flags(seed_flag: bool = True) -> None:
   flags.DEFINE_list("tasks", None, "Label columns to keep as tasks (default: the data set's).")
   flags.DEFINE_bool("strict", False, "Stop at the first bad row instead of skipping it.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing --out directory.")
+  flags.DEFINE_integer("rows_per_record", ROWS_PER_RECORD,
+                       "Rows a TFRecord record holds (consecutive rows of a shard, column by "
+                       "column); 1 writes one tf.train.Example per row, for other tools.",
+                       lower_bound=1)
   if seed_flag:
     flags.DEFINE_integer("seed", None, "Seed of the split (default: the data set's, 42).")
 
@@ -61,7 +65,8 @@ def prepare(name: str, seed: Optional[int]) -> int:
     stats = loader.prepare(
         FLAGS.raw, FLAGS.out, bad_rows=bad_rows, overwrite=FLAGS.overwrite,
         min_count=loader.min_count if FLAGS.min_count is None else FLAGS.min_count,
-        seed=loader.seed if seed is None else seed, tasks=FLAGS.tasks or loader.tasks)
+        seed=loader.seed if seed is None else seed, tasks=FLAGS.tasks or loader.tasks,
+        rows_per_record=FLAGS.rows_per_record)
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from data_prep.readers import read_delimited
-from data_prep.writer import BadRows, Chunk, DataError, prepare
+from data_prep.writer import ROWS_PER_RECORD, BadRows, Chunk, DataError, prepare
 
 STANDARD_LOGS = ["log_standard_4_08_to_4_21_1k.csv", "log_standard_4_22_to_5_08_1k.csv"]
 RANDOM_LOG = "log_random_4_22_to_5_08_1k.csv"
@@ -91,7 +91,8 @@ def _table(path: str, key: str, columns: Sequence[str]) -> pd.DataFrame:
 def prepare_kuairand(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_COUNT,
                      seed: int = DEFAULT_SEED, tasks: Optional[Sequence[str]] = None,
                      bad_rows: Optional[BadRows] = None, overwrite: bool = False,
-                     include_random: bool = False, chunk_rows: int = 200_000) -> dict:
+                     include_random: bool = False, chunk_rows: int = 200_000,
+                     rows_per_record: int = ROWS_PER_RECORD) -> dict:
   """Prepares KuaiRand-1K from directory `raw` in `out_dir`; returns the stats."""
   tasks = list(tasks or TASKS)
   unknown = [t for t in tasks if t not in LABEL_COLUMNS]
@@ -120,7 +121,8 @@ def prepare_kuairand(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_COU
 
   return prepare(chunks, features=FEATURES, labels=tasks, group_column="user_id",
                  out_dir=out_dir, min_count=min_count, seed=seed, split=DateSplit(),
-                 overwrite=overwrite, bad_rows=bad_rows, multivalent={"tag": ","})
+                 overwrite=overwrite, bad_rows=bad_rows, multivalent={"tag": ","},
+                 rows_per_record=rows_per_record)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from data_prep.readers import read_delimited
-from data_prep.writer import BadRows, Chunk, DataError, ExactSplit, prepare
+from data_prep.writer import ROWS_PER_RECORD, BadRows, Chunk, DataError, ExactSplit, prepare
 
 FEATURES = ["user_id", "item_id", "age", "gender", "occupation", "release_year", "genres"]
 TASKS = ("click", "like")
@@ -127,7 +127,8 @@ def build_rows(raw: str, seed: int, bad_rows: BadRows) -> pd.DataFrame:
 
 def prepare_movielens(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_COUNT,
                       seed: int = DEFAULT_SEED, tasks: Optional[Sequence[str]] = None,
-                      bad_rows: Optional[BadRows] = None, overwrite: bool = False) -> dict:
+                      bad_rows: Optional[BadRows] = None, overwrite: bool = False,
+                      rows_per_record: int = ROWS_PER_RECORD) -> dict:
   """Prepares ML-100K from directory `raw` in `out_dir`; returns the stats."""
   tasks = list(tasks or TASKS)
   unknown = [t for t in tasks if t not in TASKS]
@@ -143,7 +144,8 @@ def prepare_movielens(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_CO
                for i in range(0, len(rows), CHUNK_ROWS)),
       features=FEATURES, labels=tasks, group_column="user_id", out_dir=out_dir,
       min_count=min_count, seed=seed, split=ExactSplit(test=0.1, valid_of_rest=1 / 9),
-      overwrite=overwrite, bad_rows=bad_rows, multivalent={"genres": "|"})
+      overwrite=overwrite, bad_rows=bad_rows, multivalent={"genres": "|"},
+      rows_per_record=rows_per_record)
 
 
 if __name__ == "__main__":

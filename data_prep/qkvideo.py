@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from data_prep.readers import read_delimited
-from data_prep.writer import BadRows, DataError, ExactSplit, prepare
+from data_prep.writer import ROWS_PER_RECORD, BadRows, DataError, ExactSplit, prepare
 
 FEATURES = ["user_id", "item_id", "video_category", "gender", "age"]
 LABEL_COLUMNS = ("click", "follow", "like", "share")
@@ -30,7 +30,7 @@ DEFAULT_SEED = 42
 def prepare_qkvideo(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_COUNT,
                     seed: int = DEFAULT_SEED, tasks: Optional[Sequence[str]] = None,
                     bad_rows: Optional[BadRows] = None, overwrite: bool = False,
-                    chunk_rows: int = 200_000) -> dict:
+                    chunk_rows: int = 200_000, rows_per_record: int = ROWS_PER_RECORD) -> dict:
   """Prepares `raw` (QK-video.csv) in `out_dir`; returns the stats."""
   tasks = list(tasks or TASKS)
   unknown = [t for t in tasks if t not in LABEL_COLUMNS]
@@ -43,7 +43,7 @@ def prepare_qkvideo(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_COUN
                              chunk_rows=chunk_rows),
       features=FEATURES, labels=tasks, group_column="user_id", out_dir=out_dir,
       min_count=min_count, seed=seed, split=ExactSplit(test=0.1, valid_of_rest=1 / 9),
-      overwrite=overwrite, bad_rows=bad_rows)
+      overwrite=overwrite, bad_rows=bad_rows, rows_per_record=rows_per_record)
 
 
 if __name__ == "__main__":

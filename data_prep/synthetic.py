@@ -171,6 +171,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("seed", 2023, "Seed of the world, the rows and the split.")
   flags.DEFINE_integer("min_count", 2, "Values seen fewer times in train map to OOV.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing --out directory.")
+  flags.DEFINE_integer("rows_per_record", ROWS_PER_RECORD,
+                       "Rows a TFRecord record holds; 1 writes one tf.train.Example per row.",
+                       lower_bound=1)
   flags.mark_flag_as_required("out")
 
 
@@ -178,7 +181,8 @@ def main(argv):
   del argv
   try:
     stats = prepare_synthetic(FLAGS.out, rows=FLAGS.rows, seed=FLAGS.seed,
-                              min_count=FLAGS.min_count, overwrite=FLAGS.overwrite)
+                              min_count=FLAGS.min_count, overwrite=FLAGS.overwrite,
+                              rows_per_record=FLAGS.rows_per_record)
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from data_prep.readers import read_delimited
-from data_prep.writer import BadRows, ExactSplit, prepare
+from data_prep.writer import ROWS_PER_RECORD, BadRows, ExactSplit, prepare
 
 COLUMNS = ["uid", "user_city", "item_id", "author_id", "item_city", "channel", "finish", "like",
            "music_id", "device_id", "create_time", "video_duration"]
@@ -35,7 +35,7 @@ DEFAULT_SEED = 42
 def prepare_tiktok(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_COUNT,
                    seed: int = DEFAULT_SEED, tasks: Optional[Sequence[str]] = None,
                    bad_rows: Optional[BadRows] = None, overwrite: bool = False,
-                   chunk_rows: int = 200_000) -> dict:
+                   chunk_rows: int = 200_000, rows_per_record: int = ROWS_PER_RECORD) -> dict:
   """Prepares `raw` (final_track1_train.txt) in `out_dir`; returns the stats."""
   tasks = list(tasks or TASKS)
   bad_rows = bad_rows if bad_rows is not None else BadRows()
@@ -44,7 +44,7 @@ def prepare_tiktok(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_COUNT
                              chunk_rows=chunk_rows),
       features=FEATURES, labels=tasks, group_column="uid", out_dir=out_dir,
       min_count=min_count, seed=seed, split=ExactSplit(test=0.1, valid_of_rest=0.1),
-      overwrite=overwrite, bad_rows=bad_rows)
+      overwrite=overwrite, bad_rows=bad_rows, rows_per_record=rows_per_record)
 
 
 if __name__ == "__main__":

@@ -104,9 +104,13 @@ def test_module_cli_strict_and_main_prepare_then_train(tmp_path):
   assert not os.path.exists(tmp_path / "strict")
 
   prepared = main_py("prepare", "--dataset=tiktok", "--raw=raw.txt", "--out=tiktok",
-                     "--min_count=2", cwd=tmp_path)
+                     "--min_count=2", "--rows_per_record=1", cwd=tmp_path)
   assert prepared.returncode == 0, prepared.stderr[-2000:]
   assert "skipped 4 bad row(s)" in prepared.stdout
+  schema = Schema.load(str(tmp_path / "tiktok"))  # one tf.train.Example a row, as asked
+  assert schema.rows_per_record == 1
+  record = next(iter(tf.data.TFRecordDataset(schema.shard_paths("train")))).numpy()
+  assert len(tf.train.Example.FromString(record).features.feature["uid"].bytes_list.value) == 1
   trained = main_py("train", "--data_dir=tiktok", "--epochs=1", "--batch_size=256",
                     "--export_dir=", "--verbose=0", *TINY_MODEL_FLAGS, cwd=tmp_path)
   assert trained.returncode == 0, trained.stderr[-2000:]
