@@ -57,7 +57,7 @@ def dense_layers(config, model: str, num_fields: int, num_tasks: int):
       fan_in = u
 
   mlp(experts, x, list(config.expert_hidden_units))
-  mlp(num_tasks, x * (2 if model == "stem" else 1), list(config.gate_hidden_units) + [experts])
+  mlp(num_tasks, x, list(config.gate_hidden_units) + [experts])  # STEM's reads x_t + x_S
   mlp(num_tasks, config.expert_hidden_units[-1], list(config.tower_hidden_units) + [1])
   return layers, experts
 
