@@ -126,7 +126,8 @@ def benchmark(path: str, batches, seconds: float, rounds: int = 5) -> list:
     measure(serve, features, seconds=0.5)  # warm-up: tracing, allocation
     latencies, ceilings = [], []
     for _ in range(rounds):
-      latencies += measure(serve, features, seconds / rounds, min_calls=4)
+      # at least 20 calls in all, for a p99 worth the name however slow the machine is
+      latencies += measure(serve, features, seconds / rounds, min_calls=-(-20 // rounds))
       if ceiling is not None:
         ceilings.append(ceiling(batch))
     latencies = np.array(latencies) * 1000.0

@@ -24,8 +24,7 @@ def test_serving_benchmark_reports_latency_per_batch(trained_run, tmp_path):
   for export in exports:
     assert [r["batch"] for r in export["results"]] == [1, 64]
     for r in export["results"]:
-      # at least 4 calls in each of the 2 rounds, however slow the machine is
-      assert 0 < r["p50_ms"] <= r["p99_ms"] and r["calls"] >= 8 and r["examples_per_second"] > 0
+      assert 0 < r["p50_ms"] <= r["p99_ms"] and r["calls"] >= 20 and r["examples_per_second"] > 0
   # the authors' STEM has a FLOP model, so a GEMM-only fraction; its forward pass is larger
   authors = exports[1]["results"]
   assert all(0 < r["fraction_of_gemm_only"] for r in authors)

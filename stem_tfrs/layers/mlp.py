@@ -95,15 +95,15 @@ class ExpertGroup(tf.keras.layers.Layer):
       y_0^k = relu(x @ W_0^k + b_0^k)                         K x [B, H_0]
       y_l^k = relu(y_{l-1}^k @ W_l^k + b_l^k)                 K x [B, H_l]
 
-  (Measured on a 2-core CPU, in alternation in one process: one wide
-  first-layer product x @ [W_0^1 | ... | W_0^K] split into the K experts'
-  blocks ran the authors' STEM training step (8 shared experts, 512-wide,
-  batch 4096) 5-7% slower and the default one 10% slower than the per-expert products,
-  as the split copies [B, K * H_0] forward and concatenates it backward,
-  where splitting the kernel copies [in, K * H_0]. One batched product per
-  later layer, [K, B, H] x [K, H, H'], ran 5-8% slower than per-expert
-  products, its bias add and ReLU, and their gradients, being separate
-  passes over [K, B, H']; `einsum("bki,kio->bko")` was slower still.)
+  (Measured on a 2-core CPU, in alternation in one process. One wide
+  first-layer product x @ [W_0^1 | ... | W_0^K], its output split into the
+  experts' blocks, ran the training step 5-7% slower at the authors' STEM
+  configuration (8 shared experts, 512 wide, batch 4096) and 10% slower at
+  the default one: the split copies [B, K * H_0] forward and concatenates it
+  backward, where splitting the kernel copies only [in, K * H_0]. One batched
+  product per later layer, [K, B, H] x [K, H, H'], ran 5-8% slower than
+  per-expert products: its bias add and ReLU, and their gradients, are
+  separate passes over [K, B, H']. `einsum("bki,kio->bko")` was slower still.)
 
   Each expert is initialized as a Glorot-uniform Dense layer of its own shape
   would be. With `batch_norm`, every expert keeps its own statistics.
