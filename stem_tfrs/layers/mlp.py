@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import tensorflow as tf
 
@@ -159,20 +159,28 @@ class ExpertGroup(tf.keras.layers.Layer):
     super().build(input_shape)
 
   def call(self, inputs: tf.Tensor, training: Optional[bool] = None, stacked: bool = True):
-    k = self.num_experts
-    experts = [inputs] * k
+    experts = [inputs] * self.num_experts
     for i in range(len(self.hidden_units)):
-      # Layer 0's weights are split (a copy of [in, K * H_0]), never its outputs.
-      kernels = tf.split(self.kernels[0], k, axis=1) if i == 0 else tf.unstack(self.kernels[i])
-      experts = [tf.matmul(x, kernel) for x, kernel in zip(experts, kernels)]   # K x [B, H_i]
+      experts = [tf.matmul(x, kernel)                                      # K x [B, H_i]
+                 for x, kernel in zip(experts, self._per_expert(self.kernels[i], i))]
       if self.batch_norm:
         experts = tf.unstack(self.norms[i](tf.stack(experts, axis=1), training=training),
                              axis=1)
       else:  # each a fused MatMul + BiasAdd + Relu
-        biases = tf.split(self.biases[0], k) if i == 0 else tf.unstack(self.biases[i])
-        experts = [tf.nn.bias_add(x, bias) for x, bias in zip(experts, biases)]
+        experts = [tf.nn.bias_add(x, bias)
+                   for x, bias in zip(experts, self._per_expert(self.biases[i], i))]
       experts = [self._relu_dropout(x, training) for x in experts]
     return tf.stack(experts, axis=1) if stacked else experts    # [B, K, H] or K x [B, H]
+
+  def _per_expert(self, weight: tf.Variable, layer: int) -> List[tf.Tensor]:
+    """Layer `layer`'s stacked kernel or bias -> one per expert.
+
+    Layer 0's are side by side along the last axis (split: a copy of the
+    weights, never of the outputs); later layers' are stacked along axis 0.
+    """
+    if layer == 0:
+      return tf.split(weight, self.num_experts, axis=-1)
+    return tf.unstack(weight)
 
   def _relu_dropout(self, x: tf.Tensor, training: Optional[bool]) -> tf.Tensor:
     x = tf.nn.relu(x)
