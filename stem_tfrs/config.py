@@ -125,6 +125,11 @@ class TrainConfig:
       `stem_tfrs.distributed`).
     mixed_precision: "" (float32) or "mixed_bfloat16": bf16 compute with
       float32 variables, losses and outputs.
+    steps_per_execution: Training and evaluation steps per call into the
+      compiled function (Keras' `steps_per_execution`): fewer round trips
+      through Python, which matters for small models; batch-level callbacks
+      then see every N-th batch. The splits' row counts (stats.json) give
+      the exact number of steps of an epoch; without them it falls back to 1.
   """
   model: str = "stem"
   data_dir: str = "data/synthetic"
@@ -142,6 +147,7 @@ class TrainConfig:
   deterministic: bool = True
   mixed_precision: str = ""
   strategy: str = "default"
+  steps_per_execution: int = 16
 
   def __post_init__(self):
     if self.mixed_precision not in MIXED_PRECISION_POLICIES:
@@ -152,7 +158,7 @@ class TrainConfig:
     if self.strategy not in STRATEGIES:
       raise ConfigError(f"unknown strategy '{self.strategy}'; choose one of: "
                         f"{', '.join(STRATEGIES)}")
-    for name in ("epochs", "batch_size", "eval_batch_size"):
+    for name in ("epochs", "batch_size", "eval_batch_size", "steps_per_execution"):
       if getattr(self, name) < 1:
         raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
     if self.learning_rate <= 0:

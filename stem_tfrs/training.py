@@ -182,17 +182,26 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
 def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_dir: str,
            run_config: dict, verbose: int, strategy: tf.distribute.Strategy,
            chief: bool) -> TrainResult:
+  train_rows, valid_rows = _split_rows(schema, "train"), _split_rows(schema, "valid")
+  steps_per_execution = config.steps_per_execution
+  if steps_per_execution > 1 and not (train_rows and valid_rows):
+    logging.warning("%s/stats.json gives no row count of the train or valid split: "
+                    "one step per execution", schema.directory)
+    steps_per_execution = 1
   with strategy.scope():
     model = build_model(config.model, schema, model_config)
-    model.compile(optimizer=FusedAdam(config.learning_rate))
-  valid_ds = data.make_dataset(schema, "valid", config.eval_batch_size)
+    model.compile(optimizer=FusedAdam(config.learning_rate),
+                  steps_per_execution=steps_per_execution)
+  valid_ds = _known_length(data.make_dataset(schema, "valid", config.eval_batch_size),
+                           valid_rows, config.eval_batch_size)
   fit_args = {}
   if config.strategy in distributed.CLUSTER_STRATEGIES:
     train_input, fit_args["steps_per_epoch"] = _cluster_train_input(schema, config)
   else:
-    train_input = data.make_dataset(schema, "train", config.batch_size, shuffle=True,
-                                    seed=config.seed, shuffle_buffer=config.shuffle_buffer,
-                                    in_memory=config.in_memory)
+    train_input = _known_length(
+        data.make_dataset(schema, "train", config.batch_size, shuffle=True, seed=config.seed,
+                          shuffle_buffer=config.shuffle_buffer, in_memory=config.in_memory),
+        train_rows, config.batch_size)
   if config.strategy == "parameter_server":
     valid_ds, fit_args["validation_steps"] = _parameter_server_valid_input(schema, config)
 
@@ -225,8 +234,6 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
   epochs_run = len(history.history.get("loss", []))
   if "steps_per_epoch" in fit_args:  # a cluster epoch is a fixed number of steps
     train_rows = fit_args["steps_per_epoch"] * config.batch_size
-  else:
-    train_rows = _split_rows(schema, "train")
   _write_json(os.path.join(run_dir, "training.json"), {
       "strategy": config.strategy,
       "replicas": strategy.num_replicas_in_sync,
@@ -247,6 +254,21 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
     logging.info("exported %s", export_path)
   return TrainResult(run_dir=run_dir, metrics=metrics, export_path=export_path,
                      history=history.history, seconds=time.time() - start, model=model)
+
+
+def _known_length(dataset: tf.data.Dataset, rows: int, batch_size: int) -> tf.data.Dataset:
+  """`dataset` (batches of `rows` rows, the last one partial) with its length declared.
+
+  Keras then knows an epoch's steps before the first one ends: it runs
+  whole executions of `steps_per_execution` steps and a shorter last one,
+  where with an unknown length the epoch's last execution would stop midway
+  and its logs be lost. The declaration is checked: shards that give another
+  number of batches than stats.json's row count stop training with an error
+  that names both numbers.
+  """
+  if not rows:
+    return dataset
+  return dataset.apply(tf.data.experimental.assert_cardinality(-(-rows // batch_size)))
 
 
 def _cluster_train_input(schema: Schema, config: TrainConfig):

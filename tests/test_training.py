@@ -46,6 +46,20 @@ def test_same_seed_gives_same_metrics(tiny_data, tmp_path):
   assert run("a") == run("b")
 
 
+def test_many_steps_per_execution_train_exactly_as_one(tiny_data, tmp_path):
+  # ~16,000 train rows in batches of 700: 23 steps an epoch, one execution of 16 and one
+  # of 7; ~2,000 valid rows in one batch, fewer than an execution.
+  def run(name, steps_per_execution):
+    config = TrainConfig(data_dir=tiny_data, run_dir=str(tmp_path / name), export_dir="",
+                         epochs=2, batch_size=700, eval_batch_size=2048, seed=5,
+                         steps_per_execution=steps_per_execution)
+    result = training.train(tiny_model_config(), config, verbose=0)
+    return result.history, result.metrics
+  history, metrics = run("many", 16)
+  assert len(history["loss"]) == 2 and len(history["val_auc"]) == 2
+  assert (history, metrics) == run("one", 1)
+
+
 def test_a_few_training_steps_lower_the_loss(tiny_data):
   tf.keras.utils.set_random_seed(0)
   schema = Schema.load(tiny_data)
@@ -90,6 +104,15 @@ def test_bad_configuration_is_refused_before_anything_is_written(tiny_data, tmp_
 def test_model_config_validation(kwargs, message):
   with pytest.raises(ConfigError, match=message):
     ModelConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(steps_per_execution=0), "steps_per_execution must be >= 1, got 0"),
+    (dict(batch_size=0), "batch_size must be >= 1, got 0"),
+])
+def test_train_config_validation(kwargs, message):
+  with pytest.raises(ConfigError, match=message):
+    TrainConfig(**kwargs)
 
 
 def test_reference_configuration_is_the_authors():
