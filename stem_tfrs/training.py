@@ -262,9 +262,11 @@ def _known_length(dataset: tf.data.Dataset, rows: int, batch_size: int) -> tf.da
   Keras then knows an epoch's steps before the first one ends: it runs
   whole executions of `steps_per_execution` steps and a shorter last one,
   where with an unknown length the epoch's last execution would stop midway
-  and its logs be lost. The declaration is checked: shards that give another
-  number of batches than stats.json's row count stop training with an error
-  that names both numbers.
+  and its logs be lost. The declaration is checked one way only: shards that
+  give fewer batches stop training with an error naming both numbers, while
+  batches past the declared number are never read. data_prep writes the
+  shards and stats.json together; a split changed after it must be prepared
+  again.
   """
   if not rows:
     return dataset
