@@ -31,7 +31,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from stem_tfrs import data, models
+from stem_tfrs import checkpoints, data, models
 from stem_tfrs.config import ModelConfig
 from stem_tfrs.data import serving_input_signature
 from stem_tfrs.schema import Schema, SchemaError
@@ -81,7 +81,7 @@ def export_run(run_dir: str, export_dir: str, version: Optional[int] = None) -> 
     config = json.load(f)
   schema = Schema.load(os.path.dirname(config["schema"]))
   model = models.build_model(config["model"], schema, ModelConfig(**config["model_config"]))
-  model.load_weights(checkpoint).expect_partial()
+  checkpoints.load_weights(model, checkpoint)
   return export_saved_model(model, schema, export_dir, config["model"], version=version,
                             extra_files={"config.json": config})
 

@@ -1,0 +1,61 @@
+"""Restoring a run's weights, including checkpoints written with an earlier weight layout."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+#: Checkpoint keys of an expert group's first layer, the weights whose layout changed: before,
+#: one [in, K * H] kernel with the experts' blocks side by side and one [K * H] bias; now a
+#: [K, in, H] kernel and a [K, H] bias, as the group's later layers.
+_FIRST_LAYER_KEYS = ("/kernel_0/.ATTRIBUTES/VARIABLE_VALUE", "/bias_0/.ATTRIBUTES/VARIABLE_VALUE")
+
+
+def load_weights(model: tf.keras.Model, checkpoint: str) -> None:
+  """Restores `checkpoint` (a TF checkpoint prefix) into the built `model`.
+
+  A checkpoint whose expert groups hold their first layer side by side (as
+  stem_tfrs wrote them before the stacked layout) is converted on the way,
+  in a temporary copy: the run directory is not touched.
+
+  Raises:
+    ValueError: a weight of the checkpoint has a shape the model cannot take.
+  """
+  try:
+    model.load_weights(checkpoint).expect_partial()
+    return
+  except ValueError as error:  # tf-keras: "Received incompatible tensor with shape ..."
+    if "incompatible tensor" not in str(error):
+      raise
+  with tempfile.TemporaryDirectory() as work:
+    model.load_weights(_stacked_copy(checkpoint, model, work)).expect_partial()
+
+
+def _stacked_copy(checkpoint: str, model: tf.keras.Model, work: str) -> str:
+  """A copy of `checkpoint` under `work` with side-by-side first layers stacked."""
+  expected = os.path.join(work, "expected")
+  model.save_weights(expected)  # the shapes the model takes, key by key
+  shapes = dict(tf.train.list_variables(expected))
+  reader = tf.train.load_checkpoint(checkpoint)
+  names, tensors = [], []
+  for key in reader.get_variable_to_dtype_map():
+    value, want = reader.get_tensor(key), shapes.get(key)  # (the object graph is bytes)
+    if want is not None and list(np.shape(value)) != list(want):
+      if key.endswith(_FIRST_LAYER_KEYS) and len(want) == 3 and value.shape == (
+          want[1], want[0] * want[2]):                       # [in, K*H] -> [K, in, H]
+        value = value.reshape(want[1], want[0], want[2]).transpose(1, 0, 2)
+      elif key.endswith(_FIRST_LAYER_KEYS) and len(want) == 2 and value.shape == (
+          want[0] * want[1],):                               # [K*H] -> [K, H]
+        value = value.reshape(want)
+      else:
+        raise ValueError(f"{checkpoint}: weight {key} has shape {list(np.shape(value))}, "
+                         f"the model takes {want}; was it trained with another configuration?")
+    names.append(key)
+    tensors.append(tf.constant(value))
+  upgraded = os.path.join(work, "stacked")
+  tf.raw_ops.SaveV2(prefix=upgraded, tensor_names=names, shape_and_slices=[""] * len(names),
+                    tensors=tensors)
+  return upgraded
