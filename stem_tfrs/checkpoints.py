@@ -24,14 +24,17 @@ def load_weights(model: tf.keras.Model, checkpoint: str) -> None:
   Raises:
     ValueError: a weight of the checkpoint has a shape the model cannot take.
   """
-  try:
+  if not _side_by_side(checkpoint):
     model.load_weights(checkpoint).expect_partial()
     return
-  except ValueError as error:  # tf-keras: "Received incompatible tensor with shape ..."
-    if "incompatible tensor" not in str(error):
-      raise
   with tempfile.TemporaryDirectory() as work:
     model.load_weights(_stacked_copy(checkpoint, model, work)).expect_partial()
+
+
+def _side_by_side(checkpoint: str) -> bool:
+  """Whether `checkpoint` holds an expert group's first-layer kernel as [in, K * H]."""
+  return any(name.endswith(_FIRST_LAYER_KEYS[0]) and len(shape) == 2
+             for name, shape in tf.train.list_variables(checkpoint))
 
 
 def _stacked_copy(checkpoint: str, model: tf.keras.Model, work: str) -> str:
