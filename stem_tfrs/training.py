@@ -101,9 +101,14 @@ def load_and_check(model_config: ModelConfig, config: TrainConfig) -> Schema:
   return schema
 
 
-def _split_rows(schema: Schema, split: str) -> int:
-  """Rows of a split, from the data set's stats.json (0 if it does not say)."""
-  return load_stats(schema.directory).get(split, {}).get("rows") or 0
+def _split_rows(stats: dict, split: str) -> int:
+  """Rows of a split, from the data set's stats.json content (0 if it does not say)."""
+  return stats.get(split, {}).get("rows") or 0
+
+
+def _batches(rows: int, batch_size: int) -> int:
+  """Batches of `batch_size` in `rows` rows, the last one partial."""
+  return -(-rows // batch_size)
 
 
 def _write_json(path: str, content) -> None:
@@ -147,8 +152,9 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
       raise ConfigError(f"--in_memory is for one machine; with --strategy={config.strategy} "
                         "each worker streams its share of the shards")
   schema = load_and_check(model_config, config)
+  stats = load_stats(schema.directory)
   if config.strategy in distributed.CLUSTER_STRATEGIES:
-    rows = _split_rows(schema, "train")
+    rows = _split_rows(stats, "train")
     if rows < config.batch_size:
       raise ConfigError(f"--batch_size={config.batch_size} is larger than the train split "
                         f"({rows} rows): a cluster epoch is train rows // batch_size steps")
@@ -161,7 +167,7 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
       "tasks": schema.tasks,
       "model_config": dataclasses.asdict(model_config),
       "train_config": dataclasses.asdict(config),
-      "data_stats": load_stats(schema.directory),
+      "data_stats": stats,
       "versions": {"tensorflow": tf.__version__, "tensorflow_recommenders": tfrs.__version__},
   }
   if chief:
@@ -182,7 +188,8 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
 def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_dir: str,
            run_config: dict, verbose: int, strategy: tf.distribute.Strategy,
            chief: bool) -> TrainResult:
-  train_rows, valid_rows = _split_rows(schema, "train"), _split_rows(schema, "valid")
+  stats = run_config["data_stats"]
+  train_rows, valid_rows = _split_rows(stats, "train"), _split_rows(stats, "valid")
   steps_per_execution = config.steps_per_execution
   if steps_per_execution > 1 and not (train_rows and valid_rows):
     logging.warning("%s/stats.json gives no row count of the train or valid split: "
@@ -196,14 +203,15 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
                            valid_rows, config.eval_batch_size)
   fit_args = {}
   if config.strategy in distributed.CLUSTER_STRATEGIES:
-    train_input, fit_args["steps_per_epoch"] = _cluster_train_input(schema, config)
+    train_input, fit_args["steps_per_epoch"] = _cluster_train_input(schema, config, train_rows)
   else:
     train_input = _known_length(
         data.make_dataset(schema, "train", config.batch_size, shuffle=True, seed=config.seed,
                           shuffle_buffer=config.shuffle_buffer, in_memory=config.in_memory),
         train_rows, config.batch_size)
   if config.strategy == "parameter_server":
-    valid_ds, fit_args["validation_steps"] = _parameter_server_valid_input(schema, config)
+    valid_ds, fit_args["validation_steps"] = _parameter_server_valid_input(
+        schema, config, valid_rows)
 
   logging.info("training %s on %s into %s", config.model, schema.directory, run_dir)
   start = time.time()
@@ -270,10 +278,10 @@ def _known_length(dataset: tf.data.Dataset, rows: int, batch_size: int) -> tf.da
   """
   if not rows:
     return dataset
-  return dataset.apply(tf.data.experimental.assert_cardinality(-(-rows // batch_size)))
+  return dataset.apply(tf.data.experimental.assert_cardinality(_batches(rows, batch_size)))
 
 
-def _cluster_train_input(schema: Schema, config: TrainConfig):
+def _cluster_train_input(schema: Schema, config: TrainConfig, rows: int):
   """(DatasetCreator, steps per epoch) of a cluster run: each worker reads its own share.
 
   `config.batch_size` is the global batch of one synchronous step (split over
@@ -281,7 +289,6 @@ def _cluster_train_input(schema: Schema, config: TrainConfig):
   parameter_server. An epoch is `train rows // batch_size` steps over a
   repeated stream, so that every worker runs the same number of steps.
   """
-  rows = _split_rows(schema, "train")
   # Parameter-server workers cannot tell each other apart in `dataset_fn`:
   # an unseeded shuffle gives each its own order.
   seed = None if config.strategy == "parameter_server" else config.seed
@@ -296,7 +303,7 @@ def _cluster_train_input(schema: Schema, config: TrainConfig):
           rows // config.batch_size)
 
 
-def _parameter_server_valid_input(schema: Schema, config: TrainConfig):
+def _parameter_server_valid_input(schema: Schema, config: TrainConfig, rows: int):
   """(DatasetCreator, steps) of the per-epoch validation of a parameter-server run.
 
   The workers evaluate in parallel, each from its own stream of the split; an
@@ -305,7 +312,7 @@ def _parameter_server_valid_input(schema: Schema, config: TrainConfig):
   across the workers. (The metrics.json figures are exact: the chief computes
   them over whole splits after training.)
   """
-  steps = max(1, -(-_split_rows(schema, "valid") // config.eval_batch_size))
+  steps = max(1, _batches(rows, config.eval_batch_size))
 
   def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
     del input_context  # every worker reads the whole split, in its own order
