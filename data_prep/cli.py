@@ -69,6 +69,8 @@ def prepare(name: str, seed: Optional[int]) -> int:
         rows_per_record=FLAGS.rows_per_record)
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
+    if bad_rows.total:
+      print(bad_rows.summary(), file=sys.stderr)
     return 1
   print(f"wrote {FLAGS.out}: " + ", ".join(
       f"{split} {s['rows']:,} rows" for split, s in stats.items()))

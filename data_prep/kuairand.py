@@ -36,8 +36,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from data_prep.readers import read_delimited
-from data_prep.writer import ROWS_PER_RECORD, BadRows, Chunk, DataError, prepare
+from data_prep.readers import check_file, decode_error, read_delimited
+from data_prep.writer import ROWS_PER_RECORD, BadRows, Chunk, DataError, check_tasks, prepare
 
 STANDARD_LOGS = ["log_standard_4_08_to_4_21_1k.csv", "log_standard_4_22_to_5_08_1k.csv"]
 RANDOM_LOG = "log_random_4_22_to_5_08_1k.csv"
@@ -55,6 +55,7 @@ FEATURES = ["user_id", "video_id", "tab", "hour"] + USER_FEATURES + VIDEO_FEATUR
 VALID_DATE, TEST_DATE = "20220507", "20220508"
 DEFAULT_MIN_COUNT = 5
 DEFAULT_SEED = 42
+ENCODING = "utf-8-sig"  # UTF-8, with or without a byte-order mark
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,17 +75,24 @@ class DateSplit:
 
 
 def _table(path: str, key: str, columns: Sequence[str]) -> pd.DataFrame:
-  if not os.path.isfile(path):
-    raise DataError(f"input file {path} does not exist")
-  header = pd.read_csv(path, nrows=0).columns
-  missing = [c for c in [key, *columns] if c not in header]
-  if missing:
-    raise DataError(f"{path}: missing column(s) {missing}; found {list(header)}")
+  """A feature table indexed by its unique `key` column, as categorical columns."""
+  check_file(path)
   try:
+    header = pd.read_csv(path, nrows=0, encoding=ENCODING).columns
+    missing = [c for c in [key, *columns] if c not in header]
+    if missing:
+      raise DataError(f"{path}: missing column(s) {missing}; found {list(header)}")
     table = pd.read_csv(path, usecols=[key, *columns], dtype="string", keep_default_na=False,
-                        index_col=False)
-  except (pd.errors.ParserError, ValueError) as e:
-    raise DataError(f"{path}: {str(e).strip()}")
+                        index_col=False, encoding=ENCODING)
+  except UnicodeDecodeError:
+    raise decode_error(path, ENCODING) from None
+  except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+    raise DataError(f"{path}: {str(e).strip()}") from None
+  repeated = table[key][table[key].duplicated()]
+  if len(repeated):
+    # A join would copy each log row of the id once per row of it.
+    raise DataError(f"{path}: {key} '{repeated.iloc[0]}' has more than one row "
+                    f"({repeated.nunique():,} {key}s repeat); each must be listed once")
   return table.set_index(key).astype("category")  # small in memory: codes + distinct values
 
 
@@ -94,11 +102,7 @@ def prepare_kuairand(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_COU
                      include_random: bool = False, chunk_rows: int = 200_000,
                      rows_per_record: int = ROWS_PER_RECORD) -> dict:
   """Prepares KuaiRand-1K from directory `raw` in `out_dir`; returns the stats."""
-  tasks = list(tasks or TASKS)
-  unknown = [t for t in tasks if t not in LABEL_COLUMNS]
-  if unknown:
-    raise DataError(f"KuaiRand has no label column(s) {unknown}; choose from "
-                    f"{', '.join(LABEL_COLUMNS)}")
+  tasks = check_tasks("KuaiRand", tasks or TASKS, LABEL_COLUMNS)
   if not os.path.isdir(raw):
     raise DataError(f"--raw {raw} is not a directory holding the KuaiRand-1K CSVs")
   bad_rows = bad_rows if bad_rows is not None else BadRows()

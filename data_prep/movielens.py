@@ -1,22 +1,29 @@
-"""MovieLens-100K -> prepared data set, from the original layout or RecBole's atomic files.
+"""MovieLens-100K or -1M -> prepared data set, from the original layouts or RecBole's atomic files.
 
 Run as `python -m data_prep.movielens --raw DIR --out OUT`
-(or `python main.py prepare --dataset=movielens ...`), where DIR holds either
+(or `python main.py prepare --dataset=movielens ...`), where DIR holds one of
 
-* the original files: `u.data` (user id, item id, rating, timestamp; tab-
+* ML-100K's files: `u.data` (user id, item id, rating, timestamp; tab-
   separated), `u.user` (user id|age|gender|occupation|zip code) and `u.item`
   (movie id|title|release date|video release date|IMDb URL|19 genre flags,
-  Latin-1), or
-* RecBole's atomic files: `ml-100k.inter`, `ml-100k.user`, `ml-100k.item`
-  (tab-separated with typed headers such as `user_id:token`; genres are the
-  space-separated `class:token_seq`).
+  Latin-1);
+* ML-1M's files, `::`-separated: `ratings.dat` (UserID::MovieID::Rating::
+  Timestamp), `users.dat` (UserID::Gender::Age::Occupation::Zip-code) and
+  `movies.dat` (MovieID::Title::Genres, Latin-1; genres `|`-separated, the
+  release year the title's trailing "(1995)");
+* RecBole's atomic files of ML-100K: `ml-100k.inter`, `ml-100k.user`,
+  `ml-100k.item` (tab-separated with typed headers such as `user_id:token`;
+  genres are the space-separated `class:token_seq`).
 
 Tasks: `click` (1 for a rated pair; for every rating, 4 items the user never
-rated are drawn as negatives, seeded) and `like` (rating >= 4; 0 for the
-drawn negatives). Features: user_id, item_id, age, gender, occupation,
-release_year and `genres`, a multivalent feature (a movie has several).
-An 80/10/10 random split with exact sizes. ML-100K is small: the rows are
-built in memory, then streamed through the writer like any other data set.
+rated are drawn as negatives, seeded; a user who rated every item gets none)
+and `like` (rating >= 4; 0 for the drawn negatives). Features: user_id,
+item_id, age, gender, occupation, release_year and `genres`, a multivalent
+feature (a movie has several). An 80/10/10 random split with exact sizes.
+A rating outside 1-5 or not a number, and a repeated (user, item) rating,
+are bad rows; a user or movie listed twice in its file is an error. The
+rows are built in memory (ML-1M: 5 million), then streamed through the
+writer like any other data set.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 from data_prep.readers import read_delimited
-from data_prep.writer import ROWS_PER_RECORD, BadRows, Chunk, DataError, ExactSplit, prepare
+from data_prep.writer import (ROWS_PER_RECORD, BadRows, Chunk, DataError, ExactSplit,
+                              check_tasks, prepare)
 
 FEATURES = ["user_id", "item_id", "age", "gender", "occupation", "release_year", "genres"]
 TASKS = ("click", "like")
@@ -47,9 +55,12 @@ def _read_all(path: str, **kwargs) -> pd.DataFrame:
   return pd.concat([c.frame for c in frames]) if frames else pd.DataFrame()
 
 
+RATING_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
+
+
 def _original(raw: str, bad_rows: BadRows):
-  ratings = _read_all(os.path.join(raw, "u.data"), sep="\t",
-                      columns=["user_id", "item_id", "rating", "timestamp"], bad_rows=bad_rows)
+  ratings = _read_all(os.path.join(raw, "u.data"), sep="\t", columns=RATING_COLUMNS,
+                      bad_rows=bad_rows)
   users = _read_all(os.path.join(raw, "u.user"), sep="|",
                     columns=["user_id", "age", "gender", "occupation", "zip_code"],
                     bad_rows=bad_rows)
@@ -59,6 +70,19 @@ def _original(raw: str, bad_rows: BadRows):
   flags = items[GENRES].to_numpy() == "1"
   items["genres"] = ["|".join(g for g, on in zip(GENRES, row) if on) for row in flags]
   items["release_year"] = items["release_date"].str[-4:]
+  return ratings, users, items
+
+
+def _one_million(raw: str, bad_rows: BadRows):
+  ratings = _read_all(os.path.join(raw, "ratings.dat"), sep="::", columns=RATING_COLUMNS,
+                      bad_rows=bad_rows)
+  users = _read_all(os.path.join(raw, "users.dat"), sep="::",
+                    columns=["user_id", "gender", "age", "occupation", "zip_code"],
+                    bad_rows=bad_rows)
+  items = _read_all(os.path.join(raw, "movies.dat"), sep="::",
+                    columns=["item_id", "title", "genres"], bad_rows=bad_rows,
+                    encoding="latin-1")
+  items["release_year"] = items["title"].str.extract(r"\((\d{4})\)\s*$", expand=False).fillna("")
   return ratings, users, items
 
 
@@ -77,22 +101,54 @@ def _atomic(raw: str, bad_rows: BadRows):
   return ratings, users, items
 
 
+#: Ratings file -> (reader of that layout, its user file, its item file), in the
+#: order they are looked for.
+LAYOUTS = {"u.data": (_original, "u.user", "u.item"),
+           "ratings.dat": (_one_million, "users.dat", "movies.dat"),
+           "ml-100k.inter": (_atomic, "ml-100k.user", "ml-100k.item")}
+
+
 def _layout(raw: str) -> str:
-  if os.path.isfile(os.path.join(raw, "u.data")):
-    return "original"
-  if os.path.isfile(os.path.join(raw, "ml-100k.inter")):
-    return "atomic"
-  raise DataError(f"{raw} holds neither u.data (original ML-100K) nor ml-100k.inter (RecBole)")
+  """The ratings file of the layout in `raw`."""
+  for ratings_file in LAYOUTS:
+    if os.path.isfile(os.path.join(raw, ratings_file)):
+      return ratings_file
+  raise DataError(f"{raw} holds neither u.data (ML-100K), ratings.dat (ML-1M) nor "
+                  "ml-100k.inter (RecBole's ML-100K)")
+
+
+def _unique_ids(frame: pd.DataFrame, key: str, path: str) -> None:
+  repeated = frame[key][frame[key].duplicated()]
+  if len(repeated):
+    # The join would copy each rating of the id once per row of it.
+    raise DataError(f"{path}: {key} '{repeated.iloc[0]}' has more than one row "
+                    f"({repeated.nunique():,} {key}s repeat); each must be listed once")
+
+
+def _usable_ratings(ratings: pd.DataFrame, path: str, bad_rows: BadRows) -> pd.DataFrame:
+  """The ratings with a number from 1 to 5, each (user, item) pair's first only."""
+  rating = pd.to_numeric(ratings["rating"], errors="coerce")
+  for line in ratings.index[rating.isna()]:
+    bad_rows.add("unparsable number", path, int(line), f"rating '{ratings.loc[line, 'rating']}'")
+  for line in ratings.index[(rating < 1) | (rating > 5)]:
+    bad_rows.add("rating outside 1-5", path, int(line), f"rating '{ratings.loc[line, 'rating']}'")
+  ratings = ratings[rating.between(1, 5)].assign(rating=rating[rating.between(1, 5)])
+  repeated = ratings.duplicated(["user_id", "item_id"])
+  for line in ratings.index[repeated]:
+    bad_rows.add("repeated rating", path, int(line),
+                 f"user {ratings.loc[line, 'user_id']} rated item "
+                 f"{ratings.loc[line, 'item_id']} before")
+  return ratings[~repeated]
 
 
 def build_rows(raw: str, seed: int, bad_rows: BadRows) -> pd.DataFrame:
   """Ratings and seeded negatives, joined with user and item features."""
-  ratings, users, items = (_original if _layout(raw) == "original" else _atomic)(raw, bad_rows)
-  rating = pd.to_numeric(ratings["rating"], errors="coerce")
-  for line in ratings.index[rating.isna()]:
-    bad_rows.add("unparsable number", os.path.join(raw, "ratings"), int(line),
-                 f"rating '{ratings.loc[line, 'rating']}'")
-  ratings = ratings[rating.notna()].assign(rating=rating[rating.notna()])
+  ratings_file = _layout(raw)
+  read, user_file, item_file = LAYOUTS[ratings_file]
+  ratings, users, items = read(raw, bad_rows)
+  _unique_ids(users, "user_id", os.path.join(raw, user_file))
+  _unique_ids(items, "item_id", os.path.join(raw, item_file))
+  ratings = _usable_ratings(ratings, os.path.join(raw, ratings_file), bad_rows)
   if ratings.empty:
     raise DataError(f"{raw}: no usable ratings")
 
@@ -106,7 +162,10 @@ def build_rows(raw: str, seed: int, bad_rows: BadRows) -> pd.DataFrame:
   rated_pairs = np.unique(user_codes * len(item_ids) + rated_items.to_numpy(dtype=np.int64))
 
   rng = np.random.default_rng(seed)
-  neg_users = np.repeat(user_codes, NEGATIVES_PER_RATING)
+  # A user who rated every item has no negative to draw.
+  unrated = len(item_ids) - np.bincount(rated_pairs // len(item_ids), minlength=len(user_ids))
+  with_negatives = user_codes[unrated[user_codes] > 0]
+  neg_users = np.repeat(with_negatives, NEGATIVES_PER_RATING)
   neg_items = rng.integers(0, len(item_ids), len(neg_users))
   clash = np.isin(neg_users * len(item_ids) + neg_items, rated_pairs)
   while clash.any():  # redraw items the user rated
@@ -129,13 +188,10 @@ def prepare_movielens(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_CO
                       seed: int = DEFAULT_SEED, tasks: Optional[Sequence[str]] = None,
                       bad_rows: Optional[BadRows] = None, overwrite: bool = False,
                       rows_per_record: int = ROWS_PER_RECORD) -> dict:
-  """Prepares ML-100K from directory `raw` in `out_dir`; returns the stats."""
-  tasks = list(tasks or TASKS)
-  unknown = [t for t in tasks if t not in TASKS]
-  if unknown:
-    raise DataError(f"MovieLens has no task(s) {unknown}; choose from {', '.join(TASKS)}")
+  """Prepares ML-100K or ML-1M from directory `raw` in `out_dir`; returns the stats."""
+  tasks = check_tasks("MovieLens", tasks or TASKS, TASKS)
   if not os.path.isdir(raw):
-    raise DataError(f"--raw {raw} is not a directory holding the ML-100K files")
+    raise DataError(f"--raw {raw} is not a directory holding the ML-100K or ML-1M files")
   bad_rows = bad_rows if bad_rows is not None else BadRows()
   rows = build_rows(raw, seed, bad_rows)
   source = os.path.join(raw, "(ratings + negatives)")

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from data_prep.readers import read_delimited
-from data_prep.writer import ROWS_PER_RECORD, BadRows, DataError, ExactSplit, prepare
+from data_prep.writer import ROWS_PER_RECORD, BadRows, ExactSplit, check_tasks, prepare
 
 FEATURES = ["user_id", "item_id", "video_category", "gender", "age"]
 LABEL_COLUMNS = ("click", "follow", "like", "share")
@@ -32,11 +32,7 @@ def prepare_qkvideo(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_COUN
                     bad_rows: Optional[BadRows] = None, overwrite: bool = False,
                     chunk_rows: int = 200_000, rows_per_record: int = ROWS_PER_RECORD) -> dict:
   """Prepares `raw` (QK-video.csv) in `out_dir`; returns the stats."""
-  tasks = list(tasks or TASKS)
-  unknown = [t for t in tasks if t not in LABEL_COLUMNS]
-  if unknown:
-    raise DataError(f"QK-Video has no label column(s) {unknown}; choose from "
-                    f"{', '.join(LABEL_COLUMNS)}")
+  tasks = check_tasks("QK-Video", tasks or TASKS, LABEL_COLUMNS)
   bad_rows = bad_rows if bad_rows is not None else BadRows()
   return prepare(
       lambda: read_delimited(raw, sep=",", required=FEATURES + tasks, bad_rows=bad_rows,

@@ -10,16 +10,37 @@ import pandas as pd
 
 from data_prep.writer import BadRows, Chunk, DataError
 
-def _check_file(path: str) -> None:
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def check_file(path: str) -> None:
+  """A one-line DataError unless `path` is a non-empty, uncompressed file."""
+  if os.path.isdir(path):
+    raise DataError(f"input {path} is a directory; name the file itself")
   if not os.path.isfile(path):
     raise DataError(f"input file {path} does not exist")
   if os.path.getsize(path) == 0:
     raise DataError(f"input file {path} is empty")
+  with open(path, "rb") as f:
+    if f.read(2) == GZIP_MAGIC:
+      raise DataError(f"input file {path} is gzip-compressed; decompress it first (gunzip)")
+
+
+def decode_error(path: str, encoding: str) -> DataError:
+  """The error for a file that is not `encoding` text, naming its first such line."""
+  with open(path, "rb") as f:
+    for number, line in enumerate(f, start=1):
+      try:
+        line.decode(encoding)
+      except UnicodeDecodeError as e:
+        return DataError(f"{path} line {number:,}: not {encoding.replace('-sig', '')} text "
+                         f"(byte {line[e.start:e.start + 1]!r} at column {e.start + 1})")
+  return DataError(f"{path}: not {encoding.replace('-sig', '')} text")
 
 
 def read_delimited(path: str, *, sep: str, columns: Optional[Sequence[str]] = None,
                    required: Sequence[str] = (), bad_rows: BadRows,
-                   chunk_rows: int = 200_000, encoding: str = "utf-8") -> Iterator[Chunk]:
+                   chunk_rows: int = 200_000, encoding: str = "utf-8-sig") -> Iterator[Chunk]:
   """Yields the rows of a delimited text file as string-typed chunks.
 
   A line whose number of fields differs from the number of columns is a bad
@@ -34,9 +55,17 @@ def read_delimited(path: str, *, sep: str, columns: Optional[Sequence[str]] = No
     required: Columns that must exist (a one-line error otherwise).
     bad_rows: Where malformed lines are reported.
     chunk_rows: Lines per chunk.
-    encoding: The file's text encoding.
+    encoding: The file's text encoding (by default UTF-8, with or without a
+      byte-order mark).
   """
-  _check_file(path)
+  check_file(path)
+  try:
+    yield from _read_lines(path, sep, columns, required, bad_rows, chunk_rows, encoding)
+  except UnicodeDecodeError:
+    raise decode_error(path, encoding) from None
+
+
+def _read_lines(path, sep, columns, required, bad_rows, chunk_rows, encoding):
   with open(path, encoding=encoding, newline="") as f:
     first_line = 1
     if columns is None:

@@ -9,10 +9,11 @@ music_id, device_id, create_time, video_duration.
 
 The defaults reproduce the STEM-Net authors' preprocessing: the 8 categorical
 features uid, item_id, author_id, item_city, channel, music_id, device_id,
-video_duration; tasks finish and like; values seen fewer than 10 times (over
-all rows, counted before the split, as the authors did) share one OOV row; a
-random split of 10% test, then 10% of the rest for validation, seed 42, with
-exactly the sizes scikit-learn's `train_test_split` gives (81/9/10).
+video_duration; tasks finish and like (its only 0/1 columns); values seen
+fewer than 10 times (over all rows, counted before the split, as the authors
+did) share one OOV row; a random split of 10% test, then 10% of the rest for
+validation, seed 42, with exactly the sizes scikit-learn's `train_test_split`
+gives (81/9/10).
 Malformed lines are skipped and reported (`--strict` stops at the first).
 """
 
@@ -21,13 +22,13 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from data_prep.readers import read_delimited
-from data_prep.writer import ROWS_PER_RECORD, BadRows, ExactSplit, prepare
+from data_prep.writer import ROWS_PER_RECORD, BadRows, ExactSplit, check_tasks, prepare
 
 COLUMNS = ["uid", "user_city", "item_id", "author_id", "item_city", "channel", "finish", "like",
            "music_id", "device_id", "create_time", "video_duration"]
 FEATURES = ["uid", "item_id", "author_id", "item_city", "channel", "music_id", "device_id",
             "video_duration"]
-TASKS = ("finish", "like")
+TASKS = ("finish", "like")  # the 0/1 columns
 DEFAULT_MIN_COUNT = 10
 DEFAULT_SEED = 42
 
@@ -37,7 +38,7 @@ def prepare_tiktok(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_COUNT
                    bad_rows: Optional[BadRows] = None, overwrite: bool = False,
                    chunk_rows: int = 200_000, rows_per_record: int = ROWS_PER_RECORD) -> dict:
   """Prepares `raw` (final_track1_train.txt) in `out_dir`; returns the stats."""
-  tasks = list(tasks or TASKS)
+  tasks = check_tasks("TikTok", tasks or TASKS, TASKS)
   bad_rows = bad_rows if bad_rows is not None else BadRows()
   return prepare(
       lambda: read_delimited(raw, sep="\t", columns=COLUMNS, bad_rows=bad_rows,

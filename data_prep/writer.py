@@ -46,6 +46,16 @@ class DataError(ValueError):
   """The raw data is unusable; the message says what and where."""
 
 
+def check_tasks(dataset: str, tasks: Sequence[str], label_columns: Sequence[str]) -> List[str]:
+  """`tasks` as a list, if each is one of the data set's 0/1 `label_columns`."""
+  tasks = list(tasks)
+  unknown = [t for t in tasks if t not in label_columns]
+  if unknown:
+    raise DataError(f"{dataset} has no label column(s) {unknown}; choose from "
+                    f"{', '.join(label_columns)}")
+  return tasks
+
+
 EXAMPLES_PER_KIND = 5
 
 
@@ -84,6 +94,11 @@ class BadRows:
     return {"total": self.total,
             "by_kind": {k: {"rows": n, "first": self.examples[k]} for k, n in self.counts.items()}}
 
+  def first(self) -> str:
+    """The first bad row of the most common kind, as "kind: where"."""
+    kind = max(self.counts, key=self.counts.get)
+    return f"{kind}: {self.examples[kind][0]}"
+
   def summary(self) -> str:
     """One line per kind, for the command line."""
     if not self.total:
@@ -106,14 +121,23 @@ class Chunk:
 
 
 @dataclasses.dataclass(frozen=True)
-class RandomSplit:
+class _FractionSplit:
+  """A split by fractions: `test` of all rows, then `valid_of_rest` of the rest."""
+  test: float = 0.1
+  valid_of_rest: float = 0.1
+
+  def expects_rows(self, split: int) -> bool:
+    """Whether split `split` (0 train, 1 valid, 2 test) should get rows: not at fraction 0."""
+    return (1.0 - self.test, self.valid_of_rest, self.test)[split] > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomSplit(_FractionSplit):
   """Each row draws its split: `test` of all rows, then `valid` of the rest.
 
   Draws are seeded per chunk, so both passes agree, and the vocabularies are
   counted on the train split alone. Split sizes vary around their fractions.
   """
-  test: float = 0.1
-  valid_of_rest: float = 0.1
   vocabulary_from_train = True
 
   def assigner(self, total_rows: Optional[int], seed: int) -> Callable[[pd.DataFrame], np.ndarray]:
@@ -128,7 +152,7 @@ class RandomSplit:
 
 
 @dataclasses.dataclass(frozen=True)
-class ExactSplit:
+class ExactSplit(_FractionSplit):
   """Exact split sizes, as scikit-learn's `train_test_split` applied twice gives them.
 
   test = ceil(test * N) rows, then valid = ceil(valid_of_rest * (N - test)),
@@ -137,8 +161,6 @@ class ExactSplit:
   first pass, so the vocabularies are counted on all rows, as the STEM-Net
   authors' preprocessing did before splitting.
   """
-  test: float = 0.1
-  valid_of_rest: float = 0.1
   vocabulary_from_train = False
 
   def sizes(self, total_rows: int) -> Tuple[int, int, int]:
@@ -192,6 +214,8 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
       object with `vocabulary_from_train` and `assigner(total_rows, seed)`
       returning a function of a chunk's rows -> split index per row
       (0 train, 1 valid, 2 test); `total_rows` is None in the first pass.
+      A split left without rows is an error, unless the object's
+      `expects_rows(split index)` says so (a fraction of 0).
     num_shards: Shards per split (default train 8, valid 2, test 2).
     overwrite: Replace an existing `out_dir`.
     bad_rows: Collects rows with a label that is not 0 or 1 (skipped), or,
@@ -206,7 +230,8 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
     The stats written to stats.json.
 
   Raises:
-    DataError: a missing column, a bad row in strict mode, or no rows at all.
+    DataError: a missing column, a bad row in strict mode, no rows at all,
+      or a split without rows.
     FileExistsError: `out_dir` exists and `overwrite` is False.
   """
   features, labels = list(features), list(labels)
@@ -237,7 +262,8 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
   bad_rows.freeze()
   if total == 0:
     raise DataError("the raw input holds no usable rows" +
-                    (f" ({bad_rows.total:,} bad rows skipped)" if bad_rows.total else ""))
+                    (f" ({bad_rows.total:,} bad rows skipped; first {bad_rows.first()})"
+                     if bad_rows.total else ""))
 
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
   try:
@@ -248,6 +274,12 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
     shard_files, rows, positives = _write_shards(
         tmp, _valid_rows(read_chunks, features, labels, bad_rows), features, labels,
         split.assigner(total, seed), num_shards, multivalent, rows_per_record)
+    expects_rows = getattr(split, "expects_rows", lambda s: True)
+    empty = [name for s, name in enumerate(SPLITS) if not rows[s] and expects_rows(s)]
+    if empty:
+      raise DataError(f"the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} would "
+                      f"be empty: none of the {total:,} usable rows falls in "
+                      f"{'them' if len(empty) > 1 else 'it'} under {split}")
     schema = Schema(features=schema_features, labels=labels, group_column=group_column,
                     splits=shard_files, rows_per_record=rows_per_record, directory=tmp)
     schema.save(tmp)
@@ -367,7 +399,8 @@ class _ShardWriter:
         feature[row_lengths_key(name)].int64_list.value.extend(map(len, taken[name]))
     for name in self._labels:
       feature[name].int64_list.value.extend(taken[name])
-    self._writer.write(example.SerializeToString())
+    # Deterministic: the same rows give the same bytes in every process.
+    self._writer.write(example.SerializeToString(deterministic=True))
 
 
 def _write_shards(out_dir, frames, features, labels, assign, num_shards, multivalent,

@@ -82,6 +82,26 @@ def test_any_label_column_and_missing_inputs(tmp_path):
   assert set(LABEL_COLUMNS) >= {"is_click", "is_like", "long_view"}
 
 
+def test_feature_tables_and_dates_that_would_corrupt_the_join_or_split(tmp_path):
+  write_raw(tmp_path)
+  videos = tmp_path / "video_features_basic_1k.csv"
+  original = videos.read_text()
+  videos.write_text(original + original.splitlines()[3] + "\n")  # video 2 listed twice
+  with pytest.raises(DataError, match=r"video_features_basic_1k.csv: video_id '2' has more "
+                                      r"than one row"):
+    prepare_kuairand(str(tmp_path), str(tmp_path / "o1"))
+  videos.write_text("")
+  with pytest.raises(DataError, match=r"input file .*video_features_basic_1k.csv is empty"):
+    prepare_kuairand(str(tmp_path), str(tmp_path / "o2"))
+  videos.write_text(original)
+  log = tmp_path / STANDARD_LOGS[1]
+  log.write_text(log.read_text().replace(",20220507,", ",2022-05-07,"))
+  with pytest.raises(DataError, match=r"the valid split would be empty: none of the 600 usable "
+                                      r"rows falls in it under DateSplit\(valid_date='20220507'"):
+    prepare_kuairand(str(tmp_path), str(tmp_path / "o3"), min_count=1)
+  assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".o", "o"))) == []
+
+
 def test_trains_on_the_prepared_data_without_further_flags(tmp_path):
   write_raw(tmp_path, rows_per_log=600)
   prepare_kuairand(str(tmp_path), str(tmp_path / "out"), min_count=1)

@@ -1,4 +1,4 @@
-"""data_prep.movielens in both ML-100K layouts, and genres as a multivalent feature end to end."""
+"""data_prep.movielens in its three layouts, and genres as a multivalent feature end to end."""
 
 import numpy as np
 import pytest
@@ -105,6 +105,61 @@ def test_bad_rating_lines_are_reported(tmp_path):
     prepare_movielens(str(raw), str(tmp_path / "o2"), bad_rows=BadRows(strict=True))
   with pytest.raises(DataError, match="neither u.data"):
     prepare_movielens(str(tmp_path), str(tmp_path / "o3"))
+
+
+def test_out_of_range_and_repeated_ratings_are_bad_rows(tmp_path):
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  first = ratings()[0]
+  write_original(raw, extra_data_lines=["1\t2\t9\t0", "1\t3\t-1\t0",
+                                        "\t".join(map(str, first))])
+  bad = BadRows()
+  stats = prepare_movielens(str(raw), str(tmp_path / "out"), bad_rows=bad)
+  assert bad.counts == {"rating outside 1-5": 2, "repeated rating": 1}
+  assert bad.examples["rating outside 1-5"][0].endswith("u.data line 401: rating '9'")
+  assert bad.examples["repeated rating"][0].endswith(
+      f"u.data line 403: user {first[0]} rated item {first[1]} before")
+  assert sum(s["rows"] for s in stats.values()) == 400 * 5
+
+
+def test_an_id_listed_twice_is_an_error_naming_file_and_id(tmp_path):
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  write_original(raw)
+  with open(raw / "u.user", "a") as f:
+    f.write("3|99|F|job0|00003\n")
+  with pytest.raises(DataError, match=r"u.user: user_id '3' has more than one row"):
+    prepare_movielens(str(raw), str(tmp_path / "out"))
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_user_who_rated_every_item_gets_no_negatives(tmp_path):
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  write_original(raw, extra_data_lines=[f"{USERS}\t{i}\t3\t0" for i in range(1, ITEMS + 1)
+                                        if (USERS, i) not in {(u, j) for u, j, _, _ in ratings()}])
+  from data_prep.movielens import build_rows
+  rows = build_rows(str(raw), seed=0, bad_rows=BadRows())  # used to redraw forever
+  assert rows[rows.user_id == str(USERS)].click.min() == 1
+  assert (rows[rows.user_id != str(USERS)].click == 0).sum() == 4 * (rows.user_id != str(USERS)).sum() // 5
+
+
+def test_the_one_million_layout(tmp_path):
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  (raw / "ratings.dat").write_text("".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in ratings()))
+  (raw / "users.dat").write_text("".join(f"{u}::{'MF'[u % 2]}::{(18, 25, 35)[u % 3]}::{u % 21}"
+                                         f"::{48000 + u}\n" for u in range(1, USERS + 1)))
+  (raw / "movies.dat").write_bytes("".join(
+      f"{i}::Movie é {i} ({1990 + i % 8})::{'|'.join(item_genres(i))}\n"
+      for i in range(1, ITEMS + 1)).encode("latin-1"))
+  stats = prepare_movielens(str(raw), str(tmp_path / "out"))
+  assert sum(s["rows"] for s in stats.values()) == 400 * 5
+  rows = read_all(Schema.load(str(tmp_path / "out")))
+  item = int(rows["item_id"].numpy()[0].decode())
+  assert rows["release_year"].numpy()[0].decode() == str(1990 + item % 8)
+  assert sorted(v.decode() for v in rows["genres"][0].numpy()) == sorted(item_genres(item))
+  assert set((tmp_path / "out" / "vocab" / "age.txt").read_text().split()) == {"18", "25", "35"}
 
 
 def test_multivalent_genres_train_and_serve_padded(tmp_path):

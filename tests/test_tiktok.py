@@ -1,5 +1,6 @@
 """data_prep.tiktok on tiny files in the exact ICME 2019 Track 1 layout, malformed rows included."""
 
+import gzip
 import json
 import math
 import os
@@ -93,6 +94,46 @@ def test_missing_and_empty_files_are_one_line_errors(tmp_path):
   (tmp_path / "empty.txt").write_text("")
   with pytest.raises(DataError, match=r"input file .*empty.txt is empty"):
     prepare_tiktok(str(tmp_path / "empty.txt"), str(tmp_path / "out"))
+
+
+def test_unreadable_inputs_are_one_line_errors_naming_file_and_line(tmp_path):
+  write_raw(tmp_path / "raw.txt", rows=50)
+  prepared = lambda raw, **kw: prepare_tiktok(str(raw), str(tmp_path / "out"), **kw)
+  with pytest.raises(DataError, match=r"input .* is a directory; name the file itself"):
+    prepared(tmp_path)
+  (tmp_path / "raw.txt.gz").write_bytes(gzip.compress((tmp_path / "raw.txt").read_bytes()))
+  with pytest.raises(DataError, match=r"raw.txt.gz is gzip-compressed; decompress it first"):
+    prepared(tmp_path / "raw.txt.gz")
+  lines = (tmp_path / "raw.txt").read_bytes().split(b"\n")
+  lines[6] = lines[6].replace(b"\t", b"\xe9\t", 1)  # a Latin-1 byte on line 7
+  (tmp_path / "latin.txt").write_bytes(b"\n".join(lines))
+  with pytest.raises(DataError, match=r"latin.txt line 7: not utf-8 text \(byte b'\\xe9' at"):
+    prepared(tmp_path / "latin.txt")
+  with pytest.raises(DataError, match=r"TikTok has no label column\(s\) \['user_city'\]"):
+    prepared(tmp_path / "raw.txt", tasks=["finish", "user_city"])
+  assert sorted(os.listdir(tmp_path)) == ["latin.txt", "raw.txt", "raw.txt.gz"]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_id(tmp_path):
+  good = write_raw(tmp_path / "raw.txt", rows=50)
+  (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "raw.txt").read_bytes())
+  prepare_tiktok(str(tmp_path / "bom.txt"), str(tmp_path / "out"), min_count=1)
+  uids = (tmp_path / "out" / "vocab" / "uid.txt").read_text(encoding="utf-8").split("\n")
+  assert good[0][0] in uids and not any(u.startswith("\ufeff") for u in uids)
+
+
+def test_same_seed_gives_byte_identical_data_sets_in_separate_processes(tmp_path):
+  write_raw(tmp_path / "raw.txt", rows=600)
+  for out in ("a", "b"):
+    done = subprocess.run([sys.executable, "-m", "data_prep.tiktok", "--raw=raw.txt",
+                           f"--out={out}", "--min_count=1"], cwd=tmp_path, capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=REPO), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+  names = sorted(os.listdir(tmp_path / "a"))
+  assert names == sorted(os.listdir(tmp_path / "b")) and len(names) > 12
+  for name in names:
+    if os.path.isfile(tmp_path / "a" / name):
+      assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
 def test_module_cli_strict_and_main_prepare_then_train(tmp_path):

@@ -131,7 +131,7 @@ def test_failure_in_second_pass_leaves_previous_data_set_intact(tmp_path):
   assert leftovers(tmp_path) == ["out"]
 
 
-@pytest.mark.parametrize("total", [1, 9, 10, 11, 999, 1234])
+@pytest.mark.parametrize("total", [9, 10, 11, 999, 1234])
 def test_exact_split_sizes_match_train_test_split_twice(tmp_path, total):
   # scikit-learn: test = ceil(0.1 * N); valid = ceil(0.1 * (N - test)).
   import math
@@ -143,6 +143,21 @@ def test_exact_split_sizes_match_train_test_split_twice(tmp_path, total):
   stats = run(tmp_path, chunks, split=ExactSplit(), seed=42, out_dir=str(tmp_path / f"o{total}"))
   assert (stats["train"]["rows"], stats["valid"]["rows"], stats["test"]["rows"]) == (
       total - test - valid, valid, test)
+
+
+@pytest.mark.parametrize("total,empty", [(1, "train and valid splits"), (2, "train split")])
+def test_a_split_left_empty_is_an_error_naming_it_and_writes_nothing(tmp_path, total, empty):
+  # scikit-learn's sizes: 1 row -> (0, 0, 1), 2 rows -> (0, 1, 1).
+  assert ExactSplit().sizes(total)[0] == 0
+  with pytest.raises(DataError, match=f"the {empty} would be empty: none of the {total} usable "
+                                      r"rows falls in (them|it) under ExactSplit\(test=0.1"):
+    run(tmp_path, [Chunk(frame(total), "x")], split=ExactSplit())
+  assert leftovers(tmp_path) == []
+
+
+def test_a_split_of_fraction_0_may_be_empty(tmp_path):
+  stats = run(tmp_path, [Chunk(frame(50), "x")], split=RandomSplit(test=0.0, valid_of_rest=0.0))
+  assert [stats[s]["rows"] for s in ("train", "valid", "test")] == [50, 0, 0]
 
 
 def test_exact_split_is_seeded_and_uniform():
