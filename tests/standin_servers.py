@@ -59,9 +59,15 @@ def rest_server(model):
           rows = body["instances"]
           columns = {k: [r[k] for r in rows] for k in (rows[0] if rows else {})}
           outputs = model(columns)
+          if len(outputs) == 1:  # TF Serving leaves a single output unnamed
+            (values,) = outputs.values()
+            return self.reply(200, {"predictions": values.tolist()})
           return self.reply(200, {"predictions": [
               {t: float(v[i]) for t, v in outputs.items()} for i in range(len(rows))]})
         outputs = model(body["inputs"])
+        if len(outputs) == 1:
+          (values,) = outputs.values()
+          return self.reply(200, {"outputs": values.tolist()})
         return self.reply(200, {"outputs": {t: v.tolist() for t, v in outputs.items()}})
       except ValueError as e:
         return self.reply(400, {"error": str(e)})

@@ -1,15 +1,19 @@
 """REST and gRPC clients, and `python main.py predict`, against loopback stand-ins and the real SavedModel."""
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from stem_tfrs import build_model
+from stem_tfrs.export import export_saved_model
 from stem_tfrs.serving.clients import (GrpcClient, RestClient, ServingError,
                                        parse_rest_response, rest_request)
 
+from conftest import tiny_model_config
 from standin_servers import Model, grpc_server, rest_server
 from test_export import raw_batch
 from test_main import assert_clean_error, main_py
@@ -48,6 +52,11 @@ def test_rest_response_parsing():
   np.testing.assert_allclose(columns["finish"], [0.5])
   with pytest.raises(ServingError, match="Missing"):
     parse_rest_response({"error": "Missing input"})
+  # One output (a one-task model): TF Serving leaves its name out.
+  for body in ({"outputs": [0.5, 0.25]}, {"predictions": [0.5, 0.25]}):
+    np.testing.assert_allclose(parse_rest_response(body, ["like"])["like"], [0.5, 0.25])
+    with pytest.raises(ServingError, match=r"one unnamed output .*tasks are None"):
+      parse_rest_response(body)
 
 
 @pytest.mark.parametrize("row_format", [False, True])
@@ -109,6 +118,26 @@ def test_predict_command_scores_a_csv_with_the_saved_model(trained_run, batch, e
                 "--output=bad_scores.csv", cwd=tmp_path)
   assert_clean_error(bad, r"bad.csv lacks column\(s\) \['music_id'\] that the model needs")
   assert not (tmp_path / "bad_scores.csv").exists()
+
+
+def test_predict_command_names_a_one_task_models_output_over_rest(trained_run, tmp_path):
+  schema = dataclasses.replace(trained_run.model.schema, labels=["like"])
+  one_task = build_model("stem", schema, tiny_model_config())
+  path = export_saved_model(one_task, schema, str(tmp_path / "export"), "stem",
+                            warmup_batches=[])
+  batch = raw_batch(schema, n=5)
+  expected = one_task({k: tf.constant(v) for k, v in batch.items()})["like"].numpy()
+  write_csv(tmp_path / "rows.csv", batch, extra_column=False)
+  with rest_server(Model(path, "stem")) as address:
+    got = RestClient(address, "stem", row_format=True, tasks=["like"]).predict(batch)
+    np.testing.assert_allclose(got["like"], expected, atol=1e-6)
+    result = main_py("predict", f"--server={address}", "--protocol=rest",
+                     f"--schema={path}/assets.extra/schema.json", "--input=rows.csv",
+                     "--output=scores.csv", cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = read_scores(tmp_path / "scores.csv")
+  assert list(rows[0]) == ["like"]
+  np.testing.assert_allclose([float(r["like"]) for r in rows], expected, atol=1e-6)
 
 
 def test_predict_command_through_a_grpc_server(trained_run, model, batch, expected, tmp_path):

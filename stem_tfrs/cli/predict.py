@@ -44,9 +44,9 @@ def run(argv: List[str]) -> int:
   else:
     if not FLAGS.schema:
       raise ConfigError("--server needs --schema (the export's assets.extra/schema.json)")
-    specs = batch.schema_input_specs(FLAGS.schema)
-    client = (clients.GrpcClient if FLAGS.protocol == "grpc" else clients.RestClient)(
-        FLAGS.server, FLAGS.model_name)
+    specs, tasks = batch.schema_inputs_and_tasks(FLAGS.schema)
+    client = (clients.GrpcClient(FLAGS.server, FLAGS.model_name) if FLAGS.protocol == "grpc"
+              else clients.RestClient(FLAGS.server, FLAGS.model_name, tasks=tasks))
     predict = client.predict
   rows = batch.score_csv(FLAGS.input, FLAGS.output, predict, specs,
                          batch_size=FLAGS.eval_batch_size, keep_columns=FLAGS.keep_columns)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -33,12 +33,12 @@ def saved_model_predictor(saved_model: str) -> Tuple[Predict, InputSpecs]:
   return predict, specs
 
 
-def schema_input_specs(schema_json: str) -> InputSpecs:
-  """Input specs from a schema.json (an export's assets.extra/schema.json will do)."""
+def schema_inputs_and_tasks(schema_json: str) -> Tuple[InputSpecs, List[str]]:
+  """Input specs and task names from a schema.json (an export's assets.extra/schema.json)."""
   with open(schema_json) as f:
     schema = json.load(f)
-  return {f["name"]: (2 if f.get("multivalent") else 1, f.get("dtype", "string"))
-          for f in schema["features"]}
+  return ({f["name"]: (2 if f.get("multivalent") else 1, f.get("dtype", "string"))
+           for f in schema["features"]}, list(schema["labels"]))
 
 
 def column_array(values: pd.Series, rank: int, dtype: str) -> np.ndarray:

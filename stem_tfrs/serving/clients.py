@@ -40,31 +40,51 @@ def rest_request(features: Features, row_format: bool = False) -> dict:
                         for i in range(rows)]}
 
 
-def parse_rest_response(body: dict) -> Dict[str, np.ndarray]:
-  """{task: probabilities} from a REST predict response, in either format."""
+def parse_rest_response(body: dict, tasks: Optional[Sequence[str]] = None
+                        ) -> Dict[str, np.ndarray]:
+  """{task: probabilities} from a REST predict response, in either format.
+
+  TF Serving leaves the output's name out when the signature has only one
+  (a one-task model): `tasks`, the model's task names, then names it.
+  """
   if "error" in body:
     raise ServingError(body["error"])
   if "outputs" in body:
     outputs = body["outputs"]
-    if not isinstance(outputs, dict):  # a single output comes bare
-      raise ServingError(f"unexpected response outputs: {outputs!r}")
+    if not isinstance(outputs, dict):
+      outputs = {_only_task(tasks, outputs): outputs}
     return {task: np.asarray(v, dtype=np.float32) for task, v in outputs.items()}
   if "predictions" in body:
     rows = body["predictions"]
-    tasks = list(rows[0]) if rows else []
-    return {task: np.asarray([r[task] for r in rows], dtype=np.float32) for task in tasks}
+    if rows and not isinstance(rows[0], dict):
+      return {_only_task(tasks, rows): np.asarray(rows, dtype=np.float32)}
+    names = list(rows[0]) if rows else list(tasks or [])
+    return {task: np.asarray([r[task] for r in rows], dtype=np.float32) for task in names}
   raise ServingError(f"unexpected response: {str(body)[:200]}")
 
 
+def _only_task(tasks: Optional[Sequence[str]], value) -> str:
+  if not tasks or len(tasks) != 1:
+    raise ServingError(f"the response holds one unnamed output ({str(value)[:80]}), as TF "
+                       f"Serving sends a one-task model's; the model's tasks are {tasks}")
+  return tasks[0]
+
+
 class RestClient:
-  """POSTs to http://HOST:PORT/v1/models/NAME[/versions/V]:predict."""
+  """POSTs to http://HOST:PORT/v1/models/NAME[/versions/V]:predict.
+
+  `tasks` (the model's task names, from its schema) is needed for a one-task
+  model, whose single output TF Serving's JSON does not name.
+  """
 
   def __init__(self, server: str, model_name: str, version: Optional[int] = None,
-               row_format: bool = False, timeout: float = 30.0):
+               row_format: bool = False, timeout: float = 30.0,
+               tasks: Optional[Sequence[str]] = None):
     path = f"/v1/models/{model_name}" + (f"/versions/{version}" if version else "")
     self.url = f"http://{server}{path}:predict"
     self.row_format = row_format
     self.timeout = timeout
+    self.tasks = list(tasks) if tasks is not None else None
 
   def predict(self, features: Features) -> Dict[str, np.ndarray]:
     data = json.dumps(rest_request(features, self.row_format)).encode("utf-8")
@@ -72,7 +92,7 @@ class RestClient:
                                      headers={"Content-Type": "application/json"})
     try:
       with urllib.request.urlopen(request, timeout=self.timeout) as response:
-        return parse_rest_response(json.loads(response.read()))
+        return parse_rest_response(json.loads(response.read()), self.tasks)
     except urllib.error.HTTPError as e:
       try:
         message = json.loads(e.read()).get("error", str(e))
