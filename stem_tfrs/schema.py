@@ -40,7 +40,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Dict, List, Optional
+import re
+from typing import Dict, List, Optional, Sequence
 
 SCHEMA_FILE = "schema.json"
 STATS_FILE = "stats.json"
@@ -60,6 +61,19 @@ def row_lengths_key(feature: str) -> str:
 
 class SchemaError(ValueError):
   """A schema, or the data it describes, is not usable; the message says why."""
+
+
+#: A column name: it names a SavedModel input or output, Keras layers and variables.
+COLUMN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def check_column_names(names: Sequence[str]) -> None:
+  """A SchemaError for the first name that cannot name a serving input, output or layer."""
+  for name in names:
+    if not isinstance(name, str) or not COLUMN_NAME.fullmatch(name):
+      raise SchemaError(
+          f"column name {name!r} cannot name a SavedModel input or output: use ASCII letters, "
+          "digits and '_', starting with a letter (rename the raw column)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +149,7 @@ class Schema:
       raise SchemaError("schema has no features")
     if not self.labels:
       raise SchemaError("schema has no labels (tasks)")
+    check_column_names(names + list(self.labels))
     duplicated = sorted({n for n in names + self.labels
                          if (names + self.labels).count(n) > 1})
     if duplicated:

@@ -1,6 +1,7 @@
 """stem_tfrs.schema: round trip and the errors a user meets."""
 
 import json
+import re
 
 import pytest
 
@@ -44,6 +45,17 @@ def test_missing_vocabulary_file_is_named(tmp_path):
 def test_inconsistent_schemas_are_rejected(kwargs, message):
   with pytest.raises(SchemaError, match=message):
     Schema(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["item.id", "_uid", "user id", "user:id", "类别", "9lives",
+                                  "tags#row_lengths", ""])
+def test_a_column_name_that_cannot_name_a_serving_input_is_rejected(name):
+  message = rf"column name {re.escape(repr(name))} cannot name a SavedModel input"
+  with pytest.raises(SchemaError, match=message):
+    Schema(features=[CategoricalFeature(name, hash_buckets=2)], labels=["click"])
+  with pytest.raises(SchemaError, match=message):
+    Schema(features=[CategoricalFeature("uid", hash_buckets=2)], labels=[name])
+  Schema(features=[CategoricalFeature("User_ID2", hash_buckets=2)], labels=["is_click"])
 
 
 def test_feature_needs_exactly_one_of_vocabulary_and_hashing():

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from data_prep.writer import BadRows, Chunk, DataError, ExactSplit, RandomSplit, prepare
 from stem_tfrs.data import make_dataset, parse_records
-from stem_tfrs.schema import Schema
+from stem_tfrs.schema import Schema, SchemaError
 
 
 def frame(n=200, like=None, first_line=1):
@@ -158,6 +158,13 @@ def test_a_split_left_empty_is_an_error_naming_it_and_writes_nothing(tmp_path, t
 def test_a_split_of_fraction_0_may_be_empty(tmp_path):
   stats = run(tmp_path, [Chunk(frame(50), "x")], split=RandomSplit(test=0.0, valid_of_rest=0.0))
   assert [stats[s]["rows"] for s in ("train", "valid", "test")] == [50, 0, 0]
+
+
+def test_a_column_name_serving_cannot_use_stops_before_anything_is_written(tmp_path):
+  f = frame(50).rename(columns={"item": "item.id"})
+  with pytest.raises(SchemaError, match=r"column name 'item.id' cannot name a SavedModel input"):
+    run(tmp_path, [Chunk(f, "x")], features=["uid", "item.id"])
+  assert leftovers(tmp_path) == []
 
 
 def test_exact_split_is_seeded_and_uniform():
