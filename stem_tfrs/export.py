@@ -9,8 +9,9 @@ Layout (what TF Serving's file-system source polls):
                                                      tf_serving_warmup_requests
 
 `<version>` is an integer: by default the current unix time in seconds, or one
-more than the largest existing version if that is not larger, so a version is
-never reused. The model is written under a non-numeric temporary sibling
+more than the largest existing version if that is not larger (and the next
+free one if another export takes it meanwhile), so a version is never reused.
+The model is written under a non-numeric temporary sibling
 (`.tmp-...`, which TF Serving ignores) and renamed into place only once
 complete, so a server polling the base path never loads a half-written model.
 
@@ -34,7 +35,7 @@ import tensorflow as tf
 from stem_tfrs import checkpoints, data, models
 from stem_tfrs.config import ModelConfig
 from stem_tfrs.data import serving_input_signature
-from stem_tfrs.schema import Schema, SchemaError
+from stem_tfrs.schema import PADDING, Schema, SchemaError
 from stem_tfrs.serving import warmup
 
 
@@ -53,14 +54,21 @@ class _ServingModule(tf.Module):
 
 
 def sample_batches(schema: Schema, sizes=(1, 8, 64)) -> List[Dict[str, np.ndarray]]:
-  """Raw-feature batches of the given sizes from the test split ([] without one)."""
-  if not schema.splits.get("test"):
-    return []
-  batches = []
-  for size in sizes:
-    features, _ = next(iter(data.make_dataset(schema, "test", size)))
-    batches.append({name: value.numpy() for name, value in features.items()})
-  return batches
+  """Raw-feature batches of (up to) the given sizes, for TF Serving's warmup file.
+
+  Rows of the test split, else of the first other split with rows. Without
+  any, every value is missing (the OOV rows), which runs the same graph.
+  """
+  for split in ("test", "valid", "train"):
+    if not schema.splits.get(split):
+      continue
+    batches = [next(iter(data.make_dataset(schema, split, size)), None) for size in sizes]
+    if None not in batches:
+      return [{name: value.numpy() for name, value in features.items()}
+              for features, _ in batches]
+  return [{f.name: np.full([size, 1] if f.multivalent else [size], PADDING[f.dtype],
+                           dtype=np.int64 if f.dtype == "int64" else object)
+           for f in schema.features} for size in sizes]
 
 
 def export_run(run_dir: str, export_dir: str, version: Optional[int] = None) -> str:
@@ -108,21 +116,21 @@ def export_saved_model(model: tf.keras.Model, schema: Schema, export_dir: str,
     version: Integer version; default: unix time, or one past the largest.
     extra_files: File name -> JSON content, written into `assets.extra/`
       (the schema is always written as `schema.json`).
-    warmup_batches: Raw-feature batches for TF Serving's warmup file;
-      default: a few batches of the schema's test split, if it has one.
+    warmup_batches: Raw-feature batches for TF Serving's warmup file
+      (`[]`: none); default: `sample_batches(schema)`.
 
   Raises:
     FileExistsError: `version` is given and already exported.
   """
   base = os.path.join(export_dir, model_name)
   existing = versions(base)
-  if version is None:
-    version = max([int(time.time())] + [v + 1 for v in existing])
+  chosen = version is None
+  if chosen:
+    version = _next_version(base)
   elif version < 0:
     raise ValueError(f"version must be a non-negative integer, got {version}")
   elif version in existing:
     raise FileExistsError(f"version {version} already exists in {base}")
-  final = os.path.join(base, str(version))
   tmp = os.path.join(base, f".tmp-{version}-{os.getpid()}")
   tf.io.gfile.makedirs(base)
   try:
@@ -138,8 +146,20 @@ def export_saved_model(model: tf.keras.Model, schema: Schema, export_dir: str,
       warmup_batches = sample_batches(schema)
     if warmup_batches:
       warmup.write_warmup(os.path.join(extra, warmup.WARMUP_FILE), warmup_batches, model_name)
-    tf.io.gfile.rename(tmp, final)
+    while True:
+      try:
+        tf.io.gfile.rename(tmp, os.path.join(base, str(version)))
+        break
+      except tf.errors.AlreadyExistsError:
+        if not chosen:
+          raise FileExistsError(f"version {version} already exists in {base}") from None
+        version = _next_version(base)  # another export took it meanwhile
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  return final
+  return os.path.join(base, str(version))
+
+
+def _next_version(base: str) -> int:
+  """The current unix time, or one past the largest version in `base` if that is not larger."""
+  return max([int(time.time())] + [v + 1 for v in versions(base)])

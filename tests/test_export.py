@@ -90,3 +90,26 @@ def test_versions_are_integers_never_reused(trained_run, tmp_path):
     export_saved_model(model, schema, str(tmp_path), "m", version=7)
   assert sorted(os.listdir(tmp_path / "m")) == sorted(
       [os.path.basename(first), os.path.basename(second)])
+
+
+def test_an_export_whose_version_is_taken_meanwhile_takes_the_next_one(trained_run, tmp_path,
+                                                                      monkeypatch):
+  # Another export finishes with the same (time-based) version while this one writes.
+  from stem_tfrs.serving import warmup
+  write_warmup = warmup.write_warmup
+
+  def racing_write_warmup(path, batches, model_name):
+    write_warmup(path, batches, model_name)
+    (tmp_dir,) = [n for n in os.listdir(tmp_path / "m") if n.startswith(".tmp-")]
+    taken = tmp_path / "m" / tmp_dir.split("-")[1]
+    taken.mkdir()
+    (taken / "saved_model.pb").write_bytes(b"the other export")
+
+  monkeypatch.setattr(warmup, "write_warmup", racing_write_warmup)
+  model, schema = trained_run.model, trained_run.model.schema
+  path = export_saved_model(model, schema, str(tmp_path), "m")
+  (other,) = [v for v in versions(str(tmp_path / "m")) if str(v) != os.path.basename(path)]
+  assert int(os.path.basename(path)) > other
+  assert (tmp_path / "m" / str(other) / "saved_model.pb").read_bytes() == b"the other export"
+  assert os.path.isfile(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"))
+  assert sorted(os.listdir(tmp_path / "m")) == sorted([str(other), os.path.basename(path)])

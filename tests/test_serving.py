@@ -1,5 +1,6 @@
 """What TF Serving relies on, proved with TensorFlow's own tools: signature, warmup, atomic export."""
 
+import dataclasses
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from stem_tfrs.export import export_saved_model
 from stem_tfrs.serving.warmup import WARMUP_FILE, read_warmup
 
 from conftest import REPO
@@ -62,6 +64,22 @@ def test_warmup_requests_replay_against_the_saved_model(trained_run):
     for task in ("finish", "like"):
       p = outputs[task].numpy()
       assert p.shape == (len(request["uid"]),) and ((p > 0) & (p < 1)).all()
+
+
+@pytest.mark.parametrize("splits", ["valid_only", "none"])
+def test_a_warmup_file_without_test_rows(trained_run, tmp_path, splits):
+  # From the first split with rows; with none, from missing values (the OOV rows).
+  schema = trained_run.model.schema
+  schema = dataclasses.replace(schema, splits={"test": [], "valid": schema.splits["valid"]}
+                               if splits == "valid_only" else {})
+  path = export_saved_model(trained_run.model, schema, str(tmp_path), "m")
+  requests = read_warmup(os.path.join(path, "assets.extra", WARMUP_FILE))
+  assert [len(r["uid"]) for r in requests] == [1, 8, 64]
+  served = tf.saved_model.load(path).signatures["serving_default"]
+  for request in requests:
+    assert (set(request["uid"].tolist()) == {b""}) == (splits == "none")
+    p = served(**{k: tf.constant(v) for k, v in request.items()})["like"].numpy()
+    assert ((p > 0) & (p < 1)).all()
 
 
 @pytest.fixture(scope="module")
