@@ -182,3 +182,7 @@ def test_multivalent_genres_train_and_serve_padded(tmp_path):
   expected = result.model({k: tf.constant(v) for k, v in request.items()})
   for task in ("click", "like"):
     np.testing.assert_allclose(served[task].numpy(), expected[task].numpy(), atol=1e-6)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r"Shape of tensor genres \[2\] is not compatible with expected shape "
+                           r"\[\?,\?\]"):
+    serve(**{k: tf.constant(v) for k, v in dict(request, genres=["Action", "Comedy"]).items()})

@@ -99,6 +99,21 @@ def test_unseen_ids_empty_batches_and_duplicate_rows_serve(trained_run, serve):
   assert len(set(twice["like"].numpy().tolist())) == 1
 
 
+def test_inputs_of_the_wrong_shape_are_errors_naming_the_input(trained_run, serve):
+  names = trained_run.model.schema.feature_names
+  good = {n: tf.constant(["a", "b"]) for n in names}
+  other = names[1]
+  for bad, shape in ((tf.constant([["a", "b"], ["c", "d"]]), r"\[2,2\]"), (tf.constant("a"), r"\[\]")):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=rf"Shape of tensor {other} {shape} is not compatible with expected "
+                             r"shape \[\?\]"):
+      serve(**dict(good, **{other: bad}))
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=rf"serving inputs must have the same number of rows; inputs and "
+                           rf"rows:\] \[{names[0]} {other} .*\] \[2 3 2"):
+    serve(**dict(good, **{other: tf.constant(["a", "b", "c"])}))
+
+
 def test_wrong_dtype_is_a_signature_error(trained_run, serve):
   names = trained_run.model.schema.feature_names
   inputs = {n: tf.constant(["1"]) for n in names}
