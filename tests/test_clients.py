@@ -150,3 +150,21 @@ def test_predict_command_through_a_grpc_server(trained_run, model, batch, expect
   rows = read_scores(tmp_path / "scores.csv")
   np.testing.assert_allclose([float(r["finish"]) for r in rows], expected["finish"], atol=1e-6)
   assert json.load(open(schema))["labels"] == ["finish", "like"]
+
+
+def test_a_value_an_int64_input_cannot_hold_is_named_with_its_line(tmp_path):
+  from stem_tfrs.config import ConfigError
+  from stem_tfrs.serving.batch import score_csv
+  specs = {"uid": (1, "int64"), "tags": (2, "int64")}
+  scored = lambda features: {"like": np.zeros(len(features["uid"]), np.float32)}  # noqa: E731
+  for body, line, column, value in (("1,2|3\n,4\n", 3, "uid", "''"),
+                                    ("1,2|3\n2,\n3,5|x\n", 4, "tags", "'x'")):
+    (tmp_path / "rows.csv").write_text("uid,tags\n" + body)
+    with pytest.raises(ConfigError, match=rf"rows.csv line {line}: column '{column}' holds "
+                                          rf"{value}, not an int64 id"):
+      score_csv(str(tmp_path / "rows.csv"), str(tmp_path / "out.csv"), scored, specs,
+                batch_size=2)
+    assert not (tmp_path / "out.csv").exists()
+  (tmp_path / "rows.csv").write_text("uid,tags\n1,2|3\n2,\n-3,5\n")
+  assert score_csv(str(tmp_path / "rows.csv"), str(tmp_path / "out.csv"), scored, specs,
+                   batch_size=2) == 3

@@ -54,6 +54,22 @@ def column_array(values: pd.Series, rank: int, dtype: str) -> np.ndarray:
   return array.astype(np.int64) if dtype == "int64" else array
 
 
+def _column(input_path: str, chunk: pd.DataFrame, name: str, spec: Tuple[int, str]) -> np.ndarray:
+  """`column_array` of a CSV chunk's column, naming the line of a value int64 cannot hold."""
+  try:
+    return column_array(chunk[name], *spec)
+  except ValueError:
+    rank, _ = spec
+    for row, field in chunk[name].items():
+      for value in (field.split(LIST_SEPARATOR) if field else []) if rank == 2 else [field]:
+        try:
+          int(value)
+        except ValueError:
+          raise ConfigError(f"{input_path} line {row + 2:,}: column '{name}' holds {value!r}, "
+                            "not an int64 id") from None
+    raise
+
+
 def score_csv(input_path: str, output_path: str, predict: Predict, specs: InputSpecs, *,
               batch_size: int = 8192, keep_columns: Sequence[str] = ()) -> int:
   """Scores every row of `input_path`, writing one probability column per task.
@@ -85,7 +101,8 @@ def score_csv(input_path: str, output_path: str, predict: Predict, specs: InputS
   try:
     for chunk in pd.read_csv(input_path, dtype=str, keep_default_na=False,
                              chunksize=batch_size):
-      outputs = predict({name: column_array(chunk[name], *spec) for name, spec in specs.items()})
+      outputs = predict({name: _column(input_path, chunk, name, spec)
+                         for name, spec in specs.items()})
       frame = chunk[list(keep_columns)].reset_index(drop=True)
       for task in sorted(outputs):
         frame[task] = np.asarray(outputs[task], dtype=np.float32)
