@@ -9,6 +9,7 @@ TikTok configuration is `ModelConfig.reference()` (shared/design/STEM.md).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional, Sequence, Tuple
 
 
@@ -67,12 +68,12 @@ class ModelConfig:
       set_(name, _positive_units(name, getattr(self, name)))
     if not 0.0 <= self.net_dropout < 1.0:
       raise ConfigError(f"net_dropout must be in [0, 1), got {self.net_dropout}")
-    if self.embedding_l2 < 0:
-      raise ConfigError(f"embedding_l2 must be >= 0, got {self.embedding_l2}")
+    if not (math.isfinite(self.embedding_l2) and self.embedding_l2 >= 0):
+      raise ConfigError(f"embedding_l2 must be a number >= 0, got {self.embedding_l2}")
     if self.loss_weights is not None:
       weights = tuple(float(w) for w in self.loss_weights)
-      if any(w < 0 for w in weights):
-        raise ConfigError(f"loss_weights must be >= 0, got {list(weights)}")
+      if not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise ConfigError(f"loss_weights must be numbers >= 0, got {list(weights)}")
       set_("loss_weights", weights)
 
   def task_loss_weights(self, tasks: Sequence[str]) -> Tuple[float, ...]:
@@ -161,8 +162,10 @@ class TrainConfig:
     for name in ("epochs", "batch_size", "eval_batch_size", "steps_per_execution"):
       if getattr(self, name) < 1:
         raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-    if self.learning_rate <= 0:
-      raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+    if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+      raise ConfigError(f"learning_rate must be a number > 0, got {self.learning_rate}")
+    if not 0 <= self.seed < 2**32:
+      raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
     if self.early_stop_patience < 0:
       raise ConfigError(
           f"early_stop_patience must be >= 0, got {self.early_stop_patience}")

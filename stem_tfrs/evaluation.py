@@ -35,13 +35,14 @@ def _average_ranks(scores: np.ndarray) -> np.ndarray:
 def auc(labels, scores) -> float:
   """Exact ROC AUC: P(score of a positive > score of a negative), ties count 1/2.
 
-  Returns NaN when `labels` holds only one class.
+  Returns NaN when `labels` holds only one class, or a score is NaN (NaNs
+  have no order).
   """
   labels = np.asarray(labels).astype(bool).ravel()
   scores = np.asarray(scores, dtype=np.float64).ravel()
   num_pos = int(labels.sum())
   num_neg = len(labels) - num_pos
-  if num_pos == 0 or num_neg == 0:
+  if num_pos == 0 or num_neg == 0 or np.isnan(scores).any():
     return float("nan")
   rank_sum = _average_ranks(scores)[labels].sum()
   return float((rank_sum - num_pos * (num_pos + 1) / 2.0) / (num_pos * num_neg))
@@ -51,11 +52,14 @@ def group_auc(labels, scores, groups) -> float:
   """gAUC: per-group AUC averaged with weights = the group's number of samples.
 
   Groups whose labels are all one class have no AUC and are left out (of the
-  numerator and of the weights). NaN if no group has both classes.
+  numerator and of the weights). NaN if no group has both classes, or a
+  score is NaN.
   """
   frame = pd.DataFrame({"group": np.asarray(groups).ravel(),
                         "label": np.asarray(labels, dtype=np.float64).ravel(),
                         "score": np.asarray(scores, dtype=np.float64).ravel()})
+  if frame["score"].isna().any():
+    return float("nan")
   frame["rank"] = frame.groupby("group", sort=False)["score"].rank(method="average")
   frame["positive_rank"] = frame["rank"] * frame["label"]
   per_group = frame.groupby("group", sort=False).agg(

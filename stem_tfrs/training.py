@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from typing import Dict, List, Optional
@@ -58,21 +59,55 @@ class MeanValidationAUC(tf.keras.callbacks.Callback):
       logs[MONITOR] = sum(float(logs[k]) for k in self.keys) / len(self.keys)
 
 
+class TrainingDiverged(ValueError):
+  """A loss became NaN or infinite: the run stops before evaluating or exporting."""
+
+
+class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
+  """Stops training at the first NaN or infinite loss in the logs, and says where.
+
+  Keras' TerminateOnNaN watches `loss` alone; a tfrs.Model's
+  `regularization_loss` and `total_loss` can go first. `train` then raises
+  `TrainingDiverged` instead of evaluating and exporting broken weights.
+  Under parameter_server the per-batch logs are remote values that resolve
+  only when awaited, so only the epoch logs are read there (`per_batch`).
+  """
+
+  KEYS = ("loss", "regularization_loss", "total_loss")
+
+  def __init__(self, per_batch: bool = True):
+    super().__init__()
+    self.per_batch = per_batch
+    self.diverged: Optional[str] = None  # what went non-finite, and when
+    self._epoch = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch = epoch
+
+  def on_train_batch_end(self, batch, logs=None):
+    if self.per_batch:
+      self._check(logs, f"epoch {self._epoch + 1}, batch {batch + 1}")
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._check(logs, f"epoch {epoch + 1}")
+
+  def _check(self, logs, when: str) -> None:
+    for key in self.KEYS:
+      value = (logs or {}).get(key)
+      if self.diverged is None and value is not None and not math.isfinite(float(value)):
+        self.diverged = f"{key} became {float(value)} at {when}"
+        self.model.stop_training = True
+
+
 def default_run_dir(model_name: str) -> str:
   return os.path.join("runs", f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def callbacks(config: TrainConfig, tasks: List[str], run_dir: str) -> list:
-  """The Keras callbacks of a run, in the order they must run.
-
-  Under parameter_server, the per-batch logs are remote values that only
-  resolve when awaited, so the per-batch TerminateOnNaN is left out there.
-  """
-  per_batch = [] if config.strategy == "parameter_server" else [
-      tf.keras.callbacks.TerminateOnNaN()]
+  """The Keras callbacks of a run, in the order they must run."""
   return [
       MeanValidationAUC(tasks),
-      *per_batch,
+      StopOnNonFiniteLoss(per_batch=config.strategy != "parameter_server"),
       tf.keras.callbacks.ModelCheckpoint(
           os.path.join(run_dir, "checkpoints", "best"), monitor=MONITOR, mode="max",
           save_best_only=True, save_weights_only=True),
@@ -95,6 +130,7 @@ def load_and_check(model_config: ModelConfig, config: TrainConfig) -> Schema:
   if config.model not in MODELS:
     raise ConfigError(
         f"unknown model '{config.model}'; choose one of: {', '.join(MODELS)}")
+  MODELS[config.model].check_config(model_config)
   schema = Schema.load(config.data_dir)
   model_config.task_loss_weights(schema.tasks)
   data.validate_shards(schema)
@@ -141,6 +177,7 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
     ConfigError, SchemaError: before anything is written.
     tf.errors.OpError: bad data met while training (e.g. a label not 0/1);
       metrics.json and the export are then not written.
+    TrainingDiverged: a loss became NaN or infinite; nor are they then.
   """
   # First: MultiWorkerMirroredStrategy must exist before any other op runs.
   strategy = strategy or distributed.make_strategy(config.strategy)
@@ -215,9 +252,9 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
 
   logging.info("training %s on %s into %s", config.model, schema.directory, run_dir)
   start = time.time()
+  run_callbacks = callbacks(config, schema.tasks, run_dir)
   history = model.fit(train_input, validation_data=valid_ds, epochs=config.epochs,
-                      callbacks=callbacks(config, schema.tasks, run_dir), verbose=verbose,
-                      **fit_args)
+                      callbacks=run_callbacks, verbose=verbose, **fit_args)
   train_seconds = time.time() - start
   # After a finished fit every worker's BackupAndRestore has removed its own
   # part of backup/; whichever worker gets here last removes the directory.
@@ -225,6 +262,10 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
     os.rmdir(os.path.join(run_dir, "backup"))
   except OSError:  # absent, or another worker's part is still there
     pass
+  (divergence,) = [c for c in run_callbacks if isinstance(c, StopOnNonFiniteLoss)]
+  if divergence.diverged:
+    raise TrainingDiverged(f"training diverged: {divergence.diverged}; no metrics or export "
+                           f"were written (try a lower --learning_rate)")
   if not chief:
     return TrainResult(run_dir=run_dir, metrics={}, export_path=None,
                        history=history.history, seconds=time.time() - start, model=None)

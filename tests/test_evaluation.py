@@ -53,6 +53,15 @@ def test_group_auc_skips_one_class_groups_and_accepts_byte_ids():
   assert math.isnan(group_auc([1, 1], [0.2, 0.3], [b"a", b"b"]))
 
 
+def test_a_nan_score_gives_nan_not_a_number_from_its_rank():
+  labels, groups = [0, 1, 0, 1], ["u", "u", "v", "v"]
+  assert np.isnan(auc(labels, [0.1, np.nan, 0.3, 0.4]))
+  assert np.isnan(group_auc(labels, [0.1, np.nan, 0.3, 0.4], groups))
+  assert np.isnan(auc(labels, [np.nan] * 4))
+  assert np.isnan(group_auc(labels, [np.nan] * 4, groups))
+  assert auc(labels, [0.1, 0.9, 0.5, 0.4]) == 0.75
+
+
 def test_logloss_matches_formula_and_clips():
   y = np.array([1, 0, 1])
   p = np.array([0.9, 0.2, 0.6])

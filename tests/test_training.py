@@ -92,7 +92,23 @@ def test_bad_configuration_is_refused_before_anything_is_written(tiny_data, tmp_
   with pytest.raises(ConfigError, match="loss_weights has 3 values but the data has 2 tasks"):
     training.train(tiny_model_config(loss_weights=(1, 1, 1)),
                    TrainConfig(data_dir=tiny_data, run_dir=str(run_dir)))
+  with pytest.raises(ConfigError, match="MMoE mixes shared experts only: num_shared_experts "
+                                        "must be >= 1, got 0"):
+    training.train(tiny_model_config(num_shared_experts=0),
+                   TrainConfig(model="mmoe", data_dir=tiny_data, run_dir=str(run_dir)))
   assert not run_dir.exists()
+
+
+def test_a_diverging_run_stops_and_writes_no_metrics_or_export(tiny_data, tmp_path):
+  config = TrainConfig(data_dir=tiny_data, run_dir=str(tmp_path / "run"),
+                       export_dir=str(tmp_path / "export"), epochs=2, batch_size=256,
+                       learning_rate=1e30, steps_per_execution=1)
+  with pytest.raises(training.TrainingDiverged,
+                     match=r"training diverged: (loss|regularization_loss|total_loss) became "
+                           r"(nan|inf|-inf) at epoch 1, batch \d+; no metrics or export"):
+    training.train(tiny_model_config(), config, verbose=0)
+  assert sorted(os.listdir(tmp_path / "run")) == ["checkpoints", "config.json", "logs"]
+  assert not (tmp_path / "export").exists()
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -100,6 +116,8 @@ def test_bad_configuration_is_refused_before_anything_is_written(tiny_data, tmp_
     (dict(net_dropout=1.5), "net_dropout"),
     (dict(expert_hidden_units=()), "expert_hidden_units"),
     (dict(tower_hidden_units=(64, -1)), "tower_hidden_units must be positive"),
+    (dict(embedding_l2=float("nan")), "embedding_l2 must be a number >= 0, got nan"),
+    (dict(loss_weights=(1.0, float("inf"))), r"loss_weights must be numbers >= 0, got \[1.0, inf"),
 ])
 def test_model_config_validation(kwargs, message):
   with pytest.raises(ConfigError, match=message):
@@ -109,6 +127,9 @@ def test_model_config_validation(kwargs, message):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(steps_per_execution=0), "steps_per_execution must be >= 1, got 0"),
     (dict(batch_size=0), "batch_size must be >= 1, got 0"),
+    (dict(learning_rate=float("nan")), "learning_rate must be a number > 0, got nan"),
+    (dict(seed=-1), r"seed must be in \[0, 2\*\*32\), got -1"),
+    (dict(seed=2**32), r"seed must be in \[0, 2\*\*32\), got 4294967296"),
 ])
 def test_train_config_validation(kwargs, message):
   with pytest.raises(ConfigError, match=message):

@@ -41,11 +41,12 @@ def build_model(name: str, schema: Schema, config: ModelConfig) -> MultiTaskRank
   The model comes back built: every weight exists.
 
   Raises:
-    ConfigError: `name` is not registered.
+    ConfigError: `name` is not registered, or `config` does not suit it.
   """
   if name not in MODELS:
     raise ConfigError(
         f"unknown model '{name}'; choose one of: {', '.join(MODEL_NAMES)}")
+  MODELS[name].check_config(config)
   return MODELS[name](schema, config, name=name).build_from_schema()
 
 

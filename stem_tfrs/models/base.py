@@ -90,6 +90,10 @@ class MultiTaskRankingModel(tfrs.Model):
                   if key in ("loss", "regularization_loss", "total_loss") else value)
             for key, value in logs.items()}
 
+  @classmethod
+  def check_config(cls, config: ModelConfig) -> None:
+    """Raises ConfigError if the architecture cannot be built from `config` (before a run)."""
+
   def task_bottoms(self) -> List[MLP]:
     """One bottom MLP per task (`bottom_<task>`) with the experts' widths."""
     return [MLP(self.config.expert_hidden_units, dropout=self.config.net_dropout,

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import tensorflow as tf
 
-from stem_tfrs.config import ModelConfig
+from stem_tfrs.config import ConfigError, ModelConfig
 from stem_tfrs.layers.moe import MMoELayer
 from stem_tfrs.models.base import MultiTaskRankingModel
 from stem_tfrs.schema import Schema
@@ -26,6 +26,12 @@ class MMoE(MultiTaskRankingModel):
                          gate_hidden_units=config.gate_hidden_units,
                          dropout=config.net_dropout, batch_norm=config.batch_norm,
                          one_gate=self.one_gate, name="mmoe_layer")
+
+  @classmethod
+  def check_config(cls, config: ModelConfig) -> None:
+    if config.num_shared_experts < 1:
+      raise ConfigError(f"{cls.__name__} mixes shared experts only: num_shared_experts must "
+                        f"be >= 1, got {config.num_shared_experts}")
 
   def backbone(self, embeddings: List[tf.Tensor],
                training: Optional[bool] = None) -> List[tf.Tensor]:
