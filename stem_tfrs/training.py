@@ -20,6 +20,7 @@ import time
 from typing import Dict, List, Optional
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
@@ -64,29 +65,25 @@ class TrainingDiverged(ValueError):
 
 
 class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
-  """Stops training at the first NaN or infinite loss in the logs, and says where.
+  """Stops training after the first epoch whose loss is NaN or infinite, and says where.
 
   Keras' TerminateOnNaN watches `loss` alone; a tfrs.Model's
   `regularization_loss` and `total_loss` can go first. `train` then raises
   `TrainingDiverged` instead of evaluating and exporting broken weights.
-  Under parameter_server the per-batch logs are remote values that resolve
-  only when awaited, so only the epoch logs are read there (`per_batch`).
+  This class reads the epoch logs (what parameter_server allows: its batch
+  logs are remote values, and Keras refuses batch-level callbacks there);
+  `StopOnNonFiniteBatchLoss` reads every batch's.
   """
 
   KEYS = ("loss", "regularization_loss", "total_loss")
 
-  def __init__(self, per_batch: bool = True):
+  def __init__(self):
     super().__init__()
-    self.per_batch = per_batch
     self.diverged: Optional[str] = None  # what went non-finite, and when
     self._epoch = 0
 
   def on_epoch_begin(self, epoch, logs=None):
     self._epoch = epoch
-
-  def on_train_batch_end(self, batch, logs=None):
-    if self.per_batch:
-      self._check(logs, f"epoch {self._epoch + 1}, batch {batch + 1}")
 
   def on_epoch_end(self, epoch, logs=None):
     self._check(logs, f"epoch {epoch + 1}")
@@ -99,15 +96,90 @@ class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
         self.model.stop_training = True
 
 
+class StopOnNonFiniteBatchLoss(StopOnNonFiniteLoss):
+  """`StopOnNonFiniteLoss` that stops at the first batch whose loss is NaN or infinite."""
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._check(logs, f"epoch {self._epoch + 1}, batch {batch + 1}")
+
+
+class ResumedCallbackState(tf.keras.callbacks.Callback):
+  """Carries the other callbacks' counters and the epochs' logs across a resumed run.
+
+  BackupAndRestore brings back the weights, the optimizer and the epoch, but
+  ModelCheckpoint, EarlyStopping and ReduceLROnPlateau would start over (the
+  first resumed epoch always "best", the learning-rate and stopping counters
+  at zero), and Keras' History would hold only the resumed epochs. After each
+  epoch this writes their state and the logs so far to `path` (it must come
+  after BackupAndRestore in the callback list, so that the state never runs
+  ahead of the backup); when a run resumes at the epoch after the one the
+  file describes, it puts them back, and `history` holds every epoch.
+
+  Args:
+    path: The state file, inside BackupAndRestore's directory (which goes,
+      with it, when a run ends).
+    tracked: The callbacks whose counters to carry.
+    write: Whether this process writes the file (the chief, in a cluster).
+  """
+
+  FIELDS = ("best", "wait", "best_epoch", "cooldown_counter")
+
+  def __init__(self, path: str, tracked: List[tf.keras.callbacks.Callback], write: bool = True):
+    super().__init__()
+    self.path = path
+    self.tracked = tracked
+    self.write = write
+    self.history: Dict[str, List[float]] = {}
+    self._resuming = False
+
+  def on_train_begin(self, logs=None):
+    self.history, self._resuming = {}, True
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if not self._resuming:
+      return
+    self._resuming = False
+    if epoch == 0 or not tf.io.gfile.exists(self.path):
+      return
+    with tf.io.gfile.GFile(self.path) as f:
+      state = json.load(f)
+    if state["epoch"] != epoch - 1:
+      logging.warning("%s describes epoch %d, not %d, the one before the resumed epoch: the "
+                      "callbacks' counters start over", self.path, state["epoch"] + 1, epoch)
+      return
+    for callback, fields in zip(self.tracked, state["callbacks"]):
+      for name, value in fields.items():
+        setattr(callback, name, value)
+    self.history = state["history"]
+
+  def on_epoch_end(self, epoch, logs=None):
+    for key, value in (logs or {}).items():
+      self.history.setdefault(key, []).append(float(value))
+    if self.write:
+      state = {"epoch": epoch, "history": self.history,
+               "callbacks": [{name: _plain(getattr(c, name)) for name in self.FIELDS
+                              if hasattr(c, name)} for c in self.tracked]}
+      with tf.io.gfile.GFile(self.path, "w") as f:
+        json.dump(state, f)
+
+  def on_train_end(self, logs=None):
+    # The run is over (finished or stopped): nothing is left to resume.
+    if self.write and tf.io.gfile.exists(self.path):
+      tf.io.gfile.remove(self.path)
+
+
+def _plain(value):
+  """A counter or monitored value as a JSON number (inf and nan included)."""
+  return int(value) if isinstance(value, (int, np.integer)) else float(value)
+
+
 def default_run_dir(model_name: str) -> str:
   return os.path.join("runs", f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def callbacks(config: TrainConfig, tasks: List[str], run_dir: str) -> list:
+def callbacks(config: TrainConfig, tasks: List[str], run_dir: str, chief: bool = True) -> list:
   """The Keras callbacks of a run, in the order they must run."""
-  return [
-      MeanValidationAUC(tasks),
-      StopOnNonFiniteLoss(per_batch=config.strategy != "parameter_server"),
+  monitored = [
       tf.keras.callbacks.ModelCheckpoint(
           os.path.join(run_dir, "checkpoints", "best"), monitor=MONITOR, mode="max",
           save_best_only=True, save_weights_only=True),
@@ -116,8 +188,16 @@ def callbacks(config: TrainConfig, tasks: List[str], run_dir: str) -> list:
       tf.keras.callbacks.ReduceLROnPlateau(
           monitor=MONITOR, mode="max", factor=config.reduce_lr_factor, patience=0,
           min_lr=0.0),
+  ]
+  backup = os.path.join(run_dir, "backup")
+  return [
+      MeanValidationAUC(tasks),
+      (StopOnNonFiniteLoss() if config.strategy == "parameter_server"
+       else StopOnNonFiniteBatchLoss()),
+      *monitored,
       tf.keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), profile_batch=0),
-      tf.keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
+      tf.keras.callbacks.BackupAndRestore(backup),
+      ResumedCallbackState(os.path.join(backup, "callbacks.json"), monitored, write=chief),
   ]
 
 
@@ -145,6 +225,29 @@ def _split_rows(stats: dict, split: str) -> int:
 def _batches(rows: int, batch_size: int) -> int:
   """Batches of `batch_size` in `rows` rows, the last one partial."""
   return -(-rows // batch_size)
+
+
+def _check_resumable(run_dir: str, run_config: dict) -> None:
+  """A ConfigError if `run_dir` holds an interrupted run that `run_config` cannot resume.
+
+  BackupAndRestore resumes whatever backup/ holds; weights of another
+  architecture would fail to load deep in Keras, after config.json had been
+  overwritten. Training settings (epochs, batch size, ...) may change.
+  """
+  previous = os.path.join(run_dir, "config.json")
+  if not (os.path.isdir(os.path.join(run_dir, "backup")) and os.path.isfile(previous)):
+    return
+  with open(previous) as f:
+    before = json.load(f)
+  now = json.loads(json.dumps(run_config))  # tuples as lists, as read back
+  changes = [f"{key} {before.get(key)} -> {now[key]}" for key in ("model", "schema", "tasks")
+             if before.get(key) != now[key]]
+  changes += [f"{key} {value} -> {now['model_config'].get(key)}"
+              for key, value in before.get("model_config", {}).items()
+              if value != now["model_config"].get(key)]
+  if changes:
+    raise ConfigError(f"{run_dir} holds an interrupted run (backup/) of other settings "
+                      f"({'; '.join(changes)}): resume it with its own, or use another --run_dir")
 
 
 def _write_json(path: str, content) -> None:
@@ -207,6 +310,7 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
       "data_stats": stats,
       "versions": {"tensorflow": tf.__version__, "tensorflow_recommenders": tfrs.__version__},
   }
+  _check_resumable(run_dir, run_config)
   if chief:
     _write_json(os.path.join(run_dir, "config.json"), run_config)
 
@@ -252,10 +356,12 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
 
   logging.info("training %s on %s into %s", config.model, schema.directory, run_dir)
   start = time.time()
-  run_callbacks = callbacks(config, schema.tasks, run_dir)
-  history = model.fit(train_input, validation_data=valid_ds, epochs=config.epochs,
-                      callbacks=run_callbacks, verbose=verbose, **fit_args)
+  run_callbacks = callbacks(config, schema.tasks, run_dir, chief)
+  this_session = model.fit(train_input, validation_data=valid_ds, epochs=config.epochs,
+                           callbacks=run_callbacks, verbose=verbose, **fit_args)
   train_seconds = time.time() - start
+  # Every epoch's logs, those before a resume included.
+  history = next(c for c in run_callbacks if isinstance(c, ResumedCallbackState)).history
   # After a finished fit every worker's BackupAndRestore has removed its own
   # part of backup/; whichever worker gets here last removes the directory.
   try:
@@ -268,7 +374,7 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
                            f"were written (try a lower --learning_rate)")
   if not chief:
     return TrainResult(run_dir=run_dir, metrics={}, export_path=None,
-                       history=history.history, seconds=time.time() - start, model=None)
+                       history=history, seconds=time.time() - start, model=None)
   sharded = distributed.variable_devices(model)
   if strategy is not tf.distribute.get_strategy():
     # Evaluate and export a single-machine model: no variable is mirrored,
@@ -280,7 +386,8 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
   metrics = {split: evaluation.evaluate(
                  model, schema, data.make_dataset(schema, split, config.eval_batch_size))
              for split in ("valid", "test")}
-  epochs_run = len(history.history.get("loss", []))
+  epochs_run = len(history.get("loss", []))
+  epochs_timed = len(this_session.history.get("loss", []))  # train_seconds' epochs
   if "steps_per_epoch" in fit_args:  # a cluster epoch is a fixed number of steps
     train_rows = fit_args["steps_per_epoch"] * config.batch_size
   _write_json(os.path.join(run_dir, "training.json"), {
@@ -289,9 +396,9 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
       "sharded_variables": sharded,
       "epochs_run": epochs_run,
       "train_seconds": train_seconds,
-      "train_examples_per_second": (train_rows * epochs_run / train_seconds
+      "train_examples_per_second": (train_rows * epochs_timed / train_seconds
                                     if train_rows else None),
-      "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+      "history": history,
   })
   _write_json(os.path.join(run_dir, "metrics.json"), metrics)
 
@@ -302,7 +409,7 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
         extra_files={"config.json": run_config})
     logging.info("exported %s", export_path)
   return TrainResult(run_dir=run_dir, metrics=metrics, export_path=export_path,
-                     history=history.history, seconds=time.time() - start, model=model)
+                     history=history, seconds=time.time() - start, model=model)
 
 
 def _known_length(dataset: tf.data.Dataset, rows: int, batch_size: int) -> tf.data.Dataset:

@@ -203,3 +203,72 @@ def test_cluster_strategy_without_tf_config_is_a_one_line_error(tiny_data, tmp_p
   with pytest.raises(ConfigError, match="TF_CONFIG is not set"):
     training.train(tiny_model_config(), config, verbose=0)
   assert not (tmp_path / "run").exists()
+
+
+class _Interrupt(tf.keras.callbacks.Callback):
+  """Stands in for a preempted machine: the process dies as epoch `at` (0-based) begins."""
+
+  def __init__(self, at):
+    super().__init__()
+    self.at = at
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if epoch == self.at:
+      raise KeyboardInterrupt(f"interrupted at epoch {epoch}")
+
+
+def test_a_resumed_run_keeps_the_epochs_before_and_the_callbacks_counters(
+    tiny_data, tmp_path, monkeypatch):
+  config = TrainConfig(data_dir=tiny_data, run_dir=str(tmp_path / "run"), export_dir="",
+                       epochs=3, batch_size=512, learning_rate=3e-3, early_stop_patience=5,
+                       seed=5)
+  whole = training.train(tiny_model_config(), dataclasses.replace(
+      config, run_dir=str(tmp_path / "whole")), verbose=0)
+  callbacks = training.callbacks
+  monkeypatch.setattr(training, "callbacks", lambda *a: callbacks(*a) + [_Interrupt(1)])
+  with pytest.raises(KeyboardInterrupt):
+    training.train(tiny_model_config(), config, verbose=0)
+  monkeypatch.setattr(training, "callbacks", callbacks)
+  state = json.load(open(tmp_path / "run" / "backup" / "callbacks.json"))
+  assert state["epoch"] == 0 and state["history"]["val_auc"] == whole.history["val_auc"][:1]
+  best = state["callbacks"][0]["best"]  # ModelCheckpoint's, epoch 1's mean validation AUC
+  assert best == pytest.approx(whole.history["val_auc"][0])
+
+  # Another architecture cannot resume it, and says so before writing anything.
+  before = (tmp_path / "run" / "config.json").read_text()
+  with pytest.raises(ConfigError, match=r"holds an interrupted run \(backup/\) of other settings "
+                                        r"\(expert_hidden_units \[16\] -> \[32\]\)"):
+    training.train(tiny_model_config(expert_hidden_units=(32,)), config, verbose=0)
+  assert (tmp_path / "run" / "config.json").read_text() == before
+
+  resumed = training.train(tiny_model_config(), config, verbose=0)
+  assert len(resumed.history["val_auc"]) == 3            # epoch 1 from before, 2 and 3 now
+  assert resumed.history["loss"][0] == whole.history["loss"][0]
+  training_json = json.load(open(tmp_path / "run" / "training.json"))
+  assert training_json["epochs_run"] == 3 and training_json["history"] == resumed.history
+  assert not (tmp_path / "run" / "backup").exists()
+
+
+def test_resumed_callback_state_restores_only_the_epoch_it_follows(tmp_path):
+  def monitored():
+    return [tf.keras.callbacks.ModelCheckpoint(str(tmp_path / "ckpt"), monitor="val_auc",
+                                               mode="max", save_best_only=True),
+            tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=3),
+            tf.keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", patience=0)]
+  before = monitored()
+  before[0].best, before[1].wait, before[1].best, before[2].best = 0.8, 2, 0.8, 0.8
+  writer = training.ResumedCallbackState(str(tmp_path / "state.json"), before)
+  writer.on_train_begin()
+  writer.on_epoch_begin(0)
+  writer.on_epoch_end(0, {"loss": 0.5, "val_auc": 0.8})
+  writer.on_epoch_end(1, {"loss": 0.4, "val_auc": 0.7})
+  for epoch, restored in ((2, True), (1, False)):
+    after = monitored()
+    for callback in after:
+      callback.on_train_begin()
+    reader = training.ResumedCallbackState(str(tmp_path / "state.json"), after, write=False)
+    reader.on_train_begin()
+    reader.on_epoch_begin(epoch)
+    assert (after[0].best, after[1].wait, after[2].best) == (
+        (0.8, 2, 0.8) if restored else (-np.inf, 0, -np.inf))
+    assert reader.history == ({"loss": [0.5, 0.4], "val_auc": [0.8, 0.7]} if restored else {})
