@@ -35,6 +35,10 @@ def test_train_with_default_data_prepares_trains_evaluates_and_exports(tmp_path)
   result = main_py("train", "--synthetic_rows=20000", "--epochs=1", "--batch_size=256",
                    "--verbose=2", "--flagfile=tiny.flags", cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
+  # Our INFO lines, not TensorFlow's (saver timings, untraced functions, fingerprints).
+  assert re.search(r"\] exported .*saved_models/stem/\d+", result.stderr)
+  assert not re.search(r"(functional_saver|save|fingerprinting_utils|signature_serialization)"
+                       r"\.py:\d+\]", result.stdout + result.stderr)
   assert os.path.isfile(tmp_path / "data" / "synthetic" / "schema.json")
   table = [line.split() for line in result.stdout.splitlines()]
   assert ["split", "task", "logloss", "AUC", "gAUC"] in table

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Callable, Dict, List
 
 from absl import flags
+from absl import logging as absl_logging
 import tensorflow as tf
 
 from stem_tfrs.cli import benchmark, export, predict, prepare, server, train, tune
@@ -31,11 +33,21 @@ def parse_flags(argv: List[str]) -> List[str]:
     sys.exit(2)
 
 
+class _NotTensorFlowInfo(logging.Filter):
+  """Drops the INFO records TensorFlow's own Python modules log through absl."""
+
+  _package = os.path.dirname(tf.__file__) + os.sep
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not record.pathname.startswith(self._package)
+
+
 def main(argv: List[str]) -> int:
   """absl entry point: argv[1] names the command; flags are already parsed."""
-  # TensorFlow's and matplotlib's own INFO records (saver timings, font caches)
-  # are not news to a user; ours are.
+  # TensorFlow's and matplotlib's own INFO records (saver timings, font caches,
+  # SavedModel fingerprints) are not news to a user; ours are.
   tf.get_logger().setLevel(logging.WARNING)
+  absl_logging.get_absl_handler().addFilter(_NotTensorFlowInfo())
   logging.getLogger("matplotlib").setLevel(logging.WARNING)
   if len(argv) < 2 or argv[1] not in COMMANDS:
     got = f"'{argv[1]}'" if len(argv) > 1 else "none"
