@@ -14,23 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from typing import Dict, List, Optional
 
 from absl import logging
-import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from stem_tfrs import data, distributed, evaluation, export
+from stem_tfrs import callbacks, data, distributed, evaluation, export
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
 from stem_tfrs.models import MODELS, build_model
 from stem_tfrs.optimizers import FusedAdam
 from stem_tfrs.schema import Schema, load_stats
-
-MONITOR = "val_auc"
 
 
 @dataclasses.dataclass
@@ -44,161 +40,12 @@ class TrainResult:
   model: Optional[tf.keras.Model]  # None on a non-chief worker
 
 
-class MeanValidationAUC(tf.keras.callbacks.Callback):
-  """Adds `val_auc`, the mean of the tasks' `val_<task>_auc`, to the epoch logs.
-
-  Early stopping, checkpointing and learning-rate decay all monitor it; it
-  must come before them in the callback list.
-  """
-
-  def __init__(self, tasks):
-    super().__init__()
-    self.keys = [f"val_{task}_auc" for task in tasks]
-
-  def on_epoch_end(self, epoch, logs=None):
-    if logs is not None and all(k in logs for k in self.keys):
-      logs[MONITOR] = sum(float(logs[k]) for k in self.keys) / len(self.keys)
-
-
 class TrainingDiverged(ValueError):
   """A loss became NaN or infinite: the run stops before evaluating or exporting."""
 
 
-class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
-  """Stops training after the first epoch whose loss is NaN or infinite, and says where.
-
-  Keras' TerminateOnNaN watches `loss` alone; a tfrs.Model's
-  `regularization_loss` and `total_loss` can go first. `train` then raises
-  `TrainingDiverged` instead of evaluating and exporting broken weights.
-  This class reads the epoch logs (what parameter_server allows: its batch
-  logs are remote values, and Keras refuses batch-level callbacks there);
-  `StopOnNonFiniteBatchLoss` reads every batch's.
-  """
-
-  KEYS = ("loss", "regularization_loss", "total_loss")
-
-  def __init__(self):
-    super().__init__()
-    self.diverged: Optional[str] = None  # what went non-finite, and when
-    self._epoch = 0
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self._epoch = epoch
-
-  def on_epoch_end(self, epoch, logs=None):
-    self._check(logs, f"epoch {epoch + 1}")
-
-  def _check(self, logs, when: str) -> None:
-    for key in self.KEYS:
-      value = (logs or {}).get(key)
-      if self.diverged is None and value is not None and not math.isfinite(float(value)):
-        self.diverged = f"{key} became {float(value)} at {when}"
-        self.model.stop_training = True
-
-
-class StopOnNonFiniteBatchLoss(StopOnNonFiniteLoss):
-  """`StopOnNonFiniteLoss` that stops at the first batch whose loss is NaN or infinite."""
-
-  def on_train_batch_end(self, batch, logs=None):
-    self._check(logs, f"epoch {self._epoch + 1}, batch {batch + 1}")
-
-
-class ResumedCallbackState(tf.keras.callbacks.Callback):
-  """Carries the other callbacks' counters and the epochs' logs across a resumed run.
-
-  BackupAndRestore brings back the weights, the optimizer and the epoch, but
-  ModelCheckpoint, EarlyStopping and ReduceLROnPlateau would start over (the
-  first resumed epoch always "best", the learning-rate and stopping counters
-  at zero), and Keras' History would hold only the resumed epochs. After each
-  epoch this writes their state and the logs so far to `path` (it must come
-  after BackupAndRestore in the callback list, so that the state never runs
-  ahead of the backup); when a run resumes at the epoch after the one the
-  file describes, it puts them back, and `history` holds every epoch.
-
-  Args:
-    path: The state file, inside BackupAndRestore's directory (which goes,
-      with it, when a run ends).
-    tracked: The callbacks whose counters to carry.
-    write: Whether this process writes the file (the chief, in a cluster).
-  """
-
-  FIELDS = ("best", "wait", "best_epoch", "cooldown_counter")
-
-  def __init__(self, path: str, tracked: List[tf.keras.callbacks.Callback], write: bool = True):
-    super().__init__()
-    self.path = path
-    self.tracked = tracked
-    self.write = write
-    self.history: Dict[str, List[float]] = {}
-    self._resuming = False
-
-  def on_train_begin(self, logs=None):
-    self.history, self._resuming = {}, True
-
-  def on_epoch_begin(self, epoch, logs=None):
-    if not self._resuming:
-      return
-    self._resuming = False
-    if epoch == 0 or not tf.io.gfile.exists(self.path):
-      return
-    with tf.io.gfile.GFile(self.path) as f:
-      state = json.load(f)
-    if state["epoch"] != epoch - 1:
-      logging.warning("%s describes epoch %d, not %d, the one before the resumed epoch: the "
-                      "callbacks' counters start over", self.path, state["epoch"] + 1, epoch)
-      return
-    for callback, fields in zip(self.tracked, state["callbacks"]):
-      for name, value in fields.items():
-        setattr(callback, name, value)
-    self.history = state["history"]
-
-  def on_epoch_end(self, epoch, logs=None):
-    for key, value in (logs or {}).items():
-      self.history.setdefault(key, []).append(float(value))
-    if self.write:
-      state = {"epoch": epoch, "history": self.history,
-               "callbacks": [{name: _plain(getattr(c, name)) for name in self.FIELDS
-                              if hasattr(c, name)} for c in self.tracked]}
-      with tf.io.gfile.GFile(self.path, "w") as f:
-        json.dump(state, f)
-
-  def on_train_end(self, logs=None):
-    # The run is over (finished or stopped): nothing is left to resume.
-    if self.write and tf.io.gfile.exists(self.path):
-      tf.io.gfile.remove(self.path)
-
-
-def _plain(value):
-  """A counter or monitored value as a JSON number (inf and nan included)."""
-  return int(value) if isinstance(value, (int, np.integer)) else float(value)
-
-
 def default_run_dir(model_name: str) -> str:
   return os.path.join("runs", f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
-def callbacks(config: TrainConfig, tasks: List[str], run_dir: str, chief: bool = True) -> list:
-  """The Keras callbacks of a run, in the order they must run."""
-  monitored = [
-      tf.keras.callbacks.ModelCheckpoint(
-          os.path.join(run_dir, "checkpoints", "best"), monitor=MONITOR, mode="max",
-          save_best_only=True, save_weights_only=True),
-      tf.keras.callbacks.EarlyStopping(
-          monitor=MONITOR, mode="max", patience=config.early_stop_patience),
-      tf.keras.callbacks.ReduceLROnPlateau(
-          monitor=MONITOR, mode="max", factor=config.reduce_lr_factor, patience=0,
-          min_lr=0.0),
-  ]
-  backup = os.path.join(run_dir, "backup")
-  return [
-      MeanValidationAUC(tasks),
-      (StopOnNonFiniteLoss() if config.strategy == "parameter_server"
-       else StopOnNonFiniteBatchLoss()),
-      *monitored,
-      tf.keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), profile_batch=0),
-      tf.keras.callbacks.BackupAndRestore(backup),
-      ResumedCallbackState(os.path.join(backup, "callbacks.json"), monitored, write=chief),
-  ]
 
 
 def load_and_check(model_config: ModelConfig, config: TrainConfig) -> Schema:
@@ -356,19 +203,20 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
 
   logging.info("training %s on %s into %s", config.model, schema.directory, run_dir)
   start = time.time()
-  run_callbacks = callbacks(config, schema.tasks, run_dir, chief)
+  run_callbacks = callbacks.for_run(config, schema.tasks, run_dir, chief)
   this_session = model.fit(train_input, validation_data=valid_ds, epochs=config.epochs,
                            callbacks=run_callbacks, verbose=verbose, **fit_args)
   train_seconds = time.time() - start
   # Every epoch's logs, those before a resume included.
-  history = next(c for c in run_callbacks if isinstance(c, ResumedCallbackState)).history
+  history = next(c for c in run_callbacks
+                 if isinstance(c, callbacks.ResumedCallbackState)).history
   # After a finished fit every worker's BackupAndRestore has removed its own
   # part of backup/; whichever worker gets here last removes the directory.
   try:
     os.rmdir(os.path.join(run_dir, "backup"))
   except OSError:  # absent, or another worker's part is still there
     pass
-  (divergence,) = [c for c in run_callbacks if isinstance(c, StopOnNonFiniteLoss)]
+  (divergence,) = [c for c in run_callbacks if isinstance(c, callbacks.StopOnNonFiniteLoss)]
   if divergence.diverged:
     raise TrainingDiverged(f"training diverged: {divergence.diverged}; no metrics or export "
                            f"were written (try a lower --learning_rate)")

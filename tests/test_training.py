@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stem_tfrs import ModelConfig, TrainConfig, build_model, make_dataset, training
+from stem_tfrs import ModelConfig, TrainConfig, build_model, callbacks, make_dataset, training
 from stem_tfrs.config import ConfigError
 from stem_tfrs.schema import Schema
 
@@ -224,11 +224,11 @@ def test_a_resumed_run_keeps_the_epochs_before_and_the_callbacks_counters(
                        seed=5)
   whole = training.train(tiny_model_config(), dataclasses.replace(
       config, run_dir=str(tmp_path / "whole")), verbose=0)
-  callbacks = training.callbacks
-  monkeypatch.setattr(training, "callbacks", lambda *a: callbacks(*a) + [_Interrupt(1)])
+  for_run = callbacks.for_run
+  monkeypatch.setattr(callbacks, "for_run", lambda *a: for_run(*a) + [_Interrupt(1)])
   with pytest.raises(KeyboardInterrupt):
     training.train(tiny_model_config(), config, verbose=0)
-  monkeypatch.setattr(training, "callbacks", callbacks)
+  monkeypatch.setattr(callbacks, "for_run", for_run)
   state = json.load(open(tmp_path / "run" / "backup" / "callbacks.json"))
   assert state["epoch"] == 0 and state["history"]["val_auc"] == whole.history["val_auc"][:1]
   best = state["callbacks"][0]["best"]  # ModelCheckpoint's, epoch 1's mean validation AUC
@@ -257,7 +257,7 @@ def test_resumed_callback_state_restores_only_the_epoch_it_follows(tmp_path):
             tf.keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", patience=0)]
   before = monitored()
   before[0].best, before[1].wait, before[1].best, before[2].best = 0.8, 2, 0.8, 0.8
-  writer = training.ResumedCallbackState(str(tmp_path / "state.json"), before)
+  writer = callbacks.ResumedCallbackState(str(tmp_path / "state.json"), before)
   writer.on_train_begin()
   writer.on_epoch_begin(0)
   writer.on_epoch_end(0, {"loss": 0.5, "val_auc": 0.8})
@@ -266,7 +266,7 @@ def test_resumed_callback_state_restores_only_the_epoch_it_follows(tmp_path):
     after = monitored()
     for callback in after:
       callback.on_train_begin()
-    reader = training.ResumedCallbackState(str(tmp_path / "state.json"), after, write=False)
+    reader = callbacks.ResumedCallbackState(str(tmp_path / "state.json"), after, write=False)
     reader.on_train_begin()
     reader.on_epoch_begin(epoch)
     assert (after[0].best, after[1].wait, after[2].best) == (
