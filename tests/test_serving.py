@@ -103,7 +103,8 @@ def test_inputs_of_the_wrong_shape_are_errors_naming_the_input(trained_run, serv
   names = trained_run.model.schema.feature_names
   good = {n: tf.constant(["a", "b"]) for n in names}
   other = names[1]
-  for bad, shape in ((tf.constant([["a", "b"], ["c", "d"]]), r"\[2,2\]"), (tf.constant("a"), r"\[\]")):
+  for bad, shape in ((tf.constant([["a", "b"], ["c", "d"]]), r"\[2,2\]"),
+                     (tf.constant("a"), r"\[\]")):
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=rf"Shape of tensor {other} {shape} is not compatible with expected "
                              r"shape \[\?\]"):

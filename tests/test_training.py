@@ -247,28 +247,3 @@ def test_a_resumed_run_keeps_the_epochs_before_and_the_callbacks_counters(
   training_json = json.load(open(tmp_path / "run" / "training.json"))
   assert training_json["epochs_run"] == 3 and training_json["history"] == resumed.history
   assert not (tmp_path / "run" / "backup").exists()
-
-
-def test_resumed_callback_state_restores_only_the_epoch_it_follows(tmp_path):
-  def monitored():
-    return [tf.keras.callbacks.ModelCheckpoint(str(tmp_path / "ckpt"), monitor="val_auc",
-                                               mode="max", save_best_only=True),
-            tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=3),
-            tf.keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", patience=0)]
-  before = monitored()
-  before[0].best, before[1].wait, before[1].best, before[2].best = 0.8, 2, 0.8, 0.8
-  writer = callbacks.ResumedCallbackState(str(tmp_path / "state.json"), before)
-  writer.on_train_begin()
-  writer.on_epoch_begin(0)
-  writer.on_epoch_end(0, {"loss": 0.5, "val_auc": 0.8})
-  writer.on_epoch_end(1, {"loss": 0.4, "val_auc": 0.7})
-  for epoch, restored in ((2, True), (1, False)):
-    after = monitored()
-    for callback in after:
-      callback.on_train_begin()
-    reader = callbacks.ResumedCallbackState(str(tmp_path / "state.json"), after, write=False)
-    reader.on_train_begin()
-    reader.on_epoch_begin(epoch)
-    assert (after[0].best, after[1].wait, after[2].best) == (
-        (0.8, 2, 0.8) if restored else (-np.inf, 0, -np.inf))
-    assert reader.history == ({"loss": [0.5, 0.4], "val_auc": [0.8, 0.7]} if restored else {})
