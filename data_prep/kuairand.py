@@ -36,7 +36,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from data_prep.readers import check_file, decode_error, read_delimited
+from data_prep.readers import (ENCODING, check_file, check_unique_ids, decode_error,
+                               read_delimited)
 from data_prep.writer import ROWS_PER_RECORD, BadRows, Chunk, DataError, check_tasks, prepare
 
 STANDARD_LOGS = ["log_standard_4_08_to_4_21_1k.csv", "log_standard_4_22_to_5_08_1k.csv"]
@@ -55,7 +56,6 @@ FEATURES = ["user_id", "video_id", "tab", "hour"] + USER_FEATURES + VIDEO_FEATUR
 VALID_DATE, TEST_DATE = "20220507", "20220508"
 DEFAULT_MIN_COUNT = 5
 DEFAULT_SEED = 42
-ENCODING = "utf-8-sig"  # UTF-8, with or without a byte-order mark
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,11 +88,7 @@ def _table(path: str, key: str, columns: Sequence[str]) -> pd.DataFrame:
     raise decode_error(path, ENCODING) from None
   except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
     raise DataError(f"{path}: {str(e).strip()}") from None
-  repeated = table[key][table[key].duplicated()]
-  if len(repeated):
-    # A join would copy each log row of the id once per row of it.
-    raise DataError(f"{path}: {key} '{repeated.iloc[0]}' has more than one row "
-                    f"({repeated.nunique():,} {key}s repeat); each must be listed once")
+  check_unique_ids(table, key, path)
   return table.set_index(key).astype("category")  # small in memory: codes + distinct values
 
 

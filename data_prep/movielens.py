@@ -34,7 +34,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from data_prep.readers import read_delimited
+from data_prep.readers import check_unique_ids, read_delimited
 from data_prep.writer import (ROWS_PER_RECORD, BadRows, Chunk, DataError, ExactSplit,
                               check_tasks, prepare)
 
@@ -117,14 +117,6 @@ def _layout(raw: str) -> str:
                   "ml-100k.inter (RecBole's ML-100K)")
 
 
-def _unique_ids(frame: pd.DataFrame, key: str, path: str) -> None:
-  repeated = frame[key][frame[key].duplicated()]
-  if len(repeated):
-    # The join would copy each rating of the id once per row of it.
-    raise DataError(f"{path}: {key} '{repeated.iloc[0]}' has more than one row "
-                    f"({repeated.nunique():,} {key}s repeat); each must be listed once")
-
-
 def _usable_ratings(ratings: pd.DataFrame, path: str, bad_rows: BadRows) -> pd.DataFrame:
   """The ratings with a number from 1 to 5, each (user, item) pair's first only."""
   rating = pd.to_numeric(ratings["rating"], errors="coerce")
@@ -146,8 +138,8 @@ def build_rows(raw: str, seed: int, bad_rows: BadRows) -> pd.DataFrame:
   ratings_file = _layout(raw)
   read, user_file, item_file = LAYOUTS[ratings_file]
   ratings, users, items = read(raw, bad_rows)
-  _unique_ids(users, "user_id", os.path.join(raw, user_file))
-  _unique_ids(items, "item_id", os.path.join(raw, item_file))
+  check_unique_ids(users, "user_id", os.path.join(raw, user_file))
+  check_unique_ids(items, "item_id", os.path.join(raw, item_file))
   ratings = _usable_ratings(ratings, os.path.join(raw, ratings_file), bad_rows)
   if ratings.empty:
     raise DataError(f"{raw}: no usable ratings")

@@ -1,4 +1,4 @@
-"""Streaming readers of raw delimited files, and the bad-row report they share with the writer."""
+"""Streaming readers of raw delimited files, and the checks of raw files the loaders share."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import pandas as pd
 from data_prep.writer import BadRows, Chunk, DataError
 
 GZIP_MAGIC = b"\x1f\x8b"
+#: Raw text files are UTF-8, with or without a byte-order mark.
+ENCODING = "utf-8-sig"
 
 
 def check_file(path: str) -> None:
@@ -38,9 +40,20 @@ def decode_error(path: str, encoding: str) -> DataError:
   return DataError(f"{path}: not {encoding.replace('-sig', '')} text")
 
 
+def check_unique_ids(table: pd.DataFrame, key: str, path: str) -> None:
+  """A DataError naming the first id listed twice in a feature table's `key` column.
+
+  Joined to the interactions, a repeated id would copy each of its rows.
+  """
+  repeated = table[key][table[key].duplicated()]
+  if len(repeated):
+    raise DataError(f"{path}: {key} '{repeated.iloc[0]}' has more than one row "
+                    f"({repeated.nunique():,} {key}s repeat); each must be listed once")
+
+
 def read_delimited(path: str, *, sep: str, columns: Optional[Sequence[str]] = None,
                    required: Sequence[str] = (), bad_rows: BadRows,
-                   chunk_rows: int = 200_000, encoding: str = "utf-8-sig") -> Iterator[Chunk]:
+                   chunk_rows: int = 200_000, encoding: str = ENCODING) -> Iterator[Chunk]:
   """Yields the rows of a delimited text file as string-typed chunks.
 
   A line whose number of fields differs from the number of columns is a bad
