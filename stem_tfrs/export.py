@@ -146,13 +146,12 @@ def export_saved_model(model: tf.keras.Model, schema: Schema, export_dir: str,
     FileExistsError: `version` is given and already exported.
   """
   base = os.path.join(export_dir, model_name)
-  existing = versions(base)
   chosen = version is None
   if chosen:
     version = _next_version(base)
   elif version < 0:
     raise ValueError(f"version must be a non-negative integer, got {version}")
-  elif version in existing:
+  elif version in versions(base):
     raise FileExistsError(f"version {version} already exists in {base}")
   tmp = os.path.join(base, f".tmp-{version}-{os.getpid()}")
   tf.io.gfile.makedirs(base)
