@@ -112,10 +112,9 @@ class ResumedCallbackState(tf.keras.callbacks.Callback):
     if not self._resuming:
       return
     self._resuming = False
-    if epoch == 0 or not tf.io.gfile.exists(self.path):
+    state = self._saved_state() if epoch > 0 else None
+    if state is None:
       return
-    with tf.io.gfile.GFile(self.path) as f:
-      state = json.load(f)
     if state["epoch"] != epoch - 1:
       logging.warning("%s describes epoch %d, not %d, the one before the resumed epoch: the "
                       "callbacks' counters start over", self.path, state["epoch"] + 1, epoch)
@@ -132,13 +131,29 @@ class ResumedCallbackState(tf.keras.callbacks.Callback):
       state = {"epoch": epoch, "history": self.history,
                "callbacks": [{name: _plain(getattr(c, name)) for name in self.FIELDS
                               if hasattr(c, name)} for c in self.tracked]}
-      with tf.io.gfile.GFile(self.path, "w") as f:
+      tmp = f"{self.path}.tmp"
+      with tf.io.gfile.GFile(tmp, "w") as f:
         json.dump(state, f)
+      tf.io.gfile.rename(tmp, self.path, overwrite=True)  # never half a file
 
   def on_train_end(self, logs=None):
+    if self._resuming:  # no epoch was left to run: the history is the saved one
+      state = self._saved_state()
+      self.history = state["history"] if state is not None else {}
     # The run is over (finished or stopped): nothing is left to resume.
     if self.write and tf.io.gfile.exists(self.path):
       tf.io.gfile.remove(self.path)
+
+  def _saved_state(self) -> Optional[dict]:
+    """The state file's content; None if there is none, or it cannot be read."""
+    if not tf.io.gfile.exists(self.path):
+      return None
+    try:
+      with tf.io.gfile.GFile(self.path) as f:
+        return json.load(f)
+    except ValueError as e:
+      logging.warning("%s cannot be read (%s): the callbacks' counters start over", self.path, e)
+      return None
 
 
 def _plain(value):

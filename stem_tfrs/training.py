@@ -78,8 +78,9 @@ def _check_resumable(run_dir: str, run_config: dict) -> None:
   """A ConfigError if `run_dir` holds an interrupted run that `run_config` cannot resume.
 
   BackupAndRestore resumes whatever backup/ holds; weights of another
-  architecture would fail to load deep in Keras, after config.json had been
-  overwritten. Training settings (epochs, batch size, ...) may change.
+  architecture, or of vocabularies of other sizes (the data prepared again),
+  would fail to load deep in Keras, after config.json had been overwritten.
+  Training settings (epochs, batch size, ...) may change.
   """
   previous = os.path.join(run_dir, "config.json")
   if not (os.path.isdir(os.path.join(run_dir, "backup")) and os.path.isfile(previous)):
@@ -87,20 +88,29 @@ def _check_resumable(run_dir: str, run_config: dict) -> None:
   with open(previous) as f:
     before = json.load(f)
   now = json.loads(json.dumps(run_config))  # tuples as lists, as read back
-  changes = [f"{key} {before.get(key)} -> {now[key]}" for key in ("model", "schema", "tasks")
+  changes = [f"{key} {before.get(key)} -> {now[key]}" for key in ("model", "tasks")
              if before.get(key) != now[key]]
+  if os.path.realpath(before.get("schema", "")) != os.path.realpath(now["schema"]):
+    changes.append(f"schema {before.get('schema')} -> {now['schema']}")
   changes += [f"{key} {value} -> {now['model_config'].get(key)}"
               for key, value in before.get("model_config", {}).items()
               if value != now["model_config"].get(key)]
+  if "features" in before and before["features"] != now["features"]:
+    old, new = ({f["name"]: f for f in c["features"]} for c in (before, now))
+    names = sorted(n for n in old.keys() | new.keys() if old.get(n) != new.get(n))
+    changes.append(f"features {', '.join(names)}: the data was prepared again")
   if changes:
     raise ConfigError(f"{run_dir} holds an interrupted run (backup/) of other settings "
                       f"({'; '.join(changes)}): resume it with its own, or use another --run_dir")
 
 
 def _write_json(path: str, content) -> None:
-  with open(path, "w") as f:
+  """Writes `content` to `path` whole or not at all (a reader never sees half a file)."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
     json.dump(content, f, indent=2, sort_keys=False)
     f.write("\n")
+  os.replace(tmp, path)
 
 
 def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
@@ -152,6 +162,7 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
       "model": config.model,
       "schema": os.path.join(schema.directory, "schema.json"),
       "tasks": schema.tasks,
+      "features": schema.to_json()["features"],  # names, vocabulary sizes
       "model_config": dataclasses.asdict(model_config),
       "train_config": dataclasses.asdict(config),
       "data_stats": stats,
@@ -245,7 +256,7 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
       "epochs_run": epochs_run,
       "train_seconds": train_seconds,
       "train_examples_per_second": (train_rows * epochs_timed / train_seconds
-                                    if train_rows else None),
+                                    if train_rows and epochs_timed else None),
       "history": history,
   })
   _write_json(os.path.join(run_dir, "metrics.json"), metrics)

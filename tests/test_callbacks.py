@@ -29,3 +29,13 @@ def test_resumed_callback_state_restores_only_the_epoch_it_follows(tmp_path):
     assert (after[0].best, after[1].wait, after[2].best) == (
         (0.8, 2, 0.8) if restored else (-np.inf, 0, -np.inf))
     assert reader.history == ({"loss": [0.5, 0.4], "val_auc": [0.8, 0.7]} if restored else {})
+
+
+def test_an_unreadable_state_file_starts_the_counters_over(tmp_path):
+  (tmp_path / "state.json").write_text('{"epoch": 0, "history": {"lo')  # cut short
+  stopping = tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=3)
+  stopping.on_train_begin()
+  reader = callbacks.ResumedCallbackState(str(tmp_path / "state.json"), [stopping], write=False)
+  reader.on_train_begin()
+  reader.on_epoch_begin(1)
+  assert (stopping.wait, stopping.best, reader.history) == (0, -np.inf, {})

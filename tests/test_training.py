@@ -247,3 +247,31 @@ def test_a_resumed_run_keeps_the_epochs_before_and_the_callbacks_counters(
   training_json = json.load(open(tmp_path / "run" / "training.json"))
   assert training_json["epochs_run"] == 3 and training_json["history"] == resumed.history
   assert not (tmp_path / "run" / "backup").exists()
+
+
+def test_resuming_on_data_prepared_again_is_refused_and_with_no_epoch_left_keeps_the_history(
+    tmp_path, monkeypatch):
+  from data_prep.synthetic import prepare_synthetic
+  data = str(tmp_path / "data")
+  prepare_synthetic(data, rows=6000, seed=3, min_count=1)
+  config = TrainConfig(data_dir=data, run_dir=str(tmp_path / "run"), export_dir="", epochs=2,
+                       batch_size=512, seed=5)
+  for_run = callbacks.for_run
+  monkeypatch.setattr(callbacks, "for_run", lambda *a: for_run(*a) + [_Interrupt(1)])
+  with pytest.raises(KeyboardInterrupt):
+    training.train(tiny_model_config(), config, verbose=0)
+  monkeypatch.setattr(callbacks, "for_run", for_run)
+  first_epoch = json.load(open(tmp_path / "run" / "backup" / "callbacks.json"))["history"]
+
+  # Prepared again with smaller vocabularies: the backed-up tables no longer fit.
+  prepare_synthetic(data, rows=6000, seed=3, min_count=3, overwrite=True)
+  with pytest.raises(ConfigError, match=r"of other settings \(features [a-z_, ]+: the data was "
+                                        r"prepared again\)"):
+    training.train(tiny_model_config(), config, verbose=0)
+
+  prepare_synthetic(data, rows=6000, seed=3, min_count=1, overwrite=True)  # as it was
+  done = training.train(tiny_model_config(), dataclasses.replace(config, epochs=1), verbose=0)
+  assert done.history == first_epoch and len(done.history["loss"]) == 1  # no epoch was left
+  training_json = json.load(open(tmp_path / "run" / "training.json"))
+  assert training_json["epochs_run"] == 1 and training_json["train_examples_per_second"] is None
+  assert set(done.metrics) == {"valid", "test"} and not (tmp_path / "run" / "backup").exists()
