@@ -19,6 +19,31 @@ import tensorflow as tf
 from stem_tfrs.config import TrainConfig
 
 MONITOR = "val_auc"
+#: BackupAndRestore's directory in a run directory, and the callbacks' state file in it.
+BACKUP_DIR = "backup"
+STATE_FILE = "callbacks.json"
+
+
+def state_path(run_dir: str) -> str:
+  return os.path.join(run_dir, BACKUP_DIR, STATE_FILE)
+
+
+def read_state(path: str) -> Optional[dict]:
+  """A `ResumedCallbackState` file's content; None if there is none, or it cannot be read."""
+  if not tf.io.gfile.exists(path):
+    return None
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    logging.warning("%s cannot be read (%s): the callbacks' counters start over", path, e)
+    return None
+
+
+def epochs_done(run_dir: str) -> int:
+  """Epochs an interrupted run in `run_dir` finished, by its callbacks' state (0 if none)."""
+  state = read_state(state_path(run_dir))
+  return state["epoch"] + 1 if state is not None else 0
 
 
 class MeanValidationAUC(tf.keras.callbacks.Callback):
@@ -112,7 +137,7 @@ class ResumedCallbackState(tf.keras.callbacks.Callback):
     if not self._resuming:
       return
     self._resuming = False
-    state = self._saved_state() if epoch > 0 else None
+    state = read_state(self.path) if epoch > 0 else None
     if state is None:
       return
     if state["epoch"] != epoch - 1:
@@ -138,22 +163,11 @@ class ResumedCallbackState(tf.keras.callbacks.Callback):
 
   def on_train_end(self, logs=None):
     if self._resuming:  # no epoch was left to run: the history is the saved one
-      state = self._saved_state()
+      state = read_state(self.path)
       self.history = state["history"] if state is not None else {}
     # The run is over (finished or stopped): nothing is left to resume.
     if self.write and tf.io.gfile.exists(self.path):
       tf.io.gfile.remove(self.path)
-
-  def _saved_state(self) -> Optional[dict]:
-    """The state file's content; None if there is none, or it cannot be read."""
-    if not tf.io.gfile.exists(self.path):
-      return None
-    try:
-      with tf.io.gfile.GFile(self.path) as f:
-        return json.load(f)
-    except ValueError as e:
-      logging.warning("%s cannot be read (%s): the callbacks' counters start over", self.path, e)
-      return None
 
 
 def _plain(value):
@@ -176,7 +190,7 @@ def for_run(config: TrainConfig, tasks: List[str], run_dir: str, chief: bool = T
           monitor=MONITOR, mode="max", factor=config.reduce_lr_factor, patience=0,
           min_lr=0.0),
   ]
-  backup = os.path.join(run_dir, "backup")
+  backup = os.path.join(run_dir, BACKUP_DIR)
   return [
       MeanValidationAUC(tasks),
       (StopOnNonFiniteLoss() if config.strategy == "parameter_server"
@@ -184,5 +198,5 @@ def for_run(config: TrainConfig, tasks: List[str], run_dir: str, chief: bool = T
       *monitored,
       tf.keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), profile_batch=0),
       tf.keras.callbacks.BackupAndRestore(backup),
-      ResumedCallbackState(os.path.join(backup, "callbacks.json"), monitored, write=chief),
+      ResumedCallbackState(state_path(run_dir), monitored, write=chief),
   ]

@@ -83,7 +83,7 @@ def _check_resumable(run_dir: str, run_config: dict) -> None:
   Training settings (epochs, batch size, ...) may change.
   """
   previous = os.path.join(run_dir, "config.json")
-  if not (os.path.isdir(os.path.join(run_dir, "backup")) and os.path.isfile(previous)):
+  if not (os.path.isdir(os.path.join(run_dir, callbacks.BACKUP_DIR)) and os.path.isfile(previous)):
     return
   with open(previous) as f:
     before = json.load(f)
@@ -212,6 +212,9 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
     valid_ds, fit_args["validation_steps"] = _parameter_server_valid_input(
         schema, config, valid_rows)
 
+  resumed_after = callbacks.epochs_done(run_dir)
+  if resumed_after and not fit_args:  # one process's dataset (a cluster's repeats)
+    _skip_epochs(train_input, resumed_after)
   logging.info("training %s on %s into %s", config.model, schema.directory, run_dir)
   start = time.time()
   run_callbacks = callbacks.for_run(config, schema.tasks, run_dir, chief)
@@ -224,7 +227,7 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
   # After a finished fit every worker's BackupAndRestore has removed its own
   # part of backup/; whichever worker gets here last removes the directory.
   try:
-    os.rmdir(os.path.join(run_dir, "backup"))
+    os.rmdir(os.path.join(run_dir, callbacks.BACKUP_DIR))
   except OSError:  # absent, or another worker's part is still there
     pass
   (divergence,) = [c for c in run_callbacks if isinstance(c, callbacks.StopOnNonFiniteLoss)]
@@ -269,6 +272,19 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
     logging.info("exported %s", export_path)
   return TrainResult(run_dir=run_dir, metrics=metrics, export_path=export_path,
                      history=history, seconds=time.time() - start, model=model)
+
+
+def _skip_epochs(dataset: tf.data.Dataset, epochs: int) -> None:
+  """Moves a reshuffled dataset's seeds on by `epochs`, as a resumed run's first epoch needs.
+
+  Each pass over the dataset draws its order from seeds that advance when
+  the pass reads its first batch; a new process starts them over. Reading
+  one batch of as many passes as the interrupted run finished gives the
+  resumed epoch the order the uninterrupted run would have had.
+  """
+  logging.info("resuming after epoch %d: moving the shuffle on by as many passes", epochs)
+  for _ in range(epochs):
+    next(iter(dataset))
 
 
 def _known_length(dataset: tf.data.Dataset, rows: int, batch_size: int) -> tf.data.Dataset:
