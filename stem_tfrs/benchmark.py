@@ -12,11 +12,14 @@ change. Output directory:
                                              parameters, training time, examples/s
     <output_dir>/auc.png                    test AUC, models x tasks, error bars
     <output_dir>/comparable.csv, .png       AUC per comparable-sample group, and
-                                             the gap to single_task
+                                             the gap to single_task (with two tasks
+                                             and a group column)
     <output_dir>/gates.csv, .png            gate weight on own / other / shared experts
 
-A run whose `summary.json` exists and whose configuration matches is reused, so
-re-invoking after a crash retrains only what had not finished.
+A run whose `summary.json` exists and whose configuration and data (resolved
+path, rows, vocabularies) match is reused, so re-invoking after a crash
+retrains only what had not finished, and data prepared again is trained on
+again. Every (model, seed) configuration is checked before the first trains.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import dataclasses
 import json
 import os
 import shutil
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
@@ -34,8 +37,8 @@ import tensorflow as tf
 
 from stem_tfrs import analysis, data, evaluation, training
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
-from stem_tfrs.models import MODEL_NAMES
-from stem_tfrs.schema import Schema
+from stem_tfrs.models import MODEL_NAMES, MODELS
+from stem_tfrs.schema import Schema, load_stats
 
 SUMMARY = "summary.json"
 METRICS = ("auc", "gauc", "logloss")
@@ -70,9 +73,18 @@ class BenchmarkConfig:
       raise ConfigError(f"kappa must be >= 1, got {self.kappa}")
 
 
-def _run_config(model_config: ModelConfig, config: TrainConfig) -> dict:
-  return {"model_config": dataclasses.asdict(model_config),
-          "train_config": dataclasses.asdict(config)}
+def _run_config(model_config: ModelConfig, config: TrainConfig, schema: Schema) -> dict:
+  """What makes a finished run reusable: its settings and its data, wherever they lie.
+
+  The data is named by its resolved path, its rows and its vocabularies, so
+  that data prepared again is trained on again; the run directory is left
+  out, so that a moved output directory keeps its runs.
+  """
+  train_config = dict(dataclasses.asdict(config), data_dir=os.path.realpath(config.data_dir))
+  del train_config["run_dir"]
+  return {"model_config": dataclasses.asdict(model_config), "train_config": train_config,
+          "data": {"stats": load_stats(schema.directory),
+                   "features": schema.to_json()["features"]}}
 
 
 def _finished(run_dir: str, expected: dict) -> Optional[dict]:
@@ -87,7 +99,7 @@ def _finished(run_dir: str, expected: dict) -> Optional[dict]:
 def run_one(model_config: ModelConfig, config: TrainConfig, schema: Schema,
             verbose: int = 0) -> dict:
   """Trains one (model, seed), saves its test predictions and gate shares; returns its summary."""
-  expected = _run_config(model_config, config)
+  expected = _run_config(model_config, config, schema)
   summary = _finished(config.run_dir, expected)
   if summary is not None:
     logging.info("reusing finished run %s", config.run_dir)
@@ -189,27 +201,52 @@ def _bar_chart(path: str, frame: pd.DataFrame, value: str, error: Optional[str],
   plt.close(fig)
 
 
+def _comparable(out: str, schema: Schema, predictions: Dict[str, List[dict]],
+                tasks: Tuple[str, str], kappa: float) -> None:
+  """Writes comparable.csv and .png: AUC by comparable-sample group (see `stem_tfrs.analysis`)."""
+  task_a, task_b = tasks
+  first = next(iter(predictions.values()))[0]
+  rho = analysis.user_feedback_ratio(schema, task_a, task_b)
+  groups = analysis.assign_groups(first["group"], rho, kappa)
+  comparable = analysis.comparable_report(predictions, schema.tasks, groups)
+  comparable.insert(0, "kappa", kappa)
+  comparable.insert(1, "task_a", task_a)
+  comparable.insert(2, "task_b", task_b)
+  comparable.to_csv(os.path.join(out, "comparable.csv"), index=False)
+  gap = comparable[comparable["model"] != "single_task"].copy()
+  gap["x"] = gap["group"] + " / " + gap["task"]
+  _bar_chart(os.path.join(out, "comparable.png"), gap.rename(columns={"model": "series"}),
+             "auc_vs_single_task", None,
+             f"Test AUC minus single_task's, by sample group (kappa={kappa:g})",
+             "AUC gap (negative = negative transfer)")
+
+
 def run_benchmark(model_config: ModelConfig, train_config: TrainConfig,
                   bench: BenchmarkConfig, verbose: int = 0) -> pd.DataFrame:
   """Trains every (model, seed), then writes the reports; returns the results table."""
   schema = training.load_and_check(model_config, train_config)
-  task_a, task_b = bench.comparable_tasks or tuple(schema.tasks[:2])
-  if len(schema.tasks) < 2 or {task_a, task_b} - set(schema.tasks):
-    raise ConfigError(f"comparable tasks ({task_a}, {task_b}) must be two of the data's tasks "
-                      f"{schema.tasks}")
+  comparable_tasks = bench.comparable_tasks
+  if comparable_tasks is not None:
+    if set(comparable_tasks) - set(schema.tasks) or not schema.group_column:
+      raise ConfigError(f"comparable tasks {list(comparable_tasks)} must be two of the data's "
+                        f"tasks {schema.tasks}, and the data needs a group column")
+  elif len(schema.tasks) >= 2 and schema.group_column:
+    comparable_tasks = tuple(schema.tasks[:2])
   out = bench.output_dir
+  # Every (model, seed) is checked before the first one trains.
+  for model in bench.models:
+    MODELS[model].check_config(model_config)
+  configs = [dataclasses.replace(train_config, model=model, seed=train_config.seed + offset,
+                                 export_dir="", run_dir=os.path.join(
+                                     out, "runs", model, f"seed-{train_config.seed + offset}"))
+             for model in bench.models for offset in range(bench.seeds)]
   os.makedirs(out, exist_ok=True)
   summaries, predictions = [], {}
-  for model in bench.models:
-    for offset in range(bench.seeds):
-      seed = train_config.seed + offset
-      config = dataclasses.replace(
-          train_config, model=model, seed=seed, export_dir="",
-          run_dir=os.path.join(out, "runs", model, f"seed-{seed}"))
-      logging.info("benchmark: %s, seed %d", model, seed)
-      summaries.append(run_one(model_config, config, schema, verbose=verbose))
-      with np.load(os.path.join(config.run_dir, "predictions.npz"), allow_pickle=False) as npz:
-        predictions.setdefault(model, []).append({k: npz[k] for k in npz.files})
+  for config in configs:
+    logging.info("benchmark: %s, seed %d", config.model, config.seed)
+    summaries.append(run_one(model_config, config, schema, verbose=verbose))
+    with np.load(os.path.join(config.run_dir, "predictions.npz"), allow_pickle=False) as npz:
+      predictions.setdefault(config.model, []).append({k: npz[k] for k in npz.files})
 
   results = aggregate(summaries, schema.tasks)
   results.to_csv(os.path.join(out, "results.csv"), index=False)
@@ -224,20 +261,10 @@ def run_benchmark(model_config: ModelConfig, train_config: TrainConfig,
              results.rename(columns={"model": "x", "task": "series"}), "auc_mean", "auc_std",
              "Test AUC (mean ± std over seeds)", "AUC")
 
-  first = next(iter(predictions.values()))[0]
-  rho = analysis.user_feedback_ratio(schema, task_a, task_b)
-  groups = analysis.assign_groups(first["group"], rho, bench.kappa)
-  comparable = analysis.comparable_report(predictions, schema.tasks, groups)
-  comparable.insert(0, "kappa", bench.kappa)
-  comparable.insert(1, "task_a", task_a)
-  comparable.insert(2, "task_b", task_b)
-  comparable.to_csv(os.path.join(out, "comparable.csv"), index=False)
-  gap = comparable[comparable["model"] != "single_task"].copy()
-  gap["x"] = gap["group"] + " / " + gap["task"]
-  _bar_chart(os.path.join(out, "comparable.png"), gap.rename(columns={"model": "series"}),
-             "auc_vs_single_task", None,
-             f"Test AUC minus single_task's, by sample group (kappa={bench.kappa:g})",
-             "AUC gap (negative = negative transfer)")
+  if comparable_tasks is None:
+    logging.info("no comparable-sample analysis: it needs two tasks and a group column")
+  else:
+    _comparable(out, schema, predictions, comparable_tasks, bench.kappa)
 
   gates = gate_table(summaries)
   gates.to_csv(os.path.join(out, "gates.csv"), index=False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import os
 from typing import Dict, List, Tuple
 
@@ -106,6 +107,9 @@ def tune(model_config: ModelConfig, train_config: TrainConfig, output_dir: str,
     raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")
   if tuner not in TUNERS:
     raise ConfigError(f"tuner must be one of {', '.join(TUNERS)}, got '{tuner}'")
+  if tuner == "bayesian" and importlib.util.find_spec("sklearn") is None:
+    raise ConfigError("--tuner=bayesian needs scikit-learn, which KerasTuner's Bayesian "
+                      "optimization uses: pip install scikit-learn (or use --tuner=random)")
   if max_trials < 1:
     raise ConfigError(f"max_trials must be >= 1, got {max_trials}")
   training.load_and_check(model_config, train_config)  # fail before any trial

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pandas as pd
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from stem_tfrs.models import MODEL_NAMES
 
 from conftest import TINY_MODEL_FLAGS
-from test_main import main_py
+from test_main import assert_clean_error, main_py
 
 FILES = ["results.csv", "results.json", "results.md", "auc.png", "comparable.csv",
          "comparable.png", "gates.csv", "gates.png"]
@@ -77,3 +78,38 @@ def test_rerun_reuses_finished_runs_and_retrains_only_the_missing_one(benchmark_
   for m in MODEL_NAMES:
     changed = os.path.getmtime(summary(m)) != stamps.get(m)
     assert changed == (m == "mmoe"), m
+
+
+def test_a_moved_output_directory_keeps_its_finished_runs(benchmark_dir, tiny_data, tmp_path):
+  moved = tmp_path / "moved"
+  shutil.copytree(benchmark_dir, moved)  # keeps the files' times
+  summaries = sorted(moved.glob("runs/*/seed-2023/summary.json"))
+  stamps = [os.path.getmtime(p) for p in summaries]
+  result = main_py("benchmark", f"--data_dir={tiny_data}", "--models=all", "--seeds=1",
+                   "--epochs=1", "--batch_size=512", "--verbose=0", "--output_dir=moved",
+                   *TINY_MODEL_FLAGS, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert len(summaries) == len(MODEL_NAMES)
+  assert [os.path.getmtime(p) for p in summaries] == stamps  # nothing trained again
+
+
+def test_every_models_flags_are_checked_before_the_first_trains(tiny_data, tmp_path):
+  result = main_py("benchmark", f"--data_dir={tiny_data}", "--models=stem,single_task,mmoe",
+                   "--num_shared_experts=0", "--epochs=1", f"--output_dir={tmp_path / 'out'}",
+                   *[f for f in TINY_MODEL_FLAGS if "num_shared_experts" not in f], cwd=tmp_path)
+  assert_clean_error(result, r"MMoE mixes shared experts only: num_shared_experts must be >= 1")
+  assert not (tmp_path / "out").exists()
+
+
+def test_one_task_data_is_benchmarked_without_the_comparable_analysis(tiny_data, tmp_path):
+  data = tmp_path / "data"
+  shutil.copytree(tiny_data, data)
+  schema = json.loads((data / "schema.json").read_text())
+  (data / "schema.json").write_text(json.dumps(dict(schema, labels=["like"])))
+  result = main_py("benchmark", f"--data_dir={data}", "--models=stem,single_task", "--epochs=1",
+                   "--batch_size=512", "--verbose=0", f"--output_dir={tmp_path / 'out'}",
+                   *TINY_MODEL_FLAGS, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  written = set(os.listdir(tmp_path / "out"))
+  assert {"results.csv", "auc.png"} <= written and "comparable.csv" not in written
+  assert set(pd.read_csv(tmp_path / "out" / "results.csv")["task"]) == {"like"}
