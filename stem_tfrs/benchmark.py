@@ -38,7 +38,7 @@ import tensorflow as tf
 from stem_tfrs import analysis, data, evaluation, training
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
 from stem_tfrs.models import MODEL_NAMES, MODELS
-from stem_tfrs.schema import Schema, load_stats
+from stem_tfrs.schema import Schema
 
 SUMMARY = "summary.json"
 METRICS = ("auc", "gauc", "logloss")
@@ -73,33 +73,20 @@ class BenchmarkConfig:
       raise ConfigError(f"kappa must be >= 1, got {self.kappa}")
 
 
-def _run_config(model_config: ModelConfig, config: TrainConfig, schema: Schema) -> dict:
-  """What makes a finished run reusable: its settings and its data, wherever they lie.
-
-  The data is named by its resolved path, its rows and its vocabularies, so
-  that data prepared again is trained on again; the run directory is left
-  out, so that a moved output directory keeps its runs.
-  """
-  train_config = dict(dataclasses.asdict(config), data_dir=os.path.realpath(config.data_dir))
-  del train_config["run_dir"]
-  return {"model_config": dataclasses.asdict(model_config), "train_config": train_config,
-          "data": {"stats": load_stats(schema.directory),
-                   "features": schema.to_json()["features"]}}
-
-
 def _finished(run_dir: str, expected: dict) -> Optional[dict]:
   path = os.path.join(run_dir, SUMMARY)
   if not os.path.isfile(path):
     return None
   with open(path) as f:
     summary = json.load(f)
-  return summary if summary.get("config") == json.loads(json.dumps(expected)) else None
+  return summary if summary.get("config") == expected else None
 
 
 def run_one(model_config: ModelConfig, config: TrainConfig, schema: Schema,
             verbose: int = 0) -> dict:
   """Trains one (model, seed), saves its test predictions and gate shares; returns its summary."""
-  expected = _run_config(model_config, config, schema)
+  # Reused on the same settings and data, wherever the output directory lies.
+  expected = training.settings_and_data(model_config, config, schema)
   summary = _finished(config.run_dir, expected)
   if summary is not None:
     logging.info("reusing finished run %s", config.run_dir)

@@ -74,6 +74,21 @@ def _batches(rows: int, batch_size: int) -> int:
   return -(-rows // batch_size)
 
 
+def settings_and_data(model_config: ModelConfig, config: TrainConfig, schema: Schema) -> dict:
+  """A run's settings and data as JSON, wherever they lie: what makes two runs the same.
+
+  The data is named by its resolved path, its rows and its vocabularies, so
+  that data prepared again is not the same data; where the run writes
+  (`run_dir`, `export_dir`) is left out.
+  """
+  train_config = dict(dataclasses.asdict(config), data_dir=os.path.realpath(config.data_dir))
+  del train_config["run_dir"], train_config["export_dir"]
+  return json.loads(json.dumps({
+      "model_config": dataclasses.asdict(model_config), "train_config": train_config,
+      "data": {"stats": load_stats(schema.directory),
+               "features": schema.to_json()["features"]}}))
+
+
 def _check_resumable(run_dir: str, run_config: dict) -> None:
   """A ConfigError if `run_dir` holds an interrupted run that `run_config` cannot resume.
 

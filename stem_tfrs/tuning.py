@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import importlib.util
+import json
 import os
 from typing import Dict, List, Tuple
 
@@ -112,7 +113,11 @@ def tune(model_config: ModelConfig, train_config: TrainConfig, output_dir: str,
                       "optimization uses: pip install scikit-learn (or use --tuner=random)")
   if max_trials < 1:
     raise ConfigError(f"max_trials must be >= 1, got {max_trials}")
-  training.load_and_check(model_config, train_config)  # fail before any trial
+  schema = training.load_and_check(model_config, train_config)  # fail before any trial
+  base = training.settings_and_data(model_config, train_config, schema)
+  for config, field in SEARCH_SPACE:  # each trial sets its own
+    del base[f"{config}_config"][field]
+  _check_same_search(output_dir, dict(base, objective=objective, tuner=tuner))
   goal = keras_tuner.Objective(f"val_{objective}", direction="max")
   oracle_class = {"random": keras_tuner.oracles.RandomSearchOracle,
                   "bayesian": keras_tuner.oracles.BayesianOptimizationOracle}[tuner]
@@ -132,6 +137,39 @@ def tune(model_config: ModelConfig, train_config: TrainConfig, output_dir: str,
   return TuneResult(trials=trials, best_model_config=best_model,
                     best_train_config=dataclasses.replace(best_train, run_dir=""),
                     results_csv=results_csv)
+
+
+def _check_same_search(output_dir: str, search: dict) -> None:
+  """Records the search's base in `output_dir`, or refuses to resume another search there.
+
+  A resumed search counts its finished trials: under another base (model,
+  data, sizes, epochs, objective) their scores would be another search's.
+  """
+  path = os.path.join(output_dir, "search.json")
+  if os.path.isfile(path):
+    with open(path) as f:
+      before = json.load(f)
+    if before != search:
+      raise ConfigError(f"{output_dir} holds a search with another base "
+                        f"({', '.join(_differences(before, search))}): rerun it with its own "
+                        "flags to resume, or use another --output_dir")
+    return
+  os.makedirs(output_dir, exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(search, f, indent=2)
+
+
+def _differences(before: dict, now: dict) -> List[str]:
+  """The keys whose values differ, as "key" or, inside a dict value, "key.field"."""
+  changed = []
+  for key in sorted(before.keys() | now.keys()):
+    old, new = before.get(key), now.get(key)
+    if isinstance(old, dict) and isinstance(new, dict):
+      changed += [f"{key}.{field}" for field in sorted(old.keys() | new.keys())
+                  if old.get(field) != new.get(field)]
+    elif old != new:
+      changed.append(key)
+  return changed
 
 
 def finished_trials(search: keras_tuner.Tuner) -> List[dict]:

@@ -71,8 +71,9 @@ def test_rerun_reuses_finished_runs_and_retrains_only_the_missing_one(benchmark_
   summary = lambda m: runs / m / "seed-2023" / "summary.json"
   stamps = {m: os.path.getmtime(summary(m)) for m in MODEL_NAMES}
   os.remove(summary("mmoe"))  # as if the benchmark had crashed while training mmoe
-  result = main_py("benchmark", f"--data_dir={tiny_data}", "--models=all", "--seeds=1", "--epochs=1", "--batch_size=512",
-                   "--verbose=0", f"--output_dir={benchmark_dir}", *TINY_MODEL_FLAGS,
+  result = main_py("benchmark", f"--data_dir={tiny_data}", "--models=all", "--seeds=1",
+                   "--epochs=1", "--batch_size=512", "--verbose=0",
+                   f"--output_dir={benchmark_dir}", *TINY_MODEL_FLAGS,
                    cwd=benchmark_dir.parent)
   assert result.returncode == 0, result.stderr[-3000:]
   for m in MODEL_NAMES:

@@ -44,3 +44,11 @@ def test_tune_writes_results_and_a_best_flagfile_that_train_accepts_and_resumes(
   assert len(rows) == 3
   assert {r["trial"]: r["val_auc"] for r in rows if r["trial"] in finished} == finished
   assert sorted(os.listdir(out / "trials")) == sorted(r["trial"] for r in rows)
+
+  # Another base cannot resume it: its finished trials would score another search.
+  other = main_py(*tune, "--max_trials=4", "--model=mmoe", "--epochs=2")
+  assert other.returncode == 1
+  assert other.stderr.strip().splitlines()[-1] == (
+      f"error: {out} holds a search with another base (train_config.epochs, "
+      "train_config.model): rerun it with its own flags to resume, or use another --output_dir")
+  assert len(list(csv.DictReader(open(out / "results.csv")))) == 3
