@@ -114,6 +114,9 @@ def tune(model_config: ModelConfig, train_config: TrainConfig, output_dir: str,
   if max_trials < 1:
     raise ConfigError(f"max_trials must be >= 1, got {max_trials}")
   schema = training.load_and_check(model_config, train_config)  # fail before any trial
+  if objective == "gauc" and not schema.group_column:
+    raise ConfigError(f"--objective=gauc needs a group column (the user id), and "
+                      f"{schema.directory} has none: use --objective=auc")
   base = training.settings_and_data(model_config, train_config, schema)
   for config, field in SEARCH_SPACE:  # each trial sets its own
     del base[f"{config}_config"][field]
