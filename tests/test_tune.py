@@ -1,11 +1,18 @@
 """`python main.py tune`: a KerasTuner search of whole runs, its table, best flagfile and resume."""
 
 import csv
+import json
 import os
+import shutil
 import subprocess
 import sys
 
-from conftest import REPO, TINY_MODEL_FLAGS
+import pytest
+
+from stem_tfrs import TrainConfig, tuning
+from stem_tfrs.config import ConfigError
+
+from conftest import REPO, TINY_MODEL_FLAGS, tiny_model_config
 
 
 def main_py(*args):
@@ -52,3 +59,14 @@ def test_tune_writes_results_and_a_best_flagfile_that_train_accepts_and_resumes(
       f"error: {out} holds a search with another base (train_config.epochs, "
       "train_config.model): rerun it with its own flags to resume, or use another --output_dir")
   assert len(list(csv.DictReader(open(out / "results.csv")))) == 3
+
+
+def test_a_gauc_search_needs_a_group_column(tiny_data, tmp_path):
+  data = tmp_path / "data"
+  shutil.copytree(tiny_data, data)
+  schema = json.loads((data / "schema.json").read_text())
+  (data / "schema.json").write_text(json.dumps(dict(schema, group_column=None)))
+  with pytest.raises(ConfigError, match=r"--objective=gauc needs a group column"):
+    tuning.tune(tiny_model_config(), TrainConfig(data_dir=str(data)), str(tmp_path / "out"),
+                objective="gauc")
+  assert not (tmp_path / "out").exists()
