@@ -37,6 +37,7 @@ import tensorflow as tf
 
 from stem_tfrs import analysis, data, evaluation, training
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
+from stem_tfrs.files import write_json
 from stem_tfrs.models import MODEL_NAMES, MODELS
 from stem_tfrs.schema import Schema
 
@@ -109,8 +110,7 @@ def run_one(model_config: ModelConfig, config: TrainConfig, schema: Schema,
       "train_seconds": history["train_seconds"],
       "examples_per_second": history["train_examples_per_second"],
   }
-  with open(os.path.join(config.run_dir, SUMMARY), "w") as f:
-    json.dump(summary, f, indent=2)
+  write_json(os.path.join(config.run_dir, SUMMARY), summary)  # last: it marks the run finished
   return summary
 
 
@@ -237,11 +237,10 @@ def run_benchmark(model_config: ModelConfig, train_config: TrainConfig,
 
   results = aggregate(summaries, schema.tasks)
   results.to_csv(os.path.join(out, "results.csv"), index=False)
-  with open(os.path.join(out, "results.json"), "w") as f:
-    json.dump({"results": results.to_dict(orient="records"),
-               "runs": [{k: s[k] for k in ("model", "seed", "metrics", "params",
-                                           "train_seconds", "examples_per_second")}
-                        for s in summaries]}, f, indent=2)
+  write_json(os.path.join(out, "results.json"), {
+      "results": results.to_dict(orient="records"),
+      "runs": [{k: s[k] for k in ("model", "seed", "metrics", "params", "train_seconds",
+                                  "examples_per_second")} for s in summaries]})
   with open(os.path.join(out, "results.md"), "w") as f:
     f.write(markdown(results))
   _bar_chart(os.path.join(out, "auc.png"),

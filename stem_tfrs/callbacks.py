@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from stem_tfrs.config import TrainConfig
+from stem_tfrs.files import write_json
 
 MONITOR = "val_auc"
 #: BackupAndRestore's directory in a run directory, and the callbacks' state file in it.
@@ -156,10 +157,7 @@ class ResumedCallbackState(tf.keras.callbacks.Callback):
       state = {"epoch": epoch, "history": self.history,
                "callbacks": [{name: _plain(getattr(c, name)) for name in self.FIELDS
                               if hasattr(c, name)} for c in self.tracked]}
-      tmp = f"{self.path}.tmp"
-      with tf.io.gfile.GFile(tmp, "w") as f:
-        json.dump(state, f)
-      tf.io.gfile.rename(tmp, self.path, overwrite=True)  # never half a file
+      write_json(self.path, state)  # never half a file
 
   def on_train_end(self, logs=None):
     if self._resuming:  # no epoch was left to run: the history is the saved one

@@ -24,6 +24,7 @@ import tensorflow_recommenders as tfrs
 
 from stem_tfrs import callbacks, data, distributed, evaluation, export
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
+from stem_tfrs.files import write_json
 from stem_tfrs.models import MODELS, build_model
 from stem_tfrs.optimizers import FusedAdam
 from stem_tfrs.schema import Schema, load_stats
@@ -119,15 +120,6 @@ def _check_resumable(run_dir: str, run_config: dict) -> None:
                       f"({'; '.join(changes)}): resume it with its own, or use another --run_dir")
 
 
-def _write_json(path: str, content) -> None:
-  """Writes `content` to `path` whole or not at all (a reader never sees half a file)."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(content, f, indent=2, sort_keys=False)
-    f.write("\n")
-  os.replace(tmp, path)
-
-
 def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
           strategy: Optional[tf.distribute.Strategy] = None) -> TrainResult:
   """Trains, evaluates (valid and test, exact metrics) and exports one model.
@@ -185,7 +177,7 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
   }
   _check_resumable(run_dir, run_config)
   if chief:
-    _write_json(os.path.join(run_dir, "config.json"), run_config)
+    write_json(os.path.join(run_dir, "config.json"), run_config)
 
   tf.keras.utils.set_random_seed(config.seed)
   if config.deterministic:
@@ -267,7 +259,7 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
   epochs_timed = len(this_session.history.get("loss", []))  # train_seconds' epochs
   if "steps_per_epoch" in fit_args:  # a cluster epoch is a fixed number of steps
     train_rows = fit_args["steps_per_epoch"] * config.batch_size
-  _write_json(os.path.join(run_dir, "training.json"), {
+  write_json(os.path.join(run_dir, "training.json"), {
       "strategy": config.strategy,
       "replicas": strategy.num_replicas_in_sync,
       "sharded_variables": sharded,
@@ -277,7 +269,7 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
                                     if train_rows and epochs_timed else None),
       "history": history,
   })
-  _write_json(os.path.join(run_dir, "metrics.json"), metrics)
+  write_json(os.path.join(run_dir, "metrics.json"), metrics)
 
   export_path = None
   if config.export_dir:

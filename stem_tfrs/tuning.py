@@ -27,6 +27,7 @@ import keras_tuner
 
 from stem_tfrs import training
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
+from stem_tfrs.files import write_json
 
 #: The search space: (config, field) -> candidate values. Our reading of the
 #: STEM-Net authors' search (expert counts, embedding L2, dropout, learning
@@ -158,8 +159,7 @@ def _check_same_search(output_dir: str, search: dict) -> None:
                         "flags to resume, or use another --output_dir")
     return
   os.makedirs(output_dir, exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(search, f, indent=2)
+  write_json(path, search)
 
 
 def _differences(before: dict, now: dict) -> List[str]:
