@@ -36,7 +36,7 @@ import pandas as pd
 import tensorflow as tf
 
 from stem_tfrs.schema import (SPLITS, STATS_FILE, CategoricalFeature, Schema, check_column_names,
-                              row_lengths_key)
+                              check_task_names, row_lengths_key)
 
 BAD_ROWS_FILE = "bad_rows.json"
 #: Rows a shard record holds by default: tf.data and the parser pay per record (stem_tfrs.schema).
@@ -233,11 +233,13 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
   Raises:
     DataError: a missing column, a bad row in strict mode, no rows at all,
       or a split without rows.
-    SchemaError: a column name that cannot name a SavedModel input.
+    SchemaError: a column name that cannot name a SavedModel input, or a
+      reserved task name.
     FileExistsError: `out_dir` exists and `overwrite` is False.
   """
   features, labels = list(features), list(labels)
   check_column_names(features + labels)
+  check_task_names(labels)
   multivalent = dict(multivalent or {})
   num_shards = {"train": 8, "valid": 2, "test": 2, **(num_shards or {})}
   bad_rows = bad_rows if bad_rows is not None else BadRows(strict=True)

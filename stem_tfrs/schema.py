@@ -76,6 +76,20 @@ def check_column_names(names: Sequence[str]) -> None:
           "digits and '_', starting with a letter (rename the raw column)")
 
 
+#: Names no task may take: "shared" names the shared experts, gates and
+#: embedding table, next to each task's own (`expert_<task>`, `gate_<task>`).
+RESERVED_TASK_NAMES = ("shared",)
+
+
+def check_task_names(tasks: Sequence[str]) -> None:
+  """A SchemaError for a task whose name would make its variables look shared."""
+  for task in tasks:
+    if task in RESERVED_TASK_NAMES:
+      raise SchemaError(
+          f"task name {task!r} is reserved: it names the shared experts, gates and embedding "
+          "table, which a task's own would be mistaken for (rename the label column)")
+
+
 @dataclasses.dataclass(frozen=True)
 class CategoricalFeature:
   """One categorical input column.
@@ -150,6 +164,7 @@ class Schema:
     if not self.labels:
       raise SchemaError("schema has no labels (tasks)")
     check_column_names(names + list(self.labels))
+    check_task_names(self.labels)
     duplicated = sorted({n for n in names + self.labels
                          if (names + self.labels).count(n) > 1})
     if duplicated:

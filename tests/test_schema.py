@@ -41,6 +41,8 @@ def test_missing_vocabulary_file_is_named(tmp_path):
     (dict(features=[CategoricalFeature("x", hash_buckets=2)], labels=["x"]), "twice"),
     (dict(features=[CategoricalFeature("x", hash_buckets=2)], labels=["a"], group_column="u"),
      "group_column 'u'"),
+    (dict(features=[CategoricalFeature("x", hash_buckets=2)], labels=["a", "shared"]),
+     "task name 'shared' is reserved"),
 ])
 def test_inconsistent_schemas_are_rejected(kwargs, message):
   with pytest.raises(SchemaError, match=message):

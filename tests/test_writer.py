@@ -167,6 +167,14 @@ def test_a_column_name_serving_cannot_use_stops_before_anything_is_written(tmp_p
   assert leftovers(tmp_path) == []
 
 
+def test_a_task_named_shared_stops_before_anything_is_written(tmp_path):
+  f = frame(50).rename(columns={"like": "shared"})
+  with pytest.raises(SchemaError, match=r"task name 'shared' is reserved: it names the shared "
+                                        r"experts, gates and embedding table"):
+    run(tmp_path, [Chunk(f, "x")], labels=["finish", "shared"])
+  assert leftovers(tmp_path) == []
+
+
 def test_exact_split_is_seeded_and_uniform():
   split = ExactSplit()
 
