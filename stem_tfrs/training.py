@@ -157,6 +157,9 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
                         "each worker streams its share of the shards")
   schema = load_and_check(model_config, config)
   stats = load_stats(schema.directory)
+  for warning in MODELS[config.model].data_warnings(
+      schema.tasks, stats.get("train", {}).get("positive_rate", {})):
+    logging.warning("%s", warning)
   if config.strategy in distributed.CLUSTER_STRATEGIES:
     rows = _split_rows(stats, "train")
     if rows < config.batch_size:

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from stem_tfrs import build_model, export_saved_model, make_dataset
-from stem_tfrs.models import MODEL_NAMES, MultiTaskRankingModel
+from stem_tfrs.models import MODEL_NAMES, MODELS, MultiTaskRankingModel
 from stem_tfrs.schema import Schema
 
 from conftest import tiny_model_config
@@ -152,3 +152,14 @@ def test_shared_bottom_feeds_every_tower_the_same_representation(schema):
   features, _ = make_batch(schema)
   hidden = model.backbone(model.embedding(features))
   assert len(hidden) == len(TASKS) and all(h is hidden[0] for h in hidden)
+
+
+def test_funnel_models_warn_when_a_later_task_is_more_frequent_than_the_one_before():
+  rates = {"click": 0.05, "like": 0.01, "long_view": 0.30}
+  (warning,) = MODELS["esmm"].data_warnings(["click", "like", "long_view"], rates)
+  assert warning == ("ESMM assumes the tasks form a funnel in schema order (like -> long_view), "
+                     "but long_view's train positive rate 0.3000 is above like's 0.0100: "
+                     "prepare the data with --tasks in funnel order to compare it fairly")
+  assert len(MODELS["aitm"].data_warnings(["click", "like", "long_view"], rates)) == 1
+  assert MODELS["aitm"].data_warnings(["long_view", "click", "like"], rates) == []
+  assert MODELS["stem"].data_warnings(["like", "long_view"], rates) == []

@@ -29,6 +29,7 @@ class AITM(MultiTaskRankingModel):
   (p_t <= p_{t-1}): `calibration_weight * sum_t mean(relu(p_t - p_{t-1}))`.
   """
 
+  assumes_funnel = True
   calibration_weight = 0.6
 
   def __init__(self, schema: Schema, config: ModelConfig, name: Optional[str] = "aitm"):

@@ -39,6 +39,9 @@ class MultiTaskRankingModel(tfrs.Model):
   #: shared-embedding baselines), "tasks_and_shared" (one per task, then the
   #: shared one: STEM and the ME baselines) or "tasks" (single-task models).
   embedding_tables: str = "shared"
+  #: Whether the architecture assumes the tasks form a funnel in schema order
+  #: (a positive in task t is a positive in task t-1): ESMM and AITM.
+  assumes_funnel: bool = False
 
   def __init__(self, schema: Schema, config: ModelConfig, name: Optional[str] = None):
     super().__init__(name=name)
@@ -93,6 +96,23 @@ class MultiTaskRankingModel(tfrs.Model):
   @classmethod
   def check_config(cls, config: ModelConfig) -> None:
     """Raises ConfigError if the architecture cannot be built from `config` (before a run)."""
+
+  @classmethod
+  def data_warnings(cls, tasks: List[str], positive_rates: Dict[str, float]) -> List[str]:
+    """What in the data breaks the architecture's assumptions, one line each (may be empty).
+
+    A funnel model's task t can be no more frequent than task t-1: with
+    p(t) > p(t-1) no p(t | t-1) fits, and the model is compared under a
+    constraint the data breaks.
+    """
+    if not cls.assumes_funnel:
+      return []
+    return [f"{cls.__name__} assumes the tasks form a funnel in schema order ({upper} -> "
+            f"{lower}), but {lower}'s train positive rate {positive_rates[lower]:.4f} is above "
+            f"{upper}'s {positive_rates[upper]:.4f}: prepare the data with --tasks in funnel "
+            f"order to compare it fairly"
+            for upper, lower in zip(tasks, tasks[1:])
+            if positive_rates.get(lower, 0.0) > positive_rates.get(upper, 1.0)]
 
   def task_bottoms(self) -> List[MLP]:
     """One bottom MLP per task (`bottom_<task>`) with the experts' widths."""

@@ -35,6 +35,8 @@ class ESMM(MultiTaskRankingModel):
   like a video without finishing it).
   """
 
+  assumes_funnel = True
+
   def __init__(self, schema: Schema, config: ModelConfig, name: Optional[str] = "esmm"):
     super().__init__(schema, config, name=name)
     self.bottoms = self.task_bottoms()
