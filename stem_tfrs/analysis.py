@@ -57,9 +57,14 @@ def assign_groups(users: np.ndarray, rho: pd.Series, kappa: float) -> np.ndarray
   return groups
 
 
+def sample_std(values: Sequence[float]) -> float:
+  """The sample standard deviation (n - 1) of `values`; 0 for a single value."""
+  return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def comparable_report(predictions: Dict[str, List[Dict[str, np.ndarray]]], tasks: Sequence[str],
                       groups: np.ndarray, baseline: Optional[str] = "single_task") -> pd.DataFrame:
-  """AUC per (group, task, model), mean and std over seeds, and its gap to `baseline`.
+  """AUC per (group, task, model), mean and sample std over seeds, and its gap to `baseline`.
 
   Args:
     predictions: model -> one `evaluation.predict` output per seed, all over
@@ -79,7 +84,7 @@ def comparable_report(predictions: Dict[str, List[Dict[str, np.ndarray]]], tasks
       for model, seeds in predictions.items():
         aucs = [evaluation.auc(p[f"label/{task}"][mask], p[task][mask]) for p in seeds]
         rows.append({"group": group, "task": task, "model": model, "samples": int(mask.sum()),
-                     "auc_mean": float(np.mean(aucs)), "auc_std": float(np.std(aucs))})
+                     "auc_mean": float(np.mean(aucs)), "auc_std": sample_std(aucs)})
   report = pd.DataFrame(rows)
   column = f"auc_vs_{baseline}"
   if baseline in predictions:

@@ -6,10 +6,12 @@ change. Output directory:
 
     <output_dir>/runs/<model>/seed-<seed>/   one training run each (config.json,
                                              metrics.json, ..., predictions.npz,
-                                             gates.json, summary.json)
-    <output_dir>/results.csv, .json, .md    per model and task: mean and std over
-                                             seeds of test AUC, gAUC, logloss;
-                                             parameters, training time, examples/s
+                                             summary.json; failed.json if it
+                                             diverged)
+    <output_dir>/results.csv, .json, .md    per model and task: mean and sample std
+                                             (n - 1) over seeds of test AUC, gAUC,
+                                             logloss; parameters, training time,
+                                             examples/s; the runs that failed
     <output_dir>/auc.png                    test AUC, models x tasks, error bars
     <output_dir>/comparable.csv, .png       AUC per comparable-sample group, and
                                              the gap to single_task (with two tasks
@@ -19,7 +21,11 @@ change. Output directory:
 A run whose `summary.json` exists and whose configuration and data (resolved
 path, rows, vocabularies) match is reused, so re-invoking after a crash
 retrains only what had not finished, and data prepared again is trained on
-again. Every (model, seed) configuration is checked before the first trains.
+again. A run cut short resumes from its last finished epoch. A run that
+diverges (`training.TrainingDiverged`) is recorded in its `failed.json` and
+reported as failed; the others are compared without it, and a rerun with
+the same settings does not train it again. Every (model, seed)
+configuration is checked before the first trains.
 """
 
 from __future__ import annotations
@@ -35,14 +41,33 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from stem_tfrs import analysis, data, evaluation, training
+from stem_tfrs import analysis, callbacks, data, evaluation, training
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
 from stem_tfrs.files import write_json
 from stem_tfrs.models import MODEL_NAMES, MODELS
 from stem_tfrs.schema import Schema
 
 SUMMARY = "summary.json"
+FAILED = "failed.json"
+STARTED = "settings.json"  # a run's settings and data, written before it trains
 METRICS = ("auc", "gauc", "logloss")
+#: Every report file, in the order the final message lists them.
+REPORT_FILES = ("results.csv", "results.json", "results.md", "auc.png", "comparable.csv",
+                "comparable.png", "gates.csv", "gates.png")
+
+
+@dataclasses.dataclass
+class BenchmarkReport:
+  """What `run_benchmark` produced.
+
+  Attributes:
+    results: One row per (model, task) over the runs that finished (see `aggregate`).
+    failed: One entry per run that diverged: model, seed, run_dir, reason.
+    files: The report files written in the output directory, by name.
+  """
+  results: pd.DataFrame
+  failed: List[dict]
+  files: List[str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,27 +99,54 @@ class BenchmarkConfig:
       raise ConfigError(f"kappa must be >= 1, got {self.kappa}")
 
 
-def _finished(run_dir: str, expected: dict) -> Optional[dict]:
-  path = os.path.join(run_dir, SUMMARY)
+def _read(run_dir: str, name: str) -> Optional[dict]:
+  path = os.path.join(run_dir, name)
   if not os.path.isfile(path):
     return None
   with open(path) as f:
-    summary = json.load(f)
-  return summary if summary.get("config") == expected else None
+    try:
+      return json.load(f)
+    except ValueError:  # cut short by a crash: as if absent
+      return None
+
+
+def _recorded(run_dir: str, name: str, expected: dict) -> Optional[dict]:
+  """The run's `name` file (summary or failure) if it was written under `expected`."""
+  record = _read(run_dir, name)
+  return record if record is not None and record.get("config") == expected else None
 
 
 def run_one(model_config: ModelConfig, config: TrainConfig, schema: Schema,
             verbose: int = 0) -> dict:
-  """Trains one (model, seed), saves its test predictions and gate shares; returns its summary."""
+  """Trains one (model, seed), saves its test predictions and gate shares; returns its summary.
+
+  A run that diverges returns {"model", "seed", "config", "failed": reason}
+  instead, also written to its failed.json.
+  """
   # Reused on the same settings and data, wherever the output directory lies.
   expected = training.settings_and_data(model_config, config, schema)
-  summary = _finished(config.run_dir, expected)
-  if summary is not None:
-    logging.info("reusing finished run %s", config.run_dir)
-    return summary
-  shutil.rmtree(config.run_dir, ignore_errors=True)  # a half-finished earlier attempt
+  for name in (SUMMARY, FAILED):
+    record = _recorded(config.run_dir, name, expected)
+    if record is not None:
+      logging.info("reusing %s run %s", "finished" if name == SUMMARY else "failed",
+                   config.run_dir)
+      return record
+  started = _read(config.run_dir, STARTED)
+  if started == expected and callbacks.epochs_done(config.run_dir):
+    logging.info("resuming interrupted run %s", config.run_dir)
+  else:  # nothing, another run, or one that had not finished an epoch
+    shutil.rmtree(config.run_dir, ignore_errors=True)
+    os.makedirs(config.run_dir)
+    write_json(os.path.join(config.run_dir, STARTED), expected)
   tf.keras.backend.clear_session()
-  result = training.train(model_config, config, verbose=verbose)
+  try:
+    result = training.train(model_config, config, verbose=verbose)
+  except training.TrainingDiverged as e:
+    failure = {"model": config.model, "seed": config.seed, "config": expected,
+               "failed": str(e)}
+    write_json(os.path.join(config.run_dir, FAILED), failure)
+    logging.warning("%s, seed %d: %s", config.model, config.seed, e)
+    return failure
   test = data.make_dataset(schema, "test", config.eval_batch_size)
   predictions = evaluation.predict(result.model, test, schema.group_column)
   np.savez_compressed(os.path.join(config.run_dir, "predictions.npz"),
@@ -115,7 +167,7 @@ def run_one(model_config: ModelConfig, config: TrainConfig, schema: Schema,
 
 
 def aggregate(summaries: List[dict], tasks: Sequence[str]) -> pd.DataFrame:
-  """One row per (model, task): test metrics' mean and std over seeds, size, speed."""
+  """One row per (model, task): test metrics' mean and sample std over seeds, size, speed."""
   rows = []
   for model in dict.fromkeys(s["model"] for s in summaries):
     runs = [s for s in summaries if s["model"] == model]
@@ -124,7 +176,7 @@ def aggregate(summaries: List[dict], tasks: Sequence[str]) -> pd.DataFrame:
       for metric in METRICS:
         values = [r["metrics"]["test"][task][metric] for r in runs]
         row[f"{metric}_mean"] = float(np.mean(values))
-        row[f"{metric}_std"] = float(np.std(values))
+        row[f"{metric}_std"] = analysis.sample_std(values)
       row["params"] = runs[0]["params"]
       row["train_seconds"] = float(np.mean([r["train_seconds"] for r in runs]))
       row["examples_per_second"] = float(np.mean([r["examples_per_second"] for r in runs]))
@@ -146,7 +198,8 @@ def gate_table(summaries: List[dict]) -> pd.DataFrame:
   return pd.DataFrame(rows, columns=["model", "task", "own", "other_tasks", "shared"])
 
 
-def markdown(results: pd.DataFrame) -> str:
+def markdown(results: pd.DataFrame, failed: Sequence[dict] = ()) -> str:
+  """results.md: the results table, then one line per failed run."""
   lines = ["| model | task | test AUC | test gAUC | test logloss | params | train s | examples/s |",
            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in results.itertuples():
@@ -155,8 +208,12 @@ def markdown(results: pd.DataFrame) -> str:
         f"{r.gauc_mean:.4f} ± {r.gauc_std:.4f} | {r.logloss_mean:.4f} ± {r.logloss_std:.4f} | "
         f"{r.params:,} | {r.train_seconds:.0f} | {r.examples_per_second:,.0f} |")
   seeds = sorted(set(results["seeds"]))
-  return (f"Test metrics, mean ± std over {', '.join(map(str, seeds))} seed(s).\n\n"
-          + "\n".join(lines) + "\n")
+  text = (f"Test metrics, mean ± sample std (n - 1) over {', '.join(map(str, seeds))} "
+          "seed(s).\n\n" + "\n".join(lines) + "\n")
+  if failed:
+    text += "\nFailed, left out of the table:\n\n" + "".join(
+        f"- {f['model']}, seed {f['seed']}: {f['failed']}\n" for f in failed)
+  return text
 
 
 def _bar_chart(path: str, frame: pd.DataFrame, value: str, error: Optional[str], title: str,
@@ -180,9 +237,12 @@ def _bar_chart(path: str, frame: pd.DataFrame, value: str, error: Optional[str],
   ax.set_title(title)
   ax.legend(fontsize="small", ncol=2 if len(series) > 5 else 1)
   values = frame[value].to_numpy(dtype=float)
-  finite = values[np.isfinite(values)]
-  if value.startswith("auc") and finite.size and finite.min() > 0:
-    ax.set_ylim(max(0.0, finite.min() - 0.05), min(1.0, finite.max() + 0.03))
+  spread = frame[error].fillna(0.0).to_numpy(dtype=float) if error else 0.0
+  low, high = values - spread, values + spread
+  shown = np.isfinite(low) & np.isfinite(high)
+  if value.startswith("auc") and shown.any() and low[shown].min() > 0:
+    # AUCs differ in the second decimal: a zoomed axis, with every error bar inside it.
+    ax.set_ylim(max(0.0, low[shown].min() - 0.05), min(1.0, high[shown].max() + 0.03))
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -200,17 +260,27 @@ def _comparable(out: str, schema: Schema, predictions: Dict[str, List[dict]],
   comparable.insert(1, "task_a", task_a)
   comparable.insert(2, "task_b", task_b)
   comparable.to_csv(os.path.join(out, "comparable.csv"), index=False)
-  gap = comparable[comparable["model"] != "single_task"].copy()
-  gap["x"] = gap["group"] + " / " + gap["task"]
-  _bar_chart(os.path.join(out, "comparable.png"), gap.rename(columns={"model": "series"}),
-             "auc_vs_single_task", None,
-             f"Test AUC minus single_task's, by sample group (kappa={kappa:g})",
-             "AUC gap (negative = negative transfer)")
+  chart = comparable[comparable["model"] != "single_task"].copy()
+  if "single_task" in predictions and not chart.empty:
+    value, error, title, ylabel = ("auc_vs_single_task", None,
+                                   "Test AUC minus single_task's, by sample group",
+                                   "AUC gap (negative = negative transfer)")
+  else:  # no gap to show: each model's AUC per group
+    chart = comparable.copy()
+    value, error, title, ylabel = "auc_mean", "auc_std", "Test AUC by sample group", "AUC"
+  chart["x"] = chart["group"] + " / " + chart["task"]
+  _bar_chart(os.path.join(out, "comparable.png"), chart.rename(columns={"model": "series"}),
+             value, error, f"{title} (kappa={kappa:g})", ylabel)
 
 
 def run_benchmark(model_config: ModelConfig, train_config: TrainConfig,
-                  bench: BenchmarkConfig, verbose: int = 0) -> pd.DataFrame:
-  """Trains every (model, seed), then writes the reports; returns the results table."""
+                  bench: BenchmarkConfig, verbose: int = 0) -> BenchmarkReport:
+  """Trains every (model, seed), then writes the reports over the runs that finished.
+
+  Raises:
+    ConfigError, SchemaError: before any run trains.
+    training.TrainingDiverged: every run diverged (each has its failed.json).
+  """
   schema = training.load_and_check(model_config, train_config)
   comparable_tasks = bench.comparable_tasks
   if comparable_tasks is not None:
@@ -228,36 +298,54 @@ def run_benchmark(model_config: ModelConfig, train_config: TrainConfig,
                                      out, "runs", model, f"seed-{train_config.seed + offset}"))
              for model in bench.models for offset in range(bench.seeds)]
   os.makedirs(out, exist_ok=True)
-  summaries, predictions = [], {}
+  summaries, failed, predictions = [], [], {}
   for config in configs:
     logging.info("benchmark: %s, seed %d", config.model, config.seed)
-    summaries.append(run_one(model_config, config, schema, verbose=verbose))
+    summary = run_one(model_config, config, schema, verbose=verbose)
+    if "failed" in summary:
+      failed.append({"model": config.model, "seed": config.seed, "run_dir": config.run_dir,
+                     "failed": summary["failed"]})
+      continue
+    summaries.append(summary)
     with np.load(os.path.join(config.run_dir, "predictions.npz"), allow_pickle=False) as npz:
       predictions.setdefault(config.model, []).append({k: npz[k] for k in npz.files})
+  if not summaries:
+    raise training.TrainingDiverged(
+        f"every run of the benchmark diverged (the first: {failed[0]['model']}, "
+        f"{failed[0]['failed']}); see failed.json under {os.path.join(out, 'runs')}")
 
   results = aggregate(summaries, schema.tasks)
   results.to_csv(os.path.join(out, "results.csv"), index=False)
   write_json(os.path.join(out, "results.json"), {
       "results": results.to_dict(orient="records"),
       "runs": [{k: s[k] for k in ("model", "seed", "metrics", "params", "train_seconds",
-                                  "examples_per_second")} for s in summaries]})
+                                  "examples_per_second")} for s in summaries],
+      "failed": failed})
   with open(os.path.join(out, "results.md"), "w") as f:
-    f.write(markdown(results))
+    f.write(markdown(results, failed))
   _bar_chart(os.path.join(out, "auc.png"),
              results.rename(columns={"model": "x", "task": "series"}), "auc_mean", "auc_std",
              "Test AUC (mean ± std over seeds)", "AUC")
+  written = ["results.csv", "results.json", "results.md", "auc.png"]
 
   if comparable_tasks is None:
     logging.info("no comparable-sample analysis: it needs two tasks and a group column")
   else:
     _comparable(out, schema, predictions, comparable_tasks, bench.kappa)
+    written += ["comparable.csv", "comparable.png"]
 
   gates = gate_table(summaries)
   gates.to_csv(os.path.join(out, "gates.csv"), index=False)
+  written.append("gates.csv")
   if not gates.empty:
     long = gates.melt(id_vars=["model", "task"], var_name="series", value_name="weight")
     long["x"] = long["model"] + " / " + long["task"]
     _bar_chart(os.path.join(out, "gates.png"), long, "weight", None,
                "Mean gate weight on own, other tasks' and shared experts (test split)",
                "gate weight")
-  return results
+    written.append("gates.png")
+  for name in set(REPORT_FILES) - set(written):  # an earlier benchmark's, now out of date
+    if os.path.exists(os.path.join(out, name)):
+      os.remove(os.path.join(out, name))
+  return BenchmarkReport(results=results, failed=failed,
+                         files=[name for name in REPORT_FILES if name in written])

@@ -10,6 +10,7 @@ shared/design/STEM.md.
 from __future__ import annotations
 
 from typing import Dict, Optional
+import weakref
 
 import numpy as np
 import pandas as pd
@@ -80,6 +81,26 @@ def logloss(labels, probabilities, eps: float = 1e-7) -> float:
   return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)))
 
 
+#: model -> its inference tf.function, made once per model: a new tf.function
+#: per call would trace again every time (and TensorFlow warns of it).
+_INFERENCE = weakref.WeakKeyDictionary()
+
+
+def _inference_function(model: tf.keras.Model):
+  """`model(features, training=False)` as a tf.function, made once per model.
+
+  The function holds the model by a weak reference, so that the cache does
+  not keep a discarded model (and its weights) alive.
+  """
+  function = _INFERENCE.get(model)
+  if function is None:
+    model_ref = weakref.ref(model)
+    function = tf.function(lambda features: model_ref()(features, training=False),
+                           reduce_retracing=True)
+    _INFERENCE[model] = function
+  return function
+
+
 def predict(model: tf.keras.Model, dataset: tf.data.Dataset,
             group_column: Optional[str] = None) -> Dict[str, np.ndarray]:
   """Runs `model` over a (features, labels) dataset.
@@ -88,7 +109,7 @@ def predict(model: tf.keras.Model, dataset: tf.data.Dataset,
     {"<task>": probabilities [N], "label/<task>": labels [N], and
     "group": the group column's raw values [N] if `group_column` is set}.
   """
-  infer = tf.function(lambda features: model(features, training=False))
+  infer = _inference_function(model)
   parts: Dict[str, list] = {}
   for features, labels in dataset:
     outputs = {task: p.numpy() for task, p in infer(features).items()}

@@ -11,7 +11,9 @@ optimization over `SEARCH_SPACE`) and keeps the search's state in
 the exact metrics of `stem_tfrs.evaluation` (mean over tasks of AUC or gAUC).
 Rerunning the same search in the same directory resumes it: finished trials are
 kept, and a trial cut short by an interruption is run again, resuming from its
-last finished epoch (its run directory keeps BackupAndRestore's state).
+last finished epoch (its run directory keeps BackupAndRestore's state). A
+trial whose training diverges is marked failed and the search goes on
+(KerasTuner stops it after 3 failed trials in a row).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import json
 import os
 from typing import Dict, List, Tuple
 
+from absl import logging
 import keras_tuner
 
 from stem_tfrs import training
@@ -73,6 +76,7 @@ class RunTuner(keras_tuner.Tuner):
     self.base_model_config = model_config
     self.base_train_config = train_config
     self.trials_dir = trials_dir
+    self.failures: List[str] = []  # this session's diverged trials, one line each
 
   def run_trial(self, trial, *args, **kwargs) -> Dict[str, float]:
     hp = trial.hyperparameters
@@ -82,7 +86,13 @@ class RunTuner(keras_tuner.Tuner):
                                              self.base_train_config)
     train_config = dataclasses.replace(
         train_config, run_dir=os.path.join(self.trials_dir, trial.trial_id), export_dir="")
-    result = training.train(model_config, train_config, verbose=0)
+    try:
+      result = training.train(model_config, train_config, verbose=0)
+    except training.TrainingDiverged as e:
+      # The same values would diverge again: a failed trial, not one to retry.
+      self.failures.append(f"trial {trial.trial_id}: {e}")
+      logging.warning("%s", self.failures[-1])
+      raise keras_tuner.errors.FailedTrialError(self.failures[-1]) from e
     valid = result.metrics["valid"]
     return {f"val_{metric}": sum(m[metric] for m in valid.values()) / len(valid)
             for metric in OBJECTIVES}
@@ -129,10 +139,19 @@ def tune(model_config: ModelConfig, train_config: TrainConfig, output_dir: str,
   search = RunTuner(oracle, model_config, train_config,
                     trials_dir=os.path.join(output_dir, "trials"),
                     directory=output_dir, project_name="search", overwrite=False)
-  search.search()
+  try:
+    search.search()
+  except RuntimeError as e:  # KerasTuner's limit of failed trials in a row
+    if not search.failures or "consecutive failures" not in str(e):
+      raise
+    raise training.TrainingDiverged(
+        f"the search in {output_dir} stopped: {oracle.max_consecutive_failed_trials} trials "
+        f"in a row failed; the last, {search.failures[-1]}") from e
   trials = finished_trials(search)
   if not trials:
-    raise RuntimeError(f"no trial of the search in {output_dir} finished")
+    raise training.TrainingDiverged(
+        f"no trial of the search in {output_dir} finished"
+        + (f"; the last to fail, {search.failures[-1]}" if search.failures else ""))
   best = max(trials, key=lambda row: row[f"val_{objective}"])
   best_model, best_train = configs_for(
       {k: v for k, v in best.items() if "." in k}, model_config, train_config)

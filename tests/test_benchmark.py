@@ -114,3 +114,107 @@ def test_one_task_data_is_benchmarked_without_the_comparable_analysis(tiny_data,
   written = set(os.listdir(tmp_path / "out"))
   assert {"results.csv", "auc.png"} <= written and "comparable.csv" not in written
   assert set(pd.read_csv(tmp_path / "out" / "results.csv")["task"]) == {"like"}
+
+
+def _bench(tmp_path, models, epochs=1):
+  from stem_tfrs import TrainConfig, benchmark
+  from conftest import tiny_model_config
+  return (tiny_model_config(),
+          TrainConfig(batch_size=512, epochs=epochs, early_stop_patience=5, seed=11),
+          benchmark.BenchmarkConfig(models=tuple(models), output_dir=str(tmp_path / "out")))
+
+
+def _epochs_begun(begun, stop_at=None):
+  """A Keras callback that appends each epoch a fit begins to `begun`, and can stop one."""
+  import tensorflow as tf
+
+  class EpochsBegun(tf.keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+      begun.append(epoch)
+      if epoch == stop_at:  # stands in for a preempted machine
+        raise KeyboardInterrupt(f"interrupted at epoch {epoch}")
+
+  return EpochsBegun()
+
+
+def test_an_interrupted_run_resumes_from_its_last_finished_epoch(tiny_data, tmp_path,
+                                                                 monkeypatch):
+  import dataclasses
+  from stem_tfrs import benchmark, callbacks
+  model_config, train_config, bench = _bench(tmp_path, ["stem"], epochs=2)
+  train_config = dataclasses.replace(train_config, data_dir=tiny_data)
+  for_run = callbacks.for_run
+  first, second = [], []
+  monkeypatch.setattr(callbacks, "for_run", lambda *a: for_run(*a) + [_epochs_begun(first, 1)])
+  with pytest.raises(KeyboardInterrupt):
+    benchmark.run_benchmark(model_config, train_config, bench)
+  run_dir = tmp_path / "out" / "runs" / "stem" / "seed-11"
+  assert json.load(open(run_dir / "backup" / "callbacks.json"))["epoch"] == 0
+
+  monkeypatch.setattr(callbacks, "for_run", lambda *a: for_run(*a) + [_epochs_begun(second)])
+  report = benchmark.run_benchmark(model_config, train_config, bench)
+  assert first == [0, 1] and second == [1]   # epoch 0 was not trained again
+  assert json.load(open(run_dir / "training.json"))["epochs_run"] == 2
+  assert list(report.results["model"]) == ["stem", "stem"] and not report.failed
+
+
+def test_a_diverged_run_is_reported_kept_and_not_trained_again(tiny_data, tmp_path,
+                                                               monkeypatch):
+  import dataclasses
+  from stem_tfrs import benchmark, training
+  model_config, train_config, bench = _bench(tmp_path, ["single_task", "mmoe"])
+  train_config = dataclasses.replace(train_config, data_dir=tiny_data)
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "gates.png").write_bytes(b"an earlier benchmark's")
+  train = training.train
+
+  def mmoe_diverges(model_config, config, verbose=1):
+    if config.model == "mmoe":
+      raise training.TrainingDiverged("training diverged: loss became nan at epoch 1, batch 3")
+    return train(model_config, config, verbose=verbose)
+
+  monkeypatch.setattr(training, "train", mmoe_diverges)
+  report = benchmark.run_benchmark(model_config, train_config, bench)
+  assert [(f["model"], f["seed"]) for f in report.failed] == [("mmoe", 11)]
+  assert set(report.results["model"]) == {"single_task"}
+  failure = json.load(open(out / "runs" / "mmoe" / "seed-11" / "failed.json"))
+  assert failure["failed"] == "training diverged: loss became nan at epoch 1, batch 3"
+  assert "- mmoe, seed 11: training diverged: loss became nan" in (out / "results.md").read_text()
+  assert json.load(open(out / "results.json"))["failed"][0]["model"] == "mmoe"
+  # Only single_task finished, and it has no gates: no gates.png, and the stale one is gone.
+  assert "gates.png" not in report.files and not (out / "gates.png").exists()
+  assert report.files == [f for f in FILES if f != "gates.png"]
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("a recorded run was trained again")
+
+  monkeypatch.setattr(training, "train", no_training)
+  again = benchmark.run_benchmark(model_config, train_config, bench)
+  assert again.failed == report.failed
+  pd.testing.assert_frame_equal(again.results, report.results)
+
+
+def test_a_benchmark_whose_every_run_diverges_is_a_one_line_error(tiny_data, tmp_path):
+  result = main_py("benchmark", f"--data_dir={tiny_data}", "--models=stem,single_task",
+                   "--seeds=1", "--epochs=1", "--batch_size=512", "--verbose=0",
+                   "--loss_weights=3e38,3e38", f"--output_dir={tmp_path / 'out'}",
+                   *TINY_MODEL_FLAGS, cwd=tmp_path)
+  assert_clean_error(result, r"every run of the benchmark diverged \(the first: stem, training "
+                             r"diverged: \w+ became (nan|inf)")
+  for model in ("stem", "single_task"):
+    assert (tmp_path / "out" / "runs" / model / "seed-2023" / "failed.json").exists()
+  assert not (tmp_path / "out" / "results.csv").exists()
+
+
+def test_results_report_the_sample_std_over_seeds():
+  from stem_tfrs import benchmark
+  runs = [{"model": "stem", "params": 10, "train_seconds": 1.0, "examples_per_second": 5.0,
+           "metrics": {"test": {"like": {"auc": auc, "gauc": 0.6, "logloss": 0.5}}}}
+          for auc in (0.70, 0.72, 0.77)]
+  row = benchmark.aggregate(runs, ["like"]).iloc[0]
+  assert row.auc_mean == pytest.approx(0.73)
+  assert row.auc_std == pytest.approx(0.036055, abs=1e-6)  # n - 1; population std: 0.029439
+  assert row.gauc_std == 0.0
+  one = benchmark.aggregate(runs[:1], ["like"]).iloc[0]
+  assert one.auc_std == 0.0 and one.seeds == 1

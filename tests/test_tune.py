@@ -70,3 +70,17 @@ def test_a_gauc_search_needs_a_group_column(tiny_data, tmp_path):
     tuning.tune(tiny_model_config(), TrainConfig(data_dir=str(data)), str(tmp_path / "out"),
                 objective="gauc")
   assert not (tmp_path / "out").exists()
+
+
+def test_diverged_trials_fail_one_line_each_and_stop_the_search_after_three(tiny_data, tmp_path):
+  from test_main import assert_clean_error
+  out = tmp_path / "tuning"
+  result = main_py("tune", f"--data_dir={tiny_data}", f"--output_dir={out}", "--epochs=1",
+                   "--batch_size=512", "--eval_batch_size=4096", "--max_trials=5",
+                   "--loss_weights=3e38,3e38", *TINY_MODEL_FLAGS)  # a total loss of inf
+  assert_clean_error(result, rf"the search in {out} stopped: 3 trials in a row failed; the "
+                             r"last, trial 2: training diverged: \w+ became (nan|inf) at epoch 1")
+  warnings = [line for line in result.stderr.splitlines() if "training diverged" in line]
+  assert len(warnings) == 4  # one per trial, then the error
+  assert sorted(os.listdir(out / "trials")) == ["0", "1", "2"]
+  assert not list(out.glob("trials/*/metrics.json"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import List
 
 from absl import flags
@@ -40,8 +41,12 @@ def run(argv: List[str]) -> int:
   model_config, train_config = train_cli.configs_from_flags()
   if not FLAGS["data_dir"].present:
     train_cli.ensure_embedded_data(train_config.data_dir, FLAGS.synthetic_rows)
-  results = benchmark.run_benchmark(model_config, train_config, bench, verbose=FLAGS.verbose)
-  print(benchmark.markdown(results))
-  print(f"reports in {FLAGS.output_dir}/: results.csv/.json/.md, auc.png, comparable.csv/.png, "
-        "gates.csv/.png")
+  report = benchmark.run_benchmark(model_config, train_config, bench, verbose=FLAGS.verbose)
+  print(benchmark.markdown(report.results, report.failed))
+  print(f"reports in {FLAGS.output_dir}/: {', '.join(report.files)}")
+  if report.failed:
+    print(f"error: {len(report.failed)} run(s) diverged and are left out of the reports "
+          f"(failed.json in each run directory; delete one to train it again): "
+          + ", ".join(f"{f['model']} seed {f['seed']}" for f in report.failed), file=sys.stderr)
+    return 1
   return 0

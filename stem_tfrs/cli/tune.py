@@ -29,6 +29,19 @@ flags.DEFINE_enum("tuner", "random", list(tuning.TUNERS),
 FLAGS = flags.FLAGS
 
 
+def _quiet_failed_trials() -> None:
+  """A failed trial prints our one-line warning, not KerasTuner's traceback.
+
+  KerasTuner prints the traceback of every failed trial while its (private)
+  DEBUG switch is on, which it is by default.
+  """
+  try:
+    from keras_tuner.src import config as keras_tuner_config
+  except ImportError:  # moved in another version: tracebacks it is
+    return
+  keras_tuner_config.DEBUG = False
+
+
 @one_line_errors
 def run(argv: List[str]) -> int:
   del argv
@@ -37,6 +50,7 @@ def run(argv: List[str]) -> int:
                 else os.path.join("tuning", train_config.model))
   if not FLAGS["data_dir"].present:
     ensure_embedded_data(train_config.data_dir, FLAGS.synthetic_rows)
+  _quiet_failed_trials()
   result = tuning.tune(model_config, train_config, output_dir, max_trials=FLAGS.max_trials,
                        objective=FLAGS.objective, tuner=FLAGS.tuner)
   best_flags = os.path.join(output_dir, "best.flags")
