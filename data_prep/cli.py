@@ -11,19 +11,27 @@ from absl import app, flags
 from data_prep.writer import ROWS_PER_RECORD, BadRows
 
 
+#: The flags of `--dataset=logs` (your own logs), passed to `prepare_logs` as they are named.
+LOGS_FLAGS = ("features", "group_column", "sep", "multivalent", "split_column", "valid_from",
+              "test_from", "test_fraction", "valid_fraction")
+
+
 @dataclasses.dataclass(frozen=True)
 class Loader:
-  """A raw data set's preparer and its defaults."""
+  """A raw data set's preparer, its defaults, and the flags of its own it takes."""
   prepare: Callable[..., dict]
   min_count: int
   seed: int
   tasks: Tuple[str, ...]
+  own_flags: Tuple[str, ...] = ()
 
 
 def loaders() -> dict:
   """Name -> Loader, for every raw layout data_prep reads."""
-  from data_prep import kuairand, movielens, qkvideo, tiktok
+  from data_prep import kuairand, logs, movielens, qkvideo, tiktok
   return {
+      "logs": Loader(_prepare_logs, logs.DEFAULT_MIN_COUNT, logs.DEFAULT_SEED, (),
+                     own_flags=LOGS_FLAGS),
       "tiktok": Loader(tiktok.prepare_tiktok, tiktok.DEFAULT_MIN_COUNT, tiktok.DEFAULT_SEED,
                        tiktok.TASKS),
       "qkvideo": Loader(qkvideo.prepare_qkvideo, qkvideo.DEFAULT_MIN_COUNT,
@@ -51,6 +59,28 @@ def define_flags(seed_flag: bool = True) -> None:
                        lower_bound=1)
   if seed_flag:
     flags.DEFINE_integer("seed", None, "Seed of the split (default: the data set's, 42).")
+  # --dataset=logs: your own logs (data_prep/logs.py).
+  flags.DEFINE_list("features", None, "logs: the categorical columns to embed, in order.")
+  flags.DEFINE_string("group_column", None, "logs: the feature that groups rows for gAUC "
+                      "(the user id).")
+  flags.DEFINE_string("sep", ",", "logs: the field separator ('\\t' for tabs).")
+  flags.DEFINE_list("multivalent", [], "logs: feature:separator items for features holding a "
+                    "list of values in one field (tags:|).")
+  flags.DEFINE_string("split_column", None, "logs: split by time on this column, with "
+                      "--valid_from and --test_from (default: a random split).")
+  flags.DEFINE_string("valid_from", None, "logs: rows with split_column at or after this value "
+                      "(and before --test_from) are validation rows.")
+  flags.DEFINE_string("test_from", None, "logs: rows with split_column at or after this value "
+                      "are test rows.")
+  flags.DEFINE_float("test_fraction", 0.1, "logs: the random split's test fraction.")
+  flags.DEFINE_float("valid_fraction", 0.1, "logs: the random split's validation fraction "
+                     "of the rows left after test.")
+
+
+def _prepare_logs(raw: str, out_dir: str, *, multivalent, sep, **kwargs) -> dict:
+  from data_prep import logs
+  return logs.prepare_logs(raw, out_dir, multivalent=logs.parse_multivalent(multivalent),
+                           sep=sep.replace("\\t", "\t"), **kwargs)
 
 
 def prepare(name: str, seed: Optional[int]) -> int:
@@ -60,13 +90,19 @@ def prepare(name: str, seed: Optional[int]) -> int:
   if not FLAGS.raw or not FLAGS.out:
     print("error: --raw and --out are required", file=sys.stderr)
     return 2
+  misplaced = [f"--{n}" for n in LOGS_FLAGS if FLAGS[n].present and n not in loader.own_flags]
+  if misplaced:
+    print(f"error: {', '.join(misplaced)} only apply to --dataset=logs (your own logs); "
+          f"{name} has its own columns and split", file=sys.stderr)
+    return 2
   bad_rows = BadRows(strict=FLAGS.strict)
   try:
     stats = loader.prepare(
         FLAGS.raw, FLAGS.out, bad_rows=bad_rows, overwrite=FLAGS.overwrite,
         min_count=loader.min_count if FLAGS.min_count is None else FLAGS.min_count,
         seed=loader.seed if seed is None else seed, tasks=FLAGS.tasks or loader.tasks,
-        rows_per_record=FLAGS.rows_per_record)
+        rows_per_record=FLAGS.rows_per_record,
+        **{n: FLAGS[n].value for n in loader.own_flags})
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     if bad_rows.total:

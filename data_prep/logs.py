@@ -1,0 +1,201 @@
+"""Your own logs -> prepared data set: delimited text files with a header line.
+
+Run as
+
+    python -m data_prep.logs --raw=logs/ --out=data/mine --features=user_id,item_id,tags \
+        --tasks=click,like --group_column=user_id --multivalent=tags:'|'
+
+(or `python main.py prepare --dataset=logs ...`).
+
+Raw layout: `raw` is one file, a directory (its files in name order, hidden
+ones skipped) or a glob pattern (`logs/part-*.csv`). Each file is delimited
+text (`sep`, "," by default) whose first line names its columns; files may
+order their columns differently and hold others, which are ignored. Every
+feature is categorical (an id, a bucket, a category): values seen fewer than
+`min_count` times in the train split share the OOV row. A multivalent
+feature holds a list of values in one field, split on its separator.
+
+The split is either random, seeded (`test_fraction` of all rows, then
+`valid_fraction` of the rest), or by time: with `split_column`, a row whose
+value is at or after `test_from` is test, at or after `valid_from` valid,
+and train otherwise. Values are compared as numbers when both bounds are
+numbers (a value that is not a number is then a bad row), and as text
+otherwise, which orders dates written alike (20220507, 2022-05-07); an empty
+value is a bad row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from data_prep.readers import read_delimited
+from data_prep.writer import ROWS_PER_RECORD, BadRows, Chunk, DataError, RandomSplit, prepare
+
+DEFAULT_MIN_COUNT = 5
+DEFAULT_SEED = 42
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeSplit:
+  """Split on `column`: >= test_from -> test, >= valid_from -> valid, else train."""
+  column: str
+  valid_from: str
+  test_from: str
+  vocabulary_from_train = True
+
+  def __post_init__(self):
+    if _is_number(self.valid_from) != _is_number(self.test_from):
+      raise DataError(f"--valid_from={self.valid_from} and --test_from={self.test_from} must "
+                      "both be numbers or both be text")
+    if self._key(self.valid_from) > self._key(self.test_from):
+      raise DataError(f"--valid_from={self.valid_from} is after --test_from={self.test_from}: "
+                      "validation comes before test")
+
+  @property
+  def numeric(self) -> bool:
+    """Whether values are compared as numbers (both bounds are numbers)."""
+    return _is_number(self.valid_from) and _is_number(self.test_from)
+
+  def _key(self, value: str):
+    return float(value) if self.numeric else value
+
+  def assigner(self, total_rows: Optional[int], seed: int) -> Callable[[pd.DataFrame], np.ndarray]:
+    del total_rows, seed  # deterministic by value
+
+    def assign(frame: pd.DataFrame) -> np.ndarray:
+      values = frame[self.column]
+      if self.numeric:
+        values = pd.to_numeric(values).to_numpy(dtype=np.float64)
+      else:
+        values = values.to_numpy(dtype=object)
+      return np.where(values >= self._key(self.test_from), 2,
+                      np.where(values >= self._key(self.valid_from), 1, 0))
+    return assign
+
+
+def _is_number(text: str) -> bool:
+  try:
+    float(text)
+  except (TypeError, ValueError):
+    return False
+  return True
+
+
+def raw_files(raw: str) -> List[str]:
+  """The files `raw` names: itself, a directory's files (name order), or a glob's matches."""
+  if os.path.isdir(raw):
+    files = sorted(os.path.join(raw, name) for name in os.listdir(raw)
+                   if not name.startswith(".") and os.path.isfile(os.path.join(raw, name)))
+    if not files:
+      raise DataError(f"--raw {raw} is a directory without files")
+    return files
+  if glob.has_magic(raw):
+    files = sorted(path for path in glob.glob(raw) if os.path.isfile(path))
+    if not files:
+      raise DataError(f"--raw {raw} matches no file")
+    return files
+  return [raw]  # read_delimited says if it is missing or empty
+
+
+def parse_multivalent(specs: Sequence[str]) -> Dict[str, str]:
+  """["tags:|", "genres:;"] -> {"tags": "|", "genres": ";"}."""
+  multivalent = {}
+  for spec in specs:
+    name, colon, separator = spec.partition(":")
+    if not colon or not name or not separator:
+      raise DataError(f"--multivalent takes feature:separator items (tags:|), got '{spec}'")
+    multivalent[name] = separator
+  return multivalent
+
+
+def prepare_logs(raw: str, out_dir: str, *, features: Sequence[str], tasks: Sequence[str],
+                 group_column: Optional[str] = None, sep: str = ",",
+                 multivalent: Optional[Dict[str, str]] = None,
+                 split_column: Optional[str] = None, valid_from: Optional[str] = None,
+                 test_from: Optional[str] = None, test_fraction: float = 0.1,
+                 valid_fraction: float = 0.1, min_count: int = DEFAULT_MIN_COUNT,
+                 seed: int = DEFAULT_SEED, bad_rows: Optional[BadRows] = None,
+                 overwrite: bool = False, chunk_rows: int = 200_000,
+                 rows_per_record: int = ROWS_PER_RECORD) -> dict:
+  """Prepares the logs `raw` names in `out_dir`; returns the stats.
+
+  Args:
+    raw: A file, a directory of files, or a glob pattern (see the module docstring).
+    out_dir: Destination directory.
+    features: Categorical columns, in model input order.
+    tasks: 0/1 label columns, one per task.
+    group_column: The feature that groups rows for gAUC (the user id), if any.
+    sep: Field separator ("," or "\\t" ...).
+    multivalent: Feature -> separator of its values in one field.
+    split_column, valid_from, test_from: A split by time (all three, or none).
+    test_fraction, valid_fraction: The random split, without `split_column`.
+    min_count, seed, bad_rows, overwrite, chunk_rows, rows_per_record: As
+      for the other loaders (`data_prep.writer.prepare`).
+
+  Raises:
+    DataError: what is missing or wrong, in one line; nothing is written.
+  """
+  features, tasks = list(features or []), list(tasks or [])
+  if not features:
+    raise DataError("--features is required: the categorical columns to embed")
+  if not tasks:
+    raise DataError("--tasks is required: the 0/1 label columns, one per task")
+  if group_column is not None and group_column not in features:
+    raise DataError(f"--group_column={group_column} must be one of --features {features}")
+  multivalent = dict(multivalent or {})
+  unknown = sorted(set(multivalent) - set(features))
+  if unknown:
+    raise DataError(f"--multivalent names {unknown}, which are not among --features {features}")
+  if not sep:
+    raise DataError("--sep must not be empty")
+  time_split = [split_column, valid_from, test_from]
+  if any(v is not None for v in time_split) and not all(v is not None for v in time_split):
+    raise DataError("a split by time takes --split_column, --valid_from and --test_from together")
+  if split_column is not None:
+    split = TimeSplit(split_column, str(valid_from), str(test_from))
+  else:
+    if not (0.0 <= test_fraction < 1.0 and 0.0 <= valid_fraction < 1.0):
+      raise DataError(f"--test_fraction and --valid_fraction must be in [0, 1), got "
+                      f"{test_fraction} and {valid_fraction}")
+    split = RandomSplit(test=test_fraction, valid_of_rest=valid_fraction)
+  files = raw_files(raw)
+  bad_rows = bad_rows if bad_rows is not None else BadRows()
+  required = list(dict.fromkeys(features + tasks + ([split_column] if split_column else [])))
+
+  def chunks():
+    for path in files:
+      for chunk in read_delimited(path, sep=sep, required=required, bad_rows=bad_rows,
+                                  chunk_rows=chunk_rows):
+        yield _drop_unsplittable(chunk, split, bad_rows) if split_column else chunk
+
+  return prepare(chunks, features=features, labels=tasks, group_column=group_column,
+                 out_dir=out_dir, min_count=min_count, seed=seed, split=split,
+                 overwrite=overwrite, bad_rows=bad_rows, multivalent=multivalent,
+                 rows_per_record=rows_per_record)
+
+
+def _drop_unsplittable(chunk: Chunk, split: TimeSplit, bad_rows: BadRows) -> Chunk:
+  """The chunk without rows a time split cannot place (empty, or not a number where
+  numbers are compared), each reported as a bad row."""
+  raw = chunk.frame[split.column]
+  if split.numeric:
+    bad = pd.to_numeric(raw, errors="coerce").isna().to_numpy()
+    kind, what = "unparsable number", "is not a number"
+  else:
+    bad = (raw.isna() | (raw == "")).to_numpy()
+    kind, what = "missing split value", "is empty"
+  for row in np.flatnonzero(bad):
+    bad_rows.add(kind, chunk.source, int(chunk.frame.index[row]),
+                 f"column '{split.column}': '{raw.iloc[row]}' {what}")
+  return Chunk(chunk.frame[~bad], chunk.source) if bad.any() else chunk
+
+
+if __name__ == "__main__":
+  from data_prep import cli
+  cli.run_module("logs")
