@@ -12,8 +12,8 @@ from data_prep.writer import ROWS_PER_RECORD, BadRows
 
 
 #: The flags of `--dataset=logs` (your own logs), passed to `prepare_logs` as they are named.
-LOGS_FLAGS = ("features", "group_column", "sep", "multivalent", "split_column", "valid_from",
-              "test_from", "test_fraction", "valid_fraction")
+LOGS_FLAGS = ("features", "numeric", "log1p", "group_column", "sep", "multivalent",
+              "split_column", "valid_from", "test_from", "test_fraction", "valid_fraction")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +61,10 @@ def define_flags(seed_flag: bool = True) -> None:
     flags.DEFINE_integer("seed", None, "Seed of the split (default: the data set's, 42).")
   # --dataset=logs: your own logs (data_prep/logs.py).
   flags.DEFINE_list("features", None, "logs: the categorical columns to embed, in order.")
+  flags.DEFINE_list("numeric", [], "logs: numeric columns (durations, counts), fed "
+                    "standardized beside the embeddings; an empty field is missing.")
+  flags.DEFINE_list("log1p", [], "logs: numeric columns to take the signed log of first "
+                    "(heavy-tailed counts).")
   flags.DEFINE_string("group_column", None, "logs: the feature that groups rows for gAUC "
                       "(the user id).")
   flags.DEFINE_string("sep", ",", "logs: the field separator ('\\t' for tabs).")

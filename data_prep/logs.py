@@ -10,10 +10,12 @@ Run as
 Raw layout: `raw` is one file, a directory (its files in name order, hidden
 ones skipped) or a glob pattern (`logs/part-*.csv`). Each file is delimited
 text (`sep`, "," by default) whose first line names its columns; files may
-order their columns differently and hold others, which are ignored. Every
+order their columns differently and hold others, which are ignored. A
 feature is categorical (an id, a bucket, a category): values seen fewer than
-`min_count` times in the train split share the OOV row. A multivalent
-feature holds a list of values in one field, split on its separator.
+`min_count` times in the train split share the OOV row; a multivalent one
+holds a list of values in one field, split on its separator. Numeric
+columns (`numeric`, optionally `log1p`) are fed standardized beside the
+embeddings (`stem_tfrs.schema.NumericFeature`).
 
 The split is either random, seeded (`test_fraction` of all rows, then
 `valid_fraction` of the rest), or by time: with `split_column`, a row whose
@@ -117,6 +119,7 @@ def parse_multivalent(specs: Sequence[str]) -> Dict[str, str]:
 def prepare_logs(raw: str, out_dir: str, *, features: Sequence[str], tasks: Sequence[str],
                  group_column: Optional[str] = None, sep: str = ",",
                  multivalent: Optional[Dict[str, str]] = None,
+                 numeric: Sequence[str] = (), log1p: Sequence[str] = (),
                  split_column: Optional[str] = None, valid_from: Optional[str] = None,
                  test_from: Optional[str] = None, test_fraction: float = 0.1,
                  valid_fraction: float = 0.1, min_count: int = DEFAULT_MIN_COUNT,
@@ -133,6 +136,9 @@ def prepare_logs(raw: str, out_dir: str, *, features: Sequence[str], tasks: Sequ
     group_column: The feature that groups rows for gAUC (the user id), if any.
     sep: Field separator ("," or "\\t" ...).
     multivalent: Feature -> separator of its values in one field.
+    numeric: Numeric columns (durations, counts), standardized with the
+      train split's mean and std; an empty field is missing.
+    log1p: Those of `numeric` to take the signed log of first (counts).
     split_column, valid_from, test_from: A split by time (all three, or none).
     test_fraction, valid_fraction: The random split, without `split_column`.
     min_count, seed, bad_rows, overwrite, chunk_rows, rows_per_record: As
@@ -166,7 +172,9 @@ def prepare_logs(raw: str, out_dir: str, *, features: Sequence[str], tasks: Sequ
     split = RandomSplit(test=test_fraction, valid_of_rest=valid_fraction)
   files = raw_files(raw)
   bad_rows = bad_rows if bad_rows is not None else BadRows()
-  required = list(dict.fromkeys(features + tasks + ([split_column] if split_column else [])))
+  numeric = list(numeric or [])
+  required = list(dict.fromkeys(features + numeric + tasks
+                                + ([split_column] if split_column else [])))
 
   def chunks():
     for path in files:
@@ -177,7 +185,7 @@ def prepare_logs(raw: str, out_dir: str, *, features: Sequence[str], tasks: Sequ
   return prepare(chunks, features=features, labels=tasks, group_column=group_column,
                  out_dir=out_dir, min_count=min_count, seed=seed, split=split,
                  overwrite=overwrite, bad_rows=bad_rows, multivalent=multivalent,
-                 rows_per_record=rows_per_record)
+                 rows_per_record=rows_per_record, numeric=numeric, log1p=list(log1p or []))
 
 
 def _drop_unsplittable(chunk: Chunk, split: TimeSplit, bad_rows: BadRows) -> Chunk:

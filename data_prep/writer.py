@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from stem_tfrs.schema import (SPLITS, STATS_FILE, CategoricalFeature, Schema, check_column_names,
-                              check_task_names, row_lengths_key)
+from stem_tfrs.schema import (SPLITS, STATS_FILE, CategoricalFeature, NumericFeature, Schema,
+                              check_column_names, check_task_names, row_lengths_key)
 
 BAD_ROWS_FILE = "bad_rows.json"
 #: Rows a shard record holds by default: tf.data and the parser pay per record (stem_tfrs.schema).
@@ -199,7 +199,8 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
             num_shards: Optional[Dict[str, int]] = None, overwrite: bool = False,
             bad_rows: Optional[BadRows] = None,
             multivalent: Optional[Dict[str, str]] = None,
-            rows_per_record: int = ROWS_PER_RECORD) -> dict:
+            rows_per_record: int = ROWS_PER_RECORD, numeric: Sequence[str] = (),
+            log1p: Sequence[str] = ()) -> dict:
   """Writes a prepared data set to `out_dir` and returns its stats.
 
   Args:
@@ -226,6 +227,11 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
       in one raw field ("Action|Comedy"); an empty field is an empty list.
     rows_per_record: Rows a shard record holds, consecutive rows of a shard
       (see stem_tfrs.schema); 1 writes one row a record.
+    numeric: Numeric columns to keep, after the categorical ones (see
+      `stem_tfrs.schema.NumericFeature`). An empty field is a missing value
+      (NaN in the shards), a field that is not a number a bad row; their
+      mean and std are measured where the vocabularies are counted.
+    log1p: Those of `numeric` the model takes the signed log of first.
 
   Returns:
     The stats written to stats.json.
@@ -237,9 +243,13 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
       reserved task name.
     FileExistsError: `out_dir` exists and `overwrite` is False.
   """
-  features, labels = list(features), list(labels)
-  check_column_names(features + labels)
+  features, labels, numeric = list(features), list(labels), list(numeric)
+  check_column_names(features + numeric + labels)
   check_task_names(labels)
+  both = sorted(set(features) & set(numeric)) or sorted(set(log1p) - set(numeric))
+  if both:
+    raise DataError(f"column(s) {both}: a column is categorical or numeric, and only a numeric "
+                    "one takes log1p")
   multivalent = dict(multivalent or {})
   num_shards = {"train": 8, "valid": 2, "test": 2, **(num_shards or {})}
   bad_rows = bad_rows if bad_rows is not None else BadRows(strict=True)
@@ -254,11 +264,14 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
   os.makedirs(parent, exist_ok=True)
 
   counts = {name: collections.Counter() for name in features}
+  moments = {name: _Moments() for name in numeric}
   total = 0
   assign = split.assigner(None, seed) if split.vocabulary_from_train else None
-  for frame in _valid_rows(read_chunks, features, labels, bad_rows):
+  for frame in _valid_rows(read_chunks, features, labels, bad_rows, numeric):
     total += len(frame)
     counted = frame[assign(frame) == 0] if assign else frame
+    for name in numeric:
+      moments[name].add(_signed_log(counted[name]) if name in log1p else counted[name])
     for name in features:
       values = counted[name]
       if name in multivalent:
@@ -277,8 +290,8 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the data set is not
     schema_features = _write_vocabularies(tmp, counts, min_count, multivalent)
     shard_files, rows, positives = _write_shards(
-        tmp, _valid_rows(read_chunks, features, labels, bad_rows), features, labels,
-        split.assigner(total, seed), num_shards, multivalent, rows_per_record)
+        tmp, _valid_rows(read_chunks, features, labels, bad_rows, numeric), features, labels,
+        split.assigner(total, seed), num_shards, multivalent, rows_per_record, numeric)
     expects_rows = getattr(split, "expects_rows", lambda s: True)
     empty = [name for s, name in enumerate(SPLITS) if not rows[s] and expects_rows(s)]
     if empty:
@@ -286,7 +299,10 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
                       f"be empty: none of the {total:,} usable rows falls in "
                       f"{'them' if len(empty) > 1 else 'it'} under {split}")
     schema = Schema(features=schema_features, labels=labels, group_column=group_column,
-                    splits=shard_files, rows_per_record=rows_per_record, directory=tmp)
+                    splits=shard_files, rows_per_record=rows_per_record, directory=tmp,
+                    numeric_features=[NumericFeature(name, *moments[name].mean_and_std(),
+                                                     log1p=name in log1p)
+                                      for name in numeric])
     schema.save(tmp)
     stats = {
         name: {"rows": int(rows[s]),
@@ -304,11 +320,13 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
   return stats
 
 
-def _valid_rows(read_chunks, features, labels, bad_rows: BadRows) -> Iterator[pd.DataFrame]:
-  """Yields each chunk's usable rows: labels as int64 0/1, features as strings."""
+def _valid_rows(read_chunks, features, labels, bad_rows: BadRows,
+                numeric: Sequence[str] = ()) -> Iterator[pd.DataFrame]:
+  """Yields each chunk's usable rows: labels as int64 0/1, features as strings,
+  numeric columns as float64 (NaN where missing or not finite)."""
   for chunk in read_chunks():
     frame = chunk.frame
-    missing = [c for c in features + labels if c not in frame.columns]
+    missing = [c for c in features + list(numeric) + labels if c not in frame.columns]
     if missing:
       raise DataError(
           f"{chunk.source}: missing column(s) {missing}; found {list(frame.columns)}")
@@ -327,7 +345,21 @@ def _valid_rows(read_chunks, features, labels, bad_rows: BadRows) -> Iterator[pd
                        f"column '{label}': '{column.iloc[row]}' is not 0 or 1")
           keep[row] = False
       label_values[label] = values
+    numbers = {}
+    for name in numeric:
+      column = frame[name]
+      values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, copy=True)
+      empty = (column.isna() | (column.astype(str).str.strip() == "")).to_numpy()
+      for row in np.flatnonzero(np.isnan(values) & ~empty & keep):
+        if str(column.iloc[row]).strip().lower() != "nan":
+          bad_rows.add("unparsable number", chunk.source, int(frame.index[row]),
+                       f"column '{name}': '{column.iloc[row]}' is not a number")
+          keep[row] = False
+      values[~np.isfinite(values)] = np.nan  # missing: the model feeds the train mean
+      numbers[name] = values
     frame = frame[keep].copy()
+    for name in numeric:
+      frame[name] = numbers[name][keep]
     for label in labels:
       frame[label] = label_values[label][keep]
     for name in features:
@@ -364,17 +396,49 @@ def _write_vocabularies(out_dir: str, counts: Dict[str, collections.Counter],
   return schema_features
 
 
+class _Moments:
+  """Count, mean and sum of squared deviations of a numeric column's finite values, chunk by
+  chunk (Chan et al.'s pairwise update: no cancellation on large means)."""
+
+  def __init__(self):
+    self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+  def add(self, values: pd.Series) -> None:
+    values = values.to_numpy(dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not len(values):
+      return
+    count, mean = len(values), float(values.mean())
+    m2 = float(((values - mean) ** 2).sum())
+    total = self.count + count
+    delta = mean - self.mean
+    self.mean += delta * count / total
+    self.m2 += m2 + delta * delta * self.count * count / total
+    self.count = total
+
+  def mean_and_std(self) -> Tuple[float, float]:
+    """(mean, std); std 1 for a column with no spread (or no values), mean 0 without values."""
+    std = math.sqrt(self.m2 / self.count) if self.count else 0.0
+    return self.mean, std if std > 0 else 1.0
+
+
+def _signed_log(values: pd.Series) -> pd.Series:
+  """sign(x) * log(1 + |x|), as `stem_tfrs.layers.NumericInputs` takes it."""
+  return np.sign(values) * np.log1p(np.abs(values))
+
+
 class _ShardWriter:
   """Writes rows to one TFRecord shard, `rows_per_record` rows a record (see stem_tfrs.schema)."""
 
   def __init__(self, path: str, features: Sequence[str], labels: Sequence[str],
-               multivalent: Dict[str, str], rows_per_record: int):
+               multivalent: Dict[str, str], rows_per_record: int, numeric: Sequence[str] = ()):
     self._writer = tf.io.TFRecordWriter(path)
     self._lists = [n for n in features if n in multivalent]
     self._bytes = [n for n in features if n not in multivalent]
+    self._floats = list(numeric)
     self._labels = list(labels)
     self._rows_per_record = rows_per_record
-    self._pending = {n: [] for n in list(features) + self._labels}
+    self._pending = {n: [] for n in list(features) + self._floats + self._labels}
 
   def write(self, columns: Dict[str, list]) -> None:
     """Appends rows: column name -> one value (a list of bytes if multivalent) per row."""
@@ -402,6 +466,8 @@ class _ShardWriter:
       feature[name].bytes_list.value.extend(itertools.chain.from_iterable(taken[name]))
       if self._rows_per_record > 1:
         feature[row_lengths_key(name)].int64_list.value.extend(map(len, taken[name]))
+    for name in self._floats:
+      feature[name].float_list.value.extend(taken[name])
     for name in self._labels:
       feature[name].int64_list.value.extend(taken[name])
     # Deterministic: the same rows give the same bytes in every process.
@@ -409,12 +475,12 @@ class _ShardWriter:
 
 
 def _write_shards(out_dir, frames, features, labels, assign, num_shards, multivalent,
-                  rows_per_record):
+                  rows_per_record, numeric=()):
   """Writes every row to its split's shards (round robin); returns names, rows, positives."""
   names = {s: [f"{s}-{i:05d}-of-{num_shards[s]:05d}.tfrecord"
                for i in range(num_shards[s])] for s in SPLITS}
   writers = [[_ShardWriter(os.path.join(out_dir, n), features, labels, multivalent,
-                           rows_per_record) for n in names[s]] for s in SPLITS]
+                           rows_per_record, numeric) for n in names[s]] for s in SPLITS]
   rows = np.zeros(len(SPLITS), dtype=np.int64)
   positives = np.zeros((len(SPLITS), len(labels)), dtype=np.int64)
   try:
@@ -429,6 +495,7 @@ def _write_shards(out_dir, frames, features, labels, assign, num_shards, multiva
       columns.update({n: np.array([v.encode("utf-8").split(multivalent[n].encode("utf-8"))
                                    if v else [] for v in frame[n]] + [None],
                                   dtype=object)[:-1] for n in features if n in multivalent})
+      columns.update({n: frame[n].to_numpy(dtype=np.float32) for n in numeric})
       columns.update({n: frame[n].to_numpy() for n in labels})
       for s, split_writers in enumerate(writers):
         in_split = np.flatnonzero(splits == s)

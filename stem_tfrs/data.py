@@ -25,11 +25,13 @@ def feature_spec(schema: Schema) -> dict:
       lengths = tf.io.RaggedFeature.RowLengths(row_lengths_key(f.name))
       return tf.io.RaggedFeature(_TF_DTYPES[f.dtype], value_key=f.name, partitions=[lengths])
     spec = {f.name: block_spec(f) for f in schema.features}
+    spec.update({name: tf.io.RaggedFeature(tf.float32) for name in schema.numeric_names})
     spec.update({label: tf.io.RaggedFeature(tf.int64) for label in schema.labels})
     return spec
   spec = {f.name: (tf.io.RaggedFeature(_TF_DTYPES[f.dtype]) if f.multivalent
                    else tf.io.FixedLenFeature([], _TF_DTYPES[f.dtype]))
           for f in schema.features}
+  spec.update({name: tf.io.FixedLenFeature([], tf.float32) for name in schema.numeric_names})
   spec.update({label: tf.io.FixedLenFeature([], tf.int64) for label in schema.labels})
   return spec
 
@@ -39,14 +41,14 @@ def parse_records(schema: Schema, serialized: tf.Tensor, split: str = "") -> Dic
 
   Returns:
     Column name -> [rows] values ([rows, None] ragged for a multivalent
-    feature), labels as int64. For block records, the blocks' rows one after
+    feature), numeric features as float32, labels as int64. For block records, the blocks' rows one after
     the other; a block whose columns hold different numbers of rows stops
     the pipeline with an `InvalidArgumentError` naming the split.
   """
   parsed = tf.io.parse_example(serialized, feature_spec(schema))
   if schema.rows_per_record == 1:
     return parsed
-  names = schema.feature_names + schema.labels
+  names = schema.input_names + schema.labels
   rows = parsed[names[0]].row_lengths()
   checks = [tf.debugging.assert_equal(
       parsed[name].row_lengths(), rows,
@@ -60,11 +62,15 @@ def parse_records(schema: Schema, serialized: tf.Tensor, split: str = "") -> Dic
 def serving_input_signature(schema: Schema) -> Dict[str, tf.TensorSpec]:
   """One tensor per raw feature column, named and typed as in the schema.
 
-  Shape [None], or [None, None] padded with `PADDING` for a multivalent one.
+  Shape [None], or [None, None] padded with `PADDING` for a multivalent one;
+  a numeric feature's is a [None] float32 tensor (NaN: missing).
   """
-  return {f.name: tf.TensorSpec([None, None] if f.multivalent else [None],
-                                _TF_DTYPES[f.dtype], name=f.name)
-          for f in schema.features}
+  signature = {f.name: tf.TensorSpec([None, None] if f.multivalent else [None],
+                                     _TF_DTYPES[f.dtype], name=f.name)
+               for f in schema.features}
+  signature.update({name: tf.TensorSpec([None], tf.float32, name=name)
+                    for name in schema.numeric_names})
+  return signature
 
 
 def validate_shards(schema: Schema, splits=("train", "valid", "test")) -> None:
@@ -80,6 +86,7 @@ def validate_shards(schema: Schema, splits=("train", "valid", "test")) -> None:
   """
   kinds = {"string": "bytes_list", "int64": "int64_list"}
   expected = {f.name: kinds[f.dtype] for f in schema.features}
+  expected.update({name: "float_list" for name in schema.numeric_names})
   expected.update({label: "int64_list" for label in schema.labels})
   blocks = schema.rows_per_record > 1
   multivalent = {f.name for f in schema.features if f.multivalent}  # an empty list has no kind
@@ -164,7 +171,9 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
   Returns:
     A dataset of (features, labels): features maps each feature name to a
     [B] tensor of raw ids (schema dtype), or [B, L] padded with `PADDING` for
-    a multivalent feature; labels maps each task to a [B] float32 tensor of 0/1.
+    a multivalent feature, and each numeric feature to a [B] float32 tensor
+    of raw values (NaN: missing); labels maps each task to a [B] float32
+    tensor of 0/1.
   """
   labels = schema.labels
 
@@ -177,12 +186,14 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
          columns[label]], summarize=8) for label in labels]
     with tf.control_dependencies(checks):
       label_values = {label: tf.cast(columns[label], tf.float32) for label in labels}
-    return {f.name: columns[f.name] for f in schema.features}, label_values
+    return {name: columns[name] for name in schema.input_names}, label_values
 
   def pad(features, label_values):
     """Multivalent features' ragged lists -> [B, L] padded with `PADDING`."""
-    return {f.name: (features[f.name].to_tensor(default_value=PADDING[f.dtype])
-                     if f.multivalent else features[f.name]) for f in schema.features}, label_values
+    padded = dict(features)
+    padded.update({f.name: features[f.name].to_tensor(default_value=PADDING[f.dtype])
+                   for f in schema.features if f.multivalent})
+    return padded, label_values
 
   multivalent = any(f.multivalent for f in schema.features)
 
@@ -368,4 +379,6 @@ def _gather(schema: Schema, columns: Tuple[dict, dict], index: tf.Tensor):
   for f in schema.features:
     value = tf.gather(features[f.name], index)
     batch[f.name] = value.to_tensor(default_value=PADDING[f.dtype]) if f.multivalent else value
+  for name in schema.numeric_names:
+    batch[name] = tf.gather(features[name], index)
   return batch, {name: tf.gather(value, index) for name, value in labels.items()}

@@ -16,9 +16,10 @@ The model is written under a non-numeric temporary sibling
 complete, so a server polling the base path never loads a half-written model.
 
 Signature `serving_default`: one input per raw feature column, named after the
-column, shape [None], dtype from the schema (tf.string for ids); one float32
-output per task, named after the task, shape [None], the task probability.
-Ids never seen in training map to the OOV row inside the model.
+column, shape [None], dtype from the schema (tf.string for ids; float32 for a
+numeric feature, NaN when missing); one float32 output per task, named after
+the task, shape [None], the task probability. Ids never seen in training map
+to the OOV row inside the model.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class _ServingModule(tf.Module):
     super().__init__()
     self.model = model
     self._lists = {f.name: f.multivalent for f in schema.features}
+    self._lists.update({name: False for name in schema.numeric_names})
     self.serve = tf.function(self._serve,
                              input_signature=[serving_input_signature(schema)])
 
@@ -89,9 +91,12 @@ def sample_batches(schema: Schema, sizes=(1, 8, 64)) -> List[Dict[str, np.ndarra
     if None not in batches:
       return [{name: value.numpy() for name, value in features.items()}
               for features, _ in batches]
-  return [{f.name: np.full([size, 1] if f.multivalent else [size], PADDING[f.dtype],
-                           dtype=np.int64 if f.dtype == "int64" else object)
-           for f in schema.features} for size in sizes]
+  missing = [{f.name: np.full([size, 1] if f.multivalent else [size], PADDING[f.dtype],
+                              dtype=np.int64 if f.dtype == "int64" else object)
+              for f in schema.features} for size in sizes]
+  for batch, size in zip(missing, sizes):
+    batch.update({name: np.full([size], np.nan, np.float32) for name in schema.numeric_names})
+  return missing
 
 
 def export_run(run_dir: str, export_dir: str, version: Optional[int] = None) -> str:

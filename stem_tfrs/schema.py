@@ -10,7 +10,8 @@ A prepared data set is a directory written by `data_prep`:
 A record (one `tf.train.Example`) holds a block of up to `rows_per_record`
 consecutive rows, column by column: each categorical feature a list of the
 block's raw values (bytes for `dtype="string"`, int64 for `dtype="int64"`),
-each label a list of its int64 0/1 values, all of the same length. A
+each numeric feature a float_list of the block's values (NaN where
+missing), each label a list of its int64 0/1 values, all of the same length. A
 multivalent feature holds the block's lists one after the other, and their
 lengths in `<name>#row_lengths`. With `rows_per_record` 1 (the default when
 schema.json does not say) a record is one row, and a multivalent feature
@@ -27,6 +28,8 @@ exported SavedModel takes the same raw ids a serving request carries.
      "features": [{"name": "uid", "dtype": "string",
                    "vocabulary_file": "vocab/uid.txt", "vocabulary_size": 4211},
                   {"name": "device_id", "dtype": "string", "hash_buckets": 100000}],
+     "numeric_features": [{"name": "duration", "mean": 3.1, "std": 0.9,
+                           "log1p": true}],            (optional)
      "labels": ["finish", "like"],
      "group_column": "uid",
      "rows_per_record": 64,
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from typing import Dict, List, Optional, Sequence
@@ -137,6 +141,32 @@ class CategoricalFeature:
     return self.vocabulary_size + 1
 
 
+@dataclasses.dataclass(frozen=True)
+class NumericFeature:
+  """One numeric input column (a duration, a count): standardized, fed beside the embeddings.
+
+  The model feeds z = (t(x) - mean) / std, with t the identity or, with
+  `log1p`, sign(x) * log(1 + |x|) (for heavy-tailed counts); a missing value
+  (NaN) or an infinite one feeds 0, the train mean. In shards a value is a
+  float_list entry (NaN when missing); at serving, a [None] float32 tensor.
+
+  Attributes:
+    name: Column name in the shards and input name of the SavedModel.
+    mean: Mean of t(x) over the train split's finite values.
+    std: Their standard deviation (1 where it is 0: a constant column).
+    log1p: Take the signed log first.
+  """
+  name: str
+  mean: float = 0.0
+  std: float = 1.0
+  log1p: bool = False
+
+  def __post_init__(self):
+    if not (math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 0):
+      raise SchemaError(f"numeric feature '{self.name}': mean must be finite and std finite "
+                        f"and > 0, got {self.mean} and {self.std}")
+
+
 @dataclasses.dataclass
 class Schema:
   """A prepared data set's description; see the module docstring.
@@ -149,6 +179,8 @@ class Schema:
     rows_per_record: Most rows a shard record holds (see the module
       docstring); 1 for one row a record.
     directory: The directory holding schema.json (not serialized).
+    numeric_features: Numeric input columns, after the categorical ones in
+      model input order (none by default).
   """
   features: List[CategoricalFeature]
   labels: List[str]
@@ -156,6 +188,7 @@ class Schema:
   splits: Dict[str, List[str]] = dataclasses.field(default_factory=dict)
   rows_per_record: int = 1
   directory: str = ""
+  numeric_features: List[NumericFeature] = dataclasses.field(default_factory=list)
 
   def __post_init__(self):
     names = [f.name for f in self.features]
@@ -163,10 +196,10 @@ class Schema:
       raise SchemaError("schema has no features")
     if not self.labels:
       raise SchemaError("schema has no labels (tasks)")
-    check_column_names(names + list(self.labels))
+    columns = names + self.numeric_names + list(self.labels)
+    check_column_names(columns)
     check_task_names(self.labels)
-    duplicated = sorted({n for n in names + self.labels
-                         if (names + self.labels).count(n) > 1})
+    duplicated = sorted({n for n in columns if columns.count(n) > 1})
     if duplicated:
       raise SchemaError(f"schema names these columns twice: {duplicated}")
     if self.group_column is not None and self.group_column not in names:
@@ -178,7 +211,17 @@ class Schema:
 
   @property
   def feature_names(self) -> List[str]:
+    """The categorical features' names."""
     return [f.name for f in self.features]
+
+  @property
+  def numeric_names(self) -> List[str]:
+    return [f.name for f in self.numeric_features]
+
+  @property
+  def input_names(self) -> List[str]:
+    """Every model input: the categorical features, then the numeric ones."""
+    return self.feature_names + self.numeric_names
 
   @property
   def tasks(self) -> List[str]:
@@ -214,6 +257,8 @@ class Schema:
         "rows_per_record": self.rows_per_record,
         "splits": self.splits,
     }
+    if self.numeric_features:  # absent when empty: such schemas read as before
+      out["numeric_features"] = [dataclasses.asdict(f) for f in self.numeric_features]
     return out
 
   def save(self, directory: str) -> str:
@@ -227,10 +272,12 @@ class Schema:
   def from_json(cls, data: dict, directory: str = "") -> "Schema":
     try:
       features = [CategoricalFeature(**f) for f in data["features"]]
+      numeric = [NumericFeature(**f) for f in data.get("numeric_features", [])]
       return cls(features=features, labels=list(data["labels"]),
                  group_column=data.get("group_column"),
                  splits={k: list(v) for k, v in data.get("splits", {}).items()},
-                 rows_per_record=data.get("rows_per_record", 1), directory=directory)
+                 rows_per_record=data.get("rows_per_record", 1), directory=directory,
+                 numeric_features=numeric)
     except (KeyError, TypeError) as e:
       raise SchemaError(f"malformed schema in {directory or 'JSON'}: {e!r}")
 

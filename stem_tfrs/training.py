@@ -84,10 +84,13 @@ def settings_and_data(model_config: ModelConfig, config: TrainConfig, schema: Sc
   """
   train_config = dict(dataclasses.asdict(config), data_dir=os.path.realpath(config.data_dir))
   del train_config["run_dir"], train_config["export_dir"]
+  described = schema.to_json()
+  data = {"stats": load_stats(schema.directory), "features": described["features"]}
+  if "numeric_features" in described:  # (absent without any, as in schema.json)
+    data["numeric_features"] = described["numeric_features"]
   return json.loads(json.dumps({
       "model_config": dataclasses.asdict(model_config), "train_config": train_config,
-      "data": {"stats": load_stats(schema.directory),
-               "features": schema.to_json()["features"]}}))
+      "data": data}))
 
 
 def _check_resumable(run_dir: str, run_config: dict) -> None:
@@ -115,6 +118,8 @@ def _check_resumable(run_dir: str, run_config: dict) -> None:
     old, new = ({f["name"]: f for f in c["features"]} for c in (before, now))
     names = sorted(n for n in old.keys() | new.keys() if old.get(n) != new.get(n))
     changes.append(f"features {', '.join(names)}: the data was prepared again")
+  if before.get("numeric_features", []) != now["numeric_features"]:
+    changes.append("numeric features: the data was prepared again")
   if changes:
     raise ConfigError(f"{run_dir} holds an interrupted run (backup/) of other settings "
                       f"({'; '.join(changes)}): resume it with its own, or use another --run_dir")
@@ -173,6 +178,7 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
       "schema": os.path.join(schema.directory, "schema.json"),
       "tasks": schema.tasks,
       "features": schema.to_json()["features"],  # names, vocabulary sizes
+      "numeric_features": schema.to_json().get("numeric_features", []),  # names, statistics
       "model_config": dataclasses.asdict(model_config),
       "train_config": dataclasses.asdict(config),
       "data_stats": stats,

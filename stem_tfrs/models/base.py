@@ -9,7 +9,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from stem_tfrs.config import ModelConfig
-from stem_tfrs.layers import MLP, FieldEmbedding
+from stem_tfrs.layers import MLP, FieldEmbedding, NumericInputs
 from stem_tfrs.schema import Schema
 
 Features = Dict[str, tf.Tensor]
@@ -23,6 +23,7 @@ class MultiTaskRankingModel(tfrs.Model):
   towers: a subclass sets `embedding_tables` and implements `backbone`.
 
       embeddings = FieldEmbedding(features)        one [B, F*D] per table
+      (numeric   = NumericInputs(features)         [B, N], appended to each, if any)
       hidden     = self.backbone(embeddings)       T x [B, H]
       logit_t    = Tower_t(hidden[t])              [B]
       loss       = sum_t w_t * BCE(label_t, sigmoid(logit_t))  (+ embedding L2)
@@ -58,6 +59,8 @@ class MultiTaskRankingModel(tfrs.Model):
     self.embedding = FieldEmbedding(
         features, table_names=tables, embedding_dim=config.embedding_dim,
         embedding_l2=config.embedding_l2, name="embedding")
+    self.numeric = (NumericInputs([dataclasses.asdict(f) for f in schema.numeric_features],
+                                  name="numeric") if schema.numeric_features else None)
     self.towers = [MLP(config.tower_hidden_units, output_units=1,
                        dropout=config.net_dropout, batch_norm=config.batch_norm,
                        name=f"tower_{task}") for task in self.task_names]
@@ -137,8 +140,23 @@ class MultiTaskRankingModel(tfrs.Model):
     and `summary()` need the weights to exist first.
     """
     placeholder = {"string": tf.constant([""]), "int64": tf.constant([0], tf.int64)}
-    self({f.name: placeholder[f.dtype] for f in self.schema.features}, training=False)
+    features = {f.name: placeholder[f.dtype] for f in self.schema.features}
+    features.update({name: tf.constant([0.0]) for name in self.schema.numeric_names})
+    self(features, training=False)
     return self
+
+  def inputs_of(self, features: Features) -> List[tf.Tensor]:
+    """Raw features -> what the backbone reads: one [B, F*D (+ N)] tensor per table.
+
+    The embedding tables' outputs (`FieldEmbedding`), each followed by the
+    N standardized numeric columns when the schema has any: every expert and
+    gate sees them, whichever table it reads.
+    """
+    embeddings = self.embedding(features)
+    if self.numeric is None:
+      return embeddings
+    numeric = self.numeric(features)                                       # [B, N]
+    return [tf.concat([e, tf.cast(numeric, e.dtype)], axis=-1) for e in embeddings]
 
   def backbone(self, embeddings: List[tf.Tensor],
                training: Optional[bool] = None) -> List[tf.Tensor]:
@@ -157,7 +175,7 @@ class MultiTaskRankingModel(tfrs.Model):
   def compute_logits(self, features: Features,
                      training: Optional[bool] = None) -> Dict[str, tf.Tensor]:
     """Raw features -> {task: logit [B]}."""
-    hidden = self.backbone(self.embedding(features), training=training)
+    hidden = self.backbone(self.inputs_of(features), training=training)
     # Logits, and so losses and probabilities, stay float32 under mixed precision.
     return {task: tf.cast(tf.squeeze(tower(h, training=training), axis=-1), tf.float32)
             for task, tower, h in zip(self.task_names, self.towers, hidden)}

@@ -38,7 +38,7 @@ class MMoE(MultiTaskRankingModel):
     return self.moe(embeddings[0], training=training)
 
   def gate_weights(self, features):
-    _, gates = self.moe(self.embedding(features)[0], return_gates=True)
+    _, gates = self.moe(self.inputs_of(features)[0], return_gates=True)
     owners = ["shared"] * self.config.num_shared_experts
     return {task: (gates[i], owners) for i, task in enumerate(self.task_names)}
 

@@ -43,7 +43,7 @@ class PLE(MultiTaskRankingModel):
     return x
 
   def gate_weights(self, features):
-    x = self.first_level_inputs(self.embedding(features))
+    x = self.first_level_inputs(self.inputs_of(features))
     for layer in self.cgc_layers[:-1]:
       x = layer(x)
     return self.cgc_layers[-1].gates_with_owners(x)

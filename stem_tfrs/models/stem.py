@@ -46,7 +46,7 @@ class STEMNet(MultiTaskRankingModel):
     return x
 
   def gate_weights(self, features):
-    x = self.embedding(features)
+    x = self.inputs_of(features)
     for layer in self.stem_layers[:-1]:
       x = layer(x)
     return self.stem_layers[-1].gates_with_owners(x)

@@ -14,8 +14,10 @@ from stem_tfrs.config import ConfigError
 from stem_tfrs.schema import PADDING
 
 LIST_SEPARATOR = "|"
-#: name -> (rank, dtype): rank 1 for one id per row, 2 for a padded list.
+#: name -> (rank, dtype): rank 1 for one value per row, 2 for a padded list; dtype
+#: "string", "int64" (ids) or "float32" (a numeric feature).
 InputSpecs = Dict[str, Tuple[int, str]]
+_TF_DTYPES = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
 Predict = Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]
 
 
@@ -23,11 +25,12 @@ def saved_model_predictor(saved_model: str) -> Tuple[Predict, InputSpecs]:
   """A predict function over a SavedModel's `serving_default`, and its inputs."""
   serve = tf.saved_model.load(saved_model).signatures["serving_default"]
   _, inputs = serve.structured_input_signature
-  specs = {name: (spec.shape.rank, "int64" if spec.dtype == tf.int64 else "string")
+  names = {dtype: name for name, dtype in _TF_DTYPES.items()}
+  specs = {name: (spec.shape.rank, names.get(spec.dtype, "string"))
            for name, spec in inputs.items()}
 
   def predict(features: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    outputs = serve(**{k: tf.constant(v, dtype=tf.int64 if specs[k][1] == "int64" else tf.string)
+    outputs = serve(**{k: tf.constant(v, dtype=_TF_DTYPES[specs[k][1]])
                        for k, v in features.items()})
     return {task: v.numpy() for task, v in outputs.items()}
   return predict, specs
@@ -37,12 +40,19 @@ def schema_inputs_and_tasks(schema_json: str) -> Tuple[InputSpecs, List[str]]:
   """Input specs and task names from a schema.json (an export's assets.extra/schema.json)."""
   with open(schema_json) as f:
     schema = json.load(f)
-  return ({f["name"]: (2 if f.get("multivalent") else 1, f.get("dtype", "string"))
-           for f in schema["features"]}, list(schema["labels"]))
+  specs = {f["name"]: (2 if f.get("multivalent") else 1, f.get("dtype", "string"))
+           for f in schema["features"]}
+  specs.update({f["name"]: (1, "float32") for f in schema.get("numeric_features", [])})
+  return specs, list(schema["labels"])
 
 
 def column_array(values: pd.Series, rank: int, dtype: str) -> np.ndarray:
-  """A CSV column as a model input: '|'-separated lists padded for rank 2."""
+  """A CSV column as a model input: '|'-separated lists padded for rank 2.
+
+  A float32 column's empty field is NaN (missing).
+  """
+  if dtype == "float32":
+    return np.array([v if v != "" else "nan" for v in values], dtype=object).astype(np.float32)
   if rank == 2:
     padding = str(PADDING[dtype])
     lists = [v.split(LIST_SEPARATOR) if v else [] for v in values]
@@ -55,18 +65,19 @@ def column_array(values: pd.Series, rank: int, dtype: str) -> np.ndarray:
 
 
 def _column(input_path: str, chunk: pd.DataFrame, name: str, spec: Tuple[int, str]) -> np.ndarray:
-  """`column_array` of a CSV chunk's column, naming the line of a value int64 cannot hold."""
+  """`column_array` of a CSV chunk's column, naming the line of a value it cannot hold."""
   try:
     return column_array(chunk[name], *spec)
   except ValueError:
-    rank, _ = spec
+    rank, dtype = spec
+    parse, what = (float, "a number") if dtype == "float32" else (int, "an int64 id")
     for row, field in chunk[name].items():
       for value in (field.split(LIST_SEPARATOR) if field else []) if rank == 2 else [field]:
         try:
-          int(value)
+          parse(value or "nan")
         except ValueError:
           raise ConfigError(f"{input_path} line {row + 2:,}: column '{name}' holds {value!r}, "
-                            "not an int64 id") from None
+                            f"not {what}") from None
     raise
 
 
