@@ -174,3 +174,26 @@ def test_logs_command_prepares_numeric_columns(tmp_path):
   schema = Schema.load(str(tmp_path / "data"))
   assert [(f.name, f.log1p) for f in schema.numeric_features] == [("views", True),
                                                                   ("seconds", False)]
+
+
+def test_rest_and_grpc_clients_carry_numbers_and_missing_values(numeric_data, tmp_path):
+  from stem_tfrs.serving.clients import GrpcClient, RestClient
+  from standin_servers import Model, grpc_server, rest_server
+  schema, _ = numeric_data
+  model = build_model("mmoe", schema, tiny_model_config())
+  path = export_saved_model(model, schema, str(tmp_path / "export"), "mmoe")
+  batch = {"uid": np.array(["u1", "u2", "u3"], dtype=object),
+           "item": np.array(["i1", "i2", "i9"], dtype=object),
+           "views": np.array([3.0, np.nan, 1e6], np.float32),
+           "seconds": np.array([np.nan, 25.0, np.inf], np.float32)}
+  expected = model({k: tf.constant(v) for k, v in batch.items()})
+  served = Model(path, "mmoe")
+  with rest_server(served) as address:  # NaN and Infinity, as TF Serving's REST API takes them
+    rest = RestClient(address, "mmoe").predict(batch)
+  with grpc_server(served) as address:
+    client = GrpcClient(address, "mmoe")
+    grpc = client.predict(batch)
+    client.close()
+  for task in schema.tasks:
+    np.testing.assert_allclose(rest[task], expected[task].numpy(), atol=1e-6)
+    np.testing.assert_allclose(grpc[task], expected[task].numpy(), atol=1e-6)
