@@ -96,7 +96,8 @@ def comparable_report(predictions: Dict[str, List[Dict[str, np.ndarray]]], tasks
   return report
 
 
-def mean_gate_shares(model: tf.keras.Model, batches: Iterable) -> Optional[Dict[str, Dict[str, float]]]:
+def mean_gate_shares(model: tf.keras.Model,
+                     batches: Iterable) -> Optional[Dict[str, Dict[str, float]]]:
   """Mean gate weight task t puts on its own, other tasks' and shared experts.
 
   Returns:

@@ -41,9 +41,10 @@ def parse_records(schema: Schema, serialized: tf.Tensor, split: str = "") -> Dic
 
   Returns:
     Column name -> [rows] values ([rows, None] ragged for a multivalent
-    feature), numeric features as float32, labels as int64. For block records, the blocks' rows one after
-    the other; a block whose columns hold different numbers of rows stops
-    the pipeline with an `InvalidArgumentError` naming the split.
+    feature), numeric features as float32, labels as int64. For block
+    records, the blocks' rows one after the other; a block whose columns
+    hold different numbers of rows stops the pipeline with an
+    `InvalidArgumentError` naming the split.
   """
   parsed = tf.io.parse_example(serialized, feature_spec(schema))
   if schema.rows_per_record == 1:
