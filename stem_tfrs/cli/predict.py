@@ -24,7 +24,8 @@ flags.DEFINE_string("model_name", "stem", "The model's name on --server.")
 flags.DEFINE_string("schema", None, "With --server: the schema.json that says the model's "
                     "inputs (an export's assets.extra/schema.json).")
 flags.DEFINE_string("input", None, "CSV with a header naming every model input; a list "
-                    "(multivalent) input is one '|'-separated field. Any size: it is streamed.")
+                    "(multivalent) input is one '|'-separated field, a numeric one a number "
+                    "(empty: missing). Any size: it is streamed.")
 flags.DEFINE_string("output", None, "CSV to write: --keep_columns, then one probability "
                     "column per task.")
 flags.DEFINE_list("keep_columns", [], "Input columns to copy to the output (e.g. ids).")
