@@ -7,8 +7,9 @@ Run as
 
 (or `python main.py prepare --dataset=logs ...`).
 
-Raw layout: `raw` is one file, a directory (its files in name order, hidden
-ones skipped) or a glob pattern (`logs/part-*.csv`). Each file is delimited
+Raw layout: `raw` is one file, a directory (its files in name order; names
+starting with "." or "_", hidden files and markers such as Spark's _SUCCESS,
+are skipped) or a glob pattern (`logs/part-*.csv`). Each file is delimited
 text (`sep`, "," by default) whose first line names its columns; files may
 order their columns differently and hold others, which are ignored. A
 feature is categorical (an id, a bucket, a category): values seen fewer than
@@ -92,8 +93,9 @@ def _is_number(text: str) -> bool:
 def raw_files(raw: str) -> List[str]:
   """The files `raw` names: itself, a directory's files (name order), or a glob's matches."""
   if os.path.isdir(raw):
+    # Hidden files and Hadoop's or Spark's markers (_SUCCESS, _committed_...) are not logs.
     files = sorted(os.path.join(raw, name) for name in os.listdir(raw)
-                   if not name.startswith(".") and os.path.isfile(os.path.join(raw, name)))
+                   if not name.startswith((".", "_")) and os.path.isfile(os.path.join(raw, name)))
     if not files:
       raise DataError(f"--raw {raw} is a directory without files")
     return files

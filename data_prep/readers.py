@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import itertools
 import os
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import pandas as pd
 
@@ -58,7 +59,8 @@ def read_delimited(path: str, *, sep: str, columns: Optional[Sequence[str]] = No
 
   A line whose number of fields differs from the number of columns is a bad
   row ("wrong column count"): reported to `bad_rows` with its line number and
-  skipped. Blank lines are skipped silently.
+  skipped. Blank lines are skipped silently. A field may be quoted as CSV
+  writers quote it (`"Hello, world"`); a quoted field cannot span lines.
 
   Args:
     path: The file.
@@ -78,16 +80,28 @@ def read_delimited(path: str, *, sep: str, columns: Optional[Sequence[str]] = No
     raise decode_error(path, encoding) from None
 
 
+def _split_line(line: str, sep: str) -> List[str]:
+  """A line's fields. One holding a double quote is read as CSV quoting is written
+  (`"a, b"` is one field, `""` a quote), for one-character separators."""
+  line = line.rstrip("\r\n")
+  if '"' in line and len(sep) == 1:
+    return next(csv.reader([line], delimiter=sep), [])
+  return line.split(sep)
+
+
 def _read_lines(path, sep, columns, required, bad_rows, chunk_rows, encoding):
   with open(path, encoding=encoding, newline="") as f:
     first_line = 1
     if columns is None:
-      columns = f.readline().rstrip("\r\n").split(sep)
+      columns = _split_line(f.readline(), sep)
       first_line = 2
     columns = list(columns)
     missing = [c for c in required if c not in columns]
     if missing:
       raise DataError(f"{path}: missing column(s) {missing}; found {columns}")
+    repeated = sorted({c for c in required if columns.count(c) > 1})
+    if repeated:
+      raise DataError(f"{path}: the header names column(s) {repeated} more than once")
     width = len(columns)
     while True:
       lines = list(itertools.islice(f, chunk_rows))
@@ -95,7 +109,7 @@ def _read_lines(path, sep, columns, required, bad_rows, chunk_rows, encoding):
         break
       rows = []
       for offset, line in enumerate(lines):
-        fields = line.rstrip("\r\n").split(sep)
+        fields = _split_line(line, sep)
         if len(fields) == width:
           rows.append(fields)
         elif line.strip():

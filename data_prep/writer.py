@@ -244,13 +244,8 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
     FileExistsError: `out_dir` exists and `overwrite` is False.
   """
   features, labels, numeric = list(features), list(labels), list(numeric)
-  check_column_names(features + numeric + labels)
-  check_task_names(labels)
-  both = sorted(set(features) & set(numeric)) or sorted(set(log1p) - set(numeric))
-  if both:
-    raise DataError(f"column(s) {both}: a column is categorical or numeric, and only a numeric "
-                    "one takes log1p")
   multivalent = dict(multivalent or {})
+  _check_columns(features, numeric, labels, group_column, multivalent, log1p)
   num_shards = {"train": 8, "valid": 2, "test": 2, **(num_shards or {})}
   bad_rows = bad_rows if bad_rows is not None else BadRows(strict=True)
   if min_count < 1:
@@ -278,6 +273,12 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
         values = values[values != ""].str.split(multivalent[name], regex=False).explode()
       counts[name].update(values.value_counts(sort=False).to_dict())
   bad_rows.freeze()
+  empty = [name for name in features
+           if not any(c >= min_count and v != "" for v, c in counts[name].items())]
+  if total and empty:
+    raise DataError(f"no value of feature(s) {empty} is seen min_count={min_count} times "
+                    f"(in the train split where the split says so): lower --min_count, or "
+                    "drop the feature")
   if total == 0:
     raise DataError("the raw input holds no usable rows" +
                     (f" ({bad_rows.total:,} bad rows skipped; first {bad_rows.first()})"
@@ -318,6 +319,25 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return stats
+
+
+def _check_columns(features, numeric, labels, group_column, multivalent, log1p) -> None:
+  """A one-line error for column lists that cannot make a data set, before reading a row."""
+  check_column_names(features + numeric + labels)
+  check_task_names(labels)
+  columns = features + numeric + labels
+  repeated = sorted({c for c in columns if columns.count(c) > 1})
+  if repeated:
+    raise DataError(f"column(s) {repeated} named more than once among the features, numeric "
+                    "features and tasks: each column is one of them, once")
+  if sorted(set(log1p) - set(numeric)):
+    raise DataError(f"log1p names {sorted(set(log1p) - set(numeric))}, which are not numeric "
+                    f"features {numeric}")
+  if group_column is not None and group_column not in features:
+    raise DataError(f"group column '{group_column}' is not one of the features {features}")
+  if group_column in multivalent:
+    raise DataError(f"group column '{group_column}' is multivalent: a row belongs to one group "
+                    "(the user id)")
 
 
 def _valid_rows(read_chunks, features, labels, bad_rows: BadRows,

@@ -273,6 +273,13 @@ def _comparable(out: str, schema: Schema, predictions: Dict[str, List[dict]],
              value, error, f"{title} (kappa={kappa:g})", ylabel)
 
 
+def _remove_reports(out: str, keep: Sequence[str]) -> None:
+  """Removes the report files in `out` that are not in `keep`."""
+  for name in set(REPORT_FILES) - set(keep):
+    if os.path.exists(os.path.join(out, name)):
+      os.remove(os.path.join(out, name))
+
+
 def run_benchmark(model_config: ModelConfig, train_config: TrainConfig,
                   bench: BenchmarkConfig, verbose: int = 0) -> BenchmarkReport:
   """Trains every (model, seed), then writes the reports over the runs that finished.
@@ -310,6 +317,7 @@ def run_benchmark(model_config: ModelConfig, train_config: TrainConfig,
     with np.load(os.path.join(config.run_dir, "predictions.npz"), allow_pickle=False) as npz:
       predictions.setdefault(config.model, []).append({k: npz[k] for k in npz.files})
   if not summaries:
+    _remove_reports(out, keep=())  # an earlier benchmark's would pass for this one's
     raise training.TrainingDiverged(
         f"every run of the benchmark diverged (the first: {failed[0]['model']}, "
         f"{failed[0]['failed']}); see failed.json under {os.path.join(out, 'runs')}")
@@ -344,8 +352,6 @@ def run_benchmark(model_config: ModelConfig, train_config: TrainConfig,
                "Mean gate weight on own, other tasks' and shared experts (test split)",
                "gate weight")
     written.append("gates.png")
-  for name in set(REPORT_FILES) - set(written):  # an earlier benchmark's, now out of date
-    if os.path.exists(os.path.join(out, name)):
-      os.remove(os.path.join(out, name))
+  _remove_reports(out, keep=written)  # an earlier benchmark's, now out of date
   return BenchmarkReport(results=results, failed=failed,
                          files=[name for name in REPORT_FILES if name in written])

@@ -80,18 +80,23 @@ def check_column_names(names: Sequence[str]) -> None:
           "digits and '_', starting with a letter (rename the raw column)")
 
 
-#: Names no task may take: "shared" names the shared experts, gates and
-#: embedding table, next to each task's own (`expert_<task>`, `gate_<task>`).
-RESERVED_TASK_NAMES = ("shared",)
+#: Names no task may take, and why: "shared" names the shared experts, gates and
+#: embedding table next to each task's own (`expert_<task>`, `gate_<task>`); "group"
+#: holds the group ids beside the tasks' scores in `evaluation.predict`'s output.
+RESERVED_TASK_NAMES = {
+    "shared": "it names the shared experts, gates and embedding table, which a task's own "
+              "would be mistaken for",
+    "group": "evaluation keeps the group ids (user ids) under that name beside the tasks' "
+             "scores",
+}
 
 
 def check_task_names(tasks: Sequence[str]) -> None:
-  """A SchemaError for a task whose name would make its variables look shared."""
+  """A SchemaError for a task name the model or the evaluation uses for something else."""
   for task in tasks:
     if task in RESERVED_TASK_NAMES:
-      raise SchemaError(
-          f"task name {task!r} is reserved: it names the shared experts, gates and embedding "
-          "table, which a task's own would be mistaken for (rename the label column)")
+      raise SchemaError(f"task name {task!r} is reserved: {RESERVED_TASK_NAMES[task]} "
+                        "(rename the label column)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +211,9 @@ class Schema:
       raise SchemaError(
           f"group_column '{self.group_column}' is not one of the features "
           f"{names}")
+    if self.group_column is not None and self.feature(self.group_column).multivalent:
+      raise SchemaError(f"group_column '{self.group_column}' is multivalent: a row belongs to "
+                        "one group (the user id)")
     if not isinstance(self.rows_per_record, int) or self.rows_per_record < 1:
       raise SchemaError(f"rows_per_record must be an integer >= 1, got {self.rows_per_record!r}")
 

@@ -12,8 +12,9 @@ the exact metrics of `stem_tfrs.evaluation` (mean over tasks of AUC or gAUC).
 Rerunning the same search in the same directory resumes it: finished trials are
 kept, and a trial cut short by an interruption is run again, resuming from its
 last finished epoch (its run directory keeps BackupAndRestore's state). A
-trial whose training diverges is marked failed and the search goes on
-(KerasTuner stops it after 3 failed trials in a row).
+trial whose training diverges is marked failed and the search goes on;
+`FAILED_IN_A_ROW` failed trials in a row end it (and a rerun of it) with an
+error.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ SEARCH_SPACE: Dict[Tuple[str, str], list] = {
 }
 OBJECTIVES = ("auc", "gauc")
 TUNERS = ("random", "bayesian")
+#: Failed trials in a row that end a search. (KerasTuner's own limit raises
+#: before it saves the last trial, which a rerun would then train again.)
+FAILED_IN_A_ROW = 3
+_FAILED = keras_tuner.engine.trial.TrialStatus.FAILED
 
 
 @dataclasses.dataclass
@@ -135,18 +140,17 @@ def tune(model_config: ModelConfig, train_config: TrainConfig, output_dir: str,
   goal = keras_tuner.Objective(f"val_{objective}", direction="max")
   oracle_class = {"random": keras_tuner.oracles.RandomSearchOracle,
                   "bayesian": keras_tuner.oracles.BayesianOptimizationOracle}[tuner]
-  oracle = oracle_class(objective=goal, max_trials=max_trials, seed=train_config.seed)
+  oracle = _stopping_after_failures(oracle_class)(
+      objective=goal, max_trials=max_trials, seed=train_config.seed,
+      max_consecutive_failed_trials=None)
   search = RunTuner(oracle, model_config, train_config,
                     trials_dir=os.path.join(output_dir, "trials"),
                     directory=output_dir, project_name="search", overwrite=False)
-  try:
-    search.search()
-  except RuntimeError as e:  # KerasTuner's limit of failed trials in a row
-    if not search.failures or "consecutive failures" not in str(e):
-      raise
+  search.search()
+  if failed_in_a_row(search.oracle) >= FAILED_IN_A_ROW:  # now, or in the run resumed
     raise training.TrainingDiverged(
-        f"the search in {output_dir} stopped: {oracle.max_consecutive_failed_trials} trials "
-        f"in a row failed; the last, {search.failures[-1]}") from e
+        f"the search in {output_dir} stopped: {FAILED_IN_A_ROW} trials in a row failed; the "
+        f"last, {_last_failure(search.oracle)}")
   trials = finished_trials(search)
   if not trials:
     raise training.TrainingDiverged(
@@ -160,6 +164,35 @@ def tune(model_config: ModelConfig, train_config: TrainConfig, output_dir: str,
   return TuneResult(trials=trials, best_model_config=best_model,
                     best_train_config=dataclasses.replace(best_train, run_dir=""),
                     results_csv=results_csv)
+
+
+def failed_in_a_row(oracle: keras_tuner.Oracle) -> int:
+  """How many of the search's last ended trials failed, counting back to one that did not."""
+  count = 0
+  for trial_id in reversed(oracle.end_order):
+    if oracle.trials[trial_id].status != _FAILED:
+      break
+    count += 1
+  return count
+
+
+def _last_failure(oracle: keras_tuner.Oracle) -> str:
+  """The last ended trial's failure, as `RunTuner.run_trial` worded it."""
+  message = (oracle.trials[oracle.end_order[-1]].message or "").strip()
+  last_line = message.splitlines()[-1] if message else "failed"
+  return last_line.split("FailedTrialError: ", 1)[-1]
+
+
+def _stopping_after_failures(oracle_class):
+  """`oracle_class`, creating no trial once `FAILED_IN_A_ROW` trials in a row failed."""
+
+  class StoppingOracle(oracle_class):
+    def populate_space(self, trial_id):
+      if failed_in_a_row(self) >= FAILED_IN_A_ROW:
+        return {"status": keras_tuner.engine.trial.TrialStatus.STOPPED, "values": None}
+      return super().populate_space(trial_id)
+
+  return StoppingOracle
 
 
 def _check_same_search(output_dir: str, search: dict) -> None:

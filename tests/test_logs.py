@@ -6,7 +6,7 @@ import pytest
 from data_prep.logs import prepare_logs
 from data_prep.writer import BadRows, DataError
 from stem_tfrs import make_dataset
-from stem_tfrs.schema import Schema
+from stem_tfrs.schema import Schema, SchemaError
 
 from test_main import main_py
 
@@ -119,11 +119,19 @@ def test_numbers_are_compared_as_numbers_and_a_value_that_is_not_one_is_a_bad_ro
     (dict(test_fraction=1.0), r"must be in \[0, 1\)"),
     (dict(split_column="day", valid_from="20240105", test_from="20240106"),
      r"the valid and test splits would be empty"),
+    (dict(features=["user_id", "user_id"]), r"column\(s\) \['user_id'\] named more than once"),
+    (dict(features=["user_id", "click"]), r"column\(s\) \['click'\] named more than once"),
+    (dict(features=["user_id", "tags"], group_column="tags", multivalent={"tags": "|"}),
+     r"group column 'tags' is multivalent: a row belongs to one group"),
+    (dict(min_count=1000), r"no value of feature\(s\) \['user_id', 'item_id'\] is seen "
+                           r"min_count=1000 times"),
+    (dict(tasks=["click", "group"]), r"task name 'group' is reserved: evaluation keeps the group "
+                                     r"ids"),
 ])
 def test_a_bad_request_is_one_line_and_writes_nothing(tmp_path, kwargs, message):
   write_logs(tmp_path / "logs.csv", 100, seed=3)
   args = dict(dict(features=["user_id", "item_id"], tasks=["click"], min_count=1), **kwargs)
-  with pytest.raises(DataError, match=message):
+  with pytest.raises((DataError, SchemaError), match=message):
     prepare_logs(str(tmp_path / "logs.csv"), str(tmp_path / "out"), **args)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["logs.csv"]
 
@@ -146,3 +154,23 @@ def test_prepare_command_reads_your_logs_and_refuses_their_flags_for_other_data_
   assert other.stderr.strip().splitlines()[-1] == (
       "error: --features only apply to --dataset=logs (your own logs); tiktok has its own "
       "columns and split")
+
+
+def test_quoted_fields_spark_markers_and_a_repeated_header_column(tmp_path):
+  logs = tmp_path / "logs"
+  logs.mkdir()
+  lines = ['"user_id","title","click"'] + [f'"u{i % 5}","Hello, ""world"" {i % 3}","{i % 2}"'
+                                           for i in range(60)]
+  (logs / "part-00000.csv").write_text("\n".join(lines) + "\n")
+  (logs / "_SUCCESS").write_text("")          # Spark's marker: not a log
+  (logs / "._SUCCESS.crc").write_text("crc")
+  prepare_logs(str(logs), str(tmp_path / "out"), features=["user_id", "title"], tasks=["click"],
+               min_count=1, test_fraction=0.0, valid_fraction=0.0)
+  vocab = (tmp_path / "out" / "vocab" / "title.txt").read_text().splitlines()
+  assert sorted(vocab) == [f'Hello, "world" {k}' for k in range(3)]
+
+  (tmp_path / "twice.csv").write_text("user_id,click,user_id\nu1,1,u2\n")
+  with pytest.raises(DataError, match=r"twice.csv: the header names column\(s\) \['user_id'\] "
+                                      r"more than once"):
+    prepare_logs(str(tmp_path / "twice.csv"), str(tmp_path / "o2"), features=["user_id"],
+                 tasks=["click"], min_count=1)

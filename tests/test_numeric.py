@@ -102,8 +102,8 @@ def test_the_layer_standardizes_and_feeds_missing_values_as_the_mean():
 
 
 def test_a_column_both_categorical_and_numeric_is_refused(tmp_path):
-  with pytest.raises(DataError, match=r"column\(s\) \['item'\]: a column is categorical or "
-                                      r"numeric"):
+  with pytest.raises(DataError, match=r"column\(s\) \['item'\] named more than once among "
+                                      r"the features, numeric features and tasks"):
     prepare(lambda: iter([Chunk(raw_frame(50), "x")]), features=["uid", "item"],
             labels=["click"], group_column=None, out_dir=str(tmp_path / "out"),
             numeric=["item"])

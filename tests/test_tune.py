@@ -84,3 +84,10 @@ def test_diverged_trials_fail_one_line_each_and_stop_the_search_after_three(tiny
   assert len(warnings) == 4  # one per trial, then the error
   assert sorted(os.listdir(out / "trials")) == ["0", "1", "2"]
   assert not list(out.glob("trials/*/metrics.json"))
+  # The stop is saved: a rerun trains nothing and stops again with the same error.
+  again = main_py("tune", f"--data_dir={tiny_data}", f"--output_dir={out}", "--epochs=1",
+                  "--batch_size=512", "--eval_batch_size=4096", "--max_trials=5",
+                  "--loss_weights=3e38,3e38", *TINY_MODEL_FLAGS)
+  assert again.stderr.strip().splitlines()[-1] == result.stderr.strip().splitlines()[-1]
+  assert "training stem" not in again.stderr
+  assert sorted(os.listdir(out / "trials")) == ["0", "1", "2"]
