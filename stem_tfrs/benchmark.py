@@ -43,6 +43,7 @@ import tensorflow as tf
 
 from stem_tfrs import analysis, callbacks, data, evaluation, training
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
+from stem_tfrs.distributed import refuse_cluster_strategy
 from stem_tfrs.files import write_json
 from stem_tfrs.models import MODEL_NAMES, MODELS
 from stem_tfrs.schema import Schema
@@ -288,6 +289,7 @@ def run_benchmark(model_config: ModelConfig, train_config: TrainConfig,
     ConfigError, SchemaError: before any run trains.
     training.TrainingDiverged: every run diverged (each has its failed.json).
   """
+  refuse_cluster_strategy("benchmark", train_config)
   schema = training.load_and_check(model_config, train_config)
   comparable_tasks = bench.comparable_tasks
   if comparable_tasks is not None:

@@ -25,6 +25,7 @@ import json
 import os
 import re
 
+from absl import logging
 import tensorflow as tf
 
 from stem_tfrs.config import STRATEGIES, ConfigError
@@ -49,7 +50,36 @@ def cluster_resolver() -> tf.distribute.cluster_resolver.TFConfigClusterResolver
     raise ConfigError(f"TF_CONFIG is not valid JSON: {e}")
   if not isinstance(config, dict) or "cluster" not in config or "task" not in config:
     raise ConfigError("TF_CONFIG needs both 'cluster' and 'task' (see docs/distributed.md)")
+  _check_cluster(config["cluster"], config["task"])
   return tf.distribute.cluster_resolver.TFConfigClusterResolver()
+
+
+def _check_cluster(cluster, task) -> None:
+  """A ConfigError naming what in TF_CONFIG's cluster or task is malformed."""
+  if not isinstance(cluster, dict) or not cluster:
+    raise ConfigError(f"TF_CONFIG's 'cluster' must map job names to lists of 'host:port' "
+                      f"addresses, got {json.dumps(cluster)}")
+  for job, addresses in cluster.items():
+    listed = addresses.values() if isinstance(addresses, dict) else addresses
+    if (not isinstance(addresses, (list, dict)) or not listed
+        or not all(isinstance(a, str) and re.fullmatch(r"\S+:\d+", a) for a in listed)):
+      raise ConfigError(f"TF_CONFIG's job '{job}' must list 'host:port' addresses, got "
+                        f"{json.dumps(addresses)}")
+  if not isinstance(task, dict) or not isinstance(task.get("type"), str) \
+      or not isinstance(task.get("index"), int) or isinstance(task.get("index"), bool):
+    raise ConfigError(f"TF_CONFIG's 'task' must be {{\"type\": <job>, \"index\": <int>}}, "
+                      f"got {json.dumps(task)}")
+  if task["type"] not in cluster or not 0 <= task["index"] < len(cluster[task["type"]]):
+    raise ConfigError(f"TF_CONFIG's task {task['type']} {task['index']} is not in its cluster "
+                      f"({', '.join(f'{j}: {len(a)}' for j, a in cluster.items())})")
+
+
+def _task_address(resolver) -> str:
+  """This process's 'host:port' in the cluster (for messages)."""
+  try:
+    return resolver.cluster_spec().task_address(resolver.task_type, resolver.task_id)
+  except (KeyError, ValueError):
+    return "?"
 
 
 def make_strategy(name: str, min_shard_bytes: int = MIN_SHARD_BYTES) -> tf.distribute.Strategy:
@@ -72,7 +102,18 @@ def make_strategy(name: str, min_shard_bytes: int = MIN_SHARD_BYTES) -> tf.distr
   if name == "multi_worker":
     if "ps" in cluster:
       raise ConfigError("TF_CONFIG has 'ps' tasks: use --strategy=parameter_server")
-    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    address = _task_address(resolver)
+    logging.info("waiting for the %d task(s) of TF_CONFIG to start (this one: %s %d at %s); "
+                 "only SIGKILL ends the wait", sum(map(len, cluster.values())),
+                 resolver.task_type, resolver.task_id, address)
+    try:
+      return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    except tf.errors.OpError as e:
+      if "Could not start gRPC server" in e.message:
+        raise ConfigError(f"could not start this task's server at {address} ("
+                          f"{resolver.task_type} {resolver.task_id} of TF_CONFIG): is the port "
+                          "in use, or the host not this machine?") from None
+      raise
   for job in ("chief", "worker", "ps"):
     if not cluster.get(job):
       raise ConfigError(f"--strategy=parameter_server needs TF_CONFIG with a '{job}' job "
@@ -84,6 +125,15 @@ def make_strategy(name: str, min_shard_bytes: int = MIN_SHARD_BYTES) -> tf.distr
   partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
       min_shard_bytes=min_shard_bytes, max_shards=len(cluster["ps"]))
   return tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
+
+
+def refuse_cluster_strategy(command: str, config) -> None:
+  """A ConfigError if `config` (a TrainConfig) asks `command`, which trains many runs in one
+  process, for a cluster strategy: a process sets up its collectives once, at start-up."""
+  if config.strategy in CLUSTER_STRATEGIES:
+    raise ConfigError(f"{command} trains its runs one after another in one process and "
+                      f"cannot use --strategy={config.strategy}: run `train` on the cluster "
+                      "for each configuration instead (default and mirrored work here)")
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

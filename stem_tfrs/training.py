@@ -65,6 +65,45 @@ def load_and_check(model_config: ModelConfig, config: TrainConfig) -> Schema:
   return schema
 
 
+def check_settings(model_config: ModelConfig, config: TrainConfig) -> None:
+  """The checks of `train` that run no TensorFlow op, for before a cluster's rendezvous.
+
+  Creating a MultiWorkerMirroredStrategy waits for every worker of TF_CONFIG,
+  indefinitely; a mistake found after it would stop only the workers that
+  started. The data is checked if its schema.json exists (the embedded data
+  may be prepared after the rendezvous).
+
+  Raises:
+    ConfigError, SchemaError: naming what is wrong.
+  """
+  if config.model not in MODELS:
+    raise ConfigError(
+        f"unknown model '{config.model}'; choose one of: {', '.join(MODELS)}")
+  MODELS[config.model].check_config(model_config)
+  if config.strategy in distributed.CLUSTER_STRATEGIES:
+    if not config.run_dir:
+      raise ConfigError(f"--strategy={config.strategy} needs --run_dir: every process of "
+                        "the cluster must name the same run directory")
+    if config.in_memory:
+      raise ConfigError(f"--in_memory is for one machine; with --strategy={config.strategy} "
+                        "each worker streams its share of the shards")
+  if config.strategy == "multi_worker":
+    cluster = distributed.cluster_resolver().cluster_spec().as_dict()
+    workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+    if config.batch_size % workers:
+      raise ConfigError(f"--batch_size={config.batch_size} does not divide over the {workers} "
+                        "workers of TF_CONFIG: a synchronous step splits it evenly")
+  if not os.path.isfile(os.path.join(config.data_dir, "schema.json")):
+    return
+  schema = Schema.load(config.data_dir)
+  model_config.task_loss_weights(schema.tasks)
+  if config.strategy in distributed.CLUSTER_STRATEGIES:
+    rows = _split_rows(load_stats(schema.directory), "train")
+    if rows < config.batch_size:
+      raise ConfigError(f"--batch_size={config.batch_size} is larger than the train split "
+                        f"({rows} rows): a cluster epoch is train rows // batch_size steps")
+
+
 def _split_rows(stats: dict, split: str) -> int:
   """Rows of a split, from the data set's stats.json content (0 if it does not say)."""
   return stats.get(split, {}).get("rows") or 0
@@ -151,25 +190,20 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
       metrics.json and the export are then not written.
     TrainingDiverged: a loss became NaN or infinite; nor are they then.
   """
-  # First: MultiWorkerMirroredStrategy must exist before any other op runs.
-  strategy = strategy or distributed.make_strategy(config.strategy)
-  if config.strategy in distributed.CLUSTER_STRATEGIES:
-    if not config.run_dir:
-      raise ConfigError(f"--strategy={config.strategy} needs --run_dir: every process of "
-                        "the cluster must name the same run directory")
-    if config.in_memory:
-      raise ConfigError(f"--in_memory is for one machine; with --strategy={config.strategy} "
-                        "each worker streams its share of the shards")
+  if strategy is None:
+    check_settings(model_config, config)  # before a cluster's rendezvous
+    # MultiWorkerMirroredStrategy must exist before any other op runs.
+    strategy = distributed.make_strategy(config.strategy)
+  check_settings(model_config, config)
   schema = load_and_check(model_config, config)
   stats = load_stats(schema.directory)
   for warning in MODELS[config.model].data_warnings(
       schema.tasks, stats.get("train", {}).get("positive_rate", {})):
     logging.warning("%s", warning)
-  if config.strategy in distributed.CLUSTER_STRATEGIES:
-    rows = _split_rows(stats, "train")
-    if rows < config.batch_size:
-      raise ConfigError(f"--batch_size={config.batch_size} is larger than the train split "
-                        f"({rows} rows): a cluster epoch is train rows // batch_size steps")
+  if config.strategy == "multi_worker" and config.batch_size % strategy.num_replicas_in_sync:
+    raise ConfigError(f"--batch_size={config.batch_size} does not divide over the "
+                      f"{strategy.num_replicas_in_sync} replicas of --strategy="
+                      f"{config.strategy}: a synchronous step splits it evenly")
   run_dir = config.run_dir or default_run_dir(config.model)
   chief = distributed.is_chief(strategy)
   os.makedirs(run_dir, exist_ok=True)

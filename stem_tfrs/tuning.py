@@ -31,6 +31,7 @@ import keras_tuner
 
 from stem_tfrs import training
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
+from stem_tfrs.distributed import refuse_cluster_strategy
 from stem_tfrs.files import write_json
 
 #: The search space: (config, field) -> candidate values. Our reading of the
@@ -129,6 +130,7 @@ def tune(model_config: ModelConfig, train_config: TrainConfig, output_dir: str,
                       "optimization uses: pip install scikit-learn (or use --tuner=random)")
   if max_trials < 1:
     raise ConfigError(f"max_trials must be >= 1, got {max_trials}")
+  refuse_cluster_strategy("tune", train_config)
   schema = training.load_and_check(model_config, train_config)  # fail before any trial
   if objective == "gauc" and not schema.group_column:
     raise ConfigError(f"--objective=gauc needs a group column (the user id), and "

@@ -8,6 +8,7 @@ of its cluster when it ends, passed or not.
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -188,3 +189,64 @@ def test_a_killed_worker_does_not_lose_the_parameter_server_run(
   training = json.loads((run_dir / "training.json").read_text())
   assert training["epochs_run"] == 3
   assert (run_dir / "metrics.json").exists() and exports(export_dir)
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    ({"cluster": {"worker": "127.0.0.1:1"}, "task": {"type": "worker", "index": 0}},
+     r"job 'worker' must list 'host:port' addresses, got \"127.0.0.1:1\""),
+    ({"cluster": [], "task": {"type": "worker", "index": 0}},
+     r"'cluster' must map job names to lists of 'host:port' addresses, got \[\]"),
+    ({"cluster": {}, "task": {"type": "worker", "index": 0}}, r"got \{\}"),
+    ({"cluster": {"worker": ["127.0.0.1"]}, "task": {"type": "worker", "index": 0}},
+     r"job 'worker' must list 'host:port' addresses"),
+    ({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": "0"}},
+     r"'task' must be \{\"type\": <job>, \"index\": <int>\}"),
+    ({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 1}},
+     r"task worker 1 is not in its cluster \(worker: 1\)"),
+])
+def test_a_malformed_tf_config_is_named(monkeypatch, tf_config, message):
+  from stem_tfrs import distributed
+  from stem_tfrs.config import ConfigError
+  monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+  with pytest.raises(ConfigError, match=message):
+    distributed.cluster_resolver()
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], r"--strategy=multi_worker needs --run_dir"),
+    (["--run_dir=RUN", "--batch_size=511"],
+     r"--batch_size=511 does not divide over the 2 workers of TF_CONFIG"),
+    (["--run_dir=RUN", "--model=mmoe", "--num_shared_experts=0"],
+     r"MMoE mixes shared experts only"),
+    (["--run_dir=RUN", "--data_dir=DATA", "--batch_size=100000"],
+     r"--batch_size=100000 is larger than the train split"),
+])
+def test_a_worker_refuses_bad_flags_before_waiting_for_its_peers(
+    tiny_data, tmp_path, cluster_factory, flags, message):
+  # Worker 1 never starts: creating the strategy would wait for it forever.
+  cluster = cluster_factory({"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]})
+  flags = [f.replace("RUN", str(tmp_path / "run")).replace("DATA", tiny_data) for f in flags]
+  process = cluster.start("worker", 0, ["train", "--strategy=multi_worker", "--epochs=1",
+                                        f"--data_dir={tiny_data}", *TINY_MODEL_FLAGS, *flags])
+  try:
+    code = process.wait(timeout=90)
+  except subprocess.TimeoutExpired:
+    pytest.fail(f"worker 0 still waiting for its peer:\n{cluster.log('worker0')}")
+  assert code == 1
+  last = cluster.log("worker0").strip().splitlines()[-1]
+  assert last.startswith("error: ") and re.search(message, last), last
+  assert not (tmp_path / "run").exists()
+
+
+def test_benchmark_and_tune_refuse_a_cluster_strategy(tiny_data, tmp_path):
+  from stem_tfrs import TrainConfig, benchmark, tuning
+  from stem_tfrs.config import ConfigError
+  from conftest import tiny_model_config
+  config = TrainConfig(data_dir=tiny_data, strategy="multi_worker", run_dir=str(tmp_path))
+  with pytest.raises(ConfigError, match=r"benchmark trains its runs one after another in one "
+                                        r"process and cannot use --strategy=multi_worker"):
+    benchmark.run_benchmark(tiny_model_config(), config, benchmark.BenchmarkConfig(
+        models=("stem",), output_dir=str(tmp_path / "bench")))
+  with pytest.raises(ConfigError, match=r"tune trains its runs .* --strategy=multi_worker"):
+    tuning.tune(tiny_model_config(), config, str(tmp_path / "tune"))
+  assert sorted(os.listdir(tmp_path)) == []

@@ -156,6 +156,7 @@ def ensure_embedded_data(data_dir: str, rows: int) -> None:
 def run(argv: List[str]) -> int:
   del argv
   model_config, train_config = configs_from_flags()
+  training.check_settings(model_config, train_config)  # a cluster's rendezvous waits for all
   strategy = distributed.make_strategy(train_config.strategy)  # before any other op
   if not FLAGS["data_dir"].present:
     ensure_embedded_data(train_config.data_dir, FLAGS.synthetic_rows)
