@@ -67,9 +67,10 @@ def define_flags(seed_flag: bool = True) -> None:
                     "(heavy-tailed counts).")
   flags.DEFINE_string("group_column", None, "logs: the feature that groups rows for gAUC "
                       "(the user id).")
-  flags.DEFINE_string("sep", ",", "logs: the field separator ('\\t' for tabs).")
+  flags.DEFINE_string("sep", ",", "logs: the field separator (tab, comma, space, semicolon "
+                      "or '\\t' name those).")
   flags.DEFINE_list("multivalent", [], "logs: feature:separator items for features holding a "
-                    "list of values in one field (tags:|).")
+                    "list of values in one field (tags:|, tags:comma).")
   flags.DEFINE_string("split_column", None, "logs: split by time on this column, with "
                       "--valid_from and --test_from (default: a random split).")
   flags.DEFINE_string("valid_from", None, "logs: rows with split_column at or after this value "
@@ -84,7 +85,7 @@ def define_flags(seed_flag: bool = True) -> None:
 def _prepare_logs(raw: str, out_dir: str, *, multivalent, sep, **kwargs) -> dict:
   from data_prep import logs
   return logs.prepare_logs(raw, out_dir, multivalent=logs.parse_multivalent(multivalent),
-                           sep=sep.replace("\\t", "\t"), **kwargs)
+                           sep=logs.separator(sep), **kwargs)
 
 
 def prepare(name: str, seed: Optional[int]) -> int:

@@ -107,14 +107,25 @@ def raw_files(raw: str) -> List[str]:
   return [raw]  # read_delimited says if it is missing or empty
 
 
+#: Separators a flag cannot spell as themselves: --multivalent is comma-separated, and a
+#: shell passes a tab with difficulty.
+SEPARATOR_NAMES = {"comma": ",", "tab": "\t", "\\t": "\t", "space": " ", "semicolon": ";"}
+
+
+def separator(text: str) -> str:
+  """A separator as a flag gives it: itself, or one of `SEPARATOR_NAMES` ("tab", "\\t", ...)."""
+  return SEPARATOR_NAMES.get(text, text)
+
+
 def parse_multivalent(specs: Sequence[str]) -> Dict[str, str]:
-  """["tags:|", "genres:;"] -> {"tags": "|", "genres": ";"}."""
+  """["tags:|", "genres:comma"] -> {"tags": "|", "genres": ","} (see `separator`)."""
   multivalent = {}
   for spec in specs:
-    name, colon, separator = spec.partition(":")
-    if not colon or not name or not separator:
-      raise DataError(f"--multivalent takes feature:separator items (tags:|), got '{spec}'")
-    multivalent[name] = separator
+    name, colon, value = spec.partition(":")
+    if not colon or not name or not value:
+      raise DataError(f"--multivalent takes feature:separator items (tags:|, tags:comma), "
+                      f"got '{spec}'")
+    multivalent[name] = separator(value)
   return multivalent
 
 
@@ -162,6 +173,10 @@ def prepare_logs(raw: str, out_dir: str, *, features: Sequence[str], tasks: Sequ
     raise DataError(f"--multivalent names {unknown}, which are not among --features {features}")
   if not sep:
     raise DataError("--sep must not be empty")
+  clash = sorted(name for name, value in multivalent.items() if value in sep or sep in value)
+  if clash:
+    raise DataError(f"the list separator of {clash} overlaps the field separator {sep!r}: "
+                    "a list is one field, its values split inside it")
   time_split = [split_column, valid_from, test_from]
   if any(v is not None for v in time_split) and not all(v is not None for v in time_split):
     raise DataError("a split by time takes --split_column, --valid_from and --test_from together")

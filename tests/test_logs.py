@@ -174,3 +174,21 @@ def test_quoted_fields_spark_markers_and_a_repeated_header_column(tmp_path):
                                       r"more than once"):
     prepare_logs(str(tmp_path / "twice.csv"), str(tmp_path / "o2"), features=["user_id"],
                  tasks=["click"], min_count=1)
+
+
+def test_a_list_separator_a_flag_cannot_spell_is_named_and_may_not_be_the_field_separator(
+    tmp_path):
+  from data_prep.logs import parse_multivalent, separator
+  assert parse_multivalent(["tags:comma", "genres:|", "words:tab"]) == {
+      "tags": ",", "genres": "|", "words": "\t"}
+  assert separator("\\t") == "\t" and separator(";") == ";"
+  lines = ["user_id\ttags\tclick"] + [f"u{i % 4}\ta,b\t{i % 2}" for i in range(40)]
+  (tmp_path / "logs.tsv").write_text("\n".join(lines) + "\n")
+  prepare_logs(str(tmp_path / "logs.tsv"), str(tmp_path / "out"), features=["user_id", "tags"],
+               tasks=["click"], sep="\t", multivalent={"tags": ","}, min_count=1,
+               test_fraction=0.0, valid_fraction=0.0)
+  assert sorted((tmp_path / "out" / "vocab" / "tags.txt").read_text().split()) == ["a", "b"]
+  with pytest.raises(DataError, match=r"the list separator of \['tags'\] overlaps the field "
+                                      r"separator '\\t'"):
+    prepare_logs(str(tmp_path / "logs.tsv"), str(tmp_path / "o2"), features=["user_id", "tags"],
+                 tasks=["click"], sep="\t", multivalent={"tags": "\t"}, min_count=1)
