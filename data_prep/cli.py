@@ -83,6 +83,7 @@ def define_flags(seed_flag: bool = True) -> None:
 
 
 def _prepare_logs(raw: str, out_dir: str, *, multivalent, sep, **kwargs) -> dict:
+  """`logs.prepare_logs` with its separators as the flags spell them (tags:comma, tab)."""
   from data_prep import logs
   return logs.prepare_logs(raw, out_dir, multivalent=logs.parse_multivalent(multivalent),
                            sep=logs.separator(sep), **kwargs)
@@ -97,8 +98,9 @@ def prepare(name: str, seed: Optional[int]) -> int:
     return 2
   misplaced = [f"--{n}" for n in LOGS_FLAGS if FLAGS[n].present and n not in loader.own_flags]
   if misplaced:
-    print(f"error: {', '.join(misplaced)} only apply to --dataset=logs (your own logs); "
-          f"{name} has its own columns and split", file=sys.stderr)
+    print(f"error: {', '.join(misplaced)} {'applies' if len(misplaced) == 1 else 'apply'} "
+          f"only to --dataset=logs (your own logs); {name} has its own columns and split",
+          file=sys.stderr)
     return 2
   bad_rows = BadRows(strict=FLAGS.strict)
   try:

@@ -69,6 +69,7 @@ class TimeSplit:
     return float(value) if self.numeric else value
 
   def assigner(self, total_rows: Optional[int], seed: int) -> Callable[[pd.DataFrame], np.ndarray]:
+    """A function: a chunk's rows -> split index per row (0 train, 1 valid, 2 test)."""
     del total_rows, seed  # deterministic by value
 
     def assign(frame: pd.DataFrame) -> np.ndarray:
@@ -83,6 +84,7 @@ class TimeSplit:
 
 
 def _is_number(text: str) -> bool:
+  """Whether `text` reads as a float ("20240101", "-1.5", "1e3")."""
   try:
     float(text)
   except (TypeError, ValueError):

@@ -58,8 +58,8 @@ def assign_groups(users: np.ndarray, rho: pd.Series, kappa: float) -> np.ndarray
 
 
 def sample_std(values: Sequence[float]) -> float:
-  """The sample standard deviation (n - 1) of `values`; 0 for a single value."""
-  return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+  """The sample standard deviation (n - 1) of `values`; NaN (undefined) for a single value."""
+  return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
 
 
 def comparable_report(predictions: Dict[str, List[Dict[str, np.ndarray]]], tasks: Sequence[str],

@@ -21,7 +21,8 @@ change. Output directory:
 A run whose `summary.json` exists and whose configuration and data (resolved
 path, rows, vocabularies) match is reused, so re-invoking after a crash
 retrains only what had not finished, and data prepared again is trained on
-again. A run cut short resumes from its last finished epoch. A run that
+again. A run cut short resumes from its last finished epoch (or, cut after
+training, goes on from its best checkpoint and metrics.json). A run that
 diverges (`training.TrainingDiverged`) is recorded in its `failed.json` and
 reported as failed; the others are compared without it, and a rerun with
 the same settings does not train it again. Every (model, seed)
@@ -41,11 +42,11 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from stem_tfrs import analysis, callbacks, data, evaluation, training
+from stem_tfrs import analysis, callbacks, checkpoints, data, evaluation, training
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
 from stem_tfrs.distributed import refuse_cluster_strategy
 from stem_tfrs.files import write_json
-from stem_tfrs.models import MODEL_NAMES, MODELS
+from stem_tfrs.models import MODEL_NAMES, MODELS, build_model
 from stem_tfrs.schema import Schema
 
 SUMMARY = "summary.json"
@@ -117,6 +118,25 @@ def _recorded(run_dir: str, name: str, expected: dict) -> Optional[dict]:
   return record if record is not None and record.get("config") == expected else None
 
 
+def _trained(run_dir: str) -> bool:
+  """Whether `training.train` finished in `run_dir`: metrics.json, its last file, is there."""
+  return all(os.path.isfile(os.path.join(run_dir, name))
+             for name in ("training.json", "metrics.json", "checkpoints/best.index"))
+
+
+def _best_model(model_config: ModelConfig, config: TrainConfig, schema: Schema):
+  """The finished run's model, built as `training.train` builds it, with its best weights."""
+  previous = tf.keras.mixed_precision.global_policy()
+  if config.mixed_precision:
+    tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
+  try:
+    model = build_model(config.model, schema, model_config)
+  finally:
+    tf.keras.mixed_precision.set_global_policy(previous)
+  checkpoints.load_weights(model, os.path.join(config.run_dir, "checkpoints", "best"))
+  return model
+
+
 def run_one(model_config: ModelConfig, config: TrainConfig, schema: Schema,
             verbose: int = 0) -> dict:
   """Trains one (model, seed), saves its test predictions and gate shares; returns its summary.
@@ -132,34 +152,40 @@ def run_one(model_config: ModelConfig, config: TrainConfig, schema: Schema,
       logging.info("reusing %s run %s", "finished" if name == SUMMARY else "failed",
                    config.run_dir)
       return record
-  started = _read(config.run_dir, STARTED)
-  if started == expected and callbacks.epochs_done(config.run_dir):
-    logging.info("resuming interrupted run %s", config.run_dir)
-  else:  # nothing, another run, or one that had not finished an epoch
-    shutil.rmtree(config.run_dir, ignore_errors=True)
-    os.makedirs(config.run_dir)
-    write_json(os.path.join(config.run_dir, STARTED), expected)
+  started = _read(config.run_dir, STARTED) == expected
   tf.keras.backend.clear_session()
-  try:
-    result = training.train(model_config, config, verbose=verbose)
-  except training.TrainingDiverged as e:
-    failure = {"model": config.model, "seed": config.seed, "config": expected,
-               "failed": str(e)}
-    write_json(os.path.join(config.run_dir, FAILED), failure)
-    logging.warning("%s, seed %d: %s", config.model, config.seed, e)
-    return failure
+  if started and _trained(config.run_dir):  # stopped after training, before the summary
+    logging.info("evaluating the trained run %s", config.run_dir)
+    model = _best_model(model_config, config, schema)
+    metrics = _read(config.run_dir, "metrics.json")
+  else:
+    if started and callbacks.epochs_done(config.run_dir):
+      logging.info("resuming interrupted run %s", config.run_dir)
+    else:  # nothing, another run, or one that had not finished an epoch
+      shutil.rmtree(config.run_dir, ignore_errors=True)
+      os.makedirs(config.run_dir)
+      write_json(os.path.join(config.run_dir, STARTED), expected)
+    try:
+      result = training.train(model_config, config, verbose=verbose)
+    except training.TrainingDiverged as e:
+      failure = {"model": config.model, "seed": config.seed, "config": expected,
+                 "failed": str(e)}
+      write_json(os.path.join(config.run_dir, FAILED), failure)
+      logging.warning("%s, seed %d: %s", config.model, config.seed, e)
+      return failure
+    model, metrics = result.model, result.metrics
   test = data.make_dataset(schema, "test", config.eval_batch_size)
-  predictions = evaluation.predict(result.model, test, schema.group_column)
+  predictions = evaluation.predict(model, test, schema.group_column)
   np.savez_compressed(os.path.join(config.run_dir, "predictions.npz"),
                       **{k: v.astype(bytes) if v.dtype == object else v
                          for k, v in predictions.items()})
-  gates = analysis.mean_gate_shares(result.model, test)
+  gates = analysis.mean_gate_shares(model, test)
   with open(os.path.join(config.run_dir, "training.json")) as f:
     history = json.load(f)
   summary = {
       "model": config.model, "seed": config.seed, "config": expected,
-      "metrics": result.metrics, "gates": gates,
-      "params": int(result.model.count_params()),
+      "metrics": metrics, "gates": gates,
+      "params": int(model.count_params()),
       "train_seconds": history["train_seconds"],
       "examples_per_second": history["train_examples_per_second"],
   }
@@ -201,20 +227,23 @@ def gate_table(summaries: List[dict]) -> pd.DataFrame:
 
 def markdown(results: pd.DataFrame, failed: Sequence[dict] = ()) -> str:
   """results.md: the results table, then one line per failed run."""
-  lines = ["| model | task | test AUC | test gAUC | test logloss | params | train s | examples/s |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  lines = ["| model | task | seeds | test AUC | test gAUC | test logloss | params | train s "
+           "| examples/s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in results.itertuples():
     lines.append(
-        f"| {r.model} | {r.task} | {r.auc_mean:.4f} ± {r.auc_std:.4f} | "
-        f"{r.gauc_mean:.4f} ± {r.gauc_std:.4f} | {r.logloss_mean:.4f} ± {r.logloss_std:.4f} | "
+        f"| {r.model} | {r.task} | {r.seeds} | {_mean_std(r.auc_mean, r.auc_std)} | "
+        f"{_mean_std(r.gauc_mean, r.gauc_std)} | {_mean_std(r.logloss_mean, r.logloss_std)} | "
         f"{r.params:,} | {r.train_seconds:.0f} | {r.examples_per_second:,.0f} |")
-  seeds = sorted(set(results["seeds"]))
-  text = (f"Test metrics, mean ± sample std (n - 1) over {', '.join(map(str, seeds))} "
-          "seed(s).\n\n" + "\n".join(lines) + "\n")
+  text = ("Test metrics, mean ± sample std (n - 1) over each model's seeds (no std for one).\n\n"
+          + "\n".join(lines) + "\n")
   if failed:
     text += "\nFailed, left out of the table:\n\n" + "".join(
         f"- {f['model']}, seed {f['seed']}: {f['failed']}\n" for f in failed)
   return text
+
+
+def _mean_std(mean: float, std: float) -> str:
+  return f"{mean:.4f} ± {std:.4f}" if np.isfinite(std) else f"{mean:.4f}"
 
 
 def _bar_chart(path: str, frame: pd.DataFrame, value: str, error: Optional[str], title: str,

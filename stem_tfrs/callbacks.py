@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Dict, List, Optional
 
 from absl import logging
@@ -112,7 +113,8 @@ class ResumedCallbackState(tf.keras.callbacks.Callback):
   epoch this writes their state and the logs so far to `path` (it must come
   after BackupAndRestore in the callback list, so that the state never runs
   ahead of the backup); when a run resumes at the epoch after the one the
-  file describes, it puts them back, and `history` holds every epoch.
+  file describes, it puts them back, `history` holds every epoch, and
+  `earlier_seconds` the training time of the sessions before.
 
   Args:
     path: The state file, inside BackupAndRestore's directory (which goes,
@@ -129,10 +131,13 @@ class ResumedCallbackState(tf.keras.callbacks.Callback):
     self.tracked = tracked
     self.write = write
     self.history: Dict[str, List[float]] = {}
+    self.earlier_seconds = 0.0  # training time of the sessions before this one
     self._resuming = False
+    self._session_start = time.time()
 
   def on_train_begin(self, logs=None):
     self.history, self._resuming = {}, True
+    self.earlier_seconds, self._session_start = 0.0, time.time()
 
   def on_epoch_begin(self, epoch, logs=None):
     if not self._resuming:
@@ -149,12 +154,14 @@ class ResumedCallbackState(tf.keras.callbacks.Callback):
       for name, value in fields.items():
         setattr(callback, name, value)
     self.history = state["history"]
+    self.earlier_seconds = float(state.get("seconds", 0.0))
 
   def on_epoch_end(self, epoch, logs=None):
     for key, value in (logs or {}).items():
       self.history.setdefault(key, []).append(float(value))
     if self.write:
       state = {"epoch": epoch, "history": self.history,
+               "seconds": self.earlier_seconds + time.time() - self._session_start,
                "callbacks": [{name: _plain(getattr(c, name)) for name in self.FIELDS
                               if hasattr(c, name)} for c in self.tracked]}
       write_json(self.path, state)  # never half a file
@@ -163,6 +170,7 @@ class ResumedCallbackState(tf.keras.callbacks.Callback):
     if self._resuming:  # no epoch was left to run: the history is the saved one
       state = read_state(self.path)
       self.history = state["history"] if state is not None else {}
+      self.earlier_seconds = float(state.get("seconds", 0.0)) if state is not None else 0.0
     # The run is over (finished or stopped): nothing is left to resume.
     if self.write and tf.io.gfile.exists(self.path):
       tf.io.gfile.remove(self.path)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from stem_tfrs.data import serving_input_signature
 from stem_tfrs.schema import Schema
 
 Metrics = Dict[str, Dict[str, float]]
@@ -90,13 +91,16 @@ def _inference_function(model: tf.keras.Model):
   """`model(features, training=False)` as a tf.function, made once per model.
 
   The function holds the model by a weak reference, so that the cache does
-  not keep a discarded model (and its weights) alive.
+  not keep a discarded model (and its weights) alive. A model with a schema
+  is traced once, for batches of any size.
   """
   function = _INFERENCE.get(model)
   if function is None:
     model_ref = weakref.ref(model)
-    function = tf.function(lambda features: model_ref()(features, training=False),
-                           reduce_retracing=True)
+    schema = getattr(model, "schema", None)  # a stem_tfrs model: one trace, any batch size
+    function = tf.function(
+        lambda features: model_ref()(features, training=False), reduce_retracing=True,
+        input_signature=[serving_input_signature(schema)] if schema is not None else None)
     _INFERENCE[model] = function
   return function
 

@@ -268,12 +268,12 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
   logging.info("training %s on %s into %s", config.model, schema.directory, run_dir)
   start = time.time()
   run_callbacks = callbacks.for_run(config, schema.tasks, run_dir, chief)
-  this_session = model.fit(train_input, validation_data=valid_ds, epochs=config.epochs,
-                           callbacks=run_callbacks, verbose=verbose, **fit_args)
-  train_seconds = time.time() - start
-  # Every epoch's logs, those before a resume included.
-  history = next(c for c in run_callbacks
-                 if isinstance(c, callbacks.ResumedCallbackState)).history
+  model.fit(train_input, validation_data=valid_ds, epochs=config.epochs,
+            callbacks=run_callbacks, verbose=verbose, **fit_args)
+  # Every epoch's logs and training time, those before a resume included.
+  resumed = next(c for c in run_callbacks if isinstance(c, callbacks.ResumedCallbackState))
+  history = resumed.history
+  train_seconds = resumed.earlier_seconds + time.time() - start
   # After a finished fit every worker's BackupAndRestore has removed its own
   # part of backup/; whichever worker gets here last removes the directory.
   try:
@@ -299,7 +299,6 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
                  model, schema, data.make_dataset(schema, split, config.eval_batch_size))
              for split in ("valid", "test")}
   epochs_run = len(history.get("loss", []))
-  epochs_timed = len(this_session.history.get("loss", []))  # train_seconds' epochs
   if "steps_per_epoch" in fit_args:  # a cluster epoch is a fixed number of steps
     train_rows = fit_args["steps_per_epoch"] * config.batch_size
   write_json(os.path.join(run_dir, "training.json"), {
@@ -307,9 +306,10 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
       "replicas": strategy.num_replicas_in_sync,
       "sharded_variables": sharded,
       "epochs_run": epochs_run,
-      "train_seconds": train_seconds,
-      "train_examples_per_second": (train_rows * epochs_timed / train_seconds
-                                    if train_rows and epochs_timed else None),
+      "train_seconds": train_seconds,  # every session's, with each epoch's validation
+      "train_examples_per_second": (train_rows * epochs_run / train_seconds
+                                    if train_rows and epochs_run and train_seconds > 0
+                                    else None),
       "history": history,
   })
   write_json(os.path.join(run_dir, "metrics.json"), metrics)

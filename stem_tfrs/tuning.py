@@ -24,6 +24,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 from typing import Dict, List, Tuple
 
 from absl import logging
@@ -51,6 +52,10 @@ TUNERS = ("random", "bayesian")
 #: before it saves the last trial, which a rerun would then train again.)
 FAILED_IN_A_ROW = 3
 _FAILED = keras_tuner.engine.trial.TrialStatus.FAILED
+
+
+class SearchFailed(ValueError):
+  """A search ended without a trial to report, or stopped on failed trials."""
 
 
 @dataclasses.dataclass
@@ -82,7 +87,7 @@ class RunTuner(keras_tuner.Tuner):
     self.base_model_config = model_config
     self.base_train_config = train_config
     self.trials_dir = trials_dir
-    self.failures: List[str] = []  # this session's diverged trials, one line each
+    self.failures: Dict[str, str] = {}  # trial id -> this session's failure, in one line
 
   def run_trial(self, trial, *args, **kwargs) -> Dict[str, float]:
     hp = trial.hyperparameters
@@ -96,9 +101,15 @@ class RunTuner(keras_tuner.Tuner):
       result = training.train(model_config, train_config, verbose=0)
     except training.TrainingDiverged as e:
       # The same values would diverge again: a failed trial, not one to retry.
-      self.failures.append(f"trial {trial.trial_id}: {e}")
-      logging.warning("%s", self.failures[-1])
-      raise keras_tuner.errors.FailedTrialError(self.failures[-1]) from e
+      self.failures[trial.trial_id] = f"trial {trial.trial_id}: {e}"
+      logging.warning("%s", self.failures[trial.trial_id])
+      raise keras_tuner.errors.FailedTrialError(self.failures[trial.trial_id]) from e
+    except Exception as e:  # KerasTuner marks the trial failed, with the traceback in its state
+      lines = str(e).strip().splitlines()
+      self.failures[trial.trial_id] = (f"trial {trial.trial_id}: {type(e).__name__}: "
+                                       f"{lines[0] if lines else ''}")
+      logging.warning("%s", self.failures[trial.trial_id])
+      raise
     valid = result.metrics["valid"]
     return {f"val_{metric}": sum(m[metric] for m in valid.values()) / len(valid)
             for metric in OBJECTIVES}
@@ -120,6 +131,8 @@ def tune(model_config: ModelConfig, train_config: TrainConfig, output_dir: str,
 
   Raises:
     ConfigError: a bad objective, tuner or trial count.
+    SearchFailed: `FAILED_IN_A_ROW` trials in a row failed (then, or in the
+      search resumed), or no trial finished.
   """
   if objective not in OBJECTIVES:
     raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")
@@ -150,14 +163,15 @@ def tune(model_config: ModelConfig, train_config: TrainConfig, output_dir: str,
                     directory=output_dir, project_name="search", overwrite=False)
   search.search()
   if failed_in_a_row(search.oracle) >= FAILED_IN_A_ROW:  # now, or in the run resumed
-    raise training.TrainingDiverged(
+    raise SearchFailed(
         f"the search in {output_dir} stopped: {FAILED_IN_A_ROW} trials in a row failed; the "
-        f"last, {_last_failure(search.oracle)}")
+        f"last, {_last_failure(search.oracle, search.failures)}")
   trials = finished_trials(search)
   if not trials:
-    raise training.TrainingDiverged(
+    raise SearchFailed(
         f"no trial of the search in {output_dir} finished"
-        + (f"; the last to fail, {search.failures[-1]}" if search.failures else ""))
+        + (f"; the last to fail, {_last_failure(search.oracle, search.failures)}"
+           if search.oracle.end_order else ""))
   best = max(trials, key=lambda row: row[f"val_{objective}"])
   best_model, best_train = configs_for(
       {k: v for k, v in best.items() if "." in k}, model_config, train_config)
@@ -178,11 +192,19 @@ def failed_in_a_row(oracle: keras_tuner.Oracle) -> int:
   return count
 
 
-def _last_failure(oracle: keras_tuner.Oracle) -> str:
-  """The last ended trial's failure, as `RunTuner.run_trial` worded it."""
-  message = (oracle.trials[oracle.end_order[-1]].message or "").strip()
-  last_line = message.splitlines()[-1] if message else "failed"
-  return last_line.split("FailedTrialError: ", 1)[-1]
+def _last_failure(oracle: keras_tuner.Oracle, worded: Dict[str, str]) -> str:
+  """The last ended trial's failure: as `RunTuner` worded it this session, else the
+  exception line of the traceback KerasTuner kept."""
+  trial_id = oracle.end_order[-1]
+  if trial_id in worded:
+    return worded[trial_id]
+  message = (oracle.trials[trial_id].message or "").strip().splitlines()
+  raised = [line for line in message if re.match(r"[\w.]+(Error|Exception): ", line)]
+  if not raised:
+    return f"trial {trial_id} failed"
+  name, _, text = raised[-1].partition(": ")  # "package.module.SomeError: what"
+  return text if name.endswith("FailedTrialError") else (
+      f"trial {trial_id}: {name.rsplit('.', 1)[-1]}: {text}")
 
 
 def _stopping_after_failures(oracle_class):

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -46,7 +47,7 @@ def test_results_have_a_row_per_model_and_task(benchmark_dir):
   as_json = json.load(open(benchmark_dir / "results.json"))
   assert len(as_json["results"]) == len(results) and len(as_json["runs"]) == len(MODEL_NAMES)
   table = (benchmark_dir / "results.md").read_text()
-  assert all(f"| {m} | finish |" in table for m in MODEL_NAMES)
+  assert all(f"| {m} | finish | 1 |" in table for m in MODEL_NAMES)
 
 
 def test_comparable_report_covers_groups_tasks_models(benchmark_dir):
@@ -219,4 +220,38 @@ def test_results_report_the_sample_std_over_seeds():
   assert row.auc_std == pytest.approx(0.036055, abs=1e-6)  # n - 1; population std: 0.029439
   assert row.gauc_std == 0.0
   one = benchmark.aggregate(runs[:1], ["like"]).iloc[0]
-  assert one.auc_std == 0.0 and one.seeds == 1
+  assert np.isnan(one.auc_std) and one.seeds == 1  # undefined for one value
+  table = benchmark.markdown(pd.concat([benchmark.aggregate(runs, ["like"]),
+                                        benchmark.aggregate(runs[:1], ["like"])]))
+  assert "| stem | like | 3 | 0.7300 ± 0.0361 |" in table
+  assert "| stem | like | 1 | 0.7000 | 0.6000 | 0.5000 |" in table
+
+
+def test_a_run_stopped_after_training_is_summarized_from_its_checkpoint(tiny_data, tmp_path,
+                                                                        monkeypatch):
+  import dataclasses
+  from stem_tfrs import benchmark, training
+  model_config, train_config, bench = _bench(tmp_path, ["stem"])
+  train_config = dataclasses.replace(train_config, data_dir=tiny_data)
+  first = benchmark.run_benchmark(model_config, train_config, bench)
+  run_dir = tmp_path / "out" / "runs" / "stem" / "seed-11"
+  predictions = dict(np.load(run_dir / "predictions.npz"))
+  gates = json.load(open(run_dir / "summary.json"))["gates"]
+  for name in ("summary.json", "predictions.npz"):  # as if killed while predicting
+    os.remove(run_dir / name)
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("a trained run was trained again")
+
+  monkeypatch.setattr(training, "train", no_training)
+  again = benchmark.run_benchmark(model_config, train_config, bench)
+  pd.testing.assert_frame_equal(again.results, first.results)
+  with np.load(run_dir / "predictions.npz") as again_predictions:
+    for key, value in predictions.items():
+      if value.dtype.kind == "f":  # the same weights: the same scores
+        np.testing.assert_allclose(again_predictions[key], value, rtol=1e-5)
+      else:
+        np.testing.assert_array_equal(again_predictions[key], value)
+  again_gates = json.load(open(run_dir / "summary.json"))["gates"]
+  for task, shares in gates.items():
+    assert again_gates[task] == pytest.approx(shares)

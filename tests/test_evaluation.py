@@ -76,3 +76,21 @@ def test_format_table_has_a_row_per_split_and_task():
   lines = format_table(metrics).splitlines()
   assert lines[0].split() == ["split", "task", "logloss", "AUC", "gAUC"]
   assert lines[2].split() == ["test", "like", "0.2000", "0.8000", "0.7200"]
+
+
+def test_predict_traces_a_model_once_and_lets_it_go(tiny_data):
+  import gc
+  import weakref
+  from stem_tfrs import Schema, build_model, evaluation, make_dataset
+  from conftest import tiny_model_config
+  schema = Schema.load(tiny_data)
+  model = build_model("stem", schema, tiny_model_config())
+  for batch_size in (100, 333, 4096):  # full and partial batches of three sizes
+    out = evaluation.predict(model, make_dataset(schema, "test", batch_size), schema.group_column)
+    assert len(out["like"]) == len(out["label/like"]) == len(out["group"])
+  assert evaluation._INFERENCE[model].experimental_get_tracing_count() == 1
+  gone, cached = weakref.ref(model), len(evaluation._INFERENCE)
+  del model
+  gc.collect()
+  # The cache does not keep it alive, and drops its function with it.
+  assert gone() is None and len(evaluation._INFERENCE) == cached - 1

@@ -152,7 +152,7 @@ def test_prepare_command_reads_your_logs_and_refuses_their_flags_for_other_data_
                   f"--out={tmp_path / 'tiktok'}", "--features=user_id", cwd=tmp_path)
   assert other.returncode == 2
   assert other.stderr.strip().splitlines()[-1] == (
-      "error: --features only apply to --dataset=logs (your own logs); tiktok has its own "
+      "error: --features applies only to --dataset=logs (your own logs); tiktok has its own "
       "columns and split")
 
 

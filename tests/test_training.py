@@ -249,6 +249,8 @@ def test_a_resumed_run_is_the_run_an_interruption_never_hit(tiny_data, tmp_path,
   assert resumed.metrics == whole.metrics
   training_json = json.load(open(tmp_path / "run" / "training.json"))
   assert training_json["epochs_run"] == 3 and training_json["history"] == resumed.history
+  # Its time is both sessions': the first epoch's before the interruption, and the two after.
+  assert training_json["train_seconds"] > state["seconds"] > 0
   assert not (tmp_path / "run" / "backup").exists()
 
 
@@ -276,5 +278,9 @@ def test_resuming_on_data_prepared_again_is_refused_and_with_no_epoch_left_keeps
   done = training.train(tiny_model_config(), dataclasses.replace(config, epochs=1), verbose=0)
   assert done.history == first_epoch and len(done.history["loss"]) == 1  # no epoch was left
   training_json = json.load(open(tmp_path / "run" / "training.json"))
-  assert training_json["epochs_run"] == 1 and training_json["train_examples_per_second"] is None
+  # The epoch trained before the interruption, and its time: the rate is that session's.
+  assert training_json["epochs_run"] == 1 and training_json["train_seconds"] > 0
+  assert training_json["train_examples_per_second"] == pytest.approx(
+      json.load(open(tmp_path / "data" / "stats.json"))["train"]["rows"]
+      / training_json["train_seconds"])
   assert set(done.metrics) == {"valid", "test"} and not (tmp_path / "run" / "backup").exists()

@@ -8,8 +8,9 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 
-from stem_tfrs import TrainConfig, tuning
+from stem_tfrs import TrainConfig, training, tuning
 from stem_tfrs.config import ConfigError
 
 from conftest import REPO, TINY_MODEL_FLAGS, tiny_model_config
@@ -91,3 +92,23 @@ def test_diverged_trials_fail_one_line_each_and_stop_the_search_after_three(tiny
   assert again.stderr.strip().splitlines()[-1] == result.stderr.strip().splitlines()[-1]
   assert "training stem" not in again.stderr
   assert sorted(os.listdir(out / "trials")) == ["0", "1", "2"]
+
+
+def test_any_failed_trial_is_named_and_a_stopped_search_says_why_again(tiny_data, tmp_path,
+                                                                      monkeypatch):
+  def out_of_memory(model_config, config, verbose=1):
+    raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating [99]\ndetails")
+
+  monkeypatch.setattr(training, "train", out_of_memory)
+  config = TrainConfig(data_dir=tiny_data, epochs=1)
+  message = (rf"the search in {tmp_path} stopped: 3 trials in a row failed; the last, trial 2: "
+             r"ResourceExhaustedError: OOM when allocating \[99\]$")
+  with pytest.raises(tuning.SearchFailed, match=message):
+    tuning.tune(tiny_model_config(), config, str(tmp_path), max_trials=5)
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("a stopped search trained again")
+
+  monkeypatch.setattr(training, "train", no_training)  # resumed: the saved trials say why
+  with pytest.raises(tuning.SearchFailed, match=message):
+    tuning.tune(tiny_model_config(), config, str(tmp_path), max_trials=5)

@@ -46,7 +46,7 @@ def run(argv: List[str]) -> int:
   print(f"reports in {FLAGS.output_dir}/: {', '.join(report.files)}")
   if report.failed:
     print(f"error: {len(report.failed)} run(s) diverged and are left out of the reports "
-          f"(failed.json in each run directory; delete one to train it again): "
+          f"(failed.json in each run directory; delete a run directory to train it again): "
           + ", ".join(f"{f['model']} seed {f['seed']}" for f in report.failed), file=sys.stderr)
     return 1
   return 0
