@@ -20,7 +20,7 @@ if not _keras_version.startswith("2."):
       "import stem_tfrs before tensorflow, or set TF_USE_LEGACY_KERAS=1 in the "
       "environment.")
 
-from stem_tfrs.schema import Schema, CategoricalFeature  # noqa: E402
+from stem_tfrs.schema import Schema, CategoricalFeature, NumericFeature  # noqa: E402
 from stem_tfrs.config import ModelConfig, TrainConfig  # noqa: E402
 from stem_tfrs.data import make_dataset  # noqa: E402
 from stem_tfrs.models import build_model, MODEL_NAMES  # noqa: E402
@@ -32,7 +32,7 @@ from stem_tfrs.training import train  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
-    "Schema", "CategoricalFeature", "ModelConfig", "TrainConfig",
+    "Schema", "CategoricalFeature", "NumericFeature", "ModelConfig", "TrainConfig",
     "make_dataset", "build_model", "MODEL_NAMES", "FusedAdam", "evaluate",
     "export_saved_model", "train", "__version__",
 ]
