@@ -94,6 +94,7 @@ def test_diverged_trials_fail_one_line_each_and_stop_the_search_after_three(tiny
   assert sorted(os.listdir(out / "trials")) == ["0", "1", "2"]
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # KerasTuner's threading calls
 def test_any_failed_trial_is_named_and_a_stopped_search_says_why_again(tiny_data, tmp_path,
                                                                       monkeypatch):
   def out_of_memory(model_config, config, verbose=1):
