@@ -21,9 +21,11 @@ See docs/distributed.md for TF_CONFIG layouts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+from typing import Dict
 
 from absl import logging
 import tensorflow as tf
@@ -125,6 +127,37 @@ def make_strategy(name: str, min_shard_bytes: int = MIN_SHARD_BYTES) -> tf.distr
   partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
       min_shard_bytes=min_shard_bytes, max_shards=len(cluster["ps"]))
   return tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
+
+
+def check_same_settings(strategy: tf.distribute.Strategy, settings: Dict[str, object]) -> None:
+  """A ConfigError, on every worker, if the workers of a multi-worker cluster were given
+  different settings: sizes that differ fail later at a collective, batch sizes or epochs
+  that differ can hang the cluster.
+
+  Each worker hashes each setting (a JSON value); one all-gather of the
+  hashes tells every worker which differ.
+
+  Args:
+    strategy: The run's strategy; nothing is checked but MultiWorkerMirroredStrategy.
+    settings: Name -> value, the same names on every worker.
+  """
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return
+  names = sorted(settings)
+  hashes = [float(int.from_bytes(hashlib.sha256(json.dumps(
+      settings[name], sort_keys=True, default=str).encode()).digest()[:6], "big"))
+            for name in names]                                       # 48 bits: exact in float64
+  local = tf.constant([hashes], tf.float64)                          # [1, settings]
+
+  @tf.function
+  def gather():
+    return strategy.run(lambda: tf.distribute.get_replica_context().all_gather(local, axis=0))
+
+  every = strategy.experimental_local_results(gather())[0].numpy()  # [replicas, settings]
+  differ = [name for i, name in enumerate(names) if len(set(every[:, i])) > 1]
+  if differ:
+    raise ConfigError(f"the workers of the cluster were given different settings "
+                      f"({', '.join(differ)}): start every worker with the same flags and data")
 
 
 def refuse_cluster_strategy(command: str, config) -> None:

@@ -132,6 +132,17 @@ def settings_and_data(model_config: ModelConfig, config: TrainConfig, schema: Sc
       "data": data}))
 
 
+def _worker_settings(model_config: ModelConfig, config: TrainConfig, run_config: dict) -> dict:
+  """What every worker of a cluster must agree on, by name: each hyper-parameter and the
+  data's rows and vocabularies (not paths, which mounts may spell differently)."""
+  settings = {f"model_config.{k}": v for k, v in dataclasses.asdict(model_config).items()}
+  settings.update({f"train_config.{k}": v for k, v in dataclasses.asdict(config).items()
+                   if k not in ("data_dir", "run_dir", "export_dir")})
+  settings.update({"data rows": run_config["data_stats"],
+                   "data features": [run_config["features"], run_config["numeric_features"]]})
+  return settings
+
+
 def _check_resumable(run_dir: str, run_config: dict) -> None:
   """A ConfigError if `run_dir` holds an interrupted run that `run_config` cannot resume.
 
@@ -218,6 +229,7 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
       "data_stats": stats,
       "versions": {"tensorflow": tf.__version__, "tensorflow_recommenders": tfrs.__version__},
   }
+  distributed.check_same_settings(strategy, _worker_settings(model_config, config, run_config))
   _check_resumable(run_dir, run_config)
   if chief:
     write_json(os.path.join(run_dir, "config.json"), run_config)

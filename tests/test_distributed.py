@@ -250,3 +250,22 @@ def test_benchmark_and_tune_refuse_a_cluster_strategy(tiny_data, tmp_path):
   with pytest.raises(ConfigError, match=r"tune trains its runs .* --strategy=multi_worker"):
     tuning.tune(tiny_model_config(), config, str(tmp_path / "tune"))
   assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_workers_given_different_settings_all_stop_and_say_which(
+    tiny_data, tmp_path, cluster_factory):
+  cluster = cluster_factory({"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]})
+  run_dir, export_dir = tmp_path / "run", tmp_path / "export"
+  for i, batch_size in enumerate((256, 512)):  # a typo on one worker used to hang both
+    cluster.start("worker", i, train_args(tiny_data, run_dir, export_dir, "--strategy=multi_worker",
+                                          "--epochs=1", f"--batch_size={batch_size}"))
+  for i in range(2):
+    try:
+      code = cluster.processes[f"worker{i}"].wait(timeout=120)
+    except subprocess.TimeoutExpired:
+      pytest.fail(f"worker{i} still running:\n{cluster.log(f'worker{i}')}")
+    assert code == 1, cluster.log(f"worker{i}")
+    assert cluster.log(f"worker{i}").strip().splitlines()[-1] == (
+        "error: the workers of the cluster were given different settings "
+        "(train_config.batch_size): start every worker with the same flags and data")
+  assert not (run_dir / "config.json").exists()
