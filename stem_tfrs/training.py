@@ -55,13 +55,23 @@ def load_and_check(model_config: ModelConfig, config: TrainConfig) -> Schema:
   Raises:
     ConfigError, SchemaError: naming what is wrong.
   """
+  _check_model(model_config, config)
+  schema = _checked_schema(model_config, config)
+  data.validate_shards(schema)
+  return schema
+
+
+def _check_model(model_config: ModelConfig, config: TrainConfig) -> None:
   if config.model not in MODELS:
     raise ConfigError(
         f"unknown model '{config.model}'; choose one of: {', '.join(MODELS)}")
   MODELS[config.model].check_config(model_config)
+
+
+def _checked_schema(model_config: ModelConfig, config: TrainConfig) -> Schema:
+  """The data's schema, if the model's settings suit its tasks."""
   schema = Schema.load(config.data_dir)
   model_config.task_loss_weights(schema.tasks)
-  data.validate_shards(schema)
   return schema
 
 
@@ -76,10 +86,7 @@ def check_settings(model_config: ModelConfig, config: TrainConfig) -> None:
   Raises:
     ConfigError, SchemaError: naming what is wrong.
   """
-  if config.model not in MODELS:
-    raise ConfigError(
-        f"unknown model '{config.model}'; choose one of: {', '.join(MODELS)}")
-  MODELS[config.model].check_config(model_config)
+  _check_model(model_config, config)
   if config.strategy in distributed.CLUSTER_STRATEGIES:
     if not config.run_dir:
       raise ConfigError(f"--strategy={config.strategy} needs --run_dir: every process of "
@@ -95,8 +102,7 @@ def check_settings(model_config: ModelConfig, config: TrainConfig) -> None:
                         "workers of TF_CONFIG: a synchronous step splits it evenly")
   if not os.path.isfile(os.path.join(config.data_dir, "schema.json")):
     return
-  schema = Schema.load(config.data_dir)
-  model_config.task_loss_weights(schema.tasks)
+  schema = _checked_schema(model_config, config)
   if config.strategy in distributed.CLUSTER_STRATEGIES:
     rows = _split_rows(load_stats(schema.directory), "train")
     if rows < config.batch_size:
@@ -201,11 +207,9 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
       metrics.json and the export are then not written.
     TrainingDiverged: a loss became NaN or infinite; nor are they then.
   """
-  if strategy is None:
-    check_settings(model_config, config)  # before a cluster's rendezvous
-    # MultiWorkerMirroredStrategy must exist before any other op runs.
-    strategy = distributed.make_strategy(config.strategy)
-  check_settings(model_config, config)
+  check_settings(model_config, config)  # no TensorFlow op: before a cluster's rendezvous
+  # MultiWorkerMirroredStrategy must exist before any other op runs.
+  strategy = strategy or distributed.make_strategy(config.strategy)
   schema = load_and_check(model_config, config)
   stats = load_stats(schema.directory)
   for warning in MODELS[config.model].data_warnings(
