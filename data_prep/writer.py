@@ -36,7 +36,8 @@ import pandas as pd
 import tensorflow as tf
 
 from stem_tfrs.schema import (SPLITS, STATS_FILE, CategoricalFeature, NumericFeature, Schema,
-                              check_column_names, check_task_names, row_lengths_key)
+                              check_column_names, check_task_names, read_numbers,
+                              row_lengths_key)
 
 BAD_ROWS_FILE = "bad_rows.json"
 #: Rows a shard record holds by default: tf.data and the parser pay per record (stem_tfrs.schema).
@@ -279,6 +280,11 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
     raise DataError(f"no value of feature(s) {empty} is seen min_count={min_count} times "
                     f"(in the train split where the split says so): lower --min_count, or "
                     "drop the feature")
+  flat = [name for name in numeric if not moments[name].varies()]
+  if total and flat:
+    raise DataError(f"numeric feature(s) {flat} hold no value, or a single one, where the "
+                    "statistics are measured (the train split where the split says so): the "
+                    "model could not learn from them; drop them")
   if total == 0:
     raise DataError("the raw input holds no usable rows" +
                     (f" ({bad_rows.total:,} bad rows skipped; first {bad_rows.first()})"
@@ -368,15 +374,12 @@ def _valid_rows(read_chunks, features, labels, bad_rows: BadRows,
     numbers = {}
     for name in numeric:
       column = frame[name]
-      values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, copy=True)
-      empty = (column.isna() | (column.astype(str).str.strip() == "")).to_numpy()
-      for row in np.flatnonzero(np.isnan(values) & ~empty & keep):
-        if str(column.iloc[row]).strip().lower() != "nan":
-          bad_rows.add("unparsable number", chunk.source, int(frame.index[row]),
-                       f"column '{name}': '{column.iloc[row]}' is not a number")
-          keep[row] = False
-      values[~np.isfinite(values)] = np.nan  # missing: the model feeds the train mean
-      numbers[name] = values
+      values, bad = read_numbers(column)  # missing, or beyond float32: NaN
+      for row in np.flatnonzero(bad & keep):
+        bad_rows.add("unparsable number", chunk.source, int(frame.index[row]),
+                     f"column '{name}': '{column.iloc[row]}' is not a number")
+        keep[row] = False
+      numbers[name] = values.astype(np.float64)
     frame = frame[keep].copy()
     for name in numeric:
       frame[name] = numbers[name][keep]
@@ -436,10 +439,13 @@ class _Moments:
     self.m2 += m2 + delta * delta * self.count * count / total
     self.count = total
 
+  def varies(self) -> bool:
+    """Whether the values are not all one (and there are some)."""
+    return self.count > 1 and self.m2 > 0
+
   def mean_and_std(self) -> Tuple[float, float]:
-    """(mean, std); std 1 for a column with no spread (or no values), mean 0 without values."""
-    std = math.sqrt(self.m2 / self.count) if self.count else 0.0
-    return self.mean, std if std > 0 else 1.0
+    """(mean, population std) of the values; the std of values that do not vary is 0."""
+    return self.mean, math.sqrt(self.m2 / self.count) if self.count else 0.0
 
 
 def _signed_log(values: pd.Series) -> pd.Series:

@@ -45,7 +45,10 @@ import json
 import math
 import os
 import re
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
 
 SCHEMA_FILE = "schema.json"
 STATS_FILE = "stats.json"
@@ -170,6 +173,24 @@ class NumericFeature:
     if not (math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 0):
       raise SchemaError(f"numeric feature '{self.name}': mean must be finite and std finite "
                         f"and > 0, got {self.mean} and {self.std}")
+
+
+def read_numbers(fields: Sequence) -> Tuple[np.ndarray, np.ndarray]:
+  """Raw numeric fields as data_prep and `predict` both read them.
+
+  Returns:
+    (values [N] float32, NaN where missing; bad [N] bool): a blank field, or
+    one that reads "nan", is missing; a number beyond float32, or an infinite
+    one, is missing too (the model feeds such values as the train mean); any
+    other field that is not a number is bad.
+  """
+  text = pd.Series(list(fields), dtype=object).astype(str).str.strip()
+  with np.errstate(over="ignore"):
+    values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64).astype(np.float32)
+  missing = (text == "") | (text.str.lower() == "nan")
+  bad = np.isnan(values) & ~missing.to_numpy()
+  values[~np.isfinite(values)] = np.nan
+  return values, bad
 
 
 @dataclasses.dataclass

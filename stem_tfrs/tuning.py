@@ -33,6 +33,7 @@ import keras_tuner
 from stem_tfrs import training
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
 from stem_tfrs.distributed import refuse_cluster_strategy
+from stem_tfrs.errors import first_line
 from stem_tfrs.files import write_json
 
 #: The search space: (config, field) -> candidate values. Our reading of the
@@ -105,9 +106,8 @@ class RunTuner(keras_tuner.Tuner):
       logging.warning("%s", self.failures[trial.trial_id])
       raise keras_tuner.errors.FailedTrialError(self.failures[trial.trial_id]) from e
     except Exception as e:  # KerasTuner marks the trial failed, with the traceback in its state
-      lines = str(e).strip().splitlines()
       self.failures[trial.trial_id] = (f"trial {trial.trial_id}: {type(e).__name__}: "
-                                       f"{lines[0] if lines else ''}")
+                                       f"{first_line(getattr(e, 'message', str(e)))}")
       logging.warning("%s", self.failures[trial.trial_id])
       raise
     valid = result.metrics["valid"]
@@ -198,13 +198,13 @@ def _last_failure(oracle: keras_tuner.Oracle, worded: Dict[str, str]) -> str:
   trial_id = oracle.end_order[-1]
   if trial_id in worded:
     return worded[trial_id]
-  message = (oracle.trials[trial_id].message or "").strip().splitlines()
-  raised = [line for line in message if re.match(r"[\w.]+(Error|Exception): ", line)]
+  message = (oracle.trials[trial_id].message or "").strip()
+  raised = list(re.finditer(r"^([\w.]+(?:Error|Exception)): ", message, re.M))
   if not raised:
     return f"trial {trial_id} failed"
-  name, _, text = raised[-1].partition(": ")  # "package.module.SomeError: what"
-  return text if name.endswith("FailedTrialError") else (
-      f"trial {trial_id}: {name.rsplit('.', 1)[-1]}: {text}")
+  name, text = raised[-1].group(1), message[raised[-1].end():]  # "module.SomeError: what..."
+  return first_line(text) if name.endswith("FailedTrialError") else (
+      f"trial {trial_id}: {name.rsplit('.', 1)[-1]}: {first_line(text)}")
 
 
 def _stopping_after_failures(oracle_class):

@@ -1,6 +1,6 @@
-"""stem_tfrs.cli.errors: what a command prints of a TensorFlow error, on one line."""
+"""stem_tfrs.errors: what a command prints of a TensorFlow error, on one line."""
 
-from stem_tfrs.cli.errors import first_line
+from stem_tfrs.errors import first_line
 
 PEER_LOST = """Graph execution error:
 

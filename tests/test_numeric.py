@@ -197,3 +197,44 @@ def test_rest_and_grpc_clients_carry_numbers_and_missing_values(numeric_data, tm
   for task in schema.tasks:
     np.testing.assert_allclose(rest[task], expected[task].numpy(), atol=1e-6)
     np.testing.assert_allclose(grpc[task], expected[task].numpy(), atol=1e-6)
+
+
+def test_raw_values_stay_float32_under_a_mixed_policy(numeric_data):
+  schema, _ = numeric_data
+  layer = NumericInputs([{"name": "d", "mean": 1000.0, "std": 1.0, "log1p": False}])
+  previous = tf.keras.mixed_precision.global_policy()
+  tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    # bfloat16 holds 1000 and 1001 as the same number: standardize first, then cast.
+    np.testing.assert_array_equal(layer({"d": tf.constant([1000.0, 1001.0, 1003.0])}).numpy()
+                                  .astype(np.float32).ravel(), [0.0, 1.0, 3.0])
+    model = build_model("stem", schema, tiny_model_config())
+  finally:
+    tf.keras.mixed_precision.set_global_policy(previous)
+  ids = {"uid": tf.constant(["u1", "u1"]), "item": tf.constant(["i1", "i1"]),
+         "views": tf.constant([5.0, 5.0])}
+  near = tf.constant([1024.0, 1028.0])  # one number in bfloat16, whose spacing at 1024 is 8
+  standardize, seen = model.numeric.call, []
+  model.numeric.call = lambda inputs: seen.append(inputs["seconds"]) or standardize(inputs)
+  model(dict(ids, seconds=near))  # through the model's __call__, as fit and serving call it
+  np.testing.assert_array_equal(seen[0].numpy(), [1024.0, 1028.0])
+
+
+def test_a_numeric_column_without_spread_or_beyond_float32_is_handled(tmp_path):
+  from stem_tfrs.schema import read_numbers
+  values, bad = read_numbers(["1.5", "  ", "", "nan", "inf", "1e39", "-2e3", "1_000", "x"])
+  np.testing.assert_array_equal(bad, [False] * 7 + [True, True])
+  np.testing.assert_array_equal(values[[0, 6]], [1.5, -2000.0])
+  assert np.isnan(values[1:6]).all()   # blank, nan, inf, beyond float32: missing
+
+  frame = raw_frame(200)
+  frame["seconds"] = "7"                 # one value: nothing to learn from
+  with pytest.raises(DataError, match=r"numeric feature\(s\) \['seconds'\] hold no value, or a "
+                                      r"single one"):
+    prepare_numeric(tmp_path / "flat", frame=frame)
+  assert not (tmp_path / "flat").exists()
+  frame = raw_frame(200)
+  frame.loc[10, "seconds"] = "1e39"      # a float64, beyond float32: missing, not in the mean
+  prepare_numeric(tmp_path / "big", frame=frame)
+  seconds = Schema.load(str(tmp_path / "big")).numeric_features[1]
+  assert 20.0 < seconds.mean < 40.0 and seconds.std < 10.0

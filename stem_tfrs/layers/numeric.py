@@ -31,6 +31,9 @@ class NumericInputs(tf.keras.layers.Layer):
   """
 
   def __init__(self, features: Sequence[dict], **kwargs):
+    # Raw values stay float32 under a mixed policy: bfloat16 would round 1001 to 1000
+    # before standardizing. Only the standardized output takes the compute dtype.
+    kwargs["autocast"] = False
     super().__init__(**kwargs)
     if not features:
       raise ValueError("NumericInputs needs at least one column")

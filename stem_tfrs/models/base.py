@@ -45,7 +45,9 @@ class MultiTaskRankingModel(tfrs.Model):
   assumes_funnel: bool = False
 
   def __init__(self, schema: Schema, config: ModelConfig, name: Optional[str] = None):
-    super().__init__(name=name)
+    # No autocast of the inputs: numeric features reach `NumericInputs` as float32 under a
+    # mixed policy (the ids are strings and integers, which autocast leaves alone anyway).
+    super().__init__(name=name, autocast=False)
     self.schema = schema
     self.config = config
     self.task_names: List[str] = schema.tasks

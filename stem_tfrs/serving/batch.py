@@ -11,7 +11,7 @@ import pandas as pd
 import tensorflow as tf
 
 from stem_tfrs.config import ConfigError
-from stem_tfrs.schema import PADDING
+from stem_tfrs.schema import PADDING, read_numbers
 
 LIST_SEPARATOR = "|"
 #: name -> (rank, dtype): rank 1 for one value per row, 2 for a padded list; dtype
@@ -49,10 +49,14 @@ def schema_inputs_and_tasks(schema_json: str) -> Tuple[InputSpecs, List[str]]:
 def column_array(values: pd.Series, rank: int, dtype: str) -> np.ndarray:
   """A CSV column as a model input: '|'-separated lists padded for rank 2.
 
-  A float32 column's empty field is NaN (missing).
+  A float32 column is read as data_prep reads it: a blank field is NaN
+  (missing), any other field must be a number.
   """
   if dtype == "float32":
-    return np.array([v if v != "" else "nan" for v in values], dtype=object).astype(np.float32)
+    numbers, bad = read_numbers(values)
+    if bad.any():
+      raise ValueError(f"not a number: {values.iloc[int(np.argmax(bad))]!r}")
+    return numbers
   if rank == 2:
     padding = str(PADDING[dtype])
     lists = [v.split(LIST_SEPARATOR) if v else [] for v in values]
@@ -70,14 +74,18 @@ def _column(input_path: str, chunk: pd.DataFrame, name: str, spec: Tuple[int, st
     return column_array(chunk[name], *spec)
   except ValueError:
     rank, dtype = spec
-    parse, what = (float, "a number") if dtype == "float32" else (int, "an int64 id")
+    if dtype == "float32":
+      _, bad = read_numbers(chunk[name])
+      row = int(np.argmax(bad))
+      raise ConfigError(f"{input_path} line {chunk.index[row] + 2:,}: column '{name}' holds "
+                        f"{chunk[name].iloc[row]!r}, not a number") from None
     for row, field in chunk[name].items():
       for value in (field.split(LIST_SEPARATOR) if field else []) if rank == 2 else [field]:
         try:
-          parse(value or "nan")
+          int(value)
         except ValueError:
           raise ConfigError(f"{input_path} line {row + 2:,}: column '{name}' holds {value!r}, "
-                            f"not {what}") from None
+                            "not an int64 id") from None
     raise
 
 
