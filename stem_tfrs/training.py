@@ -97,9 +97,7 @@ def check_settings(model_config: ModelConfig, config: TrainConfig) -> None:
   if config.strategy == "multi_worker":
     cluster = distributed.cluster_resolver().cluster_spec().as_dict()
     workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
-    if config.batch_size % workers:
-      raise ConfigError(f"--batch_size={config.batch_size} does not divide over the {workers} "
-                        "workers of TF_CONFIG: a synchronous step splits it evenly")
+    _check_batch_divides(config, workers, "workers of TF_CONFIG")
   if not os.path.isfile(os.path.join(config.data_dir, "schema.json")):
     return
   schema = _checked_schema(model_config, config)
@@ -108,6 +106,13 @@ def check_settings(model_config: ModelConfig, config: TrainConfig) -> None:
     if rows < config.batch_size:
       raise ConfigError(f"--batch_size={config.batch_size} is larger than the train split "
                         f"({rows} rows): a cluster epoch is train rows // batch_size steps")
+
+
+def _check_batch_divides(config: TrainConfig, parts: int, what: str) -> None:
+  """A ConfigError unless a synchronous step can split `config.batch_size` into `parts`."""
+  if config.batch_size % parts:
+    raise ConfigError(f"--batch_size={config.batch_size} does not divide over the {parts} "
+                      f"{what}: a synchronous step splits it evenly")
 
 
 def _split_rows(stats: dict, split: str) -> int:
@@ -215,19 +220,19 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
   for warning in MODELS[config.model].data_warnings(
       schema.tasks, stats.get("train", {}).get("positive_rate", {})):
     logging.warning("%s", warning)
-  if config.strategy == "multi_worker" and config.batch_size % strategy.num_replicas_in_sync:
-    raise ConfigError(f"--batch_size={config.batch_size} does not divide over the "
-                      f"{strategy.num_replicas_in_sync} replicas of --strategy="
-                      f"{config.strategy}: a synchronous step splits it evenly")
+  if config.strategy == "multi_worker":  # (the workers' devices may make more replicas)
+    _check_batch_divides(config, strategy.num_replicas_in_sync,
+                         f"replicas of --strategy={config.strategy}")
   run_dir = config.run_dir or default_run_dir(config.model)
   chief = distributed.is_chief(strategy)
   os.makedirs(run_dir, exist_ok=True)
+  described = schema.to_json()
   run_config = {
       "model": config.model,
       "schema": os.path.join(schema.directory, "schema.json"),
       "tasks": schema.tasks,
-      "features": schema.to_json()["features"],  # names, vocabulary sizes
-      "numeric_features": schema.to_json().get("numeric_features", []),  # names, statistics
+      "features": described["features"],  # names, vocabulary sizes
+      "numeric_features": described.get("numeric_features", []),  # names, statistics
       "model_config": dataclasses.asdict(model_config),
       "train_config": dataclasses.asdict(config),
       "data_stats": stats,

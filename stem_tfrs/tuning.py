@@ -88,7 +88,6 @@ class RunTuner(keras_tuner.Tuner):
     self.base_model_config = model_config
     self.base_train_config = train_config
     self.trials_dir = trials_dir
-    self.failures: Dict[str, str] = {}  # trial id -> this session's failure, in one line
 
   def run_trial(self, trial, *args, **kwargs) -> Dict[str, float]:
     hp = trial.hyperparameters
@@ -100,15 +99,14 @@ class RunTuner(keras_tuner.Tuner):
         train_config, run_dir=os.path.join(self.trials_dir, trial.trial_id), export_dir="")
     try:
       result = training.train(model_config, train_config, verbose=0)
-    except training.TrainingDiverged as e:
-      # The same values would diverge again: a failed trial, not one to retry.
-      self.failures[trial.trial_id] = f"trial {trial.trial_id}: {e}"
-      logging.warning("%s", self.failures[trial.trial_id])
-      raise keras_tuner.errors.FailedTrialError(self.failures[trial.trial_id]) from e
     except Exception as e:  # KerasTuner marks the trial failed, with the traceback in its state
-      self.failures[trial.trial_id] = (f"trial {trial.trial_id}: {type(e).__name__}: "
-                                       f"{first_line(getattr(e, 'message', str(e)))}")
-      logging.warning("%s", self.failures[trial.trial_id])
+      diverged = isinstance(e, training.TrainingDiverged)
+      cause = str(e) if diverged else (
+          f"{type(e).__name__}: {first_line(getattr(e, 'message', str(e)))}")
+      failure = f"trial {trial.trial_id}: {cause}"
+      logging.warning("%s", failure)
+      if diverged:  # the same values would diverge again: a failed trial, not one to retry
+        raise keras_tuner.errors.FailedTrialError(failure) from e
       raise
     valid = result.metrics["valid"]
     return {f"val_{metric}": sum(m[metric] for m in valid.values()) / len(valid)
@@ -165,13 +163,13 @@ def tune(model_config: ModelConfig, train_config: TrainConfig, output_dir: str,
   if failed_in_a_row(search.oracle) >= FAILED_IN_A_ROW:  # now, or in the run resumed
     raise SearchFailed(
         f"the search in {output_dir} stopped: {FAILED_IN_A_ROW} trials in a row failed; the "
-        f"last, {_last_failure(search.oracle, search.failures)}")
+        f"last, {_last_failure(search.oracle)}")
   trials = finished_trials(search)
   if not trials:
     raise SearchFailed(
         f"no trial of the search in {output_dir} finished"
-        + (f"; the last to fail, {_last_failure(search.oracle, search.failures)}"
-           if search.oracle.end_order else ""))
+        + (f"; the last to fail, {_last_failure(search.oracle)}" if search.oracle.end_order
+           else ""))
   best = max(trials, key=lambda row: row[f"val_{objective}"])
   best_model, best_train = configs_for(
       {k: v for k, v in best.items() if "." in k}, model_config, train_config)
@@ -192,12 +190,10 @@ def failed_in_a_row(oracle: keras_tuner.Oracle) -> int:
   return count
 
 
-def _last_failure(oracle: keras_tuner.Oracle, worded: Dict[str, str]) -> str:
-  """The last ended trial's failure: as `RunTuner` worded it this session, else the
-  exception line of the traceback KerasTuner kept."""
+def _last_failure(oracle: keras_tuner.Oracle) -> str:
+  """The last ended trial's failure, in one line, from the traceback KerasTuner kept:
+  `RunTuner`'s wording of a divergence, or the exception's name and cause."""
   trial_id = oracle.end_order[-1]
-  if trial_id in worded:
-    return worded[trial_id]
   message = (oracle.trials[trial_id].message or "").strip()
   raised = list(re.finditer(r"^([\w.]+(?:Error|Exception)): ", message, re.M))
   if not raised:
