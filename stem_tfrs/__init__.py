@@ -24,7 +24,7 @@ from stem_tfrs.schema import Schema, CategoricalFeature, NumericFeature  # noqa:
 from stem_tfrs.config import ModelConfig, TrainConfig  # noqa: E402
 from stem_tfrs.data import make_dataset  # noqa: E402
 from stem_tfrs.models import build_model, MODEL_NAMES  # noqa: E402
-from stem_tfrs.optimizers import FusedAdam  # noqa: E402
+from stem_tfrs.optimizers import FusedAdam, LazyAdam  # noqa: E402
 from stem_tfrs.evaluation import evaluate  # noqa: E402
 from stem_tfrs.export import export_saved_model  # noqa: E402
 from stem_tfrs.training import train  # noqa: E402
@@ -33,6 +33,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Schema", "CategoricalFeature", "NumericFeature", "ModelConfig", "TrainConfig",
-    "make_dataset", "build_model", "MODEL_NAMES", "FusedAdam", "evaluate",
+    "make_dataset", "build_model", "MODEL_NAMES", "FusedAdam", "LazyAdam", "evaluate",
     "export_saved_model", "train", "__version__",
 ]

@@ -96,6 +96,9 @@ class ModelConfig:
 
 
 MIXED_PRECISION_POLICIES = ("", "mixed_bfloat16")
+#: Optimizers `train` can use: Adam over every row of the embedding table each step (the
+#: paper's, `stem_tfrs.FusedAdam`), or over the rows the batch looked up (`stem_tfrs.LazyAdam`).
+OPTIMIZERS = ("adam", "lazy_adam")
 #: tf.distribute strategies `train` can run under (see `stem_tfrs.distributed`).
 STRATEGIES = ("default", "mirrored", "multi_worker", "parameter_server")
 
@@ -113,6 +116,10 @@ class TrainConfig:
     batch_size: Examples per training step.
     eval_batch_size: Examples per evaluation step.
     learning_rate: Adam learning rate.
+    optimizer: "adam" (the paper's: every embedding row's moments decay, and
+      the row moves, every step) or "lazy_adam" (only the rows the batch
+      looked up: a step's cost then grows with the batch, not with the
+      vocabulary).
     seed: Seed of weights, shuffling and dropout.
     early_stop_patience: Epochs without validation AUC gain before stopping.
     reduce_lr_factor: Learning-rate factor applied when validation AUC stalls.
@@ -140,6 +147,7 @@ class TrainConfig:
   batch_size: int = 1024
   eval_batch_size: int = 8192
   learning_rate: float = 1e-3
+  optimizer: str = "adam"
   seed: int = 2023
   early_stop_patience: int = 1
   reduce_lr_factor: float = 0.1
@@ -156,6 +164,9 @@ class TrainConfig:
           f"mixed_precision must be one of {MIXED_PRECISION_POLICIES}, got "
           f"'{self.mixed_precision}' (mixed_float16 needs loss scaling, which tfrs.Model's "
           "train_step does not do)")
+    if self.optimizer not in OPTIMIZERS:
+      raise ConfigError(f"unknown optimizer '{self.optimizer}'; choose one of: "
+                        f"{', '.join(OPTIMIZERS)}")
     if self.strategy not in STRATEGIES:
       raise ConfigError(f"unknown strategy '{self.strategy}'; choose one of: "
                         f"{', '.join(STRATEGIES)}")

@@ -26,7 +26,7 @@ from stem_tfrs import callbacks, data, distributed, evaluation, export
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
 from stem_tfrs.files import write_json
 from stem_tfrs.models import MODELS, build_model
-from stem_tfrs.optimizers import FusedAdam
+from stem_tfrs.optimizers import FusedAdam, LazyAdam
 from stem_tfrs.schema import Schema, load_stats
 
 
@@ -267,7 +267,8 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
     steps_per_execution = 1
   with strategy.scope():
     model = build_model(config.model, schema, model_config)
-    model.compile(optimizer=FusedAdam(config.learning_rate),
+    optimizer = LazyAdam if config.optimizer == "lazy_adam" else FusedAdam
+    model.compile(optimizer=optimizer(config.learning_rate),
                   steps_per_execution=steps_per_execution)
   valid_ds = _known_length(data.make_dataset(schema, "valid", config.eval_batch_size),
                            valid_rows, config.eval_batch_size)

@@ -113,3 +113,22 @@ def test_an_export_whose_version_is_taken_meanwhile_takes_the_next_one(trained_r
   assert (tmp_path / "m" / str(other) / "saved_model.pb").read_bytes() == b"the other export"
   assert os.path.isfile(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"))
   assert sorted(os.listdir(tmp_path / "m")) == sorted([str(other), os.path.basename(path)])
+
+
+def test_the_saved_model_holds_no_optimizer_state_and_the_model_keeps_its_optimizer(
+    trained_run, tmp_path):
+  # A trained model is compiled: its optimizer's slots are two more copies of every weight.
+  model = trained_run.model
+  optimizer = model.optimizer
+  assert optimizer is not None and optimizer.variables
+  stored = tf.train.list_variables(os.path.join(trained_run.export_path, "variables",
+                                                "variables"))
+  assert not [name for name, _ in stored if "optimizer" in name.lower()]
+  table = model.embedding.table.shape.as_list()
+  assert [shape for _, shape in stored].count(table) == 1
+  # The export leaves the model its optimizer: a checkpoint still holds the slots.
+  export_saved_model(model, model.schema, str(tmp_path / "export"), "m", warmup_batches=[])
+  assert model.optimizer is optimizer
+  prefix = tf.train.Checkpoint(model=model).write(str(tmp_path / "checkpoint" / "ckpt"))
+  slots = [shape for name, shape in tf.train.list_variables(prefix) if "optimizer" in name]
+  assert slots.count(table) == 2

@@ -1,10 +1,18 @@
-"""stem_tfrs.optimizers: FusedAdam takes the same steps as Keras' Adam."""
+"""stem_tfrs.optimizers: FusedAdam takes the same steps as Keras' Adam; LazyAdam only the
+looked-up rows' steps."""
+
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from stem_tfrs.optimizers import FusedAdam
+from stem_tfrs.optimizers import FusedAdam, LazyAdam
+
+from conftest import REPO
 
 # Row 49 is looked up in the first step only; rows 10-48 never.
 _FIRST_IDS = [[1, 7, 7, 49], [0, 7, 49, 3], [5, 5, 5, 5]]
@@ -58,8 +66,102 @@ def test_fused_adam_takes_the_same_steps_as_keras_adam(kwargs):
   assert np.abs(got[0][49] - after_first[49]).min() > 1e-3
 
 
-def test_fused_adam_round_trips_its_config():
-  optimizer = FusedAdam(0.01, beta_2=0.99)
+@pytest.mark.parametrize("kwargs", [{}, {"adaptive_epsilon": True, "epsilon": 1e-3},
+                                    {"amsgrad": True}])
+def test_lazy_adam_moves_only_the_rows_a_batch_looks_up(kwargs):
+  adam = _train(FusedAdam(0.05, **kwargs))
+  lazy = _train(LazyAdam(0.05, **kwargs))
+  slots = 3 if kwargs.get("amsgrad") else 2
+  assert len(lazy) == len(adam) == 3 + 3 * slots
+  # Every dense variable, and every table row except 49, took Adam's steps: rows 0, 1, 3, 5
+  # and 7 are looked up in every step, row 2 from the second one (Adam's first step of a
+  # row it has no gradient for is zero), and rows 10-48 never.
+  rows = np.r_[0:49]
+  for a, b in zip(lazy, adam):
+    a, b = (a[rows], b[rows]) if a.shape[0] == 50 else (a, b)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+  # Row 49, looked up in the first step only, rests after it, with its moments; Adam's moves.
+  after_first = _train(LazyAdam(0.05, **kwargs), steps=1)
+  tables = [i for i, a in enumerate(lazy) if a.shape == (50, 4)]  # the table and its slots
+  assert len(tables) == 1 + slots
+  for i in tables:
+    np.testing.assert_array_equal(lazy[i][49], after_first[i][49])
+  assert np.abs(adam[0][49] - lazy[0][49]).min() > 1e-3
+
+
+def test_lazy_adam_ignores_rows_outside_the_batch_of_a_big_table():
+  table = tf.Variable(tf.ones([100_000, 8]))
+  optimizer = LazyAdam(0.1)
+  ids = tf.constant([3, 99_999, 3])
+  for _ in range(2):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(tf.gather(table, ids))
+    optimizer.apply_gradients([(tape.gradient(loss, table), table)])
+  moved = np.flatnonzero(np.any(table.numpy() != 1.0, axis=1))
+  np.testing.assert_array_equal(moved, [3, 99_999])
+  # Adam's first steps are lr * sign(g): two steps of 0.1 downhill.
+  np.testing.assert_allclose(table.numpy()[[3, 99_999]], 0.8, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [FusedAdam, LazyAdam])
+def test_optimizers_round_trip_their_config(cls):
+  optimizer = cls(0.01, beta_2=0.99)
   again = tf.keras.optimizers.deserialize(tf.keras.optimizers.serialize(optimizer))
-  assert isinstance(again, FusedAdam)
+  assert type(again) is cls
   assert again.get_config() == optimizer.get_config()
+
+
+_MIRRORED = """
+import json, sys
+import numpy as np
+import stem_tfrs
+import tensorflow as tf
+
+[cpu] = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+halves = [[1, 7, 7, 3], [7, 2, 2, 9]]  # rows 7 and 2 repeat, row 7 on both replicas
+
+
+def train(strategy, replica_ids):
+  with strategy.scope():
+    table = tf.Variable(tf.reshape(tf.range(40.0), [10, 4]) / 40)
+    optimizer = stem_tfrs.LazyAdam(0.05)
+
+  def replica_step(ids):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(tf.square(tf.gather(table, ids) - 1.0))
+    optimizer.apply_gradients([(tape.gradient(loss, table), table)])
+
+  @tf.function
+  def step():
+    strategy.run(replica_step, args=(replica_ids(),))
+
+  for _ in range(3):
+    step()
+  return table.numpy()
+
+
+mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+ids = mirrored.experimental_distribute_values_from_function(
+    lambda context: tf.constant(halves[context.replica_id_in_sync_group]))
+one = train(tf.distribute.get_strategy(), lambda: tf.constant(halves[0] + halves[1]))
+json.dump({"replicas": mirrored.num_replicas_in_sync, "mirrored": train(mirrored, lambda: ids).tolist(),
+           "one_device": one.tolist()}, sys.stdout)
+"""
+
+
+def test_lazy_adam_under_a_mirrored_strategy_takes_the_one_device_steps(tmp_path):
+  # Two replicas' sparse gradients, with rows in common, sum into one update per row.
+  script = tmp_path / "mirrored.py"
+  script.write_text(_MIRRORED)
+  result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          cwd=REPO, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO))
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["replicas"] == 2
+  mirrored, one = np.array(report["mirrored"]), np.array(report["one_device"])
+  np.testing.assert_allclose(mirrored, one, rtol=0, atol=1e-6)
+  start = np.arange(40, dtype=np.float32).reshape(10, 4) / np.float32(40)
+  moved = np.flatnonzero(np.any(mirrored != start, axis=1))
+  np.testing.assert_array_equal(moved, [1, 2, 3, 7, 9])

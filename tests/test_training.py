@@ -130,6 +130,7 @@ def test_model_config_validation(kwargs, message):
     (dict(learning_rate=float("nan")), "learning_rate must be a number > 0, got nan"),
     (dict(seed=-1), r"seed must be in \[0, 2\*\*32\), got -1"),
     (dict(seed=2**32), r"seed must be in \[0, 2\*\*32\), got 4294967296"),
+    (dict(optimizer="sgd"), "unknown optimizer 'sgd'; choose one of: adam, lazy_adam"),
 ])
 def test_train_config_validation(kwargs, message):
   with pytest.raises(ConfigError, match=message):

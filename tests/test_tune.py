@@ -25,7 +25,7 @@ def test_tune_writes_results_and_a_best_flagfile_that_train_accepts_and_resumes(
     tiny_data, tmp_path):
   out = tmp_path / "tuning"
   tune = ["tune", f"--data_dir={tiny_data}", f"--output_dir={out}", "--epochs=1",
-          "--batch_size=512", "--eval_batch_size=4096", *TINY_MODEL_FLAGS]
+          "--batch_size=512", "--eval_batch_size=4096", "--optimizer=lazy_adam", *TINY_MODEL_FLAGS]
   result = main_py(*tune, "--max_trials=2")
   assert result.returncode == 0, result.stderr[-3000:]
   rows = list(csv.DictReader(open(out / "results.csv")))
@@ -38,11 +38,14 @@ def test_tune_writes_results_and_a_best_flagfile_that_train_accepts_and_resumes(
   assert f"--num_shared_experts={best['model.num_shared_experts']}" in best_flags
   assert f"--seed={best['train.seed']}" in best_flags
   assert f"--data_dir={tiny_data}" in best_flags and "--epochs=1" in best_flags
+  assert "--optimizer=lazy_adam" in best_flags.splitlines()
 
   train = main_py("train", f"--flagfile={out / 'best.flags'}", f"--run_dir={tmp_path / 'run'}",
                   "--export_dir=", "--verbose=0")
   assert train.returncode == 0, train.stderr[-3000:]
   assert (tmp_path / "run" / "metrics.json").exists()
+  run_config = json.loads((tmp_path / "run" / "config.json").read_text())
+  assert run_config["train_config"]["optimizer"] == "lazy_adam"
 
   # Resume: the same search asked for 3 trials trains only the third.
   finished = {r["trial"]: r["val_auc"] for r in rows}

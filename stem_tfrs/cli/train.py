@@ -9,7 +9,7 @@ from absl import flags, logging
 
 from stem_tfrs import distributed, evaluation, training
 from stem_tfrs.cli.errors import one_line_errors
-from stem_tfrs.config import STRATEGIES, ConfigError, ModelConfig, TrainConfig
+from stem_tfrs.config import OPTIMIZERS, STRATEGIES, ConfigError, ModelConfig, TrainConfig
 from stem_tfrs.models import MODEL_NAMES
 from stem_tfrs.schema import SCHEMA_FILE
 
@@ -35,6 +35,10 @@ flags.DEFINE_integer("epochs", _T.epochs, "Maximum training epochs.")
 flags.DEFINE_integer("batch_size", _T.batch_size, "Training examples per step.")
 flags.DEFINE_integer("eval_batch_size", _T.eval_batch_size, "Evaluation examples per step.")
 flags.DEFINE_float("learning_rate", _T.learning_rate, "Adam learning rate.")
+flags.DEFINE_enum("optimizer", _T.optimizer, list(OPTIMIZERS),
+                  "adam: every embedding row's moments decay and the row moves every step, as "
+                  "in the paper; lazy_adam: only the rows the batch looked up (a step then "
+                  "costs what the batch reads, not what the vocabulary holds).")
 flags.DEFINE_integer("seed", _T.seed, "Seed of weights, shuffling and dropout.")
 flags.DEFINE_integer("early_stop_patience", _T.early_stop_patience,
                      "Epochs without a gain in mean validation AUC before stopping.")
@@ -108,7 +112,7 @@ def configs_from_flags() -> tuple:
       model=FLAGS.model, data_dir=FLAGS.data_dir, run_dir=FLAGS.run_dir,
       export_dir=FLAGS.export_dir, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
       eval_batch_size=FLAGS.eval_batch_size, learning_rate=FLAGS.learning_rate,
-      seed=FLAGS.seed, early_stop_patience=FLAGS.early_stop_patience,
+      optimizer=FLAGS.optimizer, seed=FLAGS.seed, early_stop_patience=FLAGS.early_stop_patience,
       in_memory=FLAGS.in_memory, deterministic=FLAGS.deterministic, strategy=FLAGS.strategy,
       mixed_precision=FLAGS.mixed_precision, steps_per_execution=FLAGS.steps_per_execution)
   return model_config, train_config
@@ -135,6 +139,7 @@ def flags_from_configs(model_config: ModelConfig, train_config: TrainConfig) -> 
     lines.append(f"--loss_weights={units(m.loss_weights)}")
   lines += [f"--epochs={t.epochs}", f"--batch_size={t.batch_size}",
             f"--eval_batch_size={t.eval_batch_size}", f"--learning_rate={t.learning_rate!r}",
+            f"--optimizer={t.optimizer}",
             f"--seed={t.seed}", f"--early_stop_patience={t.early_stop_patience}",
             f"--{'' if t.in_memory else 'no'}in_memory",
             f"--{'' if t.deterministic else 'no'}deterministic",
