@@ -192,10 +192,10 @@ def for_run(config: TrainConfig, tasks: List[str], run_dir: str, chief: bool = T
           save_best_only=True, save_weights_only=True),
       tf.keras.callbacks.EarlyStopping(
           monitor=MONITOR, mode="max", patience=config.early_stop_patience),
-      tf.keras.callbacks.ReduceLROnPlateau(
-          monitor=MONITOR, mode="max", factor=config.reduce_lr_factor, patience=0,
-          min_lr=0.0),
   ]
+  if config.reduce_lr_factor < 1.0:  # 1: the rate never decays (Keras refuses a factor of 1)
+    monitored.append(tf.keras.callbacks.ReduceLROnPlateau(
+        monitor=MONITOR, mode="max", factor=config.reduce_lr_factor, patience=0, min_lr=0.0))
   backup = os.path.join(run_dir, BACKUP_DIR)
   return [
       MeanValidationAUC(tasks),

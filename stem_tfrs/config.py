@@ -113,6 +113,11 @@ class TrainConfig:
     run_dir: Where config.json, checkpoints, logs and metrics.json go.
     export_dir: Base directory of SavedModel exports ("" = do not export).
     epochs: Maximum training epochs.
+    steps_per_epoch: Training steps of an epoch (0: one pass over the train
+      split). An epoch then ends, and validation, checkpointing, early
+      stopping and learning-rate decay run, every `steps_per_epoch` batches
+      of one continuous stream of shuffled passes: for splits so large that
+      a pass is too long between validations.
     batch_size: Examples per training step.
     eval_batch_size: Examples per evaluation step.
     learning_rate: Adam learning rate.
@@ -122,7 +127,8 @@ class TrainConfig:
       vocabulary).
     seed: Seed of weights, shuffling and dropout.
     early_stop_patience: Epochs without validation AUC gain before stopping.
-    reduce_lr_factor: Learning-rate factor applied when validation AUC stalls.
+    reduce_lr_factor: Learning-rate factor applied when validation AUC stalls
+      (1: never).
     shuffle_buffer: Examples in the training shuffle buffer.
     in_memory: Parse the training split once and serve its batches from
       memory, fully reshuffled every epoch (see `make_dataset`); for splits
@@ -144,6 +150,7 @@ class TrainConfig:
   run_dir: str = ""
   export_dir: str = "saved_models"
   epochs: int = 3
+  steps_per_epoch: int = 0
   batch_size: int = 1024
   eval_batch_size: int = 8192
   learning_rate: float = 1e-3
@@ -173,6 +180,9 @@ class TrainConfig:
     for name in ("epochs", "batch_size", "eval_batch_size", "steps_per_execution"):
       if getattr(self, name) < 1:
         raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.steps_per_epoch < 0:
+      raise ConfigError(f"steps_per_epoch must be >= 0 (0: one pass over the train split), "
+                        f"got {self.steps_per_epoch}")
     if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
       raise ConfigError(f"learning_rate must be a number > 0, got {self.learning_rate}")
     if not 0 <= self.seed < 2**32:

@@ -276,17 +276,26 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
   if config.strategy in distributed.CLUSTER_STRATEGIES:
     train_input, fit_args["steps_per_epoch"] = _cluster_train_input(schema, config, train_rows)
   else:
-    train_input = _known_length(
-        data.make_dataset(schema, "train", config.batch_size, shuffle=True, seed=config.seed,
-                          shuffle_buffer=config.shuffle_buffer, in_memory=config.in_memory),
-        train_rows, config.batch_size)
+    train_input = data.make_dataset(
+        schema, "train", config.batch_size, shuffle=True, seed=config.seed,
+        shuffle_buffer=config.shuffle_buffer, in_memory=config.in_memory)
+    if config.steps_per_epoch:  # one stream of passes, each in its own order
+      train_input = train_input.repeat()
+      fit_args["steps_per_epoch"] = config.steps_per_epoch
+    else:
+      train_input = _known_length(train_input, train_rows, config.batch_size)
   if config.strategy == "parameter_server":
     valid_ds, fit_args["validation_steps"] = _parameter_server_valid_input(
         schema, config, valid_rows)
 
   resumed_after = callbacks.epochs_done(run_dir)
-  if resumed_after and not fit_args:  # one process's dataset (a cluster's repeats)
-    _skip_epochs(train_input, resumed_after)
+  if resumed_after and config.strategy not in distributed.CLUSTER_STRATEGIES:
+    if config.steps_per_epoch:  # the stream from the batch the interruption would have read
+      logging.info("resuming after epoch %d: skipping its %d batches", resumed_after,
+                   resumed_after * config.steps_per_epoch)
+      train_input = train_input.skip(resumed_after * config.steps_per_epoch)
+    else:
+      _skip_epochs(train_input, resumed_after)
   logging.info("training %s on %s into %s", config.model, schema.directory, run_dir)
   start = time.time()
   run_callbacks = callbacks.for_run(config, schema.tasks, run_dir, chief)
@@ -321,7 +330,7 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
                  model, schema, data.make_dataset(schema, split, config.eval_batch_size))
              for split in ("valid", "test")}
   epochs_run = len(history.get("loss", []))
-  if "steps_per_epoch" in fit_args:  # a cluster epoch is a fixed number of steps
+  if "steps_per_epoch" in fit_args:  # an epoch of a fixed number of steps
     train_rows = fit_args["steps_per_epoch"] * config.batch_size
   write_json(os.path.join(run_dir, "training.json"), {
       "strategy": config.strategy,
@@ -381,8 +390,9 @@ def _cluster_train_input(schema: Schema, config: TrainConfig, rows: int):
 
   `config.batch_size` is the global batch of one synchronous step (split over
   the replicas) with multi_worker, and each worker's batch with
-  parameter_server. An epoch is `train rows // batch_size` steps over a
-  repeated stream, so that every worker runs the same number of steps.
+  parameter_server. An epoch is `config.steps_per_epoch` steps (by default
+  `train rows // batch_size`) over a repeated stream, so that every worker
+  runs the same number of steps.
   """
   # Parameter-server workers cannot tell each other apart in `dataset_fn`:
   # an unseeded shuffle gives each its own order.
@@ -395,7 +405,7 @@ def _cluster_train_input(schema: Schema, config: TrainConfig, rows: int):
                              input_context=input_context).repeat()
 
   return (tf.keras.utils.experimental.DatasetCreator(dataset_fn),
-          rows // config.batch_size)
+          config.steps_per_epoch or rows // config.batch_size)
 
 
 def _parameter_server_valid_input(schema: Schema, config: TrainConfig, rows: int):

@@ -131,6 +131,8 @@ def test_model_config_validation(kwargs, message):
     (dict(seed=-1), r"seed must be in \[0, 2\*\*32\), got -1"),
     (dict(seed=2**32), r"seed must be in \[0, 2\*\*32\), got 4294967296"),
     (dict(optimizer="sgd"), "unknown optimizer 'sgd'; choose one of: adam, lazy_adam"),
+    (dict(steps_per_epoch=-1), r"steps_per_epoch must be >= 0 \(0: one pass over the train "
+                               r"split\), got -1"),
 ])
 def test_train_config_validation(kwargs, message):
   with pytest.raises(ConfigError, match=message):
@@ -218,12 +220,45 @@ class _Interrupt(tf.keras.callbacks.Callback):
       raise KeyboardInterrupt(f"interrupted at epoch {epoch}")
 
 
+class _FinalWeights(tf.keras.callbacks.Callback):
+  """Keeps the weights as training ends (before the best checkpoint is loaded)."""
+
+  def on_train_end(self, logs=None):
+    self.weights = self.model.get_weights()
+
+
 @pytest.mark.parametrize("in_memory", [False, True])
+def test_epochs_of_a_few_steps_are_slices_of_one_stream_of_passes(tiny_data, tmp_path,
+                                                                   monkeypatch, in_memory):
+  # ~16,000 train rows in batches of 512: a pass is 32 batches, so 2 epochs of 20 steps
+  # cross into a second pass. They must train as 1 epoch of 40 steps does.
+  ends = []
+  for_run = callbacks.for_run
+  monkeypatch.setattr(callbacks, "for_run",
+                      lambda *a: for_run(*a) + [ends.append(_FinalWeights()) or ends[-1]])
+
+  def run(name, epochs, steps):
+    config = TrainConfig(data_dir=tiny_data, run_dir=str(tmp_path / name), export_dir="",
+                         epochs=epochs, steps_per_epoch=steps, batch_size=512, seed=5,
+                         early_stop_patience=5, reduce_lr_factor=1.0, in_memory=in_memory)
+    return training.train(tiny_model_config(), config, verbose=0)
+  two = run("two", 2, 20)
+  assert len(two.history["loss"]) == 2 and len(two.history["val_auc"]) == 2
+  assert int(two.model.optimizer.iterations) == 40
+  record = json.load(open(tmp_path / "two" / "training.json"))
+  assert record["epochs_run"] == 2 and record["train_examples_per_second"] > 0
+  run("one", 1, 40)
+  for a, b in zip(*(end.weights for end in ends)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("in_memory, steps_per_epoch", [(False, 0), (True, 0), (False, 20)])
 def test_a_resumed_run_is_the_run_an_interruption_never_hit(tiny_data, tmp_path, monkeypatch,
-                                                            in_memory):
+                                                            in_memory, steps_per_epoch):
+  # With steps_per_epoch=20, epoch 2 ends in the second pass over the ~32 batches.
   config = TrainConfig(data_dir=tiny_data, run_dir=str(tmp_path / "run"), export_dir="",
                        epochs=3, batch_size=512, learning_rate=3e-3, early_stop_patience=5,
-                       seed=5, in_memory=in_memory)
+                       seed=5, in_memory=in_memory, steps_per_epoch=steps_per_epoch)
   whole = training.train(tiny_model_config(), dataclasses.replace(
       config, run_dir=str(tmp_path / "whole")), verbose=0)
   for_run = callbacks.for_run

@@ -32,6 +32,10 @@ flags.DEFINE_string("export_dir", _T.export_dir,
                     "empty to skip the export.")
 # Optimization.
 flags.DEFINE_integer("epochs", _T.epochs, "Maximum training epochs.")
+flags.DEFINE_integer("steps_per_epoch", _T.steps_per_epoch,
+                     "Training steps of an epoch (0: one pass over the train split); with N, "
+                     "validation, checkpoints and early stopping come every N batches of one "
+                     "continuous shuffled stream.")
 flags.DEFINE_integer("batch_size", _T.batch_size, "Training examples per step.")
 flags.DEFINE_integer("eval_batch_size", _T.eval_batch_size, "Evaluation examples per step.")
 flags.DEFINE_float("learning_rate", _T.learning_rate, "Adam learning rate.")
@@ -110,7 +114,8 @@ def configs_from_flags() -> tuple:
       embedding_l2=FLAGS.embedding_l2, loss_weights=loss_weights)
   train_config = TrainConfig(
       model=FLAGS.model, data_dir=FLAGS.data_dir, run_dir=FLAGS.run_dir,
-      export_dir=FLAGS.export_dir, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+      export_dir=FLAGS.export_dir, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch,
+      batch_size=FLAGS.batch_size,
       eval_batch_size=FLAGS.eval_batch_size, learning_rate=FLAGS.learning_rate,
       optimizer=FLAGS.optimizer, seed=FLAGS.seed, early_stop_patience=FLAGS.early_stop_patience,
       in_memory=FLAGS.in_memory, deterministic=FLAGS.deterministic, strategy=FLAGS.strategy,
@@ -137,7 +142,8 @@ def flags_from_configs(model_config: ModelConfig, train_config: TrainConfig) -> 
            f"--embedding_l2={m.embedding_l2!r}"]
   if m.loss_weights:
     lines.append(f"--loss_weights={units(m.loss_weights)}")
-  lines += [f"--epochs={t.epochs}", f"--batch_size={t.batch_size}",
+  lines += [f"--epochs={t.epochs}", f"--steps_per_epoch={t.steps_per_epoch}",
+            f"--batch_size={t.batch_size}",
             f"--eval_batch_size={t.eval_batch_size}", f"--learning_rate={t.learning_rate!r}",
             f"--optimizer={t.optimizer}",
             f"--seed={t.seed}", f"--early_stop_patience={t.early_stop_patience}",
