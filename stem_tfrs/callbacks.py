@@ -17,6 +17,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from stem_tfrs.checkpoints import without_optimizer
 from stem_tfrs.config import TrainConfig
 from stem_tfrs.files import write_json
 
@@ -103,6 +104,20 @@ class StopOnNonFiniteBatchLoss(StopOnNonFiniteLoss):
     self._check(logs, f"epoch {self._epoch + 1}, batch {batch + 1}")
 
 
+class BestWeights(tf.keras.callbacks.ModelCheckpoint):
+  """`ModelCheckpoint` that writes the model's weights without the optimizer's state.
+
+  The best checkpoint is read by evaluation and export only, and is written
+  again at every improvement: the optimizer's Adam moments would triple it
+  (for a table of millions of ids, gigabytes per epoch). BackupAndRestore,
+  which resumes a run, keeps the optimizer.
+  """
+
+  def _save_model(self, epoch, batch, logs):
+    with without_optimizer(self.model):
+      super()._save_model(epoch, batch, logs)
+
+
 class ResumedCallbackState(tf.keras.callbacks.Callback):
   """Carries the other callbacks' counters and the epochs' logs across a resumed run.
 
@@ -187,9 +202,8 @@ def for_run(config: TrainConfig, tasks: List[str], run_dir: str, chief: bool = T
   `chief`: whether this process writes the run directory (see `train`).
   """
   monitored = [
-      tf.keras.callbacks.ModelCheckpoint(
-          os.path.join(run_dir, "checkpoints", "best"), monitor=MONITOR, mode="max",
-          save_best_only=True, save_weights_only=True),
+      BestWeights(os.path.join(run_dir, "checkpoints", "best"), monitor=MONITOR, mode="max",
+                  save_best_only=True, save_weights_only=True),
       tf.keras.callbacks.EarlyStopping(
           monitor=MONITOR, mode="max", patience=config.early_stop_patience),
   ]

@@ -1,7 +1,8 @@
-"""Restoring a run's weights, including checkpoints written with an earlier weight layout."""
+"""A model's weights without its optimizer, and restoring checkpoints of earlier layouts."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 
@@ -12,6 +13,28 @@ import tensorflow as tf
 #: one [in, K * H] kernel with the experts' blocks side by side and one [K * H] bias; now a
 #: [K, in, H] kernel and a [K, H] bias, as the group's later layers.
 _FIRST_LAYER_KEYS = ("/kernel_0/.ATTRIBUTES/VARIABLE_VALUE", "/bias_0/.ATTRIBUTES/VARIABLE_VALUE")
+
+
+@contextlib.contextmanager
+def without_optimizer(model: tf.keras.Model):
+  """`model` without its optimizer while the block runs, as Keras' own
+  `model.save(include_optimizer=False)` does it.
+
+  A compiled model tracks its optimizer, so a checkpoint or SavedModel of it
+  also holds the step count and Adam's two moments per weight: three times
+  the model's own variables, the embedding table's moments included. Saved
+  inside the block, only the model's variables are written.
+  """
+  optimizer = getattr(model, "optimizer", None)
+  if optimizer is None:
+    yield
+    return
+  model.optimizer = None
+  model._delete_tracking("optimizer")  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    model.optimizer = optimizer
 
 
 def load_weights(model: tf.keras.Model, checkpoint: str) -> None:

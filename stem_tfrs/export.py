@@ -24,7 +24,6 @@ to the OOV row inside the model.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -57,28 +56,6 @@ class _ServingModule(tf.Module):
     with tf.control_dependencies([same_rows]):
       probabilities = self.model(features, training=False)
     return {task: tf.cast(p, tf.float32) for task, p in probabilities.items()}
-
-
-@contextlib.contextmanager
-def _optimizer_detached(model: tf.keras.Model):
-  """`model` without its optimizer while the block runs, as Keras' own
-  `model.save(include_optimizer=False)` does it.
-
-  A compiled model tracks its optimizer, so a SavedModel of it would also
-  hold Adam's step count and two slots per weight: three times the
-  variables a server loads (the embedding table's two moments included),
-  none of which serving reads.
-  """
-  optimizer = getattr(model, "optimizer", None)
-  if optimizer is None:
-    yield
-    return
-  model.optimizer = None
-  model._delete_tracking("optimizer")  # pylint: disable=protected-access
-  try:
-    yield
-  finally:
-    model.optimizer = optimizer
 
 
 def _checked_inputs(features: Dict[str, tf.Tensor], lists: Dict[str, bool]):
@@ -185,7 +162,7 @@ def export_saved_model(model: tf.keras.Model, schema: Schema, export_dir: str,
   tf.io.gfile.makedirs(base)
   try:
     module = _ServingModule(model, schema)
-    with _optimizer_detached(model):
+    with checkpoints.without_optimizer(model):
       tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
     extra = os.path.join(tmp, "assets.extra")
     tf.io.gfile.makedirs(extra)

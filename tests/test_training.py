@@ -23,6 +23,11 @@ def test_run_directory_holds_config_checkpoint_logs_and_metrics(trained_run):
   assert set(config["model_config"]) == {f.name for f in dataclasses.fields(ModelConfig)}
   assert set(config["train_config"]) == {f.name for f in dataclasses.fields(TrainConfig)}
   assert any(n.startswith("best") for n in os.listdir(os.path.join(run, "checkpoints")))
+  # The best checkpoint holds the model's weights, not the optimizer's moments of them.
+  stored = tf.train.list_variables(os.path.join(run, "checkpoints", "best"))
+  assert not [name for name, _ in stored if "optimizer" in name.lower()]
+  table = trained_run.model.embedding.table.shape.as_list()
+  assert [shape for _, shape in stored].count(table) == 1
   events = [f for _, _, files in os.walk(os.path.join(run, "logs")) for f in files]
   assert any(f.startswith("events.out.tfevents") for f in events)
   metrics = json.load(open(os.path.join(run, "metrics.json")))
