@@ -101,11 +101,13 @@ def check_settings(model_config: ModelConfig, config: TrainConfig) -> None:
   if not os.path.isfile(os.path.join(config.data_dir, "schema.json")):
     return
   schema = _checked_schema(model_config, config)
-  if config.strategy in distributed.CLUSTER_STRATEGIES:
+  cluster = config.strategy in distributed.CLUSTER_STRATEGIES
+  if cluster or config.steps_per_epoch:
     rows = _split_rows(load_stats(schema.directory), "train")
-    if rows < config.batch_size:
+    if rows < config.batch_size and (rows or cluster):  # (0: stats.json does not say)
       raise ConfigError(f"--batch_size={config.batch_size} is larger than the train split "
-                        f"({rows} rows): a cluster epoch is train rows // batch_size steps")
+                        f"({rows} rows): a cluster run, or one with --steps_per_epoch, reads "
+                        f"whole batches only")
 
 
 def _check_batch_divides(config: TrainConfig, parts: int, what: str) -> None:
@@ -261,7 +263,7 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
   stats = run_config["data_stats"]
   train_rows, valid_rows = _split_rows(stats, "train"), _split_rows(stats, "valid")
   steps_per_execution = config.steps_per_execution
-  if steps_per_execution > 1 and not (train_rows and valid_rows):
+  if steps_per_execution > 1 and not ((train_rows or config.steps_per_epoch) and valid_rows):
     logging.warning("%s/stats.json gives no row count of the train or valid split: "
                     "one step per execution", schema.directory)
     steps_per_execution = 1
@@ -273,29 +275,27 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
   valid_ds = _known_length(data.make_dataset(schema, "valid", config.eval_batch_size),
                            valid_rows, config.eval_batch_size)
   fit_args = {}
+  resumed_after = callbacks.epochs_done(run_dir)
   if config.strategy in distributed.CLUSTER_STRATEGIES:
     train_input, fit_args["steps_per_epoch"] = _cluster_train_input(schema, config, train_rows)
   else:
+    # With steps_per_epoch, one stream of passes in full batches (each pass in its own order).
     train_input = data.make_dataset(
         schema, "train", config.batch_size, shuffle=True, seed=config.seed,
-        shuffle_buffer=config.shuffle_buffer, in_memory=config.in_memory)
-    if config.steps_per_epoch:  # one stream of passes, each in its own order
-      train_input = train_input.repeat()
+        shuffle_buffer=config.shuffle_buffer, in_memory=config.in_memory,
+        drop_remainder=bool(config.steps_per_epoch))
+    if config.steps_per_epoch:
+      train_input = _stream(train_input, resumed_after * config.steps_per_epoch,
+                            train_rows // config.batch_size)
       fit_args["steps_per_epoch"] = config.steps_per_epoch
     else:
+      if resumed_after:
+        _skip_epochs(train_input, resumed_after)
       train_input = _known_length(train_input, train_rows, config.batch_size)
   if config.strategy == "parameter_server":
     valid_ds, fit_args["validation_steps"] = _parameter_server_valid_input(
         schema, config, valid_rows)
 
-  resumed_after = callbacks.epochs_done(run_dir)
-  if resumed_after and config.strategy not in distributed.CLUSTER_STRATEGIES:
-    if config.steps_per_epoch:  # the stream from the batch the interruption would have read
-      logging.info("resuming after epoch %d: skipping its %d batches", resumed_after,
-                   resumed_after * config.steps_per_epoch)
-      train_input = train_input.skip(resumed_after * config.steps_per_epoch)
-    else:
-      _skip_epochs(train_input, resumed_after)
   logging.info("training %s on %s into %s", config.model, schema.directory, run_dir)
   start = time.time()
   run_callbacks = callbacks.for_run(config, schema.tasks, run_dir, chief)
@@ -366,6 +366,23 @@ def _skip_epochs(dataset: tf.data.Dataset, epochs: int) -> None:
   logging.info("resuming after epoch %d: moving the shuffle on by as many passes", epochs)
   for _ in range(epochs):
     next(iter(dataset))
+
+
+def _stream(one_pass: tf.data.Dataset, steps_done: int, pass_batches: int) -> tf.data.Dataset:
+  """`one_pass` repeated, from the batch after the first `steps_done` of the stream.
+
+  A resumed run thus reads on where the interrupted one stopped: whole passes
+  are passed over as `_skip_epochs` does (one batch read each, which moves
+  their seeds on), and the batches of the last, partial one are read and
+  dropped. `pass_batches`: full batches in a pass (0 if unknown: every
+  batch done is read again).
+  """
+  passes, within = divmod(steps_done, pass_batches) if pass_batches else (0, steps_done)
+  if passes:
+    _skip_epochs(one_pass, passes)
+  if within:
+    logging.info("resuming: reading and dropping %d batches of the current pass", within)
+  return one_pass.repeat().skip(within)
 
 
 def _known_length(dataset: tf.data.Dataset, rows: int, batch_size: int) -> tf.data.Dataset:

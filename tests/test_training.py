@@ -101,6 +101,11 @@ def test_bad_configuration_is_refused_before_anything_is_written(tiny_data, tmp_
                                         "must be >= 1, got 0"):
     training.train(tiny_model_config(num_shared_experts=0),
                    TrainConfig(model="mmoe", data_dir=tiny_data, run_dir=str(run_dir)))
+  with pytest.raises(ConfigError, match=r"--batch_size=100000 is larger than the train split "
+                                        r"\(\d+ rows\): a cluster run, or one with "
+                                        r"--steps_per_epoch, reads whole batches only"):
+    training.train(tiny_model_config(), TrainConfig(data_dir=tiny_data, run_dir=str(run_dir),
+                                                    batch_size=100_000, steps_per_epoch=5))
   assert not run_dir.exists()
 
 
@@ -257,10 +262,11 @@ def test_epochs_of_a_few_steps_are_slices_of_one_stream_of_passes(tiny_data, tmp
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("in_memory, steps_per_epoch", [(False, 0), (True, 0), (False, 20)])
+@pytest.mark.parametrize("in_memory, steps_per_epoch", [(False, 0), (True, 0), (False, 40)])
 def test_a_resumed_run_is_the_run_an_interruption_never_hit(tiny_data, tmp_path, monkeypatch,
                                                             in_memory, steps_per_epoch):
-  # With steps_per_epoch=20, epoch 2 ends in the second pass over the ~32 batches.
+  # With steps_per_epoch=40, over passes of 31 whole batches, the resumed run passes over one
+  # pass and reads 9 batches of the next before it trains.
   config = TrainConfig(data_dir=tiny_data, run_dir=str(tmp_path / "run"), export_dir="",
                        epochs=3, batch_size=512, learning_rate=3e-3, early_stop_patience=5,
                        seed=5, in_memory=in_memory, steps_per_epoch=steps_per_epoch)
