@@ -72,10 +72,10 @@ class LazyAdam(FusedAdam):
 
   so a step costs what its batch looks up, not what the table holds (the
   [2M, 48] table of `benchmarks/optimizer.py`: 5.7-5.9 ms an update, against
-  `FusedAdam`'s 175-184 ms). (Adam,
-  as `FusedAdam`, Keras and PyTorch run it, decays the moments of every row
-  every step, and a row keeps moving on its momentum after the batches stop
-  looking it up; here it rests until it is looked up again.) This is the
+  `FusedAdam`'s 175-184 ms). Adam, as `FusedAdam`, Keras and PyTorch run
+  it, decays the moments of every row every step, and a row keeps moving on
+  its momentum after the batches stop looking it up; here it rests until it
+  is looked up again. This is the
   "lazy" Adam of TF1's `LazyAdamOptimizer` and TF Addons, and the usual
   choice for tables of millions of ids. A row looked up in every step
   takes exactly Adam's steps, and dense gradients (every other variable)

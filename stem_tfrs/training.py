@@ -363,7 +363,7 @@ def _skip_epochs(dataset: tf.data.Dataset, epochs: int) -> None:
   one batch of as many passes as the interrupted run finished gives the
   resumed epoch the order the uninterrupted run would have had.
   """
-  logging.info("resuming after epoch %d: moving the shuffle on by as many passes", epochs)
+  logging.info("resuming: moving the shuffle on by %d passes", epochs)
   for _ in range(epochs):
     next(iter(dataset))
 
