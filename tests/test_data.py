@@ -189,3 +189,14 @@ def test_batches_keep_their_size_under_a_strategy(tiny_data):
              for _, labels in strategy.experimental_distribute_dataset(dataset)]
     assert sizes == [int(labels["like"].shape[0]) for _, labels in dataset]
     assert set(sizes[:-1]) == {512}
+
+
+def test_pipelines_run_without_tf_data_autotuning_model(tiny_data):
+  # With the model on, deleting an iterator (Keras does at every epoch's end) waits for the
+  # model's thread to wake: seconds, up to a minute, with the CPU idle.
+  schema = Schema.load(tiny_data)
+  for kwargs in (dict(shuffle=True, seed=1), {}, dict(shuffle=True, seed=1, in_memory=True),
+                 dict(in_memory=True)):
+    dataset = make_dataset(schema, "train", 512, **kwargs)
+    assert dataset.options().autotune.enabled is False, kwargs
+    assert dataset.repeat().take(3).options().autotune.enabled is False, kwargs
