@@ -268,10 +268,11 @@ def _without_autotune_model(options: tf.data.Options) -> tf.data.Options:
   up to a period that doubles from 10 ms to a minute as the iterator ages.
   Keras deletes the training and the validation iterator at every epoch's
   end, so each epoch of a long run could end with the CPU idle for up to a
-  minute (2-4 s in the README's 30 s run). `AUTOTUNE` then means a fixed
-  parallelism of min(16, cores) and a prefetch buffer that grows while the
-  consumer waits; the pipeline alone measured as fast as with the model
-  (1.6-3.1M rows/s at batch 1024 and 4096, records and in memory, 2 cores).
+  minute (4.2 s before the third epoch of the README's run). With the model
+  off, `AUTOTUNE` means a fixed parallelism of min(16, cores) and a prefetch
+  buffer that grows while the consumer waits; the pipeline alone measured
+  as fast as with the model (1.6-3.1M rows/s at batch 1024 and 4096,
+  records and in memory, 2 cores).
   """
   options.autotune.enabled = False
   return options
