@@ -59,10 +59,11 @@ def group_auc(labels, scores, groups) -> float:
   """
   # Numbered first: integer groups hash faster than ids, and pandas would turn
   # fixed-width bytes (`predict`'s) back into one Python object a row.
+  # Missing ids (None, NaN) stay missing, and out of every group, as pandas leaves them.
   groups = np.asarray(groups).ravel()
   codes = (pd.factorize(groups)[0] if groups.dtype == object
            else np.unique(groups, return_inverse=True)[1].ravel())
-  frame = pd.DataFrame({"group": codes,
+  frame = pd.DataFrame({"group": np.where(pd.isna(groups), np.nan, codes),
                         "label": np.asarray(labels, dtype=np.float64).ravel(),
                         "score": np.asarray(scores, dtype=np.float64).ravel()})
   if frame["score"].isna().any():
