@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Dict, Optional, Tuple
 
 import tensorflow as tf
@@ -269,12 +270,17 @@ def _without_autotune_model(options: tf.data.Options) -> tf.data.Options:
   Keras deletes the training and the validation iterator at every epoch's
   end, so each epoch of a long run could end with the CPU idle for up to a
   minute (4.2 s before the third epoch of the README's run). With the model
-  off, `AUTOTUNE` means a fixed parallelism of min(16, cores) and a prefetch
-  buffer that grows while the consumer waits; the pipeline alone measured
-  as fast as with the model (1.6-3.1M rows/s at batch 1024 and 4096,
-  records and in memory, 2 cores).
+  off, `AUTOTUNE` means a fixed parallelism of one call per core (TensorFlow's
+  default without the model is min(16, cores)) and a prefetch buffer that
+  grows while the consumer waits; the pipeline alone measured as fast as
+  with the model (1.6-3.1M rows/s at batch 1024 and 4096, records and in
+  memory, 2 cores). Under `tf.distribute.MirroredStrategy`, the per-device
+  copies that Keras' `fit` makes of a dataset take default options, so the
+  model, and the pause, come back there (1.4-1.6 s an epoch, seen with one
+  CPU device).
   """
   options.autotune.enabled = False
+  options.autotune.initial_parallelism = os.cpu_count() or 1
   return options
 
 

@@ -58,11 +58,11 @@ def group_auc(labels, scores, groups) -> float:
   score is NaN.
   """
   # Numbered first: integer groups hash faster than ids, and pandas would turn
-  # fixed-width bytes (`predict`'s) back into one Python object a row.
+  # fixed-width strings (`predict`'s bytes) back into one Python object a row.
   # Missing ids (None, NaN) stay missing, and out of every group, as pandas leaves them.
   groups = np.asarray(groups).ravel()
-  codes = (pd.factorize(groups)[0] if groups.dtype == object
-           else np.unique(groups, return_inverse=True)[1].ravel())
+  codes = (np.unique(groups, return_inverse=True)[1].ravel() if groups.dtype.kind in "SU"
+           else pd.factorize(groups)[0])
   frame = pd.DataFrame({"group": np.where(pd.isna(groups), np.nan, codes),
                         "label": np.asarray(labels, dtype=np.float64).ravel(),
                         "score": np.asarray(scores, dtype=np.float64).ravel()})
@@ -111,6 +111,11 @@ def _inference_function(model: tf.keras.Model):
   return function
 
 
+#: Longest string group id `predict` keeps in a fixed-width array: every row takes the longest
+#: id's width, so a few long ids would cost more than Python objects.
+_MAX_FIXED_WIDTH = 64
+
+
 def predict(model: tf.keras.Model, dataset: tf.data.Dataset,
             group_column: Optional[str] = None) -> Dict[str, np.ndarray]:
   """Runs `model` over a (features, labels) dataset.
@@ -119,7 +124,9 @@ def predict(model: tf.keras.Model, dataset: tf.data.Dataset,
     {"<task>": probabilities [N], "label/<task>": labels [N], and
     "group": the group column's raw values [N] if `group_column` is set;
     string ids as fixed-width bytes (numpy `S`: as many bytes a row as the
-    longest id, where Python bytes objects took about 50-110)}.
+    longest id, where Python bytes objects took about 50-110; trailing NUL
+    bytes of an id are dropped), or as Python bytes if an id is longer than
+    `_MAX_FIXED_WIDTH` bytes}.
   """
   infer = _inference_function(model)
   parts: Dict[str, list] = {}
@@ -128,7 +135,10 @@ def predict(model: tf.keras.Model, dataset: tf.data.Dataset,
     outputs.update({f"label/{task}": y.numpy() for task, y in labels.items()})
     if group_column is not None:
       group = features[group_column].numpy()
-      outputs["group"] = group.astype(bytes) if group.dtype == object else group
+      if group.dtype == object:
+        fixed = group.astype(bytes)
+        group = fixed if fixed.itemsize <= _MAX_FIXED_WIDTH else group
+      outputs["group"] = group
     for key, value in outputs.items():
       parts.setdefault(key, []).append(value)
   if not parts:

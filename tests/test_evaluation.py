@@ -111,3 +111,30 @@ def test_predict_keeps_string_group_ids_as_fixed_width_bytes(tiny_data):
   labels, scores = out["label/like"], out["like"]
   assert evaluation.group_auc(labels, scores, out["group"]) == pytest.approx(
       evaluation.group_auc(labels, scores, raw), abs=1e-12)
+
+
+def test_group_auc_leaves_rows_with_a_missing_id_out_of_every_group():
+  rng = np.random.default_rng(3)
+  labels, scores = rng.integers(0, 2, 400), rng.random(400)
+  ids = rng.integers(0, 12, 400).astype(float)
+  missing = rng.random(400) < 0.25
+  ids[missing] = np.nan
+  names = np.array([None if m else f"u{int(v)}" for v, m in zip(ids, missing)], dtype=object)
+  for groups in (ids, names):
+    assert group_auc(labels, scores, groups) == pytest.approx(
+        group_auc(labels[~missing], scores[~missing], groups[~missing]), abs=1e-12)
+
+
+def test_predict_keeps_long_group_ids_as_python_bytes(tiny_data):
+  # Every row of a fixed-width array takes the longest id's width.
+  import tensorflow as tf
+  from stem_tfrs import Schema, build_model, evaluation, make_dataset
+  from conftest import tiny_model_config
+  schema = Schema.load(tiny_data)
+  model = build_model("stem", schema, tiny_model_config())
+  features, labels = next(iter(make_dataset(schema, "test", 3)))
+  ids = [b"u1", b"u" * 65, b"u2"]
+  features = dict(features, **{schema.group_column: tf.constant(ids)})
+  out = evaluation.predict(model, tf.data.Dataset.from_tensors((features, labels)),
+                           schema.group_column)
+  assert out["group"].dtype == object and out["group"].tolist() == ids
