@@ -89,6 +89,7 @@ def test_predict_traces_a_model_once_and_lets_it_go(tiny_data):
     out = evaluation.predict(model, make_dataset(schema, "test", batch_size), schema.group_column)
     assert len(out["like"]) == len(out["label/like"]) == len(out["group"])
   assert evaluation._INFERENCE[model].experimental_get_tracing_count() == 1
+  gc.collect()  # models of earlier tests in this process, unreachable but not yet collected
   gone, cached = weakref.ref(model), len(evaluation._INFERENCE)
   del model
   gc.collect()
