@@ -17,13 +17,13 @@ _FIRST_LAYER_KEYS = ("/kernel_0/.ATTRIBUTES/VARIABLE_VALUE", "/bias_0/.ATTRIBUTE
 
 @contextlib.contextmanager
 def without_optimizer(model: tf.keras.Model):
-  """`model` without its optimizer while the block runs, as Keras' own
-  `model.save(include_optimizer=False)` does it.
+  """`model` without its optimizer while the block runs.
 
   A compiled model tracks its optimizer, so a checkpoint or SavedModel of it
   also holds the step count and Adam's two moments per weight: three times
   the model's own variables, the embedding table's moments included. Saved
-  inside the block, only the model's variables are written.
+  inside the block, only the model's variables are written, as with Keras'
+  own `model.save(include_optimizer=False)`.
   """
   optimizer = getattr(model, "optimizer", None)
   if optimizer is None:

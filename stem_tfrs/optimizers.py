@@ -75,14 +75,13 @@ class LazyAdam(FusedAdam):
   `FusedAdam`'s 175-184 ms). Adam, as `FusedAdam`, Keras and PyTorch run
   it, decays the moments of every row every step, and a row keeps moving on
   its momentum after the batches stop looking it up; here it rests until it
-  is looked up again. This is the
-  "lazy" Adam of TF1's `LazyAdamOptimizer` and TF Addons, and the usual
-  choice for tables of millions of ids. A row looked up in every step
-  takes exactly Adam's steps, and dense gradients (every other variable)
-  take `FusedAdam`'s. Keras sums a sparse gradient's repeated rows before
-  the update, which the scatters rely on. With `amsgrad`, the running
-  maximum of v is kept per row the same way. Weight decay is Keras' own
-  step, over the whole table.
+  is looked up again. This is the "lazy" Adam of TF1's `LazyAdamOptimizer`
+  and TF Addons, and the usual choice for tables of millions of ids. A row
+  looked up in every step takes exactly Adam's steps, and dense gradients
+  (every other variable) take `FusedAdam`'s. Keras sums a sparse gradient's
+  repeated rows before the update, which the scatters rely on. With
+  `amsgrad`, the running maximum of v is kept per row the same way. Weight
+  decay is Keras' own step, over the whole table.
   """
 
   def update_step(self, gradient, variable):
