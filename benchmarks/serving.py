@@ -1,18 +1,21 @@
 """Latency and throughput of exported SavedModels, loaded as TF Serving would load them.
 
     python benchmarks/serving.py [--saved_model saved_models/stem/<version>] [--no_authors]
-                                 [--output FILE.json]
+                                 [--precisions float32,bfloat16] [--output FILE.json]
 
-Measures two exports: the given one (default: the newest under saved_models/,
-the default configuration after `python main.py train`), and STEM-Net at the
-authors' configuration (built on generated data and exported untrained into
-a temporary directory: its speed does not depend on its weights).
+Measures the given export (default: the newest under saved_models/, the
+default configuration after `python main.py train`), and STEM-Net at the
+authors' configuration, built on generated data and exported untrained into
+a temporary directory once per `--precisions` entry (`stem_authors` in
+float32, `stem_authors_bfloat16` with bfloat16 weights; its speed does not
+depend on its weights).
 Calls `serving_default` in-process (no network) with batches of 1, 64 and 1024
 rows of raw ids drawn from the model's vocabularies, after a warm-up, and
 reports p50/p99 latency per call and examples/s, as JSON and as a table, with
 the fraction of the forward pass's "GEMM-only" ceiling (its dense layers'
-matrix products timed alone at the batch's shapes; STEM and MMoE exports),
-read after each of `--rounds` slices of the timing and averaged.
+matrix products timed alone at the batch's shapes, in the export's precision
+from `assets.extra/export.json`; STEM and MMoE exports), read after each of
+`--rounds` slices of the timing and averaged.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from ceiling import dense_layers, gemm_ceiling  # noqa: E402  (benchmarks/)
 from data_prep.synthetic import prepare_synthetic  # noqa: E402
 from machine import describe  # noqa: E402
 from stem_tfrs import ModelConfig, build_model  # noqa: E402
-from stem_tfrs.export import export_saved_model  # noqa: E402
+from stem_tfrs.export import EXPORT_PRECISIONS, export_saved_model  # noqa: E402
 from stem_tfrs.schema import Schema  # noqa: E402
 
 
@@ -75,38 +78,54 @@ def measure(serve, features, seconds: float, min_calls: int = 20) -> list:
   return latencies
 
 
+def dtype_policy(saved_model: str) -> str:
+  """The Keras dtype policy an export computes in (exports before export.json: float32)."""
+  path = os.path.join(saved_model, "assets.extra", "export.json")
+  if not os.path.isfile(path):
+    return "float32"
+  with open(path) as f:
+    return json.load(f)["dtype_policy"]
+
+
 def forward_ceiling(saved_model: str):
   """(function: batch -> examples/s of the forward pass's matrix products alone) or None.
 
-  Read from the export's assets.extra/config.json; None for an architecture
-  without a FLOP model (only STEM and MMoE have one).
+  Read from the export's assets.extra/config.json, in the precision its
+  products run in (bfloat16 for the "bfloat16" and "mixed_bfloat16"
+  policies); None for an architecture without a FLOP model (only STEM and
+  MMoE have one).
   """
   extra = os.path.join(saved_model, "assets.extra")
   with open(os.path.join(extra, "config.json")) as f:
     config = json.load(f)
   with open(os.path.join(extra, "schema.json")) as f:
     schema = json.load(f)
+  dtype = tf.bfloat16 if "bfloat16" in dtype_policy(saved_model) else tf.float32
   model_config = types.SimpleNamespace(**config["model_config"])
   shape = (model_config, config["model"], len(schema["features"]), len(config["tasks"]))
   try:
     dense_layers(*shape)
   except ValueError:
     return None
-  return lambda batch: gemm_ceiling(*shape, batch, training=False)
+  return lambda batch: gemm_ceiling(*shape, batch, dtype=dtype, training=False)
 
 
-def authors_export(work_dir: str) -> str:
-  """An untrained STEM-Net at the authors' configuration, exported under `work_dir`."""
+def authors_exports(work_dir: str, precisions) -> list:
+  """An untrained STEM-Net at the authors' configuration, exported under `work_dir` in each
+  of `precisions` (`stem_authors`, `stem_authors_bfloat16`)."""
   prepare_synthetic(os.path.join(work_dir, "data"), rows=20_000)
   schema = Schema.load(os.path.join(work_dir, "data"))
   config = ModelConfig.reference()
   model = build_model("stem", schema, config)
   run_config = {"model": "stem", "tasks": schema.tasks,
                 "model_config": dataclasses.asdict(config)}
-  path = export_saved_model(model, schema, os.path.join(work_dir, "export"), "stem_authors",
-                            extra_files={"config.json": run_config}, warmup_batches=[])
+  paths = [export_saved_model(model, schema, os.path.join(work_dir, "export"),
+                              "stem_authors" + ("" if precision == "float32" else f"_{precision}"),
+                              extra_files={"config.json": run_config}, warmup_batches=[],
+                              precision=precision)
+           for precision in precisions]
   tf.keras.backend.clear_session()
-  return path
+  return paths
 
 
 def benchmark(path: str, batches, seconds: float, rounds: int = 5) -> list:
@@ -149,6 +168,8 @@ def main() -> None:
   parser.add_argument("--saved_model", default=None)
   parser.add_argument("--no_authors", action="store_true",
                       help="Skip the authors' configuration.")
+  parser.add_argument("--precisions", default=",".join(EXPORT_PRECISIONS),
+                      help="Precisions to export the authors' configuration in.")
   parser.add_argument("--batches", default="1,64,1024")
   parser.add_argument("--seconds", type=float, default=5.0, help="Measuring time per batch size.")
   parser.add_argument("--rounds", type=int, default=5,
@@ -160,20 +181,21 @@ def main() -> None:
   report = {"exports": [], "machine": describe()}
   with tempfile.TemporaryDirectory() as work:
     if not args.no_authors:
-      paths.append(authors_export(work))
+      paths += authors_exports(work, args.precisions.split(","))
     for path in paths:  # named as in TF Serving: <model_name>/<version>
       name = os.path.basename(os.path.dirname(os.path.normpath(path)))
       report["exports"].append({"name": name, "saved_model": path,
+                                "dtype_policy": dtype_policy(path),
                                 "results": benchmark(path, batches, args.seconds, args.rounds)})
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   with open(args.output, "w") as f:
     json.dump(report, f, indent=2)
-  print(f"{'model':<13} {'batch':>6} {'p50 ms':>9} {'p99 ms':>9} {'examples/s':>12} "
+  print(f"{'model':<21} {'batch':>6} {'p50 ms':>9} {'p99 ms':>9} {'examples/s':>12} "
         f"{'of GEMM-only':>13}")
   for export in report["exports"]:
     for r in export["results"]:
       share = f"{r['fraction_of_gemm_only']:.1%}" if "fraction_of_gemm_only" in r else "-"
-      print(f"{export['name']:<13} {r['batch']:>6} {r['p50_ms']:>9.3f} {r['p99_ms']:>9.3f} "
+      print(f"{export['name']:<21} {r['batch']:>6} {r['p50_ms']:>9.3f} {r['p99_ms']:>9.3f} "
             f"{r['examples_per_second']:>12,} {share:>13}")
   print(f"-> {args.output}")
 

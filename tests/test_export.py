@@ -12,6 +12,8 @@ import tensorflow as tf
 
 from stem_tfrs.export import export_saved_model, versions
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 LOAD_WITH_TENSORFLOW_ONLY = textwrap.dedent("""
     import json, sys
     import tensorflow as tf
@@ -43,7 +45,9 @@ def test_export_layout(trained_run):
   assert os.listdir(base) == [version]  # no temporary directory left behind
   assert os.path.isfile(os.path.join(path, "saved_model.pb"))
   assert sorted(os.listdir(os.path.join(path, "assets.extra"))) == [
-      "config.json", "schema.json", "tf_serving_warmup_requests"]
+      "config.json", "export.json", "schema.json", "tf_serving_warmup_requests"]
+  assert json.load(open(os.path.join(path, "assets.extra", "export.json"))) == {
+      "dtype_policy": "float32"}
   assert json.load(open(os.path.join(path, "assets.extra", "schema.json")))["labels"] == [
       "finish", "like"]
   assert "uid.txt" in os.listdir(os.path.join(path, "assets"))
@@ -132,3 +136,61 @@ def test_the_saved_model_holds_no_optimizer_state_and_the_model_keeps_its_optimi
   prefix = tf.train.Checkpoint(model=model).write(str(tmp_path / "checkpoint" / "ckpt"))
   slots = [shape for name, shape in tf.train.list_variables(prefix) if "optimizer" in name]
   assert slots.count(table) == 2
+
+
+def stored_weights(path):
+  """{checkpoint key: (dtype, shape)} of the model weights a SavedModel stores.
+
+  (Keys are object-graph paths, `model/variables/<i>/...`; the metrics'
+  counters, stored beside them, are left out.)
+  """
+  reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+  shapes = reader.get_variable_to_shape_map()
+  return {key: (dtype, shapes[key]) for key, dtype in reader.get_variable_to_dtype_map().items()
+          if key.startswith("model/variables/")}
+
+
+def test_export_command_writes_bfloat16_weights_that_serve_float32_probabilities(
+    trained_run, tmp_path):
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, "main.py"), "export", f"--run_dir={trained_run.run_dir}",
+       f"--export_dir={tmp_path}", "--export_precision=bfloat16", "--version=3"],
+      capture_output=True, text=True, cwd=tmp_path, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  path = str(tmp_path / "stem" / "3")
+  assert result.stdout.strip().splitlines()[-1] == f"SavedModel: {path}"
+  assert json.load(open(os.path.join(path, "assets.extra", "export.json"))) == {
+      "dtype_policy": "bfloat16"}
+  weights, float32_weights = stored_weights(path), stored_weights(trained_run.export_path)
+  assert len(weights) == len(trained_run.model.weights)
+  assert {dtype for dtype, _ in weights.values()} == {tf.bfloat16}
+  # The float32 export stores the same weights (the fused table among them) in float32.
+  assert {dtype for dtype, _ in float32_weights.values()} == {tf.float32}
+  assert sorted(shape for _, shape in weights.values()) == sorted(
+      shape for _, shape in float32_weights.values())
+  assert trained_run.model.embedding.table.shape.as_list() in [
+      shape for _, shape in weights.values()]
+
+  signature = tf.saved_model.load(path).signatures["serving_default"]
+  for spec in signature.structured_outputs.values():
+    assert spec.dtype == tf.float32 and spec.shape.as_list() == [None]
+  batch = {k: tf.constant(v) for k, v in raw_batch(trained_run.model.schema, n=64).items()}
+  served = signature(**batch)
+  expected = trained_run.model(batch)
+  assert trained_run.model.dtype_policy.name == "float32"  # the model itself is left alone
+  for task in ("finish", "like"):
+    got, want = served[task].numpy(), expected[task].numpy()
+    assert got.dtype == np.float32 and ((got >= 0) & (got <= 1)).all()
+    # bfloat16 keeps 8 bits of mantissa: the probabilities move, by little.
+    assert np.abs(got - want).max() > 0
+    np.testing.assert_allclose(got, want, rtol=0, atol=0.01)
+
+
+def test_exporting_keeps_the_model_s_own_precision_unless_told(trained_run, tmp_path):
+  model, schema = trained_run.model, trained_run.model.schema
+  same = export_saved_model(model, schema, str(tmp_path), "m", warmup_batches=[],
+                            precision="float32")
+  assert {dtype for dtype, _ in stored_weights(same).values()} == {tf.float32}
+  with pytest.raises(ValueError, match="precision must be one of float32, bfloat16, got 'fp8'"):
+    export_saved_model(model, schema, str(tmp_path), "m", precision="fp8")
+  assert versions(str(tmp_path / "m")) == [int(os.path.basename(same))]
