@@ -96,6 +96,8 @@ class ModelConfig:
 
 
 MIXED_PRECISION_POLICIES = ("", "mixed_bfloat16")
+#: What an export's weights can be stored and multiplied in (`stem_tfrs.export.with_precision`).
+EXPORT_PRECISIONS = ("float32", "bfloat16")
 #: Optimizers `train` can use: Adam over every row of the embedding table each step (the
 #: paper's, `stem_tfrs.FusedAdam`), or over the rows the batch looked up (`stem_tfrs.LazyAdam`).
 OPTIMIZERS = ("adam", "lazy_adam")
@@ -139,6 +141,9 @@ class TrainConfig:
       `stem_tfrs.distributed`).
     mixed_precision: "" (float32) or "mixed_bfloat16": bf16 compute with
       float32 variables, losses and outputs.
+    export_precision: What the export's weights are stored and multiplied
+      in, whatever `mixed_precision` trained them in: "float32" or
+      "bfloat16" (half the bytes a request reads; probabilities stay float32).
     steps_per_execution: Training and evaluation steps per call into the
       compiled function (Keras' `steps_per_execution`): fewer round trips
       through Python, which matters for small models; batch-level callbacks
@@ -162,6 +167,7 @@ class TrainConfig:
   in_memory: bool = False
   deterministic: bool = True
   mixed_precision: str = ""
+  export_precision: str = "float32"
   strategy: str = "default"
   steps_per_execution: int = 16
 
@@ -171,6 +177,9 @@ class TrainConfig:
           f"mixed_precision must be one of {MIXED_PRECISION_POLICIES}, got "
           f"'{self.mixed_precision}' (mixed_float16 needs loss scaling, which tfrs.Model's "
           "train_step does not do)")
+    if self.export_precision not in EXPORT_PRECISIONS:
+      raise ConfigError(f"export_precision must be one of {', '.join(EXPORT_PRECISIONS)}, "
+                        f"got '{self.export_precision}'")
     if self.optimizer not in OPTIMIZERS:
       raise ConfigError(f"unknown optimizer '{self.optimizer}'; choose one of: "
                         f"{', '.join(OPTIMIZERS)}")

@@ -37,13 +37,10 @@ import numpy as np
 import tensorflow as tf
 
 from stem_tfrs import checkpoints, data, models
-from stem_tfrs.config import ModelConfig
+from stem_tfrs.config import EXPORT_PRECISIONS, ModelConfig
 from stem_tfrs.data import serving_input_signature
 from stem_tfrs.schema import PADDING, Schema, SchemaError
 from stem_tfrs.serving import warmup
-
-#: What `export_saved_model(precision=...)` can store the weights in.
-EXPORT_PRECISIONS = ("float32", "bfloat16")
 
 
 class _ServingModule(tf.Module):

@@ -349,7 +349,7 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
   if config.export_dir:
     export_path = export.export_saved_model(
         model, schema, config.export_dir, config.model,
-        extra_files={"config.json": run_config})
+        extra_files={"config.json": run_config}, precision=config.export_precision)
     logging.info("exported %s", export_path)
   return TrainResult(run_dir=run_dir, metrics=metrics, export_path=export_path,
                      history=history, seconds=time.time() - start, model=model)

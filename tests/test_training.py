@@ -157,16 +157,22 @@ def test_reference_configuration_is_the_authors():
 
 
 def test_mixed_bfloat16_trains_exports_float32_and_restores_the_policy(tiny_data, tmp_path):
-  def run(name, policy):
+  def run(name, policy, export_precision="float32"):
     config = TrainConfig(data_dir=tiny_data, run_dir=str(tmp_path / name),
                          export_dir=str(tmp_path / "export"), epochs=2, batch_size=256,
-                         learning_rate=3e-3, seed=3, mixed_precision=policy)
+                         learning_rate=3e-3, seed=3, mixed_precision=policy,
+                         export_precision=export_precision)
     return training.train(tiny_model_config(), config, verbose=0)
-  bf16, fp32 = run("bf16", "mixed_bfloat16"), run("fp32", "")
+  bf16, fp32 = run("bf16", "mixed_bfloat16"), run("fp32", "", export_precision="bfloat16")
   assert tf.keras.mixed_precision.global_policy().name == "float32"
   assert bf16.model.stem_layers[0].compute_dtype == "bfloat16"
   serve = tf.saved_model.load(bf16.export_path).signatures["serving_default"]
   assert all(spec.dtype == tf.float32 for spec in serve.structured_outputs.values())
+  # The export is float32 (export_precision's default), whatever the training policy.
+  with open(os.path.join(bf16.export_path, "assets.extra", "export.json")) as f:
+    assert json.load(f) == {"dtype_policy": "float32"}
+  with open(os.path.join(fp32.export_path, "assets.extra", "export.json")) as f:
+    assert json.load(f) == {"dtype_policy": "bfloat16"}
   for task in ("finish", "like"):
     assert abs(bf16.metrics["test"][task]["auc"] - fp32.metrics["test"][task]["auc"]) < 0.01
     assert abs(bf16.metrics["test"][task]["logloss"]
@@ -176,6 +182,9 @@ def test_mixed_bfloat16_trains_exports_float32_and_restores_the_policy(tiny_data
 def test_mixed_float16_is_refused_with_the_reason():
   with pytest.raises(ConfigError, match="mixed_float16 needs loss scaling"):
     TrainConfig(mixed_precision="mixed_float16")
+  with pytest.raises(ConfigError, match="export_precision must be one of float32, bfloat16, "
+                                        "got 'float16'"):
+    TrainConfig(export_precision="float16")
 
 
 def scalar_tags(log_dir):

@@ -11,11 +11,8 @@ from stem_tfrs.cli.errors import one_line_errors
 from stem_tfrs.config import ConfigError
 
 flags.DEFINE_integer("version", None, "Integer version to export as (default: seconds since "
-                     "the epoch, never reusing an existing version). --run_dir and "
-                     "--export_dir are shared with `train`.")
-flags.DEFINE_enum("export_precision", "float32", list(export.EXPORT_PRECISIONS),
-                  "What the exported weights are stored and multiplied in: bfloat16 halves "
-                  "the model's memory and the bytes a request reads; probabilities stay float32.")
+                     "the epoch, never reusing an existing version). --run_dir, --export_dir "
+                     "and --export_precision are shared with `train`.")
 
 FLAGS = flags.FLAGS
 

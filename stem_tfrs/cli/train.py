@@ -9,7 +9,8 @@ from absl import flags, logging
 
 from stem_tfrs import distributed, evaluation, training
 from stem_tfrs.cli.errors import one_line_errors
-from stem_tfrs.config import OPTIMIZERS, STRATEGIES, ConfigError, ModelConfig, TrainConfig
+from stem_tfrs.config import (EXPORT_PRECISIONS, OPTIMIZERS, STRATEGIES, ConfigError,
+                              ModelConfig, TrainConfig)
 from stem_tfrs.models import MODEL_NAMES
 from stem_tfrs.schema import SCHEMA_FILE
 
@@ -58,6 +59,9 @@ flags.DEFINE_bool("deterministic", _T.deterministic,
 flags.DEFINE_integer("steps_per_execution", _T.steps_per_execution,
                      "Training and evaluation steps per call into TensorFlow (Keras' "
                      "steps_per_execution): fewer Python round trips, faster for small models.")
+flags.DEFINE_enum("export_precision", _T.export_precision, list(EXPORT_PRECISIONS),
+                  "What the exported weights are stored and multiplied in: bfloat16 halves "
+                  "the model's memory and the bytes a request reads; probabilities stay float32.")
 flags.DEFINE_enum("mixed_precision", "", ["", "mixed_bfloat16"],
                   "Compute in bfloat16 with float32 variables, losses and outputs "
                   "(much faster on CPUs with AMX/AVX512-BF16; empty: float32).")
@@ -119,7 +123,8 @@ def configs_from_flags() -> tuple:
       eval_batch_size=FLAGS.eval_batch_size, learning_rate=FLAGS.learning_rate,
       optimizer=FLAGS.optimizer, seed=FLAGS.seed, early_stop_patience=FLAGS.early_stop_patience,
       in_memory=FLAGS.in_memory, deterministic=FLAGS.deterministic, strategy=FLAGS.strategy,
-      mixed_precision=FLAGS.mixed_precision, steps_per_execution=FLAGS.steps_per_execution)
+      mixed_precision=FLAGS.mixed_precision, export_precision=FLAGS.export_precision,
+      steps_per_execution=FLAGS.steps_per_execution)
   return model_config, train_config
 
 
@@ -149,7 +154,8 @@ def flags_from_configs(model_config: ModelConfig, train_config: TrainConfig) -> 
             f"--seed={t.seed}", f"--early_stop_patience={t.early_stop_patience}",
             f"--{'' if t.in_memory else 'no'}in_memory",
             f"--{'' if t.deterministic else 'no'}deterministic",
-            f"--mixed_precision={t.mixed_precision}", f"--strategy={t.strategy}",
+            f"--mixed_precision={t.mixed_precision}",
+            f"--export_precision={t.export_precision}", f"--strategy={t.strategy}",
             f"--steps_per_execution={t.steps_per_execution}"]
   return lines
 
