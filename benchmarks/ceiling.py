@@ -21,11 +21,11 @@ def matmul_seconds(m: int, k: int, n: int, dtype=tf.float32, seconds: float = 1.
   Each call runs R products with R different left operands (R = 8, and up
   to 64 for small products), so common-subexpression elimination cannot
   flatter the figure. The same call without its products is timed in
-  alternation and its time subtracted (the median of the pairs'
-  differences), so the call's own overhead, about 0.2 ms on a 2-core VM,
-  does not count as product time: at batch 1 it would otherwise halve the
-  ceiling. (The difference is floored at a tenth of the call, against
-  noise.)
+  alternation (which of the two goes first alternates too) and its time
+  subtracted: the median of the pairs' differences, so the call's own
+  overhead, about 0.2 ms on a 2-core VM, does not count as product time; at
+  batch 1 it would otherwise halve the ceiling. (The median is floored at a
+  tenth of the median call, against noise.)
   """
   reps = int(min(64, max(8, 2**24 // (m * k * n))))
   lefts = [tf.cast(tf.random.normal([m, k]), dtype) for _ in range(reps)]
@@ -41,15 +41,17 @@ def matmul_seconds(m: int, k: int, n: int, dtype=tf.float32, seconds: float = 1.
 
   products().numpy()
   overhead().numpy()
-  differences, start = [], time.perf_counter()
-  while len(differences) < 3 or time.perf_counter() - start < seconds:
-    t0 = time.perf_counter()
-    products().numpy()
-    t1 = time.perf_counter()
-    overhead().numpy()
-    t2 = time.perf_counter()
-    differences.append(max(2 * t1 - t0 - t2, 0.1 * (t1 - t0)))
-  return float(np.median(differences)) / reps
+  calls, differences, start = [], [], time.perf_counter()
+  while len(differences) < 4 or time.perf_counter() - start < seconds:
+    pair = [products, overhead] if len(differences) % 2 == 0 else [overhead, products]
+    times = {}
+    for function in pair:
+      t = time.perf_counter()
+      function().numpy()
+      times[function] = time.perf_counter() - t
+    calls.append(times[products])
+    differences.append(times[products] - times[overhead])
+  return max(float(np.median(differences)), 0.1 * float(np.median(calls))) / reps
 
 
 def gflops(m: int, k: int, n: int, dtype=tf.float32) -> float:

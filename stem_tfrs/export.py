@@ -106,10 +106,11 @@ def with_precision(model: tf.keras.Model, precision: Optional[str]) -> tf.keras.
   """`model`, or a copy of it whose weights are stored and multiplied in `precision`.
 
   The copy is built under Keras' dtype policy named `precision` (for
-  "bfloat16", variables and arithmetic in bfloat16) and given `model`'s
-  weights cast to it; logits are cast to float32 before the sigmoid
-  whatever the policy, so probabilities stay float32. `None`, or the
-  policy `model` already has, returns `model` itself.
+  "bfloat16", variables and arithmetic in bfloat16; BatchNormalization
+  keeps its parameters and statistics in float32 under it) and given
+  `model`'s weights cast to it; logits are cast to float32 before the
+  sigmoid whatever the policy, so probabilities stay float32. `None`, or
+  the policy `model` already has, returns `model` itself.
 
   Why bfloat16: serving a batch reads every weight once, so at small batches
   a call costs the bytes of the weights (the authors' STEM-Net configuration:
@@ -131,7 +132,7 @@ def with_precision(model: tf.keras.Model, precision: Optional[str]) -> tf.keras.
     copy = type(model)(model.schema, model.config, name=model.name).build_from_schema()
   finally:
     tf.keras.mixed_precision.set_global_policy(previous)
-  if [w.shape for w in copy.weights] != [w.shape for w in model.weights]:
+  if [(w.name, w.shape) for w in copy.weights] != [(w.name, w.shape) for w in model.weights]:
     raise ValueError(f"a {precision} copy of {model.name} has other weights than the model")
   for target, source in zip(copy.weights, model.weights):
     target.assign(tf.cast(source, target.dtype))
@@ -139,11 +140,12 @@ def with_precision(model: tf.keras.Model, precision: Optional[str]) -> tf.keras.
 
 
 def export_run(run_dir: str, export_dir: str, version: Optional[int] = None,
-               precision: str = "float32") -> str:
+               precision: Optional[str] = None) -> str:
   """Exports the best checkpoint of a finished run (its config.json says what to build).
 
-  The weights are exported in `precision` (see `with_precision`), float32 by
-  default, whatever the run's `mixed_precision`.
+  The weights are exported in `precision` (see `with_precision`); default:
+  the run's own `export_precision` (float32 for runs that predate it),
+  whatever the run's `mixed_precision`.
 
   Raises:
     SchemaError: the run directory lacks config.json or a checkpoint, or its
@@ -161,6 +163,8 @@ def export_run(run_dir: str, export_dir: str, version: Optional[int] = None,
   schema = Schema.load(os.path.dirname(config["schema"]))
   model = models.build_model(config["model"], schema, ModelConfig(**config["model_config"]))
   checkpoints.load_weights(model, checkpoint)
+  if precision is None:
+    precision = config.get("train_config", {}).get("export_precision", "float32")
   return export_saved_model(model, schema, export_dir, config["model"], version=version,
                             extra_files={"config.json": config}, precision=precision)
 

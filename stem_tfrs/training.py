@@ -132,10 +132,10 @@ def settings_and_data(model_config: ModelConfig, config: TrainConfig, schema: Sc
 
   The data is named by its resolved path, its rows and its vocabularies, so
   that data prepared again is not the same data; where the run writes
-  (`run_dir`, `export_dir`) is left out.
+  (`run_dir`, `export_dir`) and the precision of its export are left out.
   """
   train_config = dict(dataclasses.asdict(config), data_dir=os.path.realpath(config.data_dir))
-  del train_config["run_dir"], train_config["export_dir"]
+  del train_config["run_dir"], train_config["export_dir"], train_config["export_precision"]
   described = schema.to_json()
   data = {"stats": load_stats(schema.directory), "features": described["features"]}
   if "numeric_features" in described:  # (absent without any, as in schema.json)

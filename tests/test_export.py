@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stem_tfrs.export import export_saved_model, versions
+from stem_tfrs.export import export_saved_model, versions, with_precision
+from stem_tfrs.models import MODEL_NAMES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -194,3 +196,45 @@ def test_exporting_keeps_the_model_s_own_precision_unless_told(trained_run, tmp_
   with pytest.raises(ValueError, match="precision must be one of float32, bfloat16, got 'fp8'"):
     export_saved_model(model, schema, str(tmp_path), "m", precision="fp8")
   assert versions(str(tmp_path / "m")) == [int(os.path.basename(same))]
+
+
+def test_export_run_takes_the_run_s_own_export_precision(trained_run, tmp_path):
+  from stem_tfrs.export import export_run
+  run_dir = tmp_path / "run"
+  shutil.copytree(os.path.join(trained_run.run_dir, "checkpoints"), run_dir / "checkpoints")
+  with open(os.path.join(trained_run.run_dir, "config.json")) as f:
+    config = json.load(f)
+  assert config["train_config"]["export_precision"] == "float32"
+  config["train_config"]["export_precision"] = "bfloat16"
+  (run_dir / "config.json").write_text(json.dumps(config))
+  path = export_run(str(run_dir), str(tmp_path / "export"))
+  assert json.load(open(os.path.join(path, "assets.extra", "export.json"))) == {
+      "dtype_policy": "bfloat16"}
+  path = export_run(str(run_dir), str(tmp_path / "export"), precision="float32")
+  assert {dtype for dtype, _ in stored_weights(path).values()} == {tf.float32}
+
+
+@pytest.mark.parametrize("name,batch_norm", [(name, False) for name in MODEL_NAMES]
+                         + [("stem", True)])
+def test_every_architecture_has_a_bfloat16_copy_that_predicts_alike(tiny_data, name,
+                                                                    batch_norm):
+  from conftest import tiny_model_config
+  from stem_tfrs import build_model
+  from stem_tfrs.schema import Schema
+  schema = Schema.load(tiny_data)
+  tf.keras.utils.set_random_seed(0)
+  model = build_model(name, schema, tiny_model_config(batch_norm=batch_norm))
+  copy = with_precision(model, "bfloat16")
+  assert tf.keras.mixed_precision.global_policy().name == "float32"  # restored
+  assert copy.dtype_policy.name == "bfloat16" and model.dtype_policy.name == "float32"
+  for source, target in zip(model.weights, copy.weights):
+    # BatchNormalization keeps float32 parameters under the bfloat16 policy.
+    expected = tf.float32 if "batch_norm" in source.name else tf.bfloat16
+    assert target.dtype == expected, target.name
+    np.testing.assert_array_equal(tf.cast(target, tf.float32),
+                                  tf.cast(tf.cast(source, target.dtype), tf.float32))
+  batch = {k: tf.constant(v) for k, v in raw_batch(schema, n=32).items()}
+  want, got = model(batch), copy(batch)
+  for task in schema.tasks:
+    assert got[task].dtype == tf.float32
+    np.testing.assert_allclose(got[task].numpy(), want[task].numpy(), rtol=0, atol=0.02)

@@ -24,7 +24,9 @@ def run(argv: List[str]) -> int:
     raise ConfigError("--run_dir is required: the run directory written by `train`")
   if not FLAGS.export_dir:
     raise ConfigError("--export_dir must not be empty")
+  # Without the flag, the run's own --export_precision.
+  precision = FLAGS.export_precision if FLAGS["export_precision"].present else None
   path = export.export_run(FLAGS.run_dir, FLAGS.export_dir, version=FLAGS.version,
-                           precision=FLAGS.export_precision)
+                           precision=precision)
   print(f"SavedModel: {path}")
   return 0

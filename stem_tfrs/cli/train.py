@@ -61,7 +61,8 @@ flags.DEFINE_integer("steps_per_execution", _T.steps_per_execution,
                      "steps_per_execution): fewer Python round trips, faster for small models.")
 flags.DEFINE_enum("export_precision", _T.export_precision, list(EXPORT_PRECISIONS),
                   "What the exported weights are stored and multiplied in: bfloat16 halves "
-                  "the model's memory and the bytes a request reads; probabilities stay float32.")
+                  "the model's memory and the bytes a request reads; probabilities stay float32. "
+                  "`export --run_dir` without it uses the run's own.")
 flags.DEFINE_enum("mixed_precision", "", ["", "mixed_bfloat16"],
                   "Compute in bfloat16 with float32 variables, losses and outputs "
                   "(much faster on CPUs with AMX/AVX512-BF16; empty: float32).")
