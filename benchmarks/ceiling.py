@@ -27,7 +27,7 @@ def matmul_seconds(m: int, k: int, n: int, dtype=tf.float32, seconds: float = 1.
   batch 1 it would otherwise halve the ceiling. (The median is floored at a
   tenth of the median call, against noise.)
   """
-  reps = int(min(64, max(8, 2**24 // (m * k * n))))
+  reps = min(64, max(8, 2**24 // (m * k * n)))
   lefts = [tf.cast(tf.random.normal([m, k]), dtype) for _ in range(reps)]
   right = tf.cast(tf.random.normal([k, n]), dtype)
 

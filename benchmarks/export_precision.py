@@ -35,19 +35,14 @@ from stem_tfrs.schema import Schema  # noqa: E402
 SPLITS = ("valid", "test")
 
 
-def served_predictions(saved_model: str, schema: Schema, split: str,
-                       batch_size: int) -> Dict[str, np.ndarray]:
-  """`evaluation.predict`'s output, with the probabilities from the SavedModel's signature."""
+def served_predictions(saved_model: str, schema: Schema,
+                       batch_size: int) -> Dict[str, Dict[str, np.ndarray]]:
+  """{split: `evaluation.predict`'s output}, the probabilities from the SavedModel's signature."""
   serve = tf.saved_model.load(saved_model).signatures["serving_default"]
-  parts: Dict[str, list] = {}
-  for features, labels in make_dataset(schema, split, batch_size):
-    outputs = {task: p.numpy() for task, p in serve(**features).items()}
-    outputs.update({f"label/{task}": y.numpy() for task, y in labels.items()})
-    if schema.group_column:
-      outputs["group"] = features[schema.group_column].numpy()
-    for key, value in outputs.items():
-      parts.setdefault(key, []).append(value)
-  return {key: np.concatenate(values) for key, values in parts.items()}
+  return {split: evaluation.predict_with(lambda features: serve(**features),
+                                         make_dataset(schema, split, batch_size),
+                                         schema.group_column)
+          for split in SPLITS}
 
 
 def main() -> None:
@@ -63,8 +58,7 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as work:
     for precision in EXPORT_PRECISIONS:
       path = export_run(args.run_dir, work, precision=precision)
-      predictions[precision] = {split: served_predictions(path, schema, split, args.batch_size)
-                                for split in SPLITS}
+      predictions[precision] = served_predictions(path, schema, args.batch_size)
       report["precisions"][precision] = {
           split: evaluation.compute_metrics(predictions[precision][split], schema.tasks)
           for split in SPLITS}

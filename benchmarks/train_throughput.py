@@ -45,6 +45,7 @@ from data_prep.synthetic import prepare_synthetic  # noqa: E402
 from ceiling import forward_flops, gemm_ceiling, gflops  # noqa: E402  (benchmarks/)
 from machine import describe  # noqa: E402
 from stem_tfrs import ModelConfig, build_model, make_dataset  # noqa: E402
+from stem_tfrs.models import global_dtype_policy  # noqa: E402
 from stem_tfrs.optimizers import FusedAdam  # noqa: E402
 from stem_tfrs.schema import Schema  # noqa: E402
 
@@ -117,15 +118,14 @@ def main() -> None:
                                  ("excluded", "float32"), ("records", "mixed_bfloat16")):
           tf.keras.backend.clear_session()
           tf.keras.utils.set_random_seed(0)
-          tf.keras.mixed_precision.set_global_policy(policy)
-          model = build_model(name, schema, config)
-          model.compile(optimizer=FusedAdam(1e-3))
-          data = make_dataset(schema, "train", batch, shuffle=True, seed=0,
-                              drop_remainder=True, in_memory=pipeline == "in_memory").repeat()
-          if pipeline == "excluded":
-            data = tf.data.Dataset.from_tensors(next(iter(data))).repeat()
-          rate, peak_after = train_examples_per_second(model, data, batch, args.steps)
-          tf.keras.mixed_precision.set_global_policy("float32")
+          with global_dtype_policy(policy):
+            model = build_model(name, schema, config)
+            model.compile(optimizer=FusedAdam(1e-3))
+            data = make_dataset(schema, "train", batch, shuffle=True, seed=0,
+                                drop_remainder=True, in_memory=pipeline == "in_memory").repeat()
+            if pipeline == "excluded":
+              data = tf.data.Dataset.from_tensors(next(iter(data))).repeat()
+            rate, peak_after = train_examples_per_second(model, data, batch, args.steps)
           peaks.append(peak_after)
           achieved = 3 * forward * rate / 1e9
           run = {"model": name, "config": label, "batch": batch, "pipeline": pipeline,

@@ -46,7 +46,7 @@ from stem_tfrs import analysis, callbacks, checkpoints, data, evaluation, traini
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
 from stem_tfrs.distributed import refuse_cluster_strategy
 from stem_tfrs.files import write_json
-from stem_tfrs.models import MODEL_NAMES, MODELS, build_model
+from stem_tfrs.models import MODEL_NAMES, MODELS, build_model, global_dtype_policy
 from stem_tfrs.schema import Schema
 
 SUMMARY = "summary.json"
@@ -126,13 +126,8 @@ def _trained(run_dir: str) -> bool:
 
 def _best_model(model_config: ModelConfig, config: TrainConfig, schema: Schema):
   """The finished run's model, built as `training.train` builds it, with its best weights."""
-  previous = tf.keras.mixed_precision.global_policy()
-  if config.mixed_precision:
-    tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
-  try:
+  with global_dtype_policy(config.mixed_precision):
     model = build_model(config.model, schema, model_config)
-  finally:
-    tf.keras.mixed_precision.set_global_policy(previous)
   checkpoints.load_weights(model, os.path.join(config.run_dir, "checkpoints", "best"))
   return model
 

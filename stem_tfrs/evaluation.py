@@ -9,7 +9,7 @@ shared/design/STEM.md.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 import weakref
 
 import numpy as np
@@ -118,7 +118,17 @@ _MAX_FIXED_WIDTH = 64
 
 def predict(model: tf.keras.Model, dataset: tf.data.Dataset,
             group_column: Optional[str] = None) -> Dict[str, np.ndarray]:
-  """Runs `model` over a (features, labels) dataset.
+  """Runs `model` over a (features, labels) dataset: `predict_with` its inference function."""
+  return predict_with(_inference_function(model), dataset, group_column)
+
+
+def predict_with(infer: Callable[[Dict[str, tf.Tensor]], Dict[str, tf.Tensor]],
+                 dataset: tf.data.Dataset,
+                 group_column: Optional[str] = None) -> Dict[str, np.ndarray]:
+  """Runs `infer` (features -> {task: probabilities}) over a (features, labels) dataset.
+
+  (`predict` passes a Keras model's; a SavedModel's `serving_default`
+  signature, called as `lambda features: signature(**features)`, fits too.)
 
   Returns:
     {"<task>": probabilities [N], "label/<task>": labels [N], and
@@ -128,7 +138,6 @@ def predict(model: tf.keras.Model, dataset: tf.data.Dataset,
     bytes of an id are dropped), or as Python bytes if an id is longer than
     `_MAX_FIXED_WIDTH` bytes}.
   """
-  infer = _inference_function(model)
   parts: Dict[str, list] = {}
   for features, labels in dataset:
     outputs = {task: p.numpy() for task, p in infer(features).items()}

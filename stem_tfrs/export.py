@@ -126,12 +126,8 @@ def with_precision(model: tf.keras.Model, precision: Optional[str]) -> tf.keras.
                      f"got '{precision}'")
   if precision is None or precision == model.dtype_policy.name:
     return model
-  previous = tf.keras.mixed_precision.global_policy()
-  tf.keras.mixed_precision.set_global_policy(precision)
-  try:
+  with models.global_dtype_policy(precision):
     copy = type(model)(model.schema, model.config, name=model.name).build_from_schema()
-  finally:
-    tf.keras.mixed_precision.set_global_policy(previous)
   if [(w.name, w.shape) for w in copy.weights] != [(w.name, w.shape) for w in model.weights]:
     raise ValueError(f"a {precision} copy of {model.name} has other weights than the model")
   for target, source in zip(copy.weights, model.weights):

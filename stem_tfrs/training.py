@@ -25,7 +25,7 @@ import tensorflow_recommenders as tfrs
 from stem_tfrs import callbacks, data, distributed, evaluation, export
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
 from stem_tfrs.files import write_json
-from stem_tfrs.models import MODELS, build_model
+from stem_tfrs.models import MODELS, build_model, global_dtype_policy
 from stem_tfrs.optimizers import FusedAdam, LazyAdam
 from stem_tfrs.schema import Schema, load_stats
 
@@ -248,13 +248,8 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
   tf.keras.utils.set_random_seed(config.seed)
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()
-  previous_policy = tf.keras.mixed_precision.global_policy()
-  if config.mixed_precision:
-    tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
-  try:
+  with global_dtype_policy(config.mixed_precision):
     return _train(schema, model_config, config, run_dir, run_config, verbose, strategy, chief)
-  finally:
-    tf.keras.mixed_precision.set_global_policy(previous_policy)
 
 
 def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_dir: str,

@@ -7,7 +7,10 @@ between them are fair.
 
 from __future__ import annotations
 
-from typing import Dict, Type
+import contextlib
+from typing import Dict, Iterator, Optional, Type
+
+import tensorflow as tf
 
 from stem_tfrs.config import ConfigError, ModelConfig
 from stem_tfrs.models.aitm import AITM
@@ -50,5 +53,19 @@ def build_model(name: str, schema: Schema, config: ModelConfig) -> MultiTaskRank
   return MODELS[name](schema, config, name=name).build_from_schema()
 
 
-__all__ = ["MODELS", "MODEL_NAMES", "build_model", "MultiTaskRankingModel"] + [
+@contextlib.contextmanager
+def global_dtype_policy(name: Optional[str]) -> Iterator[None]:
+  """Keras' global dtype policy set to `name` in the block (models built there take it),
+  and the previous one back after it, however the block ends; `None` or "" leave it as is."""
+  previous = tf.keras.mixed_precision.global_policy()
+  if name:
+    tf.keras.mixed_precision.set_global_policy(name)
+  try:
+    yield
+  finally:
+    tf.keras.mixed_precision.set_global_policy(previous)
+
+
+__all__ = ["MODELS", "MODEL_NAMES", "build_model", "global_dtype_policy",
+           "MultiTaskRankingModel"] + [
     cls.__name__ for cls in MODELS.values()]
