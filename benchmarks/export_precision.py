@@ -69,7 +69,8 @@ def main() -> None:
         entry = report["precisions"][precision][split][task]
         base = report["precisions"][reference][split][task]
         moved = np.abs(predictions[precision][split][task] - predictions[reference][split][task])
-        entry.update({f"{key}_change": entry[key] - base[key] for key in ("logloss", "auc", "gauc")})
+        entry.update({f"{key}_change": entry[key] - base[key]
+                      for key in ("logloss", "auc", "gauc")})
         entry.update(max_probability_change=float(moved.max()),
                      mean_probability_change=float(moved.mean()))
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

@@ -13,8 +13,10 @@ Calls `serving_default` in-process (no network) with batches of 1, 64 and 1024
 rows of raw ids drawn from the model's vocabularies, after a warm-up, and
 reports p50/p99 latency per call and examples/s, as JSON and as a table, with
 the fraction of the forward pass's "GEMM-only" ceiling (its dense layers'
-matrix products timed alone at the batch's shapes, in the export's precision
-from `assets.extra/export.json`; STEM and MMoE exports), read after each of
+matrix products at the batch's size, each on weights of its own so that a
+call reads as many weight bytes as the model's, timed together in one call
+(`ceiling.forward_ceiling`), in the export's precision from
+`assets.extra/export.json`; STEM and MMoE exports), read after each of
 `--rounds` slices of the timing and averaged.
 """
 
@@ -37,7 +39,7 @@ import stem_tfrs  # noqa: E402,F401  (Keras 2 first)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from ceiling import dense_layers, gemm_ceiling  # noqa: E402  (benchmarks/)
+from ceiling import dense_layers, forward_ceiling  # noqa: E402  (benchmarks/)
 from data_prep.synthetic import prepare_synthetic  # noqa: E402
 from machine import describe  # noqa: E402
 from stem_tfrs import ModelConfig, build_model  # noqa: E402
@@ -87,13 +89,16 @@ def dtype_policy(saved_model: str) -> str:
     return json.load(f)["dtype_policy"]
 
 
-def forward_ceiling(saved_model: str):
+def export_ceiling(saved_model: str):
   """(function: batch -> examples/s of the forward pass's matrix products alone) or None.
+
+  See `ceiling.forward_ceiling`.
 
   Read from the export's assets.extra/config.json, in the precision its
   products run in (bfloat16 for the "bfloat16" and "mixed_bfloat16"
-  policies); None for an architecture without a FLOP model (only STEM and
-  MMoE have one).
+  policies; a "mixed_bfloat16" export holds float32 weights, twice the bytes
+  of the ceiling's, so at small batches its ceiling is too high); None for an
+  architecture without a FLOP model (only STEM and MMoE have one).
   """
   extra = os.path.join(saved_model, "assets.extra")
   with open(os.path.join(extra, "config.json")) as f:
@@ -107,7 +112,7 @@ def forward_ceiling(saved_model: str):
     dense_layers(*shape)
   except ValueError:
     return None
-  return lambda batch: gemm_ceiling(*shape, batch, dtype=dtype, training=False)
+  return lambda batch: forward_ceiling(*shape, batch, dtype=dtype)
 
 
 def authors_exports(work_dir: str, precisions) -> list:
@@ -138,7 +143,7 @@ def benchmark(path: str, batches, seconds: float, rounds: int = 5) -> list:
   """
   serve = tf.saved_model.load(path).signatures["serving_default"]
   rng = np.random.default_rng(0)
-  ceiling = forward_ceiling(path)
+  ceiling = export_ceiling(path)
   results = []
   for batch in batches:
     features = request(path, batch, rng)

@@ -68,6 +68,16 @@ def test_signature_takes_raw_columns_and_returns_task_probabilities(trained_run)
     assert spec.dtype == tf.float32 and spec.shape.as_list() == [None]
 
 
+def test_the_serving_graph_has_no_control_flow(trained_run):
+  # A cond (e.g. tf.debugging.Assert's guard) puts the whole graph on TensorFlow's slower
+  # control-flow executor; the input checks are bare ops.
+  signature = tf.saved_model.load(trained_run.export_path).signatures["serving_default"]
+  ops = {node.op for function in signature.graph.as_graph_def().library.function
+         for node in function.node_def}
+  assert "Assert" in ops and "EnsureShape" in ops
+  assert not ops & {"If", "StatelessIf", "While", "StatelessWhile", "Switch", "Merge"}
+
+
 def test_fresh_tensorflow_only_process_serves_same_probabilities(trained_run, tmp_path):
   schema = trained_run.model.schema
   batch = raw_batch(schema)

@@ -8,6 +8,7 @@ import tensorflow as tf
 from data_prep.writer import BadRows, Chunk, DataError, prepare
 from stem_tfrs import build_model, export_saved_model, make_dataset
 from stem_tfrs.layers import NumericInputs
+from stem_tfrs.models import global_dtype_policy
 from stem_tfrs.schema import NumericFeature, Schema, SchemaError
 from stem_tfrs.serving import warmup
 
@@ -202,15 +203,11 @@ def test_rest_and_grpc_clients_carry_numbers_and_missing_values(numeric_data, tm
 def test_raw_values_stay_float32_under_a_mixed_policy(numeric_data):
   schema, _ = numeric_data
   layer = NumericInputs([{"name": "d", "mean": 1000.0, "std": 1.0, "log1p": False}])
-  previous = tf.keras.mixed_precision.global_policy()
-  tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
-  try:
+  with global_dtype_policy("mixed_bfloat16"):
     # bfloat16 holds 1000 and 1001 as the same number: standardize first, then cast.
     np.testing.assert_array_equal(layer({"d": tf.constant([1000.0, 1001.0, 1003.0])}).numpy()
                                   .astype(np.float32).ravel(), [0.0, 1.0, 3.0])
     model = build_model("stem", schema, tiny_model_config())
-  finally:
-    tf.keras.mixed_precision.set_global_policy(previous)
   ids = {"uid": tf.constant(["u1", "u1"]), "item": tf.constant(["i1", "i1"]),
          "views": tf.constant([5.0, 5.0])}
   near = tf.constant([1024.0, 1028.0])  # one number in bfloat16, whose spacing at 1024 is 8
