@@ -142,3 +142,23 @@ def test_multivalent_field_is_the_mean_of_its_values_padding_excluded(vocab_feat
                          layer.table.numpy()[[7 + int(layer._lookups[2](tf.constant(v)))
                                               for v in ("x", "y")]]])
   assert float(sum(layer.losses)) == pytest.approx(0.1 * np.square(rows).sum() / 2, rel=1e-5)
+
+
+def test_gate_softmax_is_the_softmax_in_every_precision():
+  from stem_tfrs.layers.gated_experts import gate_softmax
+  logits = tf.constant([[0.0, 1.0, -2.0, 3.0], [1000.0, 999.0, -1000.0, 1000.0]])
+  expected = tf.nn.softmax(logits).numpy()
+  weights = gate_softmax(logits)
+  assert weights.dtype == tf.float32
+  np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-6, atol=1e-7)  # no overflow
+  for dtype in (tf.bfloat16, tf.float16):
+    weights = gate_softmax(tf.cast(logits[:1], dtype))
+    assert weights.dtype == dtype
+    np.testing.assert_allclose(tf.cast(weights, tf.float32).numpy(), expected[:1], rtol=1e-2)
+  scale = tf.constant([[1.0, 2.0, 3.0, 4.0]])
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(logits)
+    ours = gate_softmax(logits) * scale
+    theirs = tf.nn.softmax(logits) * scale
+  np.testing.assert_allclose(tape.gradient(ours, logits), tape.gradient(theirs, logits),
+                             atol=1e-6)

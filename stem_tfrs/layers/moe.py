@@ -6,7 +6,7 @@ from typing import List, Optional, Sequence
 
 import tensorflow as tf
 
-from stem_tfrs.layers.gated_experts import GatedTaskExperts, mix
+from stem_tfrs.layers.gated_experts import GatedTaskExperts, gate_softmax, mix
 from stem_tfrs.layers.mlp import MLP, ExpertGroup
 
 
@@ -56,7 +56,7 @@ class MMoELayer(tf.keras.layers.Layer):
 
   def call(self, inputs: tf.Tensor, training: Optional[bool] = None, return_gates: bool = False):
     experts = self.experts(inputs, training=training, stacked=False)  # K x [B, H]
-    weights = [tf.nn.softmax(g(inputs, training=training)) for g in self.gates]
+    weights = [gate_softmax(g(inputs, training=training)) for g in self.gates]
     if self.one_gate:
       weights = weights * len(self.task_names)
     outputs = [mix(w, [experts]) for w in weights]
