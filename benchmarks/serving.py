@@ -17,7 +17,8 @@ matrix products at the batch's size, each on weights of its own so that a
 call reads as many weight bytes as the model's, timed together in one call
 (`ceiling.forward_ceiling`), in the export's precision from
 `assets.extra/export.json`; STEM and MMoE exports), read after each of
-`--rounds` slices of the timing and averaged.
+`--rounds` slices of the timing: the median reading (one slow or fast
+reading cannot move it).
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def benchmark(path: str, batches, seconds: float, rounds: int = 5) -> list:
                     "p99_ms": round(float(np.percentile(latencies, 99)), 3),
                     "examples_per_second": round(rate)})
     if ceilings:
-      gemm_only = float(np.mean(ceilings))
+      gemm_only = float(np.median(ceilings))
       results[-1]["gemm_only_examples_per_second"] = round(gemm_only)
       results[-1]["gemm_only_readings"] = [round(c) for c in ceilings]
       results[-1]["fraction_of_gemm_only"] = round(rate / gemm_only, 3)

@@ -157,8 +157,8 @@ class FieldEmbedding(tf.keras.layers.Layer):
     # One split along the table axis (its gradient one concat). Strided slices
     # there have a 3-6x slower gradient (batch 1024-4096); a transpose to
     # table-major and an unstack, forward and backward, took 3.6 ms against the
-    # split's 2.2 at batch 4096 and 0.34 against 0.25 at 64 (authors' shapes),
-    # and as oneDNN's _MklTranspose waits on the busy thread pool at serving.
+    # split's 2.2 at batch 4096 and 0.34 against 0.25 at 64 (authors' shapes);
+    # at serving, oneDNN's _MklTranspose waited on the busy thread pool.
     tables = tf.split(embedded, num_tables, axis=2)                   # T+1 x [B, F, 1, D]
     return [tf.reshape(table, [-1, num_fields * self.embedding_dim]) for table in tables]
 
