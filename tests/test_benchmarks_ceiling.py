@@ -50,7 +50,7 @@ def test_net_seconds_subtracts_the_calls_own_overhead():
   assert 0.0001 <= ceiling.net_seconds(call(0.002), call(0.002), seconds=0.1) < 0.002
 
 
-def test_forward_ceiling_runs_every_dense_layer_in_each_precision():
+def test_forward_ceiling_reads_in_each_precision_and_refuses_models_it_cannot_count():
   import tensorflow as tf
   from stem_tfrs import ModelConfig
   config = ModelConfig(expert_hidden_units=[16], gate_hidden_units=[8],
