@@ -9,16 +9,20 @@ authors' configuration, built on generated data and exported untrained into
 a temporary directory once per `--precisions` entry (`stem_authors` in
 float32, `stem_authors_bfloat16` with bfloat16 weights; its speed does not
 depend on its weights).
-Calls `serving_default` in-process (no network) with batches of 1, 64 and 1024
-rows of raw ids drawn from the model's vocabularies, after a warm-up, and
-reports p50/p99 latency per call and examples/s, as JSON and as a table, with
-the fraction of the forward pass's "GEMM-only" ceiling (its dense layers'
-matrix products at the batch's size, each on weights of its own so that a
-call reads as many weight bytes as the model's, timed together in one call
-(`ceiling.forward_ceiling`), in the export's precision from
-`assets.extra/export.json`; STEM and MMoE exports), read after each of
-`--rounds` slices of the timing: the median reading (one slow or fast
-reading cannot move it).
+Calls `serving_default` with batches of 1, 64 and 1024 rows of raw ids drawn
+from the model's vocabularies, in two ways, after a warm-up: through TensorFlow's
+C++ session (`stem_tfrs.serving.session.SavedModelSession`: the C++ SavedModel
+loader and one `Session::Run` a call, as TF Serving's server runs a model,
+without its network) and through the Python signature (`tf.saved_model.load`,
+as a notebook calls it), alternating. Reports p50/p99 latency per call and
+examples/s of each way, as JSON and as a table, with the largest difference
+between the two ways' outputs, and the fraction of the forward pass's
+"GEMM-only" ceiling (its dense layers' matrix products at the batch's size,
+each on weights of its own so that a call reads as many weight bytes as the
+model's, timed together in one call (`ceiling.forward_ceiling`), in the
+export's precision from `assets.extra/export.json`; STEM and MMoE exports),
+read after each of `--rounds` slices of the timing: the median reading (one
+slow or fast reading cannot move it).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from machine import describe  # noqa: E402
 from stem_tfrs import ModelConfig, build_model  # noqa: E402
 from stem_tfrs.export import EXPORT_PRECISIONS, export_saved_model  # noqa: E402
 from stem_tfrs.schema import Schema  # noqa: E402
+from stem_tfrs.serving.session import SavedModelSession  # noqa: E402
 
 
 def newest_export(base: str = "saved_models") -> str:
@@ -71,12 +76,13 @@ def request(saved_model: str, batch: int, rng) -> dict:
   return features
 
 
-def measure(serve, features, seconds: float, min_calls: int = 20) -> list:
+def measure(call, seconds: float, min_calls: int = 20) -> list:
+  """Seconds per call of `call()`, over `seconds` and at least `min_calls` calls."""
   latencies = []
   start = time.perf_counter()
   while time.perf_counter() - start < seconds or len(latencies) < min_calls:
     t = time.perf_counter()
-    serve(**features)
+    call()
     latencies.append(time.perf_counter() - t)
   return latencies
 
@@ -134,38 +140,57 @@ def authors_exports(work_dir: str, precisions) -> list:
   return paths
 
 
-def benchmark(path: str, batches, seconds: float, rounds: int = 5) -> list:
-  """One result per batch size for the export at `path`.
+#: How a call reaches the model: TF Serving's way, then a notebook's.
+WAYS = ("session", "python")
 
-  Each batch size is timed in `rounds` slices of `seconds / rounds`, and
-  the GEMM-only ceiling is read after every slice: on a shared machine whose
-  speed drifts within seconds, the calls and the ceiling then see the same
-  phases, and the fraction compares like with like.
+
+def benchmark(path: str, batches, seconds: float, rounds: int = 5) -> list:
+  """One result per batch size for the export at `path`, called both ways.
+
+  `session`: a `SavedModelSession` (TensorFlow's C++ loader and one
+  `Session::Run` per call, as TF Serving's server runs a model; no network).
+  `python`: the `serving_default` signature of `tf.saved_model.load`, as a
+  notebook calls it. Each batch size is timed in `rounds` slices of
+  `seconds / rounds` per way, alternating, and the GEMM-only ceiling is read
+  after every pair: on a shared machine whose speed drifts within seconds,
+  both ways and the ceiling then see the same phases.
   """
   serve = tf.saved_model.load(path).signatures["serving_default"]
+  session = SavedModelSession(path)
   rng = np.random.default_rng(0)
   ceiling = export_ceiling(path)
   results = []
   for batch in batches:
     features = request(path, batch, rng)
-    measure(serve, features, seconds=0.5)  # warm-up: tracing, allocation
-    latencies, ceilings = [], []
+    prepared = session.request(features)
+    calls = {"session": lambda: session.run(prepared), "python": lambda: serve(**features)}
+    by_session, by_python = calls["session"](), calls["python"]()
+    difference = max(float(np.abs(by_session[task] - by_python[task].numpy()).max(initial=0))
+                     for task in by_session)
+    for call in calls.values():
+      measure(call, seconds=0.5)  # warm-up: tracing, allocation
+    latencies, ceilings = {way: [] for way in WAYS}, []
     for _ in range(rounds):
-      # at least 20 calls in all, for a p99 worth the name however slow the machine is
-      latencies += measure(serve, features, seconds / rounds, min_calls=-(-20 // rounds))
+      for way in WAYS:
+        # at least 20 calls in all, for a p99 worth the name however slow the machine is
+        latencies[way] += measure(calls[way], seconds / rounds, min_calls=-(-20 // rounds))
       if ceiling is not None:
         ceilings.append(ceiling(batch))
-    latencies = np.array(latencies) * 1000.0
-    rate = batch * len(latencies) / (latencies.sum() / 1000)
-    results.append({"batch": batch, "calls": len(latencies),
-                    "p50_ms": round(float(np.percentile(latencies, 50)), 3),
-                    "p99_ms": round(float(np.percentile(latencies, 99)), 3),
-                    "examples_per_second": round(rate)})
+    result = {"batch": batch, "max_abs_difference": difference}
+    for way in WAYS:
+      ms = np.array(latencies[way]) * 1000.0
+      result[way] = {"calls": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 3),
+                     "p99_ms": round(float(np.percentile(ms, 99)), 3),
+                     "examples_per_second": round(batch * len(ms) / (ms.sum() / 1000))}
     if ceilings:
       gemm_only = float(np.median(ceilings))
-      results[-1]["gemm_only_examples_per_second"] = round(gemm_only)
-      results[-1]["gemm_only_readings"] = [round(c) for c in ceilings]
-      results[-1]["fraction_of_gemm_only"] = round(rate / gemm_only, 3)
+      result["gemm_only_examples_per_second"] = round(gemm_only)
+      result["gemm_only_readings"] = [round(c) for c in ceilings]
+      for way in WAYS:
+        result[way]["fraction_of_gemm_only"] = round(
+            result[way]["examples_per_second"] / gemm_only, 3)
+    results.append(result)
+  session.close()
   return results
 
 
@@ -196,13 +221,16 @@ def main() -> None:
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   with open(args.output, "w") as f:
     json.dump(report, f, indent=2)
-  print(f"{'model':<21} {'batch':>6} {'p50 ms':>9} {'p99 ms':>9} {'examples/s':>12} "
-        f"{'of GEMM-only':>13}")
+  print(f"{'':<29}{'C++ session (as TF Serving)':^44}  {'Python signature':^31}")
+  print(f"{'model':<21} {'batch':>6} {'p50 ms':>9} {'p99 ms':>9} {'examples/s':>11} "
+        f"{'of GEMM-only':>12}  {'p50 ms':>9} {'p99 ms':>9} {'examples/s':>11}")
   for export in report["exports"]:
     for r in export["results"]:
-      share = f"{r['fraction_of_gemm_only']:.1%}" if "fraction_of_gemm_only" in r else "-"
-      print(f"{export['name']:<21} {r['batch']:>6} {r['p50_ms']:>9.3f} {r['p99_ms']:>9.3f} "
-            f"{r['examples_per_second']:>12,} {share:>13}")
+      share = (f"{r['session']['fraction_of_gemm_only']:.1%}"
+               if "fraction_of_gemm_only" in r["session"] else "-")
+      cells = [f"{r[way]['p50_ms']:>9.3f} {r[way]['p99_ms']:>9.3f} "
+               f"{r[way]['examples_per_second']:>11,}" for way in WAYS]
+      print(f"{export['name']:<21} {r['batch']:>6} {cells[0]} {share:>12}  {cells[1]}")
   print(f"-> {args.output}")
 
 

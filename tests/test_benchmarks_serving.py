@@ -1,5 +1,5 @@
 """benchmarks/serving.py runs on an export, and on the authors' configuration, and reports
-latency for each batch size."""
+latency for each batch size, through the C++ session and the Python signature."""
 
 import json
 import os
@@ -25,10 +25,17 @@ def test_serving_benchmark_reports_latency_per_batch(trained_run, tmp_path):
   for export in exports:
     assert [r["batch"] for r in export["results"]] == [1, 64]
     for r in export["results"]:
-      assert 0 < r["p50_ms"] <= r["p99_ms"] and r["calls"] >= 20 and r["examples_per_second"] > 0
+      assert r["max_abs_difference"] < 1e-6  # both ways run the same graph on the same rows
+      for way in ("session", "python"):
+        timing = r[way]
+        assert 0 < timing["p50_ms"] <= timing["p99_ms"] and timing["calls"] >= 20
+        assert timing["examples_per_second"] > 0
   # the authors' STEM has a FLOP model, so a GEMM-only fraction; its forward pass is larger
   for authors in (exports[1]["results"], exports[2]["results"]):
-    assert all(0 < r["fraction_of_gemm_only"] for r in authors)
+    assert all(0 < r[way]["fraction_of_gemm_only"] for r in authors for way in ("session",
+                                                                              "python"))
     assert all(len(r["gemm_only_readings"]) == 2 for r in authors)  # one after each round
-    assert authors[1]["examples_per_second"] < exports[0]["results"][1]["examples_per_second"]
+    assert (authors[1]["session"]["examples_per_second"]
+            < exports[0]["results"][1]["session"]["examples_per_second"])
   assert not any(os.path.exists(e["saved_model"]) for e in exports[1:])  # temporary, removed
+  assert "C++ session (as TF Serving)" in result.stdout

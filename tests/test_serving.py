@@ -1,4 +1,5 @@
-"""What TF Serving relies on, proved with TensorFlow's own tools: signature, warmup, atomic export."""
+"""What TF Serving relies on, proved with TensorFlow's own tools (saved_model_cli, its C++
+loader): signature, warmup, atomic export."""
 
 import dataclasses
 import os
@@ -13,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from stem_tfrs.export import export_saved_model
+from stem_tfrs.serving.session import SavedModelSession
 from stem_tfrs.serving.warmup import WARMUP_FILE, read_warmup
 
 from conftest import REPO
@@ -156,3 +158,66 @@ def test_an_export_killed_midway_leaves_no_numeric_version(trained_run, tmp_path
     if name.isdigit():  # TF Serving would load it: it must be complete
       tf.saved_model.load(str(base / name))
   assert not [n for n in names if n.isdigit()]
+
+
+# TF Serving's own path: the C++ SavedModel loader and one Session::Run per request.
+
+def test_the_cpp_loader_serves_what_python_serves(trained_run):
+  schema = trained_run.model.schema
+  batch = raw_batch(schema)  # every fourth id unseen
+  expected = trained_run.model({k: tf.constant(v) for k, v in batch.items()})
+  with SavedModelSession(trained_run.export_path) as session:
+    assert session.input_names == sorted(schema.feature_names)
+    assert session.output_names == sorted(schema.tasks)
+    request = session.request(batch)
+    first, again = session.run(request), session.run(request)  # a request can be rerun
+    for task in schema.tasks:
+      assert first[task].dtype == np.float32 and first[task].shape == (16,)
+      np.testing.assert_allclose(first[task], expected[task].numpy(), rtol=0, atol=1e-5)
+      np.testing.assert_array_equal(again[task], first[task])
+    empty = session.predict({name: [] for name in session.input_names})
+    assert {task: p.shape for task, p in empty.items()} == {task: (0,) for task in schema.tasks}
+
+
+def test_warmup_requests_replay_through_the_cpp_loader(trained_run):
+  requests = read_warmup(os.path.join(trained_run.export_path, "assets.extra", WARMUP_FILE))
+  with SavedModelSession(trained_run.export_path) as session:
+    for request in requests:
+      p = session.predict(request)["finish"]
+      assert p.shape == (len(request["uid"]),) and ((p > 0) & (p < 1)).all()
+
+
+def test_a_bfloat16_export_loads_in_the_cpp_loader(trained_run, tmp_path):
+  schema = trained_run.model.schema
+  path = export_saved_model(trained_run.model, schema, str(tmp_path), "m", precision="bfloat16")
+  batch = raw_batch(schema)
+  expected = trained_run.model({k: tf.constant(v) for k, v in batch.items()})
+  with SavedModelSession(path) as session:
+    served = session.predict(batch)
+  for task in schema.tasks:
+    assert served[task].dtype == np.float32
+    np.testing.assert_allclose(served[task], expected[task].numpy(), rtol=0, atol=0.02)
+
+
+def test_the_cpp_session_refuses_bad_requests_and_exports_in_one_line(trained_run, tmp_path):
+  names = trained_run.model.schema.feature_names
+  good = {n: ["a", "b"] for n in names}
+  with SavedModelSession(trained_run.export_path) as session:
+    with pytest.raises(ValueError, match=r"inputs are \[.*\]; missing \['uid'\], not among "
+                                         r"them \['label'\]"):
+      session.request(dict({n: v for n, v in good.items() if n != "uid"}, label=[1, 0]))
+    with pytest.raises(ValueError, match="input 'uid' takes strings, got int64"):
+      session.request(dict(good, uid=np.array([1, 2])))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="serving inputs must have the same number of rows"):
+      session.predict(dict(good, uid=["a", "b", "c"]))
+    # the model's own shape check; in TF Serving's session the input's tensor is renamed
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"Shape of tensor _arg_serving_default_uid_\w* \[2,2\] is not "
+                             r"compatible with expected shape \[\?\]"):
+      session.predict(dict(good, uid=[["a", "b"], ["c", "d"]]))
+  with pytest.raises(tf.errors.NotFoundError, match=f"loading {tmp_path}: Could not find "
+                                                    "SavedModel"):
+    SavedModelSession(str(tmp_path))
+  with pytest.raises(KeyError, match="has no signature 'predict'; it has .*serving_default"):
+    SavedModelSession(trained_run.export_path, signature="predict")
