@@ -1,7 +1,8 @@
 """Local stand-ins for TF Serving's REST and gRPC front ends, on 127.0.0.1 only.
 
 They parse requests and format responses the way TF Serving does, and compute
-the answers with the real SavedModel. Tests only: they are not TF Serving.
+the answers with the real SavedModel in TensorFlow's C++ session, as TF Serving
+does. Tests only: they are not TF Serving.
 """
 
 import contextlib
@@ -16,24 +17,32 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from stem_tfrs.serving.session import SavedModelSession
+
 
 class Model:
-  """The SavedModel's serving_default, checking inputs as TF Serving does."""
+  """The SavedModel's serving_default in TensorFlow's C++ session, as TF Serving runs it.
+
+  Loaded by the C++ SavedModel loader (`SavedModelSession`); request values
+  are converted to the signature's dtypes, as TF Serving converts JSON.
+  """
 
   def __init__(self, path, name):
     self.name = name
-    self.serve = tf.saved_model.load(path).signatures["serving_default"]
-    _, self.inputs = self.serve.structured_input_signature
+    self.session = SavedModelSession(path)
+    self.dtypes = {n: tf.as_dtype(d).as_numpy_dtype for n, d in self.session.input_dtypes.items()}
 
   def __call__(self, columns):
-    missing = sorted(set(self.inputs) - set(columns))
-    extra = sorted(set(columns) - set(self.inputs))
+    missing = sorted(set(self.dtypes) - set(columns))
+    extra = sorted(set(columns) - set(self.dtypes))
     if missing or extra:
       raise ValueError(f"input keys do not match the signature: missing {missing}, "
                        f"unexpected {extra}")
-    outputs = self.serve(**{k: tf.constant(v, dtype=self.inputs[k].dtype)
-                            for k, v in columns.items()})
-    return {task: v.numpy() for task, v in outputs.items()}
+    try:
+      return self.session.predict({k: np.asarray(v, dtype=self.dtypes[k])
+                                   for k, v in columns.items()})
+    except tf.errors.OpError as e:  # the model refused the request: TF Serving's 400
+      raise ValueError(e.message) from e
 
 
 @contextlib.contextmanager
