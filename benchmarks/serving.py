@@ -156,42 +156,43 @@ def benchmark(path: str, batches, seconds: float, rounds: int = 5) -> list:
   both ways and the ceiling then see the same phases.
   """
   serve = tf.saved_model.load(path).signatures["serving_default"]
-  session = SavedModelSession(path)
   rng = np.random.default_rng(0)
   ceiling = export_ceiling(path)
-  results = []
-  for batch in batches:
-    features = request(path, batch, rng)
-    prepared = session.request(features)
-    calls = {"session": lambda: session.run(prepared), "python": lambda: serve(**features)}
-    by_session, by_python = calls["session"](), calls["python"]()
-    difference = max(float(np.abs(by_session[task] - by_python[task].numpy()).max(initial=0))
-                     for task in by_session)
-    for call in calls.values():
-      measure(call, seconds=0.5)  # warm-up: tracing, allocation
-    latencies, ceilings = {way: [] for way in WAYS}, []
-    for _ in range(rounds):
-      for way in WAYS:
-        # at least 20 calls in all, for a p99 worth the name however slow the machine is
-        latencies[way] += measure(calls[way], seconds / rounds, min_calls=-(-20 // rounds))
-      if ceiling is not None:
-        ceilings.append(ceiling(batch))
-    result = {"batch": batch, "max_abs_difference": difference}
+  with SavedModelSession(path) as session:
+    return [time_batch(serve, session, request(path, batch, rng), batch, ceiling, seconds, rounds)
+            for batch in batches]
+
+
+def time_batch(serve, session, features, batch: int, ceiling, seconds: float, rounds: int) -> dict:
+  """`benchmark`'s result for one batch of `features`."""
+  prepared = session.request(features)
+  calls = {"session": lambda: session.run(prepared), "python": lambda: serve(**features)}
+  by_session, by_python = calls["session"](), calls["python"]()
+  difference = max(float(np.abs(by_session[task] - by_python[task].numpy()).max(initial=0))
+                   for task in by_session)
+  for call in calls.values():
+    measure(call, seconds=0.5)  # warm-up: tracing, allocation
+  latencies, ceilings = {way: [] for way in WAYS}, []
+  for _ in range(rounds):
     for way in WAYS:
-      ms = np.array(latencies[way]) * 1000.0
-      result[way] = {"calls": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 3),
-                     "p99_ms": round(float(np.percentile(ms, 99)), 3),
-                     "examples_per_second": round(batch * len(ms) / (ms.sum() / 1000))}
-    if ceilings:
-      gemm_only = float(np.median(ceilings))
-      result["gemm_only_examples_per_second"] = round(gemm_only)
-      result["gemm_only_readings"] = [round(c) for c in ceilings]
-      for way in WAYS:
-        result[way]["fraction_of_gemm_only"] = round(
-            result[way]["examples_per_second"] / gemm_only, 3)
-    results.append(result)
-  session.close()
-  return results
+      # at least 20 calls in all, for a p99 worth the name however slow the machine is
+      latencies[way] += measure(calls[way], seconds / rounds, min_calls=-(-20 // rounds))
+    if ceiling is not None:
+      ceilings.append(ceiling(batch))
+  result = {"batch": batch, "max_abs_difference": difference}
+  for way in WAYS:
+    ms = np.array(latencies[way]) * 1000.0
+    result[way] = {"calls": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 3),
+                   "p99_ms": round(float(np.percentile(ms, 99)), 3),
+                   "examples_per_second": round(batch * len(ms) / (ms.sum() / 1000))}
+  if ceilings:
+    gemm_only = float(np.median(ceilings))
+    result["gemm_only_examples_per_second"] = round(gemm_only)
+    result["gemm_only_readings"] = [round(c) for c in ceilings]
+    for way in WAYS:
+      result[way]["fraction_of_gemm_only"] = round(
+          result[way]["examples_per_second"] / gemm_only, 3)
+  return result
 
 
 def main() -> None:

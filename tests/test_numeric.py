@@ -179,6 +179,7 @@ def test_logs_command_prepares_numeric_columns(tmp_path):
 
 def test_rest_and_grpc_clients_carry_numbers_and_missing_values(numeric_data, tmp_path):
   from stem_tfrs.serving.clients import GrpcClient, RestClient
+  from stem_tfrs.serving.session import SavedModelSession
   from standin_servers import Model, grpc_server, rest_server
   schema, _ = numeric_data
   model = build_model("mmoe", schema, tiny_model_config())
@@ -195,9 +196,15 @@ def test_rest_and_grpc_clients_carry_numbers_and_missing_values(numeric_data, tm
     client = GrpcClient(address, "mmoe")
     grpc = client.predict(batch)
     client.close()
+  with SavedModelSession(path) as session:  # numbers from strided (non-contiguous) arrays too
+    strided = {k: np.repeat(v, 2)[::2] if v.dtype == np.float32 else v for k, v in batch.items()}
+    assert not strided["views"].flags.c_contiguous
+    direct = session.predict(strided)
+    with pytest.raises(ValueError, match="input 'views' takes float32, got float64"):
+      session.request(dict(batch, views=batch["views"].astype(np.float64)))
   for task in schema.tasks:
-    np.testing.assert_allclose(rest[task], expected[task].numpy(), atol=1e-6)
-    np.testing.assert_allclose(grpc[task], expected[task].numpy(), atol=1e-6)
+    for served_probabilities in (rest, grpc, direct):
+      np.testing.assert_allclose(served_probabilities[task], expected[task].numpy(), atol=1e-6)
 
 
 def test_raw_values_stay_float32_under_a_mixed_policy(numeric_data):

@@ -206,8 +206,16 @@ def test_the_cpp_session_refuses_bad_requests_and_exports_in_one_line(trained_ru
     with pytest.raises(ValueError, match=r"inputs are \[.*\]; missing \['uid'\], not among "
                                          r"them \['label'\]"):
       session.request(dict({n: v for n, v in good.items() if n != "uid"}, label=[1, 0]))
-    with pytest.raises(ValueError, match="input 'uid' takes strings, got int64"):
+    with pytest.raises(ValueError, match="input 'uid' takes strings, got int 1"):
       session.request(dict(good, uid=np.array([1, 2])))
+    with pytest.raises(ValueError, match="input 'uid' takes strings, got NoneType None"):
+      session.request(dict(good, uid=["a", None]))  # a JSON null
+    request = session.request(good)
+  with pytest.raises(RuntimeError, match="is closed"):
+    session.run(request)
+  with SavedModelSession(trained_run.export_path) as session:
+    with pytest.raises(ValueError, match="made by another SavedModelSession"):
+      session.run(request)
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match="serving inputs must have the same number of rows"):
       session.predict(dict(good, uid=["a", "b", "c"]))
