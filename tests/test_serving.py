@@ -192,11 +192,14 @@ def test_a_bfloat16_export_loads_in_the_cpp_loader(trained_run, tmp_path):
   path = export_saved_model(trained_run.model, schema, str(tmp_path), "m", precision="bfloat16")
   batch = raw_batch(schema)
   expected = trained_run.model({k: tf.constant(v) for k, v in batch.items()})
+  in_python = tf.saved_model.load(path).signatures["serving_default"](
+      **{k: tf.constant(v) for k, v in batch.items()})
   with SavedModelSession(path) as session:
     served = session.predict(batch)
   for task in schema.tasks:
     assert served[task].dtype == np.float32
-    np.testing.assert_allclose(served[task], expected[task].numpy(), rtol=0, atol=0.02)
+    np.testing.assert_allclose(served[task], in_python[task].numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(served[task], expected[task].numpy(), rtol=0, atol=0.01)
 
 
 def test_the_cpp_session_refuses_bad_requests_and_exports_in_one_line(trained_run, tmp_path):

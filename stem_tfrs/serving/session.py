@@ -104,7 +104,7 @@ class Request:
   def __init__(self, session: "SavedModelSession", tensors: Sequence[int]):
     self.session = session
     self._tensors = (_P * len(tensors))(*tensors)
-    self._free = weakref.finalize(self, _delete_tensors, _c_api(), list(tensors))
+    self._free = weakref.finalize(self, _delete_tensors, session._lib, list(tensors))
 
 
 def _delete_tensors(lib: ctypes.CDLL, tensors: Sequence[int]) -> None:
