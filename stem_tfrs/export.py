@@ -11,12 +11,15 @@ Layout (what TF Serving's file-system source polls):
 `assets.extra/export.json` says what the weights are stored and multiplied in
 (`{"dtype_policy": "float32"}`; see `export_saved_model(precision=...)`).
 
-`<version>` is an integer: by default the current unix time in seconds, or one
-more than the largest existing version if that is not larger (and the next
-free one if another export takes it meanwhile), so a version is never reused.
+`<version>` is an integer from 1 to 2^63-1 (TF Serving parses versions as
+int64): by default the current unix time in seconds, or one more than the
+largest existing version if that is not larger (and the next free one if
+another export takes it meanwhile), so a version is never reused.
 The model is written under a non-numeric temporary sibling
-(`.tmp-...`, which TF Serving ignores) and renamed into place only once
-complete, so a server polling the base path never loads a half-written model.
+(`.tmp-<host>-<pid>-<version>`, which TF Serving ignores) and renamed into
+place only once complete, so a server polling the base path never loads a
+half-written model; one left by a killed export is removed by the next export
+to the same model directory (`files.remove_abandoned`), never a live one's.
 
 Signature `serving_default`: one input per raw feature column, named after the
 column, shape [None], dtype from the schema (tf.string for ids; float32 for a
@@ -33,10 +36,11 @@ import shutil
 import time
 from typing import Dict, List, Optional
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from stem_tfrs import checkpoints, data, models
+from stem_tfrs import checkpoints, data, files, models
 from stem_tfrs.config import EXPORT_PRECISIONS, ModelConfig
 from stem_tfrs.data import serving_input_signature
 from stem_tfrs.schema import PADDING, Schema, SchemaError
@@ -171,6 +175,20 @@ def export_run(run_dir: str, export_dir: str, version: Optional[int] = None,
                             extra_files={"config.json": config}, precision=precision)
 
 
+#: The largest version TF Serving can load: it parses version directories as int64.
+MAX_VERSION = 2**63 - 1
+#: Names the temporary sibling of a version being written (`files.temp_prefix`).
+TEMP_PREFIX = ".tmp-"
+
+
+def check_version(version) -> int:
+  """`version`, or a ValueError unless it is an integer from 1 to `MAX_VERSION`."""
+  if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+    raise ValueError(f"version {version}: an export version must be an integer from 1 to "
+                     f"{MAX_VERSION} (2^63-1; TF Serving reads versions as int64)")
+  return version
+
+
 def versions(base_dir: str) -> list:
   """The integer versions present under `base_dir`, ascending."""
   if not tf.io.gfile.isdir(base_dir):
@@ -191,7 +209,8 @@ def export_saved_model(model: tf.keras.Model, schema: Schema, export_dir: str,
     schema: The schema it was trained on (defines the serving inputs).
     export_dir: Base directory of exports.
     model_name: The model's name in TF Serving.
-    version: Integer version; default: unix time, or one past the largest.
+    version: Integer version, 1 to `MAX_VERSION`; default: unix time, or one
+      past the largest (see `_next_version`).
     extra_files: File name -> JSON content, written into `assets.extra/`
       (the schema is always written as `schema.json`).
     warmup_batches: Raw-feature batches for TF Serving's warmup file
@@ -202,28 +221,29 @@ def export_saved_model(model: tf.keras.Model, schema: Schema, export_dir: str,
 
   Raises:
     FileExistsError: `version` is given and already exported.
-    ValueError: `precision` is not one of `EXPORT_PRECISIONS`.
+    ValueError: `version` is outside 1 to `MAX_VERSION`; `precision` is not
+      one of `EXPORT_PRECISIONS`.
   """
   model = with_precision(model, precision)
   base = os.path.join(export_dir, model_name)
   chosen = version is None
   if chosen:
     version = _next_version(base)
-  elif version < 0:
-    raise ValueError(f"version must be a non-negative integer, got {version}")
-  elif version in versions(base):
+  elif check_version(version) in versions(base):
     raise FileExistsError(f"version {version} already exists in {base}")
-  tmp = os.path.join(base, f".tmp-{version}-{os.getpid()}")
   tf.io.gfile.makedirs(base)
+  for path in files.remove_abandoned(base, TEMP_PREFIX):
+    logging.info("removed %s, left by an export that was killed", path)
+  tmp = os.path.join(base, files.temp_prefix(TEMP_PREFIX) + str(version))
   try:
     module = _ServingModule(model, schema)
     with checkpoints.without_optimizer(model):
       tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
     extra = os.path.join(tmp, "assets.extra")
     tf.io.gfile.makedirs(extra)
-    files = {"schema.json": schema.to_json(),
-             "export.json": {"dtype_policy": model.dtype_policy.name}, **(extra_files or {})}
-    for name, content in files.items():
+    written = {"schema.json": schema.to_json(),
+               "export.json": {"dtype_policy": model.dtype_policy.name}, **(extra_files or {})}
+    for name, content in written.items():
       with tf.io.gfile.GFile(os.path.join(extra, name), "w") as f:
         f.write(json.dumps(content, indent=2) + "\n")
     if warmup_batches is None:
@@ -245,5 +265,21 @@ def export_saved_model(model: tf.keras.Model, schema: Schema, export_dir: str,
 
 
 def _next_version(base: str) -> int:
-  """The current unix time, or one past the largest version in `base` if that is not larger."""
-  return max([int(time.time())] + [v + 1 for v in versions(base)])
+  """The current unix time, or one past the largest version in `base` if that is not larger.
+
+  Version directories beyond `MAX_VERSION` (TF Serving cannot load them; older
+  code wrote them for an oversized --version) are ignored when choosing, with
+  a warning naming them: the result is never beyond `MAX_VERSION`.
+
+  Raises:
+    ValueError: `base` holds version `MAX_VERSION` itself: none is left above it.
+  """
+  present = versions(base)
+  beyond = [v for v in present if v > MAX_VERSION]
+  if beyond:
+    logging.warning("ignoring %s in %s: beyond 2^63-1, TF Serving cannot load them",
+                    ", ".join(map(str, beyond)), base)
+  if MAX_VERSION in present:
+    raise ValueError(f"{base}: version {MAX_VERSION} exists (2^63-1, the largest TF Serving "
+                     "loads): no version is left above it; give --version")
+  return max([int(time.time())] + [v + 1 for v in present if v <= MAX_VERSION])

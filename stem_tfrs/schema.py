@@ -35,7 +35,8 @@ exported SavedModel takes the same raw ids a serving request carries.
      "rows_per_record": 64,
      "splits": {"train": ["train-00000-of-00004.tfrecord", ...], ...}}
 
-Paths inside the schema are relative to the schema's directory.
+Paths inside the schema are relative to the schema's directory, and must resolve
+(symlinks included) inside it: `Schema.load` refuses any other.
 """
 
 from __future__ import annotations
@@ -266,6 +267,31 @@ class Schema:
     """Absolute path of a file named relative to the schema's directory."""
     return os.path.join(self.directory, relative)
 
+  def check_paths_inside(self, schema_file: str) -> None:
+    """A SchemaError unless every path the schema names lies inside its directory.
+
+    Vocabulary files and shard names are resolved (symlinks included, with
+    `os.path.realpath`) against `directory`: an absolute path, a `../` path or
+    a symlink leading elsewhere would let a data set pull any file the
+    process can read into an export's assets, or train on it.
+
+    Args:
+      schema_file: The schema.json the paths come from (for the message).
+    """
+    root = os.path.realpath(self.directory)
+    named = [(f"feature '{f.name}'", "vocabulary file", f.vocabulary_file)
+             for f in self.features if f.vocabulary_file is not None]
+    named += [(f"split '{split}'", "shard", shard)
+              for split, shards in self.splits.items() for shard in shards]
+    for owner, kind, relative in named:
+      if not isinstance(relative, str) or not relative:
+        raise SchemaError(f"{schema_file}: {owner} names {kind} {relative!r}, not a path")
+      resolved = os.path.realpath(os.path.join(root, relative))
+      if os.path.commonpath([root, resolved]) != root:
+        raise SchemaError(f"{schema_file}: {kind} '{relative}' of {owner} resolves to "
+                          f"{resolved}, outside the data directory {root}: paths in "
+                          f"{SCHEMA_FILE} must stay inside the data set's directory")
+
   def shard_paths(self, split: str) -> List[str]:
     """Absolute shard paths of `split`; a clear error if there are none."""
     if not self.splits.get(split):
@@ -329,6 +355,7 @@ class Schema:
     except json.JSONDecodeError as e:
       raise SchemaError(f"{path} is not valid JSON: {e}")
     schema = cls.from_json(data, directory=os.path.abspath(data_dir))
+    schema.check_paths_inside(path)
     for feature in schema.features:
       if feature.vocabulary_file and not os.path.isfile(
           schema.path(feature.vocabulary_file)):

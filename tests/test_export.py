@@ -117,7 +117,7 @@ def test_an_export_whose_version_is_taken_meanwhile_takes_the_next_one(trained_r
   def racing_write_warmup(path, batches, model_name):
     write_warmup(path, batches, model_name)
     (tmp_dir,) = [n for n in os.listdir(tmp_path / "m") if n.startswith(".tmp-")]
-    taken = tmp_path / "m" / tmp_dir.split("-")[1]
+    taken = tmp_path / "m" / tmp_dir.rsplit("-", 1)[1]  # .tmp-<host>-<pid>-<version>
     taken.mkdir()
     (taken / "saved_model.pb").write_bytes(b"the other export")
 
@@ -248,3 +248,60 @@ def test_every_architecture_has_a_bfloat16_copy_that_predicts_alike(tiny_data, n
   for task in schema.tasks:
     assert got[task].dtype == tf.float32
     np.testing.assert_allclose(got[task].numpy(), want[task].numpy(), rtol=0, atol=0.02)
+
+
+MAX_VERSION = 2**63 - 1  # TF Serving parses versions as int64
+
+
+@pytest.mark.parametrize("version", [0, -1, MAX_VERSION + 1, 99999999999999999999])
+def test_versions_outside_1_to_2_63_minus_1_are_refused(trained_run, tmp_path, version):
+  model, schema = trained_run.model, trained_run.model.schema
+  with pytest.raises(ValueError, match=rf"version {version}: .*1 to {MAX_VERSION}"):
+    export_saved_model(model, schema, str(tmp_path), "m", version=version)
+  assert not (tmp_path / "m").exists() or not os.listdir(tmp_path / "m")
+
+
+def test_the_default_version_ignores_versions_beyond_int64(tmp_path):
+  from stem_tfrs.export import _next_version
+  (tmp_path / "m" / "99999999999999999999").mkdir(parents=True)
+  (tmp_path / "m" / "5").mkdir()
+  version = _next_version(str(tmp_path / "m"))
+  assert 5 < version <= MAX_VERSION
+  (tmp_path / "m" / str(MAX_VERSION)).mkdir()  # no version left above it
+  with pytest.raises(ValueError, match=rf"{tmp_path / 'm'}: version {MAX_VERSION} exists"):
+    _next_version(str(tmp_path / "m"))
+
+
+def test_export_command_refuses_a_version_beyond_int64_in_one_line(trained_run, tmp_path):
+  from test_main import assert_clean_error, main_py
+  result = main_py("export", f"--run_dir={trained_run.run_dir}", f"--export_dir={tmp_path}",
+                   "--version=99999999999999999999", cwd=tmp_path)
+  assert_clean_error(result, r"--version=99999999999999999999: .*1 to 9223372036854775807")
+  assert not (tmp_path / "stem").exists()
+
+
+def dead_pid():
+  process = subprocess.Popen([sys.executable, "-c", "pass"])
+  process.wait()
+  return process.pid
+
+
+def test_an_export_removes_temporaries_of_dead_exports_and_keeps_live_ones(trained_run,
+                                                                         tmp_path):
+  import socket
+  host = socket.gethostname()
+  base = tmp_path / "m"
+  base.mkdir()
+  live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    dead = base / f".tmp-{host}-{dead_pid()}-1700000000"
+    alive = base / f".tmp-{host}-{live.pid}-1700000001"
+    for path in (dead, alive):
+      (path / "variables").mkdir(parents=True)
+      (path / "saved_model.pb").write_bytes(b"half written")
+    path = export_saved_model(trained_run.model, trained_run.model.schema, str(tmp_path), "m",
+                              warmup_batches=[])
+    assert sorted(os.listdir(base)) == sorted([alive.name, os.path.basename(path)])
+  finally:
+    live.kill()
+    live.wait()

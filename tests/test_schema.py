@@ -67,3 +67,47 @@ def test_feature_needs_exactly_one_of_vocabulary_and_hashing():
     CategoricalFeature("x", vocabulary_file="v.txt", hash_buckets=3)
   with pytest.raises(SchemaError, match="dtype 'float'"):
     CategoricalFeature("x", dtype="float", hash_buckets=3)
+
+
+def schema_naming(tmp_path, vocabulary_file="vocab/uid.txt", shard="train-0.tfrecord"):
+  """A data directory `tmp_path/data` whose schema.json names these paths."""
+  data = tmp_path / "data"
+  (data / "vocab").mkdir(parents=True)
+  (data / "vocab" / "uid.txt").write_text("a\nb\n")
+  (tmp_path / "outside.txt").write_text("root:x:0:0\n")
+  (data / "schema.json").write_text(json.dumps({
+      "features": [{"name": "uid", "vocabulary_file": vocabulary_file, "vocabulary_size": 2}],
+      "labels": ["click"], "splits": {"train": [shard]}}))
+  return data
+
+
+@pytest.mark.parametrize("where", ["absolute", "parent", "symlink"])
+def test_a_vocabulary_file_outside_the_data_directory_is_refused(tmp_path, where):
+  outside = tmp_path / "outside.txt"
+  name = {"absolute": str(outside), "parent": "../outside.txt", "symlink": "vocab/link.txt"}[where]
+  data = schema_naming(tmp_path, vocabulary_file=name)
+  (data / "vocab" / "link.txt").symlink_to(outside)
+  with pytest.raises(SchemaError) as error:
+    Schema.load(str(data))
+  message = str(error.value)
+  assert str(data / "schema.json") in message and "feature 'uid'" in message
+  assert re.search(rf"'{re.escape(name)}'.*outside the data directory", message), message
+
+
+@pytest.mark.parametrize("where", ["absolute", "parent", "symlink"])
+def test_a_shard_outside_the_data_directory_is_refused(tmp_path, where):
+  outside = tmp_path / "outside.txt"
+  name = {"absolute": str(outside), "parent": "../outside.txt", "symlink": "link.tfrecord"}[where]
+  data = schema_naming(tmp_path, shard=name)
+  (data / "link.tfrecord").symlink_to(outside)
+  with pytest.raises(SchemaError) as error:
+    Schema.load(str(data))
+  message = str(error.value)
+  assert str(data / "schema.json") in message and "split 'train'" in message
+  assert re.search(rf"'{re.escape(name)}'.*outside the data directory", message), message
+
+
+def test_paths_inside_the_data_directory_load_through_a_symlinked_directory(tmp_path):
+  data = schema_naming(tmp_path)
+  (tmp_path / "alias").symlink_to(data)
+  assert Schema.load(str(tmp_path / "alias")).features[0].vocabulary_file == "vocab/uid.txt"
