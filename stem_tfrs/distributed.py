@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 from typing import Dict
 
 from absl import logging
@@ -185,17 +186,69 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
           or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0))
 
 
-def run_server() -> None:
+#: What TensorFlow's gRPC server exposes, said when `server` refuses to start and when it starts.
+EXPOSURE = ("TensorFlow's gRPC server listens on 0.0.0.0:{port} (every interface of this "
+            "machine) whatever host TF_CONFIG names ({host}), and runs any graph sent to it, "
+            "without authentication or TLS: any process that reaches the port can read and "
+            "write every file this process can")
+
+
+def _is_local_host(host: str) -> bool:
+  """Whether `host` resolves only to addresses of this machine (loopback included).
+
+  An address is this machine's when a socket can be bound to it: the kernel
+  refuses to bind an address no local interface holds.
+  """
+  try:
+    infos = socket.getaddrinfo(host.strip("[]"), None, proto=socket.IPPROTO_TCP)
+  except (socket.gaierror, UnicodeError):
+    return False
+  for family, _, _, _, address in infos:
+    try:
+      with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((address[0], 0) + tuple(address[2:]))
+    except OSError:
+      return False
+  return bool(infos)
+
+
+def run_server(listen_on_all_interfaces: bool = False) -> None:
   """Serves this process's task of TF_CONFIG (a parameter-server "worker" or "ps") until killed.
 
+  TensorFlow's gRPC server cannot be bound to one interface: TensorFlow
+  (2.21's grpc_server_lib.cc) listens on `0.0.0.0:<port>` whatever host
+  TF_CONFIG names, and the server runs any graph sent to it, without
+  authentication. So the server starts only when the caller acknowledges
+  that (`listen_on_all_interfaces`), logging one warning that says it, and
+  only for a host that is an address of this machine (a TF_CONFIG naming
+  another machine's address is a mistake: the cluster would never reach this
+  process there). docs/distributed.md says how to keep the port private.
+
+  Args:
+    listen_on_all_interfaces: The caller knows that the port is open on every
+      interface and has kept it on a private network.
+
   Raises:
-    ConfigError: TF_CONFIG is missing, or names another task type.
+    ConfigError: TF_CONFIG is missing, names another task type, or a host that
+      is not this machine's; or `listen_on_all_interfaces` is not set.
   """
   resolver = cluster_resolver()
   if resolver.task_type not in ("worker", "ps"):
     raise ConfigError(f"`server` runs the 'worker' and 'ps' tasks of a parameter-server "
                       f"cluster; TF_CONFIG says this is task '{resolver.task_type}' (the "
                       "chief runs `train --strategy=parameter_server`)")
+  address = _task_address(resolver)
+  host, _, port = address.rpartition(":")
+  exposure = EXPOSURE.format(port=port, host=host)
+  if not listen_on_all_interfaces:
+    raise ConfigError(f"--listen_on_all_interfaces is not set: {exposure}. Keep the port on "
+                      "a private network (see docs/distributed.md), then pass "
+                      "--listen_on_all_interfaces to start it")
+  if not _is_local_host(host):
+    raise ConfigError(f"TF_CONFIG names {address} for task {resolver.task_type} "
+                      f"{resolver.task_id}, but {host} is not an address of this machine: "
+                      "give each task the address of the machine it runs on")
+  logging.warning("%s; keep port %s on a private network (docs/distributed.md)", exposure, port)
   # Fail over to the coordinator quickly when a peer dies (TensorFlow's recipe).
   os.environ.setdefault("GRPC_FAIL_FAST", "use_caller")
   server = tf.distribute.Server(

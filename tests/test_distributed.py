@@ -143,7 +143,7 @@ def start_parameter_server_cluster(cluster_factory, tiny_data, run_dir, export_d
   cluster = cluster_factory({"chief": address[:1], "worker": address[1:3], "ps": address[3:]})
   for task_type, count in (("ps", 2), ("worker", 2)):
     for i in range(count):
-      cluster.start(task_type, i, ["server"])
+      cluster.start(task_type, i, ["server", "--listen_on_all_interfaces"])
   cluster.start("chief", 0, train_args(tiny_data, run_dir, export_dir,
                                        "--strategy=parameter_server", *extra))
   return cluster
@@ -271,3 +271,59 @@ def test_workers_given_different_settings_all_stop_and_say_which(
         "error: the workers of the cluster were given different settings "
         "(train_config.batch_size): start every worker with the same flags and data")
   assert not (run_dir / "config.json").exists()
+
+
+def connects(port):
+  """Whether something accepts TCP connections on 127.0.0.1:port."""
+  with socket.socket() as s:
+    s.settimeout(1)
+    return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_server_refuses_to_start_without_acknowledging_that_it_listens_on_every_interface(
+    cluster_factory):
+  (port,) = free_ports(1)
+  cluster = cluster_factory({"chief": ["127.0.0.1:1"], "ps": [f"127.0.0.1:{port}"]})
+  process = cluster.start("ps", 0, ["server"])
+  deadline = time.time() + 90
+  while process.poll() is None and time.time() < deadline:
+    assert not connects(port), f"the server listens on port {port}:\n{cluster.log('ps0')}"
+    time.sleep(0.2)
+  assert process.poll() == 1, cluster.log("ps0")
+  assert not connects(port)
+  lines = cluster.log("ps0").strip().splitlines()  # TensorFlow's start-up lines, then ours
+  assert "Traceback" not in cluster.log("ps0"), lines
+  assert [line for line in lines if line.startswith("error:")] == lines[-1:], lines
+  assert re.fullmatch(
+      rf"error: --listen_on_all_interfaces is not set: TensorFlow's gRPC server listens on "
+      rf"0\.0\.0\.0:{port} .*whatever host TF_CONFIG names \(127\.0\.0\.1\).* runs any graph "
+      rf"sent to it, without authentication.*docs/distributed\.md.*", lines[-1]), lines[-1]
+
+
+def test_server_with_the_flag_warns_once_that_it_listens_on_every_interface(cluster_factory):
+  (port,) = free_ports(1)
+  cluster = cluster_factory({"chief": ["127.0.0.1:1"], "ps": [f"127.0.0.1:{port}"]})
+  process = cluster.start("ps", 0, ["server", "--listen_on_all_interfaces"])
+  deadline = time.time() + 90
+  while not connects(port) and process.poll() is None and time.time() < deadline:
+    time.sleep(0.2)
+  assert process.poll() is None and connects(port), cluster.log("ps0")
+  warnings = [line for line in cluster.log("ps0").splitlines() if "0.0.0.0" in line]
+  assert len(warnings) == 1 and warnings[0].startswith("W"), cluster.log("ps0")
+  assert re.search(rf"listens on 0\.0\.0\.0:{port} .*127\.0\.0\.1.*without authentication",
+                   warnings[0]), warnings[0]
+
+
+def test_server_refuses_a_host_that_is_not_this_machine(cluster_factory):
+  (port,) = free_ports(1)
+  cluster = cluster_factory({"chief": ["127.0.0.1:1"], "ps": [f"192.0.2.1:{port}"]})
+  process = cluster.start("ps", 0, ["server", "--listen_on_all_interfaces"])
+  try:
+    code = process.wait(timeout=90)
+  except subprocess.TimeoutExpired:
+    pytest.fail(f"the server started for another machine's address:\n{cluster.log('ps0')}")
+  assert code == 1
+  last = cluster.log("ps0").strip().splitlines()[-1]
+  assert re.fullmatch(rf"error: TF_CONFIG names 192\.0\.2\.1:{port} for task ps 0, but "
+                      r"192\.0\.2\.1 is not an address of this machine.*", last), last
+  assert not connects(port)

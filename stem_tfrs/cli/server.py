@@ -1,22 +1,36 @@
 """`python main.py server`: a worker or parameter server of a parameter-server cluster.
 
-    TF_CONFIG='{"cluster": {...}, "task": {"type": "ps", "index": 0}}' python main.py server
+    TF_CONFIG='{"cluster": {...}, "task": {"type": "ps", "index": 0}}' \
+        python main.py server --listen_on_all_interfaces
 
 Runs TensorFlow's gRPC server for the task TF_CONFIG names until the process is
 stopped; the chief (`python main.py train --strategy=parameter_server`) sends
-it variables and work. See docs/distributed.md.
+it variables and work. TensorFlow's gRPC server listens on every interface
+whatever host TF_CONFIG names, and runs any graph sent to it without
+authentication: `server` refuses to start without --listen_on_all_interfaces,
+which says the port is kept on a private network. See docs/distributed.md.
 """
 
 from __future__ import annotations
 
 from typing import List
 
+from absl import flags
+
 from stem_tfrs import distributed
 from stem_tfrs.cli.errors import one_line_errors
+
+
+flags.DEFINE_bool("listen_on_all_interfaces", False, "server: start although TensorFlow's gRPC "
+                  "server listens on 0.0.0.0:PORT (every interface), whatever host TF_CONFIG "
+                  "names, and runs any graph sent to it without authentication; keep the "
+                  "port on a private network (docs/distributed.md).")
+
+FLAGS = flags.FLAGS
 
 
 @one_line_errors
 def run(argv: List[str]) -> int:
   del argv
-  distributed.run_server()
+  distributed.run_server(listen_on_all_interfaces=FLAGS.listen_on_all_interfaces)
   return 0
