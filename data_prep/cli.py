@@ -7,8 +7,10 @@ import sys
 from typing import Callable, List, Optional, Tuple
 
 from absl import app, flags
+import tensorflow as tf
 
 from data_prep.writer import ROWS_PER_RECORD, BadRows
+from stem_tfrs.errors import first_line
 
 
 #: The flags of `--dataset=logs` (your own logs), passed to `prepare_logs` as they are named.
@@ -110,8 +112,9 @@ def prepare(name: str, seed: Optional[int]) -> int:
         seed=loader.seed if seed is None else seed, tasks=FLAGS.tasks or loader.tasks,
         rows_per_record=FLAGS.rows_per_record,
         **{n: FLAGS[n].value for n in loader.own_flags})
-  except (ValueError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (ValueError, OSError, tf.errors.OpError) as e:
+    message = first_line(e.message) if isinstance(e, tf.errors.OpError) else e
+    print(f"error: {message}", file=sys.stderr)
     if bad_rows.total:
       print(bad_rows.summary(), file=sys.stderr)
     return 1

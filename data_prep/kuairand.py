@@ -38,7 +38,8 @@ import pandas as pd
 
 from data_prep.readers import (ENCODING, check_file, check_unique_ids, decode_error,
                                read_delimited)
-from data_prep.writer import ROWS_PER_RECORD, BadRows, Chunk, DataError, check_tasks, prepare
+from data_prep.writer import (ROWS_PER_RECORD, BadRows, Chunk, DataError, check_out, check_tasks,
+                              prepare)
 
 STANDARD_LOGS = ["log_standard_4_08_to_4_21_1k.csv", "log_standard_4_22_to_5_08_1k.csv"]
 RANDOM_LOG = "log_random_4_22_to_5_08_1k.csv"
@@ -99,6 +100,7 @@ def prepare_kuairand(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_COU
                      rows_per_record: int = ROWS_PER_RECORD) -> dict:
   """Prepares KuaiRand-1K from directory `raw` in `out_dir`; returns the stats."""
   tasks = check_tasks("KuaiRand", tasks or TASKS, LABEL_COLUMNS)
+  check_out(out_dir, overwrite, inputs=[raw])  # before reading the feature tables
   if not os.path.isdir(raw):
     raise DataError(f"--raw {raw} is not a directory holding the KuaiRand-1K CSVs")
   bad_rows = bad_rows if bad_rows is not None else BadRows()
@@ -122,7 +124,7 @@ def prepare_kuairand(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_COU
   return prepare(chunks, features=FEATURES, labels=tasks, group_column="user_id",
                  out_dir=out_dir, min_count=min_count, seed=seed, split=DateSplit(),
                  overwrite=overwrite, bad_rows=bad_rows, multivalent={"tag": ","},
-                 rows_per_record=rows_per_record)
+                 rows_per_record=rows_per_record, inputs=[raw])
 
 
 if __name__ == "__main__":

@@ -204,7 +204,8 @@ def prepare_logs(raw: str, out_dir: str, *, features: Sequence[str], tasks: Sequ
   return prepare(chunks, features=features, labels=tasks, group_column=group_column,
                  out_dir=out_dir, min_count=min_count, seed=seed, split=split,
                  overwrite=overwrite, bad_rows=bad_rows, multivalent=multivalent,
-                 rows_per_record=rows_per_record, numeric=numeric, log1p=list(log1p or []))
+                 rows_per_record=rows_per_record, numeric=numeric, log1p=list(log1p or []),
+                 inputs=[raw, *files])
 
 
 def _drop_unsplittable(chunk: Chunk, split: TimeSplit, bad_rows: BadRows) -> Chunk:

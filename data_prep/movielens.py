@@ -36,7 +36,7 @@ import pandas as pd
 
 from data_prep.readers import check_unique_ids, read_delimited
 from data_prep.writer import (ROWS_PER_RECORD, BadRows, Chunk, DataError, ExactSplit,
-                              check_tasks, prepare)
+                              check_out, check_tasks, prepare)
 
 FEATURES = ["user_id", "item_id", "age", "gender", "occupation", "release_year", "genres"]
 TASKS = ("click", "like")
@@ -182,6 +182,7 @@ def prepare_movielens(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_CO
                       rows_per_record: int = ROWS_PER_RECORD) -> dict:
   """Prepares ML-100K or ML-1M from directory `raw` in `out_dir`; returns the stats."""
   tasks = check_tasks("MovieLens", tasks or TASKS, TASKS)
+  check_out(out_dir, overwrite, inputs=[raw])  # before the rows are built
   if not os.path.isdir(raw):
     raise DataError(f"--raw {raw} is not a directory holding the ML-100K or ML-1M files")
   bad_rows = bad_rows if bad_rows is not None else BadRows()
@@ -193,7 +194,7 @@ def prepare_movielens(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_CO
       features=FEATURES, labels=tasks, group_column="user_id", out_dir=out_dir,
       min_count=min_count, seed=seed, split=ExactSplit(test=0.1, valid_of_rest=1 / 9),
       overwrite=overwrite, bad_rows=bad_rows, multivalent={"genres": "|"},
-      rows_per_record=rows_per_record)
+      rows_per_record=rows_per_record, inputs=[raw])
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def prepare_qkvideo(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_COUN
                              chunk_rows=chunk_rows),
       features=FEATURES, labels=tasks, group_column="user_id", out_dir=out_dir,
       min_count=min_count, seed=seed, split=ExactSplit(test=0.1, valid_of_rest=1 / 9),
-      overwrite=overwrite, bad_rows=bad_rows, rows_per_record=rows_per_record)
+      overwrite=overwrite, bad_rows=bad_rows, rows_per_record=rows_per_record, inputs=[raw])
 
 
 if __name__ == "__main__":

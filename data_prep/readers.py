@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import os
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
@@ -61,6 +61,9 @@ def read_delimited(path: str, *, sep: str, columns: Optional[Sequence[str]] = No
   row ("wrong column count"): reported to `bad_rows` with its line number and
   skipped. Blank lines are skipped silently. A field may be quoted as CSV
   writers quote it (`"Hello, world"`); a quoted field cannot span lines.
+  Lines end at a line feed (LF or CRLF); a carriage return anywhere else in a
+  line makes it a bad row ("line break inside a field"), as a value holding
+  a line break cannot be a vocabulary entry.
 
   Args:
     path: The file.
@@ -80,6 +83,20 @@ def read_delimited(path: str, *, sep: str, columns: Optional[Sequence[str]] = No
     raise decode_error(path, encoding) from None
 
 
+def _parse_line(line: str, sep: str, width: int
+                ) -> Tuple[Optional[List[str]], Optional[Tuple[str, str]]]:
+  """A line's `width` fields, or None and why: (kind, detail) of a bad row, or None if blank."""
+  text = line.rstrip("\r\n")
+  if "\r" in text:
+    return None, ("line break inside a field", "a carriage return inside the line")
+  fields = _split_line(text, sep)
+  if len(fields) == width:
+    return fields, None
+  if text.strip():
+    return None, ("wrong column count", f"{len(fields)} fields, expected {width}")
+  return None, None
+
+
 def _split_line(line: str, sep: str) -> List[str]:
   """A line's fields. One holding a double quote is read as CSV quoting is written
   (`"a, b"` is one field, `""` a quote), for one-character separators."""
@@ -90,7 +107,7 @@ def _split_line(line: str, sep: str) -> List[str]:
 
 
 def _read_lines(path, sep, columns, required, bad_rows, chunk_rows, encoding):
-  with open(path, encoding=encoding, newline="") as f:
+  with open(path, encoding=encoding, newline="\n") as f:  # a bare CR does not end a line
     first_line = 1
     if columns is None:
       columns = _split_line(f.readline(), sep)
@@ -109,15 +126,10 @@ def _read_lines(path, sep, columns, required, bad_rows, chunk_rows, encoding):
         break
       rows = []
       for offset, line in enumerate(lines):
-        fields = _split_line(line, sep)
-        if len(fields) == width:
-          rows.append(fields)
-        elif line.strip():
-          bad_rows.add("wrong column count", path, first_line + offset,
-                        f"{len(fields)} fields, expected {width}")
-          rows.append(None)
-        else:
-          rows.append(None)
+        fields, problem = _parse_line(line, sep, width)
+        if problem:
+          bad_rows.add(problem[0], path, first_line + offset, problem[1])
+        rows.append(fields)
       frame = pd.DataFrame([r for r in rows if r is not None], columns=columns, dtype=object)
       frame.index = [first_line + i for i, r in enumerate(rows) if r is not None]
       yield Chunk(frame, source=path)

@@ -14,14 +14,21 @@ makes two passes over the stream and never holds more than one chunk:
    `tf.train.Example` blocks of `rows_per_record` rows of raw values,
    counting rows and positives per split.
 
-The data set is written to a hidden temporary sibling of `out_dir` and renamed
-into place only when complete, so a failed run leaves nothing that training
-could mistake for a prepared data set.
+The data set is written to a hidden temporary sibling of `out_dir`, named after
+the process that writes it (`stem_tfrs.files.temp_prefix`; a later run removes
+those of killed runs), and renamed into place only when complete, so a failed
+run (a full disk included: one error naming `out_dir`) leaves nothing that
+training could mistake for a prepared data set. An existing `out_dir` is
+replaced only when asked to, and only if it is a prepared data set holding
+none of the raw inputs (`check_out`): never a file, the working directory or a
+directory above it.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -35,6 +42,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from stem_tfrs.errors import first_line
+from stem_tfrs.files import remove_abandoned, temp_prefix
 from stem_tfrs.schema import (SPLITS, STATS_FILE, CategoricalFeature, NumericFeature, Schema,
                               check_column_names, check_task_names, read_numbers,
                               row_lengths_key)
@@ -62,7 +71,10 @@ EXAMPLES_PER_KIND = 5
 
 
 class BadRows:
-  """Counts malformed rows per kind and keeps the first few of each, with file and line.
+  """Counts malformed rows per kind and keeps the earliest few of each, with file and line.
+
+  Earliest: by file (in the order files first report a bad row), then line,
+  whichever column or reader reports a row, and in whatever order.
 
   Bad rows are skipped; in strict mode the first one raises `DataError`
   instead. The writer reads its input twice, and counts during the first pass
@@ -73,6 +85,8 @@ class BadRows:
     self.strict = strict
     self.counts: Dict[str, int] = collections.Counter()
     self.examples: Dict[str, List[str]] = collections.defaultdict(list)
+    self._example_lines: Dict[str, List[Tuple[int, int]]] = collections.defaultdict(list)
+    self._sources: Dict[str, int] = {}
     self._frozen = False
 
   def add(self, kind: str, source: str, line: int, detail: str) -> None:
@@ -82,8 +96,16 @@ class BadRows:
     if self._frozen:
       return
     self.counts[kind] += 1
-    if len(self.examples[kind]) < EXAMPLES_PER_KIND:
-      self.examples[kind].append(where)
+    self._keep_example(kind, (self._sources.setdefault(source, len(self._sources)), line), where)
+
+  def _keep_example(self, kind: str, key: Tuple[int, int], where: str) -> None:
+    """Keeps `where` among the `EXAMPLES_PER_KIND` earliest of `kind`, by (file, line) `key`."""
+    keys, examples = self._example_lines[kind], self.examples[kind]
+    at = bisect.bisect_right(keys, key)
+    if at < EXAMPLES_PER_KIND:
+      keys.insert(at, key)
+      examples.insert(at, where)
+      del keys[EXAMPLES_PER_KIND:], examples[EXAMPLES_PER_KIND:]
 
   def freeze(self) -> None:
     self._frozen = True
@@ -97,7 +119,7 @@ class BadRows:
             "by_kind": {k: {"rows": n, "first": self.examples[k]} for k, n in self.counts.items()}}
 
   def first(self) -> str:
-    """The first bad row of the most common kind, as "kind: where"."""
+    """The earliest bad row of the most common kind, as "kind: where"."""
     kind = max(self.counts, key=self.counts.get)
     return f"{kind}: {self.examples[kind][0]}"
 
@@ -201,7 +223,7 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
             bad_rows: Optional[BadRows] = None,
             multivalent: Optional[Dict[str, str]] = None,
             rows_per_record: int = ROWS_PER_RECORD, numeric: Sequence[str] = (),
-            log1p: Sequence[str] = ()) -> dict:
+            log1p: Sequence[str] = (), inputs: Sequence[str] = ()) -> dict:
   """Writes a prepared data set to `out_dir` and returns its stats.
 
   Args:
@@ -210,7 +232,8 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
     features: Categorical columns to keep, in model input order.
     labels: 0/1 label columns, one per task.
     group_column: The feature that groups rows for gAUC (the user id).
-    out_dir: Destination directory; must not exist unless `overwrite`.
+    out_dir: Destination directory; must not exist unless `overwrite`, and
+      then be a prepared data set that `check_out` lets it replace.
     min_count: Values seen fewer times map to the OOV row.
     seed: Seed of the split.
     split: `RandomSplit` (vocabularies from train), `ExactSplit`, or any
@@ -220,7 +243,7 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
       A split left without rows is an error, unless the object's
       `expects_rows(split index)` says so (a fraction of 0).
     num_shards: Shards per split (default train 8, valid 2, test 2).
-    overwrite: Replace an existing `out_dir`.
+    overwrite: Replace an existing `out_dir` (a prepared data set only).
     bad_rows: Collects rows with a label that is not 0 or 1 (skipped), or,
       if strict, raises on the first; the readers report theirs here too.
       Written to `bad_rows.json` beside the data.
@@ -233,6 +256,8 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
       (NaN in the shards), a field that is not a number a bad row; their
       mean and std are measured where the vocabularies are counted.
     log1p: Those of `numeric` the model takes the signed log of first.
+    inputs: The raw files and directories `read_chunks` reads: `out_dir`
+      may not be or hold any of them.
 
   Returns:
     The stats written to stats.json.
@@ -242,7 +267,10 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
       or a split without rows.
     SchemaError: a column name that cannot name a SavedModel input, or a
       reserved task name.
-    FileExistsError: `out_dir` exists and `overwrite` is False.
+    FileExistsError: `out_dir` exists and `overwrite` is False, or it may not
+      be replaced (see `check_out`).
+    OSError: the data set could not be written (a full disk): one line
+      naming `out_dir` and the cause; nothing is left of it.
   """
   features, labels, numeric = list(features), list(labels), list(numeric)
   multivalent = dict(multivalent or {})
@@ -253,11 +281,11 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
     raise ValueError(f"min_count must be >= 1, got {min_count}")
   if rows_per_record < 1:
     raise ValueError(f"rows_per_record must be >= 1, got {rows_per_record}")
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and not overwrite:
-    raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
+  out_dir = check_out(out_dir, overwrite, inputs)
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
+  for kind in ("tmp", "old"):  # those of killed runs (temp_prefix names the process)
+    remove_abandoned(parent, f".{os.path.basename(out_dir)}.{kind}-")
 
   counts = {name: collections.Counter() for name in features}
   moments = {name: _Moments() for name in numeric}
@@ -290,12 +318,11 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
                     (f" ({bad_rows.total:,} bad rows skipped; first {bad_rows.first()})"
                      if bad_rows.total else ""))
 
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+  tmp = None
   try:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the data set is not
-    schema_features = _write_vocabularies(tmp, counts, min_count, multivalent)
+    with _writing():
+      tmp = _temporary_sibling(out_dir)
+      schema_features = _write_vocabularies(tmp, counts, min_count, multivalent)
     shard_files, rows, positives = _write_shards(
         tmp, _valid_rows(read_chunks, features, labels, bad_rows, numeric), features, labels,
         split.assigner(total, seed), num_shards, multivalent, rows_per_record, numeric)
@@ -310,21 +337,105 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
                     numeric_features=[NumericFeature(name, *moments[name].mean_and_std(),
                                                      log1p=name in log1p)
                                       for name in numeric])
-    schema.save(tmp)
     stats = {
         name: {"rows": int(rows[s]),
                "positive_rate": {task: float(positives[s, t] / max(rows[s], 1))
                                  for t, task in enumerate(labels)}}
         for s, name in enumerate(SPLITS)}
-    for name, content in ((STATS_FILE, stats), (BAD_ROWS_FILE, bad_rows.to_json())):
-      with open(os.path.join(tmp, name), "w") as f:
-        json.dump(content, f, indent=2)
-        f.write("\n")
-    _replace_dir(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    with _writing():
+      schema.save(tmp)
+      for name, content in ((STATS_FILE, stats), (BAD_ROWS_FILE, bad_rows.to_json())):
+        _write_json(os.path.join(tmp, name), content)
+    check_out(out_dir, overwrite, inputs)  # again: what is there now is what is replaced
+    with _writing():
+      _replace_dir(tmp, out_dir)
+  except BaseException as e:
+    if tmp:
+      shutil.rmtree(tmp, ignore_errors=True)
+    if isinstance(e, _WriteFailed):
+      raise OSError(f"cannot write {out_dir}: {e}") from None
     raise
   return stats
+
+
+def check_out(out_dir: str, overwrite: bool, inputs: Sequence[str] = ()) -> str:
+  """`out_dir` as an absolute path, if `prepare` may write it; a one-line error otherwise.
+
+  A path that does not exist may be written. An existing one is replaced only
+  with `overwrite`, and only if it is a prepared data set (a directory whose
+  schema.json reads as ours) that is neither the working directory nor above
+  it, and holds none of the raw `inputs` (files or directories). Loaders that
+  read their input before calling `prepare` call this first.
+
+  Raises:
+    FileExistsError: `out_dir` exists and may not be replaced; the message
+      names it and says why.
+  """
+  out_dir = os.path.abspath(out_dir)
+  if not os.path.lexists(out_dir):
+    return out_dir
+  why = _why_not_replaced(out_dir, inputs)
+  if why:
+    raise FileExistsError(f"--out {out_dir}: {why}, so it is never replaced; choose another "
+                          "--out")
+  if not overwrite:
+    raise FileExistsError(f"--out {out_dir} already exists; pass --overwrite to replace it")
+  return out_dir
+
+
+def _why_not_replaced(out_dir: str, inputs: Sequence[str]) -> Optional[str]:
+  """Why the existing `out_dir` is not a data set `prepare` may replace, or None."""
+  if not os.path.isdir(out_dir):
+    return "is a file, not a directory" if os.path.isfile(out_dir) else "is not a directory"
+  real = os.path.realpath(out_dir)
+
+  def relation(path: str) -> Optional[str]:
+    path = os.path.realpath(path)
+    if path == real:
+      return "is"
+    return "holds" if path.startswith(real.rstrip(os.sep) + os.sep) else None
+
+  if relation(os.getcwd()):
+    return f"{relation(os.getcwd())} the working directory"
+  for path in inputs:
+    if relation(path):
+      return f"{relation(path)} the raw input {path}"
+  try:
+    Schema.load(out_dir)
+  except Exception:  # pylint: disable=broad-except; whatever does not read as ours is not ours
+    return "is not a prepared data set (it holds no schema.json of ours)"
+  return None
+
+
+def _temporary_sibling(out_dir: str) -> str:
+  """A new hidden directory beside `out_dir`, named after this process (`temp_prefix`)."""
+  tmp = tempfile.mkdtemp(prefix=temp_prefix(f".{os.path.basename(out_dir)}.tmp-"),
+                         dir=os.path.dirname(out_dir))
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the data set is not
+  return tmp
+
+
+def _write_json(path: str, content) -> None:
+  with open(path, "w") as f:
+    json.dump(content, f, indent=2)
+    f.write("\n")
+
+
+class _WriteFailed(Exception):
+  """Writing the data set failed (a full disk, a file size limit); the message is the cause."""
+
+
+@contextlib.contextmanager
+def _writing():
+  """Turns a failed write inside (TensorFlow's or Python's) into `_WriteFailed`."""
+  try:
+    yield
+  except tf.errors.OpError as e:  # "<path>; No space left on device"
+    raise _WriteFailed(first_line(e.message).rsplit("; ", 1)[-1]) from None
+  except OSError as e:
+    raise _WriteFailed(e.strerror or str(e)) from None
 
 
 def _check_columns(features, numeric, labels, group_column, multivalent, log1p) -> None:
@@ -349,37 +460,25 @@ def _check_columns(features, numeric, labels, group_column, multivalent, log1p) 
 def _valid_rows(read_chunks, features, labels, bad_rows: BadRows,
                 numeric: Sequence[str] = ()) -> Iterator[pd.DataFrame]:
   """Yields each chunk's usable rows: labels as int64 0/1, features as strings,
-  numeric columns as float64 (NaN where missing or not finite)."""
+  numeric columns as float64 (NaN where missing or not finite).
+
+  A row's first bad value makes it a bad row; bad rows are reported in line
+  order, whichever column holds them (so strict mode stops at the earliest).
+  """
   for chunk in read_chunks():
     frame = chunk.frame
     missing = [c for c in features + list(numeric) + labels if c not in frame.columns]
     if missing:
       raise DataError(
           f"{chunk.source}: missing column(s) {missing}; found {list(frame.columns)}")
+    problems: Dict[int, Tuple[str, str]] = {}  # row position -> (kind, detail), the first
+    label_values = {label: _read_label(frame[label], label, problems) for label in labels}
+    numbers = {name: _read_numeric(frame[name], name, problems) for name in numeric}
+    for row in sorted(problems):
+      kind, detail = problems[row]
+      bad_rows.add(kind, chunk.source, int(frame.index[row]), detail)
     keep = np.ones(len(frame), dtype=bool)
-    label_values = {}
-    for label in labels:
-      column = frame[label]
-      values = column.isin([1, "1"]).to_numpy().astype(np.int64)
-      for row in np.flatnonzero(~column.isin([0, 1, "0", "1"]).to_numpy()):  # the slow path
-        number = pd.to_numeric(pd.Series([column.iloc[row]]), errors="coerce").iloc[0]
-        if number in (0, 1):  # "1.0", 0.0, ...
-          values[row] = int(number)
-        elif keep[row]:
-          kind = "unparsable number" if pd.isna(number) else "label outside {0, 1}"
-          bad_rows.add(kind, chunk.source, int(frame.index[row]),
-                       f"column '{label}': '{column.iloc[row]}' is not 0 or 1")
-          keep[row] = False
-      label_values[label] = values
-    numbers = {}
-    for name in numeric:
-      column = frame[name]
-      values, bad = read_numbers(column)  # missing, or beyond float32: NaN
-      for row in np.flatnonzero(bad & keep):
-        bad_rows.add("unparsable number", chunk.source, int(frame.index[row]),
-                     f"column '{name}': '{column.iloc[row]}' is not a number")
-        keep[row] = False
-      numbers[name] = values.astype(np.float64)
+    keep[list(problems)] = False
     frame = frame[keep].copy()
     for name in numeric:
       frame[name] = numbers[name][keep]
@@ -388,6 +487,32 @@ def _valid_rows(read_chunks, features, labels, bad_rows: BadRows,
     for name in features:
       frame[name] = _as_python_strings(frame[name])
     yield frame
+
+
+def _read_label(column: pd.Series, label: str,
+                problems: Dict[int, Tuple[str, str]]) -> np.ndarray:
+  """A label column as int64 0/1; a row holding anything else goes to `problems`."""
+  values = column.isin([1, "1"]).to_numpy().astype(np.int64)
+  for row in np.flatnonzero(~column.isin([0, 1, "0", "1"]).to_numpy()):  # the slow path
+    number = pd.to_numeric(pd.Series([column.iloc[row]]), errors="coerce").iloc[0]
+    if number in (0, 1):  # "1.0", 0.0, ...
+      values[row] = int(number)
+    else:
+      kind = "unparsable number" if pd.isna(number) else "label outside {0, 1}"
+      problems.setdefault(int(row), (kind, f"column '{label}': '{column.iloc[row]}' is not 0 "
+                                           "or 1"))
+  return values
+
+
+def _read_numeric(column: pd.Series, name: str,
+                  problems: Dict[int, Tuple[str, str]]) -> np.ndarray:
+  """A numeric column as float64 (NaN where missing or beyond float32); a row holding
+  something that is not a number goes to `problems`."""
+  values, bad = read_numbers(column)
+  for row in np.flatnonzero(bad):
+    problems.setdefault(int(row), ("unparsable number",
+                                   f"column '{name}': '{column.iloc[row]}' is not a number"))
+  return values.astype(np.float64)
 
 
 def _as_python_strings(column: pd.Series) -> pd.Series:
@@ -458,7 +583,8 @@ class _ShardWriter:
 
   def __init__(self, path: str, features: Sequence[str], labels: Sequence[str],
                multivalent: Dict[str, str], rows_per_record: int, numeric: Sequence[str] = ()):
-    self._writer = tf.io.TFRecordWriter(path)
+    with _writing():
+      self._writer = tf.io.TFRecordWriter(path)
     self._lists = [n for n in features if n in multivalent]
     self._bytes = [n for n in features if n not in multivalent]
     self._floats = list(numeric)
@@ -478,9 +604,13 @@ class _ShardWriter:
     self._pending = {name: values[full:] for name, values in self._pending.items()}
 
   def close(self) -> None:
-    if self._pending[self._labels[0]]:
-      self._write_record(self._pending)
-    self._writer.close()
+    """Writes the rows left and closes the file (also when writing them fails)."""
+    try:
+      if self._pending[self._labels[0]]:
+        self._write_record(self._pending)
+    finally:
+      with _writing():
+        self._writer.close()
 
   def _write_record(self, taken: Dict[str, list]) -> None:
     example = tf.train.Example()
@@ -497,7 +627,8 @@ class _ShardWriter:
     for name in self._labels:
       feature[name].int64_list.value.extend(taken[name])
     # Deterministic: the same rows give the same bytes in every process.
-    self._writer.write(example.SerializeToString(deterministic=True))
+    with _writing():
+      self._writer.write(example.SerializeToString(deterministic=True))
 
 
 def _write_shards(out_dir, frames, features, labels, assign, num_shards, multivalent,
@@ -532,19 +663,39 @@ def _write_shards(out_dir, frames, features, labels, assign, num_shards, multiva
             writer.write({n: values[taken].tolist() for n, values in columns.items()})
         rows[s] += len(in_split)
   finally:
-    for split_writers in writers:
-      for writer in split_writers:
-        writer.close()
+    _close_all(itertools.chain.from_iterable(writers))
   return names, rows, positives
 
 
+def _close_all(writers: Iterable[_ShardWriter]) -> None:
+  """Closes every writer; then raises the first failure, if any."""
+  failed = None
+  for writer in writers:
+    try:
+      writer.close()
+    except _WriteFailed as e:
+      failed = failed or e
+  if failed:
+    raise failed
+
+
 def _replace_dir(src: str, dst: str) -> None:
-  """Renames `src` to `dst`, replacing an existing `dst` as late as possible."""
-  old = None
-  if os.path.exists(dst):
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-",
-                           dir=os.path.dirname(dst))
-    os.rename(dst, os.path.join(old, "data"))
-  os.rename(src, dst)
-  if old:
-    shutil.rmtree(old, ignore_errors=True)
+  """Renames `src` to `dst`, replacing an existing `dst` as late as possible.
+
+  The replaced directory waits in a sibling named after this process
+  (`temp_prefix`; the next run removes one a killed run left), and is put
+  back if the rename fails.
+  """
+  if not os.path.exists(dst):
+    os.rename(src, dst)
+    return
+  old = tempfile.mkdtemp(prefix=temp_prefix(f".{os.path.basename(dst)}.old-"),
+                         dir=os.path.dirname(dst))
+  os.rename(dst, os.path.join(old, "data"))
+  try:
+    os.rename(src, dst)
+  except BaseException:
+    os.rename(os.path.join(old, "data"), dst)
+    os.rmdir(old)
+    raise
+  shutil.rmtree(old, ignore_errors=True)

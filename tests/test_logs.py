@@ -192,3 +192,18 @@ def test_a_list_separator_a_flag_cannot_spell_is_named_and_may_not_be_the_field_
                                       r"separator '\\t'"):
     prepare_logs(str(tmp_path / "logs.tsv"), str(tmp_path / "o2"), features=["user_id", "tags"],
                  tasks=["click"], sep="\t", multivalent={"tags": "\t"}, min_count=1)
+
+
+def test_a_carriage_return_inside_a_field_is_a_bad_row_and_crlf_line_ends_are_fine(tmp_path):
+  lines = ["user_id,item_id,click"] + [f"u{i % 5},i{i % 4},{i % 2}" for i in range(40)]
+  lines.insert(11, "u1,i1\ru9,i9,1")  # line 12: a bare CR would split off a row "u9,i9,1"
+  (tmp_path / "logs.csv").write_bytes(("\r\n".join(lines) + "\r\n").encode())
+  bad = BadRows()
+  stats = prepare_logs(str(tmp_path / "logs.csv"), str(tmp_path / "out"),
+                       features=["user_id", "item_id"], tasks=["click"], min_count=1,
+                       test_fraction=0.0, valid_fraction=0.0, bad_rows=bad)
+  assert stats["train"]["rows"] == 40
+  assert bad.counts == {"line break inside a field": 1}
+  assert bad.examples["line break inside a field"] == [f"{tmp_path / 'logs.csv'} line 12: "
+                                                       "a carriage return inside the line"]
+  assert "u9" not in (tmp_path / "out" / "vocab" / "user_id.txt").read_text().split()

@@ -231,3 +231,58 @@ def test_block_records_hold_consecutive_rows_of_a_shard_column_by_column(tmp_pat
   assert sorted(rows("rows")) == sorted(rows("blocks")) and len(rows("blocks")) == 100
   with pytest.raises(ValueError, match="rows_per_record must be >= 1"):
     run(tmp_path, chunks, out_dir=str(tmp_path / "none"), rows_per_record=0, **kwargs)
+
+
+def test_temporary_siblings_of_dead_runs_are_removed_and_those_of_live_runs_kept(tmp_path):
+  import socket
+  import subprocess
+  host = socket.gethostname()
+  dead = subprocess.Popen(["sleep", "0"])
+  dead.wait()
+  live = subprocess.Popen(["sleep", "60"])
+  try:
+    names = {kind: {pid: f".out.{kind}-{host}-{pid}-abc123" for pid in (dead.pid, live.pid)}
+             for kind in ("tmp", "old")}
+    for by_pid in names.values():
+      for name in by_pid.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train-00000-of-00001.tfrecord").write_bytes(b"x" * 1000)
+    seen = []
+
+    def chunks():  # the second pass sees the run's own temporary directory
+      seen.append(sorted(os.listdir(tmp_path)))
+      yield Chunk(frame(), "x")
+
+    prepare(chunks, features=["uid", "item"], labels=["finish", "like"], group_column="uid",
+            out_dir=str(tmp_path / "out"))
+    assert leftovers(tmp_path) == sorted(["out", names["tmp"][live.pid], names["old"][live.pid]])
+    own = [n for n in seen[1] if n.startswith(".out.tmp-") and n != names["tmp"][live.pid]]
+    assert len(own) == 1 and own[0].startswith(f".out.tmp-{host}-{os.getpid()}-"), seen[1]
+  finally:
+    live.kill()
+    live.wait()
+
+
+def test_the_first_bad_row_reported_is_the_earliest_line_whichever_column_holds_it(tmp_path):
+  finish = [i % 2 for i in range(100)]
+  like = [0] * 100
+  finish[40], like[7] = 5, 3  # lines 41 and 8: the like column's is the earlier
+  f = frame(100)
+  f["finish"], f["like"] = finish, like
+  bad = BadRows(strict=False)
+  run(tmp_path, [Chunk(f, "b.csv")], bad_rows=bad)
+  assert bad.examples["label outside {0, 1}"] == [
+      "b.csv line 8: column 'like': '3' is not 0 or 1",
+      "b.csv line 41: column 'finish': '5' is not 0 or 1"]
+  assert bad.first() == "label outside {0, 1}: b.csv line 8: column 'like': '3' is not 0 or 1"
+  with pytest.raises(DataError, match="b.csv line 8: "):
+    run(tmp_path, [Chunk(f, "b.csv")], out_dir=str(tmp_path / "strict"))
+
+
+def test_examples_of_a_kind_are_the_earliest_lines_whoever_reports_them():
+  bad = BadRows()
+  for line in (30, 10, 20, 50, 40, 60, 5):
+    bad.add("unparsable number", "b.csv", line, "x")
+  bad.add("unparsable number", "a.csv", 1, "x")  # a later file: after every line of b.csv
+  assert bad.examples["unparsable number"] == [f"b.csv line {n}: x" for n in (5, 10, 20, 30, 40)]
+  assert bad.counts["unparsable number"] == 8
