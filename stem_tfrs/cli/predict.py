@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
+import sys
 from typing import List
 
 from absl import flags
 
+from data_prep.writer import BadRows
 from stem_tfrs.cli.errors import one_line_errors
 from stem_tfrs.config import ConfigError
 from stem_tfrs.serving import batch, clients
@@ -28,7 +30,22 @@ flags.DEFINE_string("input", None, "CSV with a header naming every model input; 
                     "(empty: missing). Any size: it is streamed.")
 flags.DEFINE_string("output", None, "CSV to write: --keep_columns, then one probability "
                     "column per task.")
-flags.DEFINE_list("keep_columns", [], "Input columns to copy to the output (e.g. ids).")
+flags.DEFINE_list("keep_columns", [], "Input columns to copy to the output (e.g. ids); not a "
+                  "task's name, which the prediction takes.")
+# --strict (stop at the first bad row: one with fewer or more fields than the
+# header) is `prepare`'s flag, defined by data_prep.cli.define_flags.
+
+#: What to try when --server gave no answer in --protocol.
+_HINTS = {
+    ("rest", "other_protocol"): "if it is TF Serving's gRPC port (8500 by default), use "
+                                "--protocol=grpc",
+    ("grpc", "other_protocol"): "if it is TF Serving's REST port (8501 by default), use "
+                                "--protocol=rest",
+    ("rest", "refused"): "is the server running, at this host and port? (TF Serving: REST "
+                         "8501, gRPC 8500)",
+    ("grpc", "refused"): "is the server running, at this host and port? (TF Serving: gRPC "
+                         "8500, REST 8501)",
+}
 
 FLAGS = flags.FLAGS
 
@@ -48,8 +65,28 @@ def run(argv: List[str]) -> int:
     specs, tasks = batch.schema_inputs_and_tasks(FLAGS.schema)
     client = (clients.GrpcClient(FLAGS.server, FLAGS.model_name) if FLAGS.protocol == "grpc"
               else clients.RestClient(FLAGS.server, FLAGS.model_name, tasks=tasks))
-    predict = client.predict
-  rows = batch.score_csv(FLAGS.input, FLAGS.output, predict, specs,
-                         batch_size=FLAGS.eval_batch_size, keep_columns=FLAGS.keep_columns)
+    predict = _naming_server(client.predict)
+  bad_rows = BadRows(strict=FLAGS.strict)
+  try:
+    rows = batch.score_csv(FLAGS.input, FLAGS.output, predict, specs,
+                           batch_size=FLAGS.eval_batch_size, keep_columns=FLAGS.keep_columns,
+                           bad_rows=bad_rows)
+  finally:
+    if bad_rows.total:
+      print(bad_rows.summary(), file=sys.stderr)
   print(f"scored {rows:,} rows -> {FLAGS.output}")
   return 0
+
+
+def _naming_server(predict: batch.Predict) -> batch.Predict:
+  """`predict`, whose no-answer errors name --server and say what to try."""
+
+  def named(features):
+    try:
+      return predict(features)
+    except clients.ServingConnectionError as e:
+      kind = "refused" if e.refused else "other_protocol" if e.other_protocol else None
+      hint = _HINTS.get((FLAGS.protocol, kind))
+      raise ConfigError(f"--server={FLAGS.server} (--protocol={FLAGS.protocol}): {e}"
+                        + (f"; {hint}" if hint else "")) from None
+  return named

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from data_prep.readers import ENCODING, check_file, decode_error, read_delimited
+from data_prep.writer import BadRows
+from stem_tfrs import files
 from stem_tfrs.config import ConfigError
 from stem_tfrs.schema import PADDING, read_numbers
 
@@ -77,57 +81,92 @@ def _column(input_path: str, chunk: pd.DataFrame, name: str, spec: Tuple[int, st
     if dtype == "float32":
       _, bad = read_numbers(chunk[name])
       row = int(np.argmax(bad))
-      raise ConfigError(f"{input_path} line {chunk.index[row] + 2:,}: column '{name}' holds "
+      raise ConfigError(f"{input_path} line {chunk.index[row]:,}: column '{name}' holds "
                         f"{chunk[name].iloc[row]!r}, not a number") from None
     for row, field in chunk[name].items():
       for value in (field.split(LIST_SEPARATOR) if field else []) if rank == 2 else [field]:
         try:
           int(value)
         except ValueError:
-          raise ConfigError(f"{input_path} line {row + 2:,}: column '{name}' holds {value!r}, "
+          raise ConfigError(f"{input_path} line {row:,}: column '{name}' holds {value!r}, "
                             "not an int64 id") from None
     raise
 
 
+def _header(input_path: str) -> List[str]:
+  """The CSV's header line as data prep reads it; a one-line error for a file it cannot read."""
+  check_file(input_path)  # missing, a directory, empty, gzip-compressed
+  try:
+    with open(input_path, encoding=ENCODING, newline="") as f:
+      line = f.readline()
+  except UnicodeDecodeError:
+    raise decode_error(input_path, ENCODING) from None
+  return next(csv.reader([line.rstrip("\r\n")]), [])
+
+
 def score_csv(input_path: str, output_path: str, predict: Predict, specs: InputSpecs, *,
-              batch_size: int = 8192, keep_columns: Sequence[str] = ()) -> int:
+              batch_size: int = 8192, keep_columns: Sequence[str] = (),
+              bad_rows: Optional[BadRows] = None) -> int:
   """Scores every row of `input_path`, writing one probability column per task.
 
   The CSV needs a header naming every model input (other columns are
   ignored); a multivalent input is one field of '|'-separated values. Rows are
   read and scored `batch_size` at a time, so the file may be larger than
-  memory. The output (the `keep_columns`, then one column per task) goes to a
-  temporary file renamed when complete.
+  memory. The file is read as data prep reads raw files
+  (`data_prep.readers.read_delimited`: UTF-8, a field may be quoted, blank
+  lines skipped): a row with fewer or more fields than the header is a bad
+  row, reported to `bad_rows` with its line and not scored (with a strict
+  `BadRows`, the first one is an error). The output (the `keep_columns`, then
+  one column per task) goes to a temporary sibling
+  (`<output>.tmp-<host>-<pid>-csv`) renamed when complete; one left by a killed
+  run is removed by the next run writing the same output.
 
   Returns:
     The number of rows scored.
 
   Raises:
-    ConfigError: the file is missing, or lacks a column, named.
+    ConfigError: the file is missing, or lacks a column, named; a
+      `keep_columns` column is also a task (the prediction would replace it).
+    DataError: the file is not UTF-8 text (naming its line), or, with a
+      strict `bad_rows`, a row is bad.
   """
   if not os.path.isfile(input_path):
     raise ConfigError(f"input file {input_path} does not exist")
-  try:
-    header = list(pd.read_csv(input_path, nrows=0).columns)
-  except pd.errors.EmptyDataError:
-    raise ConfigError(f"input file {input_path} is empty") from None
+  header = _header(input_path)
   missing = [name for name in list(specs) + list(keep_columns) if name not in header]
   if missing:
     raise ConfigError(f"{input_path} lacks column(s) {missing} that the model needs "
                       f"(it has: {', '.join(header)})")
-  tmp = f"{output_path}.tmp-{os.getpid()}"
+  bad_rows = bad_rows if bad_rows is not None else BadRows()
+  directory, name = os.path.split(output_path)
+  prefix = f"{name}.tmp-"
+  files.remove_abandoned(directory or ".", prefix)
+  tmp = os.path.join(directory, files.temp_prefix(prefix) + "csv")
   rows, first = 0, True
   try:
-    for chunk in pd.read_csv(input_path, dtype=str, keep_default_na=False,
-                             chunksize=batch_size):
-      outputs = predict({name: _column(input_path, chunk, name, spec)
+    for chunk in read_delimited(input_path, sep=",", required=list(specs) + list(keep_columns),
+                                bad_rows=bad_rows, chunk_rows=batch_size):
+      frame = chunk.frame  # its index: each row's line in the file
+      if not len(frame):
+        continue
+      outputs = predict({name: _column(input_path, frame, name, spec)
                          for name, spec in specs.items()})
-      frame = chunk[list(keep_columns)].reset_index(drop=True)
+      if first:
+        clash = [c for c in keep_columns if c in outputs]
+        if clash:
+          raise ConfigError(
+              f"--keep_columns names {clash}, {'a task' if len(clash) == 1 else 'tasks'} the "
+              "model predicts: the output holds each task's prediction under its name, which "
+              "would replace the input's values; copy the column under another name to keep it")
+      kept = frame[list(keep_columns)].reset_index(drop=True)
       for task in sorted(outputs):
-        frame[task] = np.asarray(outputs[task], dtype=np.float32)
-      frame.to_csv(tmp, mode="w" if first else "a", header=first, index=False)
-      rows, first = rows + len(chunk), False
+        kept[task] = np.asarray(outputs[task], dtype=np.float32)
+      kept.to_csv(tmp, mode="w" if first else "a", header=first, index=False)
+      rows, first = rows + len(frame), False
     if first:
+      if bad_rows.total:
+        raise ConfigError(f"input file {input_path} has no row to score: every row is bad "
+                          f"({bad_rows.first()})")
       raise ConfigError(f"input file {input_path} has a header but no rows")
     os.replace(tmp, output_path)
   finally:

@@ -6,12 +6,16 @@
 
 Both send raw feature columns to the `serving_default` signature and return one
 probability array per task. A request the server refuses raises `ServingError`
-with the server's own message (e.g. a missing input).
+with the server's own message (e.g. a missing input); one that gets no answer
+(nothing listens at the address, or a server of the other protocol does)
+raises `ServingConnectionError`, which says which.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 import urllib.error
 import urllib.request
 from typing import Dict, Optional, Sequence
@@ -24,6 +28,21 @@ Features = Dict[str, Sequence]
 
 class ServingError(RuntimeError):
   """The server refused or failed a request; the message is the server's."""
+
+
+class ServingConnectionError(ServingError):
+  """No answer to a request: nothing listens at the address, or it speaks another protocol.
+
+  Attributes:
+    refused: Nothing listens there (the connection was refused).
+    other_protocol: Something answered, but not in the client's protocol
+      (a REST client at a gRPC port, or a gRPC client at an HTTP/1.1 port).
+  """
+
+  def __init__(self, message: str, refused: bool = False, other_protocol: bool = False):
+    super().__init__(message)
+    self.refused = refused
+    self.other_protocol = other_protocol
 
 
 def rest_request(features: Features, row_format: bool = False) -> dict:
@@ -92,15 +111,32 @@ class RestClient:
                                      headers={"Content-Type": "application/json"})
     try:
       with urllib.request.urlopen(request, timeout=self.timeout) as response:
-        return parse_rest_response(json.loads(response.read()), self.tasks)
+        body = response.read()
     except urllib.error.HTTPError as e:
       try:
         message = json.loads(e.read()).get("error", str(e))
-      except ValueError:
+      except (ValueError, AttributeError):
         message = str(e)
       raise ServingError(f"{self.url}: HTTP {e.code}: {message}") from None
-    except urllib.error.URLError as e:
-      raise ServingError(f"{self.url}: {e.reason}") from None
+    except (http.client.HTTPException, ConnectionResetError, ConnectionAbortedError) as e:
+      # A gRPC (HTTP/2) port answers an HTTP/1.1 request with binary frames
+      # (BadStatusLine) or closes the connection: its bytes are not shown.
+      raise ServingConnectionError(f"did not answer as a REST (HTTP/1.1) server at {self.url} "
+                                   f"({type(e).__name__})", other_protocol=True) from None
+    except (urllib.error.URLError, OSError) as e:
+      reason = getattr(e, "reason", e)
+      if isinstance(reason, ConnectionRefusedError):
+        raise ServingConnectionError(f"nothing answers there (connection refused) at "
+                                     f"{self.url}", refused=True) from None
+      if isinstance(reason, (socket.timeout, TimeoutError)):
+        raise ServingConnectionError(f"no answer from {self.url} within {self.timeout:g} s"
+                                     ) from None
+      raise ServingConnectionError(f"{self.url}: {reason}") from None
+    try:
+      answer = json.loads(body)
+    except ValueError:
+      raise ServingError(f"{self.url}: the answer is not JSON: {body[:80]!r}") from None
+    return parse_rest_response(answer, self.tasks)
 
 
 class GrpcClient:
@@ -122,7 +158,16 @@ class GrpcClient:
     try:
       response = self.stub.Predict(request, timeout=self.timeout)
     except self._grpc.RpcError as e:
-      raise ServingError(f"{e.code().name}: {e.details()}") from None
+      code, details = e.code(), e.details() or ""
+      if code == self._grpc.StatusCode.UNAVAILABLE:
+        if "Connection refused" in details:
+          raise ServingConnectionError("nothing answers there (connection refused)",
+                                       refused=True) from None
+        if "HTTP/2" in details or "http1" in details.lower():
+          raise ServingConnectionError(f"did not answer as a gRPC server ({details})",
+                                       other_protocol=True) from None
+        raise ServingConnectionError(f"{code.name}: {details}") from None
+      raise ServingError(f"{code.name}: {details}") from None
     return {task: tf.make_ndarray(proto) for task, proto in response.outputs.items()}
 
   def close(self) -> None:
