@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
@@ -127,6 +127,87 @@ def validate_shards(schema: Schema, splits=("train", "valid", "test")) -> None:
       raise SchemaError(
           f"the first record of shard {path} holds columns of different lengths: " +
           ", ".join(f"{name} {n}" for name, n in counts.items()))
+
+
+def _crc32c_table() -> List[int]:
+  table = []
+  for byte in range(256):
+    crc = byte
+    for _ in range(8):
+      crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    table.append(crc)
+  return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def _masked_crc32c(data: bytes) -> int:
+  """TFRecord's masked CRC-32C of `data` (for the 8 bytes of a record's length)."""
+  crc = 0xFFFFFFFF
+  for byte in data:
+    crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+  crc ^= 0xFFFFFFFF
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def shard_damage(path: str) -> Optional[str]:
+  """Where a TFRecord file is damaged, in words, or None if its records are whole.
+
+  Walks the record headers only: each record is an 8-byte little-endian
+  length, its 4-byte masked CRC-32C, the data, and the data's 4-byte CRC. A
+  file that ends inside a header, a header whose CRC does not match its
+  length, or a record that runs past the end of the file is damaged. The
+  data's own CRCs are not checked (TensorFlow checks them as it reads), so the
+  cost is one small read per record, not a read of the file.
+  """
+  opener = tf.io.gfile.GFile if "://" in path else open
+  with opener(path, "rb") as f:
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    offset = 0
+    while offset < size:
+      f.seek(offset)
+      header = f.read(12)
+      if len(header) < 12:
+        return (f"the file ends inside the header of the record at byte {offset:,} (a copy "
+                "cut short? prepare the data set again)")
+      length = int.from_bytes(header[:8], "little")
+      if _masked_crc32c(header[:8]) != int.from_bytes(header[8:], "little"):
+        return (f"the header of the record at byte {offset:,} fails its checksum (prepare the "
+                "data set again)")
+      end = offset + 12 + length + 4
+      if end > size:
+        return (f"the record at byte {offset:,} ends past the end of the file (it needs "
+                f"{end - offset:,} bytes, {size - offset:,} are left: a copy cut short? "
+                "prepare the data set again)")
+      offset = end
+  return None
+
+
+def find_damaged_shards(schema: Schema, split: Optional[str] = None) -> List[str]:
+  """One message per damaged shard of `split` (default: every split), naming file and offset.
+
+  TensorFlow's reader reports a damaged shard as `DataLossError: truncated
+  record at 35189`, without the file; this names it. It walks every record
+  header of every shard (`shard_damage`): one small read per record, so call
+  it when a `tf.errors.DataLossError` has surfaced rather than before every
+  run. A shard that does not exist is named too.
+
+  Returns:
+    Messages like "shard PATH of split 'train' is damaged: the record at byte
+    35,189 ends past the end of the file (...)"; [] when every shard is whole.
+  """
+  messages = []
+  for name in [split] if split is not None else list(schema.splits):
+    for path in schema.shard_paths(name):
+      if not tf.io.gfile.exists(path):
+        messages.append(f"shard {path} of split '{name}' does not exist")
+        continue
+      damage = shard_damage(path)
+      if damage:
+        messages.append(f"shard {path} of split '{name}' is damaged: {damage}")
+  return messages
 
 
 def make_dataset(schema: Schema, split: str, batch_size: int, *,

@@ -203,3 +203,46 @@ def test_pipelines_turn_tf_data_autotuning_model_off(tiny_data):
     for options in (dataset.options(), dataset.repeat().take(3).options()):
       assert options.autotune.enabled is False, kwargs
       assert options.autotune.initial_parallelism == os.cpu_count(), kwargs
+
+
+def test_find_damaged_shards_names_a_truncated_shard_and_the_offset_tensorflow_reports(
+    tiny_data, tmp_path):
+  import re
+  from stem_tfrs.data import find_damaged_shards
+  data = tmp_path / "data"
+  shutil.copytree(tiny_data, data)
+  schema = Schema.load(str(data))
+  assert find_damaged_shards(schema) == []
+  shard = schema.shard_paths("train")[1]
+  size = os.path.getsize(shard)
+  with open(shard, "r+b") as f:
+    f.truncate(size - 100)
+  with pytest.raises(tf.errors.DataLossError, match=r"truncated record at (\d+)") as error:
+    for _ in tf.data.TFRecordDataset(shard):
+      pass
+  offset = int(re.search(r"truncated record at (\d+)", error.value.message).group(1))
+  (message,) = find_damaged_shards(schema)
+  assert message.startswith(f"shard {shard} of split 'train' is damaged: the record at byte "
+                            f"{offset:,} ends past the end of the file"), message
+  assert find_damaged_shards(schema, "test") == []
+  assert find_damaged_shards(schema, "train") == [message]
+
+
+def test_find_damaged_shards_names_a_shard_cut_inside_a_header_or_with_a_corrupted_length(
+    tiny_data, tmp_path):
+  from stem_tfrs.data import find_damaged_shards
+  data = tmp_path / "data"
+  shutil.copytree(tiny_data, data)
+  schema = Schema.load(str(data))
+  cut, corrupted = schema.shard_paths("valid")[0], schema.shard_paths("test")[0]
+  with open(cut, "rb") as f:
+    length = int.from_bytes(f.read(8), "little")
+  with open(cut, "r+b") as f:
+    f.truncate(length + 16 + 5)  # the first record, then 5 bytes of the second's header
+  with open(corrupted, "r+b") as f:
+    f.write(b"\x7f")  # the first record's length, no longer matching its CRC
+  assert find_damaged_shards(schema) == [
+      f"shard {cut} of split 'valid' is damaged: the file ends inside the header of the "
+      f"record at byte {length + 16:,} (a copy cut short? prepare the data set again)",
+      f"shard {corrupted} of split 'test' is damaged: the header of the record at byte 0 "
+      "fails its checksum (prepare the data set again)"]
