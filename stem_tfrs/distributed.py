@@ -194,22 +194,29 @@ EXPOSURE = ("TensorFlow's gRPC server listens on 0.0.0.0:{port} (every interface
 
 
 def _is_local_host(host: str) -> bool:
-  """Whether `host` resolves only to addresses of this machine (loopback included).
+  """Whether `host` resolves to addresses of this machine only (loopback included).
 
   An address is this machine's when a socket can be bound to it: the kernel
-  refuses to bind an address no local interface holds.
+  refuses to bind an address that no local interface holds. Addresses of a
+  family this machine does not support (IPv6 turned off) are passed over.
   """
   try:
     infos = socket.getaddrinfo(host.strip("[]"), None, proto=socket.IPPROTO_TCP)
   except (socket.gaierror, UnicodeError):
     return False
+  checked = 0
   for family, _, _, _, address in infos:
     try:
-      with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind((address[0], 0) + tuple(address[2:]))
+      probe = socket.socket(family, socket.SOCK_STREAM)
     except OSError:
-      return False
-  return bool(infos)
+      continue
+    with probe:
+      try:
+        probe.bind((address[0], 0) + tuple(address[2:]))
+      except OSError:
+        return False
+    checked += 1
+  return checked > 0
 
 
 def run_server(listen_on_all_interfaces: bool = False) -> None:
