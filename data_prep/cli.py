@@ -113,10 +113,10 @@ def prepare(name: str, seed: Optional[int]) -> int:
         rows_per_record=FLAGS.rows_per_record,
         **{n: FLAGS[n].value for n in loader.own_flags})
   except (ValueError, OSError, tf.errors.OpError) as e:
+    if bad_rows.total:  # what was skipped before the error, then the error: the last line
+      print(bad_rows.summary(), file=sys.stderr)
     message = first_line(e.message) if isinstance(e, tf.errors.OpError) else e
     print(f"error: {message}", file=sys.stderr)
-    if bad_rows.total:
-      print(bad_rows.summary(), file=sys.stderr)
     return 1
   print(f"wrote {FLAGS.out}: " + ", ".join(
       f"{split} {s['rows']:,} rows" for split, s in stats.items()))

@@ -115,7 +115,9 @@ def _read_lines(path, sep, columns, required, bad_rows, chunk_rows, encoding):
     columns = list(columns)
     missing = [c for c in required if c not in columns]
     if missing:
-      raise DataError(f"{path}: missing column(s) {missing}; found {columns}")
+      hint = (f" (the header is one field when split at {sep!r}: is the separator right?)"
+              if len(columns) == 1 else "")
+      raise DataError(f"{path}: missing column(s) {missing}; found {columns}{hint}")
     repeated = sorted({c for c in required if columns.count(c) > 1})
     if repeated:
       raise DataError(f"{path}: the header names column(s) {repeated} more than once")

@@ -32,7 +32,7 @@ def write_warmup(path: str, batches: Iterable[Dict[str, np.ndarray]], model_name
     for batch in batches:
       log = prediction_log_pb2.PredictionLog(
           predict_log=prediction_log_pb2.PredictLog(request=predict_request(batch, model_name)))
-      writer.write(log.SerializeToString())
+      writer.write(log.SerializeToString(deterministic=True))  # maps in key order
       count += 1
   return count
 
