@@ -154,3 +154,12 @@ def test_predict_command_at_the_wrong_port_or_no_server_says_so_in_one_line(
   assert_clean_error(result, rf"--server={re.escape(address)} \(--protocol={protocol}\): "
                              rf"{message}")
   assert not (tmp_path / "scores.csv").exists()
+
+
+def test_predict_command_refuses_to_write_over_its_input(trained_run, tmp_path):
+  write_rows(tmp_path / "rows.csv", trained_run.model.schema)
+  before = (tmp_path / "rows.csv").read_text()
+  result = main_py("predict", f"--saved_model={trained_run.export_path}", "--input=rows.csv",
+                   "--output=./rows.csv", cwd=tmp_path)
+  assert_clean_error(result, r"--output=./rows.csv is the --input file")
+  assert (tmp_path / "rows.csv").read_text() == before

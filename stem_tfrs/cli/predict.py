@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import List
 
@@ -57,6 +58,10 @@ def run(argv: List[str]) -> int:
     raise ConfigError("--input and --output are required")
   if bool(FLAGS.saved_model) == bool(FLAGS.server):
     raise ConfigError("give exactly one of --saved_model and --server")
+  if os.path.exists(FLAGS.output) and os.path.exists(FLAGS.input) and os.path.samefile(
+      FLAGS.output, FLAGS.input):
+    raise ConfigError(f"--output={FLAGS.output} is the --input file: the scores would "
+                      "replace the rows; write them to another file")
   if FLAGS.saved_model:
     predict, specs = batch.saved_model_predictor(FLAGS.saved_model)
   else:
