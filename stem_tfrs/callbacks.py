@@ -2,7 +2,9 @@
 
 Early stopping, the best checkpoint and learning-rate decay all monitor
 `MONITOR`, the mean of the tasks' validation AUCs. `for_run` lists a run's
-callbacks in the order they must run.
+callbacks in the order they must run. A run resumes from backup/ only if
+the backup restores every variable of the model and its optimizer
+(`restore_backup`, `CheckedBackupAndRestore`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from stem_tfrs.checkpoints import without_optimizer
+from stem_tfrs.checkpoints import (CheckpointError, checked_restore, unreadable,
+                                   without_optimizer)
 from stem_tfrs.config import TrainConfig
 from stem_tfrs.files import write_json
 
@@ -47,6 +50,90 @@ def epochs_done(run_dir: str) -> int:
   """Epochs an interrupted run in `run_dir` finished, by its callbacks' state (0 if none)."""
   state = read_state(state_path(run_dir))
   return state["epoch"] + 1 if state is not None else 0
+
+
+def _backup_remedy(backup_dir: str) -> str:
+  return f"remove {backup_dir} to start the run over"
+
+
+def restore_backup(model: tf.keras.Model, backup_dir: str) -> bool:
+  """Restores the latest backup of `backup_dir` into `model` and its optimizer, checked.
+
+  BackupAndRestore's own restore (Keras 2: `WorkerTrainingState.restore`,
+  through `CheckpointManager.restore_or_initialize`) drops the load status:
+  a backup that leaves variables at their initial values, or holds another
+  model's, would be resumed. This restores the same checkpoint (the one
+  backup/chief/checkpoint names, into the objects Keras' backup holds: the
+  model, with its optimizer, built first as Keras builds it, and the epoch
+  and step counters) and checks that every variable was restored and every
+  value used. Keras then restores the same values again as `fit` begins.
+
+  Returns:
+    Whether `backup_dir` held a backup (False: the run starts over).
+
+  Raises:
+    CheckpointError (a ValueError): the backup cannot be read, or it does
+      not restore exactly the model's and optimizer's variables; the
+      message names the file and says to remove `backup_dir` to start over.
+  """
+  remedy = _backup_remedy(backup_dir)
+  chief = os.path.join(backup_dir, "chief")
+  try:
+    latest = tf.train.latest_checkpoint(chief)
+  except (tf.errors.OpError, ValueError) as e:
+    raise unreadable(os.path.join(chief, "checkpoint"), e, remedy) from e
+  if latest is None:
+    # No backup was completed (a run killed as it wrote its first starts over, as Keras
+    # starts it), unless the callbacks' state says that epochs were: then it is damaged.
+    state = read_state(os.path.join(backup_dir, STATE_FILE))
+    if state is not None:
+      left = tf.io.gfile.listdir(chief) if tf.io.gfile.isdir(chief) else []
+      raise CheckpointError(
+          f"backup {backup_dir} cannot be resumed: {os.path.join(chief, 'checkpoint')} names "
+          f"no complete checkpoint of the {state.get('epoch', 0) + 1} epoch(s) "
+          f"{os.path.join(backup_dir, STATE_FILE)} records (holding: "
+          f"{', '.join(sorted(left)) or 'nothing'}); {remedy}")
+    return False
+  optimizer = model.optimizer
+  if (optimizer is not None and callable(getattr(optimizer, "build", None))
+      and not getattr(optimizer, "_built", False)):  # as BackupAndRestore.on_train_begin does
+    with model.distribute_strategy.scope():
+      optimizer.build(model.trainable_variables)
+  objects = {"model": model,
+             "ckpt_saved_epoch": tf.Variable(-1, dtype=tf.int64, name="ckpt_saved_epoch"),
+             "ckpt_saved_batch": tf.Variable(-1, dtype=tf.int64, name="ckpt_saved_batch")}
+  if getattr(model, "_train_counter", None) is not None:
+    objects["train_counter"] = model._train_counter  # pylint: disable=protected-access
+  variables = list(model.variables)
+  if optimizer is not None:
+    held = optimizer.variables
+    variables += list(held() if callable(held) else held)
+  checked_restore(lambda: tf.train.Checkpoint(**objects).restore(latest), latest, variables,
+                  "the model's and its optimizer's", remedy, remedy)
+  return True
+
+
+class CheckedBackupAndRestore(tf.keras.callbacks.BackupAndRestore):
+  """BackupAndRestore that resumes only from a backup restoring every variable (see `restore_backup`).
+
+  As training begins, the backup is checked by `restore_backup` (unless
+  `checked` says it was, before anything of the run was written), then
+  Keras restores it as usual (with the epoch to resume at); what either
+  raises on a damaged backup becomes one `CheckpointError` line.
+  """
+
+  def __init__(self, backup_dir: str):
+    super().__init__(backup_dir)
+    self.checked = False
+
+  def on_train_begin(self, logs=None):
+    if not self.checked:
+      restore_backup(self.model, self.backup_dir)
+    try:
+      super().on_train_begin(logs)
+    except (tf.errors.OpError, IndexError, ValueError) as e:
+      raise unreadable(os.path.join(self.backup_dir, "chief"), e,
+                       _backup_remedy(self.backup_dir)) from e
 
 
 class MeanValidationAUC(tf.keras.callbacks.Callback):
@@ -217,6 +304,6 @@ def for_run(config: TrainConfig, tasks: List[str], run_dir: str, chief: bool = T
        else StopOnNonFiniteBatchLoss()),
       *monitored,
       tf.keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), profile_batch=0),
-      tf.keras.callbacks.BackupAndRestore(backup),
+      CheckedBackupAndRestore(backup),
       ResumedCallbackState(state_path(run_dir), monitored, write=chief),
   ]

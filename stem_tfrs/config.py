@@ -14,13 +14,13 @@ from typing import Optional, Sequence, Tuple
 
 
 class ConfigError(ValueError):
-  """A configuration value is out of range; the message names it."""
+  """A configuration value is out of range; the message names it as its flag (`--seed ...`)."""
 
 
 def _positive_units(name: str, units: Sequence[int]) -> Tuple[int, ...]:
   units = tuple(int(u) for u in units)
   if any(u < 1 for u in units):
-    raise ConfigError(f"{name} must be positive integers, got {list(units)}")
+    raise ConfigError(f"--{name} must be positive integers, got {list(units)}")
   return units
 
 
@@ -57,23 +57,23 @@ class ModelConfig:
     set_ = lambda k, v: object.__setattr__(self, k, v)  # frozen dataclass
     for name in ("embedding_dim", "num_layers", "num_specific_experts"):
       if getattr(self, name) < 1:
-        raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
     if self.num_shared_experts < 0:
       raise ConfigError(
-          f"num_shared_experts must be >= 0, got {self.num_shared_experts}")
+          f"--num_shared_experts must be >= 0, got {self.num_shared_experts}")
     if not self.expert_hidden_units:
-      raise ConfigError("expert_hidden_units needs at least one width")
+      raise ConfigError("--expert_hidden_units needs at least one width")
     for name in ("expert_hidden_units", "gate_hidden_units",
                  "tower_hidden_units"):
       set_(name, _positive_units(name, getattr(self, name)))
     if not 0.0 <= self.net_dropout < 1.0:
-      raise ConfigError(f"net_dropout must be in [0, 1), got {self.net_dropout}")
+      raise ConfigError(f"--net_dropout must be in [0, 1), got {self.net_dropout}")
     if not (math.isfinite(self.embedding_l2) and self.embedding_l2 >= 0):
-      raise ConfigError(f"embedding_l2 must be a number >= 0, got {self.embedding_l2}")
+      raise ConfigError(f"--embedding_l2 must be a number >= 0, got {self.embedding_l2}")
     if self.loss_weights is not None:
       weights = tuple(float(w) for w in self.loss_weights)
       if not all(math.isfinite(w) and w >= 0 for w in weights):
-        raise ConfigError(f"loss_weights must be numbers >= 0, got {list(weights)}")
+        raise ConfigError(f"--loss_weights must be numbers >= 0, got {list(weights)}")
       set_("loss_weights", weights)
 
   def task_loss_weights(self, tasks: Sequence[str]) -> Tuple[float, ...]:
@@ -82,7 +82,7 @@ class ModelConfig:
       return tuple(1.0 for _ in tasks)
     if len(self.loss_weights) != len(tasks):
       raise ConfigError(
-          f"loss_weights has {len(self.loss_weights)} values but the data has "
+          f"--loss_weights has {len(self.loss_weights)} values but the data has "
           f"{len(tasks)} tasks {list(tasks)}")
     return self.loss_weights
 
@@ -174,11 +174,11 @@ class TrainConfig:
   def __post_init__(self):
     if self.mixed_precision not in MIXED_PRECISION_POLICIES:
       raise ConfigError(
-          f"mixed_precision must be one of {MIXED_PRECISION_POLICIES}, got "
+          f"--mixed_precision must be one of {MIXED_PRECISION_POLICIES}, got "
           f"'{self.mixed_precision}' (mixed_float16 needs loss scaling, which tfrs.Model's "
           "train_step does not do)")
     if self.export_precision not in EXPORT_PRECISIONS:
-      raise ConfigError(f"export_precision must be one of {', '.join(EXPORT_PRECISIONS)}, "
+      raise ConfigError(f"--export_precision must be one of {', '.join(EXPORT_PRECISIONS)}, "
                         f"got '{self.export_precision}'")
     if self.optimizer not in OPTIMIZERS:
       raise ConfigError(f"unknown optimizer '{self.optimizer}'; choose one of: "
@@ -188,17 +188,17 @@ class TrainConfig:
                         f"{', '.join(STRATEGIES)}")
     for name in ("epochs", "batch_size", "eval_batch_size", "steps_per_execution"):
       if getattr(self, name) < 1:
-        raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
     if self.steps_per_epoch < 0:
-      raise ConfigError(f"steps_per_epoch must be >= 0 (0: one pass over the train split), "
+      raise ConfigError(f"--steps_per_epoch must be >= 0 (0: one pass over the train split), "
                         f"got {self.steps_per_epoch}")
     if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-      raise ConfigError(f"learning_rate must be a number > 0, got {self.learning_rate}")
+      raise ConfigError(f"--learning_rate must be a number > 0, got {self.learning_rate}")
     if not 0 <= self.seed < 2**32:
-      raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
+      raise ConfigError(f"--seed must be in [0, 2**32), got {self.seed}")
     if self.early_stop_patience < 0:
       raise ConfigError(
-          f"early_stop_patience must be >= 0, got {self.early_stop_patience}")
+          f"--early_stop_patience must be >= 0, got {self.early_stop_patience}")
     if not 0.0 < self.reduce_lr_factor <= 1.0:
       raise ConfigError(
-          f"reduce_lr_factor must be in (0, 1], got {self.reduce_lr_factor}")
+          f"--reduce_lr_factor must be in (0, 1], got {self.reduce_lr_factor}")

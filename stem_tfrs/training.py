@@ -8,6 +8,28 @@ A run directory holds everything needed to trace a reported number:
     <run_dir>/backup/            BackupAndRestore state while a run is in flight
     <run_dir>/training.json      per-epoch history, wall time, examples/s
     <run_dir>/metrics.json       {"<split>": {"<task>": {"logloss", "auc", "gauc", ...}}}
+
+A run directory's config.json and its checkpoints never disagree. `train`
+into a given `run_dir` (`check_run_dir`, before anything is written):
+
+  - starts a run where there is none (no directory, or one without any of
+    config.json, checkpoints/, backup/, training.json, metrics.json);
+  - resumes an interrupted run (backup/) of the same settings: the same
+    model, model configuration, tasks, schema path and features (names,
+    vocabulary sizes, numeric statistics); training settings (epochs, batch
+    size, learning rate, ...) may change, and config.json then records them;
+  - starts over a run of the same settings killed before its first backup
+    (config.json, maybe checkpoints and logs, but neither backup/ nor
+    metrics.json), as if it had never run;
+  - refuses, in one line: a run of other settings, interrupted, finished or
+    killed before its first backup; a finished run (metrics.json, no
+    backup/), whatever its settings; run files without a config.json.
+
+config.json is written only once the run's backup, if any, has been
+checked, before the first checkpoint. Every restore (a resume, the
+evaluation of the best checkpoint, `export --run_dir`) restores every
+variable of the model or refuses (`checkpoints.CheckpointError`), and a
+damaged checkpoint or backup is one error naming its files.
 """
 
 from __future__ import annotations
@@ -22,7 +44,7 @@ from absl import logging
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from stem_tfrs import callbacks, data, distributed, evaluation, export
+from stem_tfrs import callbacks, checkpoints, data, distributed, evaluation, export
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
 from stem_tfrs.files import write_json
 from stem_tfrs.models import MODELS, build_model, global_dtype_policy
@@ -43,6 +65,14 @@ class TrainResult:
 
 class TrainingDiverged(ValueError):
   """A loss became NaN or infinite: the run stops before evaluating or exporting."""
+
+
+class RunFinished(ConfigError):
+  """The run directory holds a finished run (metrics.json): `train` does not overwrite it."""
+
+  def __init__(self, message: str, run_dir: str):
+    super().__init__(message)
+    self.run_dir = run_dir
 
 
 def default_run_dir(model_name: str) -> str:
@@ -87,6 +117,9 @@ def check_settings(model_config: ModelConfig, config: TrainConfig) -> None:
     ConfigError, SchemaError: naming what is wrong.
   """
   _check_model(model_config, config)
+  if config.export_dir:
+    _check_directory("--export_dir", config.export_dir,
+                     os.path.join(config.export_dir, config.model))
   if config.strategy in distributed.CLUSTER_STRATEGIES:
     if not config.run_dir:
       raise ConfigError(f"--strategy={config.strategy} needs --run_dir: every process of "
@@ -108,6 +141,22 @@ def check_settings(model_config: ModelConfig, config: TrainConfig) -> None:
       raise ConfigError(f"--batch_size={config.batch_size} is larger than the train split "
                         f"({rows} rows): a cluster run, or one with --steps_per_epoch, reads "
                         f"whole batches only")
+
+
+def _check_directory(flag: str, value: str, path: str) -> None:
+  """A ConfigError unless `path` (under the directory `value` of `flag`) can be a directory.
+
+  The nearest part of it that exists must be a directory: a file there
+  would stop the run only after training. (Remote paths are left to their
+  file system.)
+  """
+  if "://" in value:
+    return
+  part = os.path.abspath(path)
+  while not os.path.lexists(part) and os.path.dirname(part) != part:
+    part = os.path.dirname(part)
+  if not os.path.isdir(part):
+    raise ConfigError(f"{flag}={value}: {part} is a file, not a directory")
 
 
 def _check_batch_divides(config: TrainConfig, parts: int, what: str) -> None:
@@ -156,19 +205,62 @@ def _worker_settings(model_config: ModelConfig, config: TrainConfig, run_config:
   return settings
 
 
-def _check_resumable(run_dir: str, run_config: dict) -> None:
-  """A ConfigError if `run_dir` holds an interrupted run that `run_config` cannot resume.
+#: A run directory's files besides config.json: where one of them lies, a run has run.
+RUN_FILES = ("checkpoints", callbacks.BACKUP_DIR, "metrics.json", "training.json")
 
+
+def check_run_dir(run_dir: str, run_config: dict) -> None:
+  """A ConfigError unless `train` may write `run_dir` for a run of `run_config` (module docstring).
+
+  It may when `run_dir` holds no run; a run of the same settings interrupted
+  (backup/: resumed) or killed before its first backup (started over).
   BackupAndRestore resumes whatever backup/ holds; weights of another
   architecture, or of vocabularies of other sizes (the data prepared again),
-  would fail to load deep in Keras, after config.json had been overwritten.
+  would fail to load deep in Keras, and a run that stopped before its
+  backup would leave its checkpoint beside another run's config.json.
   Training settings (epochs, batch size, ...) may change.
+
+  Raises:
+    RunFinished: `run_dir` holds a finished run (metrics.json, no backup/)
+      of the same settings.
+    ConfigError: it holds a run of other settings, or run files without a
+      config.json.
   """
   previous = os.path.join(run_dir, "config.json")
-  if not (os.path.isdir(os.path.join(run_dir, callbacks.BACKUP_DIR)) and os.path.isfile(previous)):
+  present = [name for name in RUN_FILES if os.path.lexists(os.path.join(run_dir, name))]
+  if not os.path.isfile(previous):
+    if present:
+      raise ConfigError(f"{run_dir} holds {', '.join(present)} but no config.json: not a run "
+                        "directory train can resume or start over; use another --run_dir")
     return
-  with open(previous) as f:
-    before = json.load(f)
+  try:
+    with open(previous) as f:
+      before = json.load(f)
+    if not isinstance(before, dict):
+      raise ValueError("not a JSON object")
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{previous} cannot be read ({e}): {run_dir} is not a run directory "
+                      "train can resume; use another --run_dir")
+  interrupted = callbacks.BACKUP_DIR in present
+  finished = "metrics.json" in present and not interrupted
+  changes = _changed_settings(before, run_config)
+  if changes:
+    other = f"of other settings ({'; '.join(changes)})"
+    if interrupted:
+      held = f"an interrupted run (backup/) {other}: resume it with its own, or"
+    elif finished:
+      held = f"a finished run {other}:"
+    else:
+      held = f"a run {other} that stopped before its first backup:"
+    raise ConfigError(f"{run_dir} holds {held} use another --run_dir")
+  if finished:
+    raise RunFinished(f"{run_dir} already holds a finished run (metrics.json); use another "
+                      "--run_dir", run_dir)
+
+
+def _changed_settings(before: dict, run_config: dict) -> List[str]:
+  """What differs between a run dir's config.json and `run_config`, in the settings that
+  decide the model's variables: "key old -> new" each (empty: the same run)."""
   now = json.loads(json.dumps(run_config))  # tuples as lists, as read back
   changes = [f"{key} {before.get(key)} -> {now[key]}" for key in ("model", "tasks")
              if before.get(key) != now[key]]
@@ -183,9 +275,7 @@ def _check_resumable(run_dir: str, run_config: dict) -> None:
     changes.append(f"features {', '.join(names)}: the data was prepared again")
   if before.get("numeric_features", []) != now["numeric_features"]:
     changes.append("numeric features: the data was prepared again")
-  if changes:
-    raise ConfigError(f"{run_dir} holds an interrupted run (backup/) of other settings "
-                      f"({'; '.join(changes)}): resume it with its own, or use another --run_dir")
+  return changes
 
 
 def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
@@ -227,7 +317,6 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
                          f"replicas of --strategy={config.strategy}")
   run_dir = config.run_dir or default_run_dir(config.model)
   chief = distributed.is_chief(strategy)
-  os.makedirs(run_dir, exist_ok=True)
   described = schema.to_json()
   run_config = {
       "model": config.model,
@@ -241,9 +330,8 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
       "versions": {"tensorflow": tf.__version__, "tensorflow_recommenders": tfrs.__version__},
   }
   distributed.check_same_settings(strategy, _worker_settings(model_config, config, run_config))
-  _check_resumable(run_dir, run_config)
-  if chief:
-    write_json(os.path.join(run_dir, "config.json"), run_config)
+  check_run_dir(run_dir, run_config)
+  os.makedirs(run_dir, exist_ok=True)
 
   tf.keras.utils.set_random_seed(config.seed)
   if config.deterministic:
@@ -267,6 +355,14 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
     optimizer = LazyAdam if config.optimizer == "lazy_adam" else FusedAdam
     model.compile(optimizer=optimizer(config.learning_rate),
                   steps_per_execution=steps_per_execution)
+  run_callbacks = callbacks.for_run(config, schema.tasks, run_dir, chief)
+  # A backup to resume is checked before anything of the run is written (TensorBoard
+  # writes as `fit` begins): it must restore every variable of the model and optimizer.
+  backup = next(c for c in run_callbacks if isinstance(c, callbacks.CheckedBackupAndRestore))
+  callbacks.restore_backup(model, backup.backup_dir)
+  backup.checked = True
+  if chief:
+    write_json(os.path.join(run_dir, "config.json"), run_config)
   valid_ds = _known_length(data.make_dataset(schema, "valid", config.eval_batch_size),
                            valid_rows, config.eval_batch_size)
   fit_args = {}
@@ -293,7 +389,6 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
 
   logging.info("training %s on %s into %s", config.model, schema.directory, run_dir)
   start = time.time()
-  run_callbacks = callbacks.for_run(config, schema.tasks, run_dir, chief)
   model.fit(train_input, validation_data=valid_ds, epochs=config.epochs,
             callbacks=run_callbacks, verbose=verbose, **fit_args)
   # Every epoch's logs and training time, those before a resume included.
@@ -319,7 +414,7 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
     # sharded or remote, and the SavedModel does not depend on the cluster.
     with tf.distribute.get_strategy().scope():
       model = build_model(config.model, schema, model_config)
-  model.load_weights(os.path.join(run_dir, "checkpoints", "best")).expect_partial()
+  checkpoints.load_weights(model, os.path.join(run_dir, "checkpoints", "best"))
 
   metrics = {split: evaluation.evaluate(
                  model, schema, data.make_dataset(schema, split, config.eval_batch_size))

@@ -11,7 +11,8 @@ optimization over `SEARCH_SPACE`) and keeps the search's state in
 the exact metrics of `stem_tfrs.evaluation` (mean over tasks of AUC or gAUC).
 Rerunning the same search in the same directory resumes it: finished trials are
 kept, and a trial cut short by an interruption is run again, resuming from its
-last finished epoch (its run directory keeps BackupAndRestore's state). A
+last finished epoch (its run directory keeps BackupAndRestore's state), or
+scored from its run's metrics.json if its run had finished. A
 trial whose training diverges is marked failed and the search goes on;
 `FAILED_IN_A_ROW` failed trials in a row end it (and a rerun of it) with an
 error.
@@ -98,7 +99,11 @@ class RunTuner(keras_tuner.Tuner):
     train_config = dataclasses.replace(
         train_config, run_dir=os.path.join(self.trials_dir, trial.trial_id), export_dir="")
     try:
-      result = training.train(model_config, train_config, verbose=0)
+      valid = training.train(model_config, train_config, verbose=0).metrics["valid"]
+    except training.RunFinished as e:  # trained, but the search stopped before recording it
+      logging.info("trial %s: %s holds its finished run: its metrics", trial.trial_id, e.run_dir)
+      with open(os.path.join(e.run_dir, "metrics.json")) as f:
+        valid = json.load(f)["valid"]
     except Exception as e:  # KerasTuner marks the trial failed, with the traceback in its state
       diverged = isinstance(e, training.TrainingDiverged)
       cause = str(e) if diverged else (
@@ -108,7 +113,6 @@ class RunTuner(keras_tuner.Tuner):
       if diverged:  # the same values would diverge again: a failed trial, not one to retry
         raise keras_tuner.errors.FailedTrialError(failure) from e
       raise
-    valid = result.metrics["valid"]
     return {f"val_{metric}": sum(m[metric] for m in valid.values()) / len(valid)
             for metric in OBJECTIVES}
 

@@ -62,3 +62,26 @@ def test_checkpoint_of_another_configuration_is_a_clear_error(tiny_data, tmp_pat
     checkpoints.load_weights(model, str(tmp_path / "other"))
   with pytest.raises(ValueError, match=r"has shape .* the model takes .* another configuration"):
     checkpoints.load_weights(model, str(tmp_path / "other_old"))
+
+
+@pytest.mark.parametrize("saved, loaded, says", [
+    (1, 2, r"does not restore 18 of the model's \d+ variables \(the first: stem/stem_layer_\d/"),
+    (2, 1, r"holds \d+ values the model does not have \(the first: stem/stem_layer_\d/"),
+])
+def test_a_checkpoint_of_another_depth_is_refused_naming_the_first_variables(
+    tiny_data, tmp_path, saved, loaded, says):
+  schema = Schema.load(tiny_data)
+  build_model("stem", schema, tiny_model_config(num_layers=saved)).save_weights(
+      str(tmp_path / "saved"))
+  model = build_model("stem", schema, tiny_model_config(num_layers=loaded))
+  with pytest.raises(ValueError, match=rf"{tmp_path}/saved {says}.*another configuration"):
+    checkpoints.load_weights(model, str(tmp_path / "saved"))
+
+
+def test_a_compiled_model_restores_a_checkpoint_of_the_weights_alone(tiny_data, tmp_path):
+  schema = Schema.load(tiny_data)
+  build_model("stem", schema, tiny_model_config()).save_weights(str(tmp_path / "weights"))
+  model = build_model("stem", schema, tiny_model_config())
+  model.compile(optimizer=tf.keras.optimizers.Adam())  # its optimizer is not in the checkpoint
+  checkpoints.load_weights(model, str(tmp_path / "weights"))
+  assert model.optimizer is not None

@@ -340,3 +340,21 @@ def test_resuming_on_data_prepared_again_is_refused_and_with_no_epoch_left_keeps
       json.load(open(tmp_path / "data" / "stats.json"))["train"]["rows"]
       / training_json["train_seconds"])
   assert set(done.metrics) == {"valid", "test"} and not (tmp_path / "run" / "backup").exists()
+
+
+def test_an_epoch_s_logged_loss_is_the_mean_over_its_batches(tiny_data, tmp_path):
+  # ~16,000 train rows in batches of 512: 31 full batches and a partial one. The tasks'
+  # losses are Keras means over the epoch's examples; the epoch's loss (their weighted
+  # sum: no embedding L2 here, and STEM has no auxiliary loss) must be the same mean,
+  # not the last batch's.
+  config = TrainConfig(data_dir=tiny_data, run_dir=str(tmp_path / "run"), export_dir="",
+                       epochs=2, batch_size=512, seed=5, early_stop_patience=5)
+  result = training.train(tiny_model_config(embedding_l2=0.0, loss_weights=(2.0, 1.0)),
+                          config, verbose=0)
+  history = json.load(open(tmp_path / "run" / "training.json"))["history"]
+  assert history == result.history
+  for epoch in range(2):
+    mean = 2.0 * history["finish_loss"][epoch] + history["like_loss"][epoch]
+    assert history["loss"][epoch] == pytest.approx(mean, rel=1e-5)
+    assert history["total_loss"][epoch] == pytest.approx(mean, rel=1e-5)
+    assert history["regularization_loss"][epoch] == 0.0

@@ -116,3 +116,30 @@ def test_any_failed_trial_is_named_and_a_stopped_search_says_why_again(tiny_data
   monkeypatch.setattr(training, "train", no_training)  # resumed: the saved trials say why
   with pytest.raises(tuning.SearchFailed, match=message):
     tuning.tune(tiny_model_config(), config, str(tmp_path), max_trials=5)
+
+
+def test_a_trial_whose_run_finished_before_the_search_recorded_it_is_scored_from_it(
+    trained_run, tiny_data, tmp_path):
+  # Killed after the trial's run wrote metrics.json, before KerasTuner saved the trial: the
+  # resumed search runs the trial again, with the same values, into the same run directory.
+  import dataclasses
+  import keras_tuner
+  oracle = keras_tuner.oracles.RandomSearchOracle(
+      objective=keras_tuner.Objective("val_auc", direction="max"), max_trials=1, seed=1)
+  base = TrainConfig(data_dir=tiny_data, epochs=1, batch_size=512)
+  search = tuning.RunTuner(oracle, tiny_model_config(), base, trials_dir=str(tmp_path / "trials"),
+                           directory=str(tmp_path), project_name="search")
+  trial = keras_tuner.engine.trial.Trial(keras_tuner.HyperParameters(), trial_id="0")
+  values = {f"{c}.{f}": candidates[0] for (c, f), candidates in tuning.SEARCH_SPACE.items()}
+  model_config, _ = tuning.configs_for(values, tiny_model_config(), base)
+  run_dir = tmp_path / "trials" / "0"
+  shutil.copytree(trained_run.run_dir, run_dir)
+  config = json.loads((run_dir / "config.json").read_text())
+  config["model_config"] = json.loads(json.dumps(dataclasses.asdict(model_config)))
+  (run_dir / "config.json").write_text(json.dumps(config))
+  metrics = (run_dir / "metrics.json").read_text()
+  scores = search.run_trial(trial)
+  valid = json.loads(metrics)["valid"]
+  assert scores == {f"val_{m}": sum(t[m] for t in valid.values()) / len(valid)
+                    for m in tuning.OBJECTIVES}
+  assert (run_dir / "metrics.json").read_text() == metrics  # not trained again
