@@ -44,9 +44,9 @@ import tensorflow as tf
 
 from stem_tfrs.errors import first_line
 from stem_tfrs.files import remove_abandoned, temp_prefix
-from stem_tfrs.schema import (SPLITS, STATS_FILE, CategoricalFeature, NumericFeature, Schema,
-                              check_column_names, check_task_names, read_numbers,
-                              row_lengths_key)
+from stem_tfrs.schema import (SHARD_BYTES, SPLITS, STATS_FILE, CategoricalFeature,
+                              NumericFeature, Schema, check_column_names, check_task_names,
+                              read_numbers, row_lengths_key)
 
 BAD_ROWS_FILE = "bad_rows.json"
 #: Rows a shard record holds by default: tf.data and the parser pay per record (stem_tfrs.schema).
@@ -340,7 +340,10 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
     stats = {
         name: {"rows": int(rows[s]),
                "positive_rate": {task: float(positives[s, t] / max(rows[s], 1))
-                                 for t, task in enumerate(labels)}}
+                                 for t, task in enumerate(labels)},
+               # What a shard cut short by a copy or a full disk no longer holds: checked in
+               # O(1) a shard before training reads it (stem_tfrs.data.validate_shards).
+               SHARD_BYTES: {n: os.path.getsize(os.path.join(tmp, n)) for n in shard_files[name]}}
         for s, name in enumerate(SPLITS)}
     with _writing():
       schema.save(tmp)

@@ -7,7 +7,8 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
-from stem_tfrs.schema import PADDING, Schema, SchemaError, row_lengths_key
+from stem_tfrs.schema import (PADDING, SHARD_BYTES, Schema, SchemaError, load_stats,
+                              row_lengths_key)
 
 _TF_DTYPES = {"string": tf.string, "int64": tf.int64}
 
@@ -81,10 +82,12 @@ def validate_shards(schema: Schema, splits=("train", "valid", "test")) -> None:
   Reads the first record of each split's first shard: cheap, and it catches a
   schema that names a column the shards lack, or one of another type, or
   block records under a schema that expects one row a record, before
-  anything is trained or written.
+  anything is trained or written. Then compares every shard's size with the
+  one stats.json records (`_check_sizes`).
 
   Raises:
-    SchemaError: naming the split, the shard and the column.
+    SchemaError: naming the split, the shard and the column, or the shard
+      whose size changed.
   """
   kinds = {"string": "bytes_list", "int64": "int64_list"}
   expected = {f.name: kinds[f.dtype] for f in schema.features}
@@ -95,6 +98,7 @@ def validate_shards(schema: Schema, splits=("train", "valid", "test")) -> None:
   if blocks:
     expected.update({row_lengths_key(name): "int64_list" for name in multivalent})
   single = [name for name in expected if name not in multivalent]
+  stats = load_stats(schema.directory)
   for split in splits:
     path = schema.shard_paths(split)[0]
     if not tf.io.gfile.exists(path):
@@ -127,6 +131,7 @@ def validate_shards(schema: Schema, splits=("train", "valid", "test")) -> None:
       raise SchemaError(
           f"the first record of shard {path} holds columns of different lengths: " +
           ", ".join(f"{name} {n}" for name, n in counts.items()))
+    _check_sizes(schema, split, stats.get(split, {}).get(SHARD_BYTES))
 
 
 def _crc32c_table() -> List[int]:
@@ -183,6 +188,26 @@ def shard_damage(path: str) -> Optional[str]:
                 "prepare the data set again)")
       offset = end
   return None
+
+
+def _check_sizes(schema: Schema, split: str, sizes: Optional[Dict[str, int]]) -> None:
+  """A SchemaError naming the first shard of `split` whose size is not the one data_prep wrote.
+
+  One stat a shard: a shard cut short (an interrupted copy, a full disk) is
+  named before training reads into it, where TensorFlow would stop with
+  "truncated record at N" and no file. Shards stats.json gives no size for
+  (data sets written before data_prep recorded them) are not checked.
+  """
+  for name, path in zip(schema.splits.get(split, []), schema.shard_paths(split)):
+    if name not in (sizes or {}):
+      continue
+    if not tf.io.gfile.exists(path):
+      raise SchemaError(f"shard {path} of split '{split}' does not exist")
+    found = tf.io.gfile.stat(path).length
+    if found != sizes[name]:
+      raise SchemaError(f"shard {path} of split '{split}' holds {found:,} bytes where "
+                        f"data_prep wrote {sizes[name]:,}: it was cut short or changed since; "
+                        "copy or prepare the data set again")
 
 
 def find_damaged_shards(schema: Schema, split: Optional[str] = None) -> List[str]:

@@ -53,6 +53,8 @@ import pandas as pd
 
 SCHEMA_FILE = "schema.json"
 STATS_FILE = "stats.json"
+#: stats.json's per-split {shard file name: size in bytes}, as data_prep wrote them.
+SHARD_BYTES = "shard_bytes"
 SPLITS = ("train", "valid", "test")
 _DTYPES = ("string", "int64")
 #: What pads a multivalent feature's lists to a rectangle, per dtype; never looked up.

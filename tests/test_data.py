@@ -83,6 +83,18 @@ def test_validate_shards_rejects_an_empty_shard(tiny_data, tmp_path):
     validate_shards(schema)
 
 
+def test_validate_shards_names_a_shard_cut_short_since_it_was_prepared(tiny_data, tmp_path):
+  shutil.copytree(tiny_data, tmp_path / "data")
+  shard = tmp_path / "data" / "train-00003-of-00008.tfrecord"
+  size = shard.stat().st_size
+  with open(shard, "r+b") as f:
+    f.truncate(size // 2)
+  with pytest.raises(SchemaError, match=rf"shard .*/train-00003-of-00008.tfrecord of split "
+                                        rf"'train' holds {size // 2:,} bytes where data_prep "
+                                        rf"wrote {size:,}"):
+    validate_shards(Schema.load(str(tmp_path / "data")))
+
+
 def test_label_outside_0_1_stops_the_pipeline_naming_the_label(tiny_data, tmp_path):
   schema = copy_with_train_shard(tiny_data, tmp_path, [good_row()] * 5 + [good_row(like=2)])
   validate_shards(schema)  # the first record is fine
