@@ -107,6 +107,10 @@ def test_label_not_binary_in_shards_is_one_line_and_nothing_is_exported(tmp_path
               [good_row()] * 300 + [good_row(like=3)] + [good_row()] * 300)
   schema.splits["train"] = ["train-00000-of-00008.tfrecord"]
   schema.save(str(data_copy))
+  stats = json.loads((data_copy / "stats.json").read_text())  # the shard's size, as data_prep
+  stats["train"]["shard_bytes"] = {                            # records those it writes
+      "train-00000-of-00008.tfrecord": os.path.getsize(data_copy / "train-00000-of-00008.tfrecord")}
+  (data_copy / "stats.json").write_text(json.dumps(stats))
   result = run_train(tmp_path, data_copy, "--batch_size=64")
   assert_clean_error(result, r"label like in split train must be 0 or 1")
   assert_nothing_written(tmp_path)
