@@ -16,6 +16,17 @@ Features = Dict[str, tf.Tensor]
 Labels = Dict[str, tf.Tensor]
 
 
+#: What tfrs.Model's train and test steps return besides the tasks' metrics.
+_LOSS_KEYS = ("loss", "regularization_loss", "total_loss")
+
+
+class _Untracked:
+  """Holds objects out of Keras' attribute tracking (and so out of checkpoints)."""
+
+  def __init__(self, items: dict):
+    self.items = items
+
+
 class MultiTaskRankingModel(tfrs.Model):
   """A `tfrs.Model` with one tower and one `tfrs.tasks.Ranking` head per task.
 
@@ -82,20 +93,43 @@ class MultiTaskRankingModel(tfrs.Model):
     # Metric results are already global on every replica (synced on read);
     # the logs take replica 0's instead of summing R copies.
     self.distribute_reduction_method = "first"
+    # Keras logs at an epoch's end the last batch's value of whatever `train_step` returns
+    # that is not a metric: tfrs.Model's losses. These means make them the epoch's, as the
+    # tasks' losses are. Kept out of Keras' tracking, so that checkpoints hold what they held.
+    self._loss_means = _Untracked({key: tf.keras.metrics.Mean(name=key, dtype=tf.float32)
+                                   for key in _LOSS_KEYS})
 
   def train_step(self, inputs):
-    return self._global_losses(super().train_step(inputs))
+    return self._mean_losses(self._global_losses(super().train_step(inputs)), inputs)
 
   def test_step(self, inputs):
-    return self._global_losses(super().test_step(inputs))
+    return self._mean_losses(self._global_losses(super().test_step(inputs)), inputs)
+
+  def reset_metrics(self):
+    """Keras' reset at every epoch's and evaluation's start, the loss means' included."""
+    super().reset_metrics()
+    for mean in self._loss_means.items.values():
+      mean.reset_state()
+
+  def _mean_losses(self, logs: Dict[str, tf.Tensor], inputs) -> Dict[str, tf.Tensor]:
+    """`logs` with each loss replaced by its mean over the examples since the last reset.
+
+    A batch's loss counts once per example, as the tasks' losses (Keras means of
+    per-example losses) count it: a short last batch weighs what it holds.
+    """
+    _, labels = inputs
+    rows = tf.cast(tf.shape(labels[self.task_names[0]])[0], tf.float32)
+    means = {key: mean for key, mean in self._loss_means.items.items() if key in logs}
+    for key, mean in means.items():
+      mean.update_state(logs[key], sample_weight=rows)
+    return {**logs, **{key: mean.result() for key, mean in means.items()}}
 
   def _global_losses(self, logs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     """Replaces each replica's share of the losses in `logs` by their global sum."""
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
       return logs
-    return {key: (context.all_reduce("sum", value)
-                  if key in ("loss", "regularization_loss", "total_loss") else value)
+    return {key: context.all_reduce("sum", value) if key in _LOSS_KEYS else value
             for key, value in logs.items()}
 
   @classmethod
