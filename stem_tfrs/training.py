@@ -34,6 +34,7 @@ damaged checkpoint or backup is one error naming its files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -46,10 +47,11 @@ import tensorflow_recommenders as tfrs
 
 from stem_tfrs import callbacks, checkpoints, data, distributed, evaluation, export
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
+from stem_tfrs.errors import first_line
 from stem_tfrs.files import write_json
 from stem_tfrs.models import MODELS, build_model, global_dtype_policy
 from stem_tfrs.optimizers import FusedAdam, LazyAdam
-from stem_tfrs.schema import Schema, load_stats
+from stem_tfrs.schema import Schema, SchemaError, load_stats
 
 
 @dataclasses.dataclass
@@ -336,8 +338,26 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
   tf.keras.utils.set_random_seed(config.seed)
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()
-  with global_dtype_policy(config.mixed_precision):
+  with global_dtype_policy(config.mixed_precision), _damaged_shards_named(schema):
     return _train(schema, model_config, config, run_dir, run_config, verbose, strategy, chief)
+
+
+@contextlib.contextmanager
+def _damaged_shards_named(schema: Schema):
+  """Turns the shard reader's DataLossError ("corrupted record at N", no file) into a
+  SchemaError naming each damaged shard and where (`data.find_damaged_shards`).
+
+  validate_shards names shards cut short before a run starts; this names the
+  damage that keeps a shard's size, once the reader has met it.
+  """
+  try:
+    yield
+  except tf.errors.DataLossError as e:
+    damaged = data.find_damaged_shards(schema)
+    if not damaged:
+      raise
+    raise SchemaError(f"{'; '.join(damaged)} (TensorFlow: {first_line(e.message)}); copy or "
+                      "prepare the data set again") from None
 
 
 def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_dir: str,

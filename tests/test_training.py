@@ -3,6 +3,8 @@
 import dataclasses
 import json
 import os
+import shutil
+import struct
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import tensorflow as tf
 
 from stem_tfrs import ModelConfig, TrainConfig, build_model, callbacks, make_dataset, training
 from stem_tfrs.config import ConfigError
-from stem_tfrs.schema import Schema
+from stem_tfrs.schema import Schema, SchemaError
 
 from conftest import tiny_model_config
 
@@ -358,3 +360,19 @@ def test_an_epoch_s_logged_loss_is_the_mean_over_its_batches(tiny_data, tmp_path
     assert history["loss"][epoch] == pytest.approx(mean, rel=1e-5)
     assert history["total_loss"][epoch] == pytest.approx(mean, rel=1e-5)
     assert history["regularization_loss"][epoch] == 0.0
+
+
+def test_a_shard_damaged_in_place_stops_training_naming_the_shard(tiny_data, tmp_path):
+  # A garbled record header keeps the shard's size (stats.json's check passes): TensorFlow's
+  # reader stops with "corrupted record at N" and no file; the error names the shard.
+  shutil.copytree(tiny_data, tmp_path / "data")
+  shard = tmp_path / "data" / "train-00002-of-00008.tfrecord"
+  content = bytearray(shard.read_bytes())
+  second = 8 + 4 + struct.unpack("<Q", content[:8])[0] + 4  # the second record's header
+  content[second + 2] ^= 0xFF
+  shard.write_bytes(bytes(content))
+  config = TrainConfig(data_dir=str(tmp_path / "data"), run_dir=str(tmp_path / "run"),
+                       export_dir="", epochs=1, batch_size=512, seed=5)
+  with pytest.raises(SchemaError, match=rf"shard .*/train-00002-of-00008\.tfrecord of split "
+                                        rf"'train' is damaged: .*byte {second:,}"):
+    training.train(tiny_model_config(), config, verbose=0)
