@@ -88,15 +88,21 @@ def checked_restore(restore: Callable[[], object], checkpoint: str,
       shape, a variable was not restored or a value of the checkpoint was
       left over.
   """
-  try:
-    status = restore()
-  except _UNREADABLE as e:
-    raise unreadable(checkpoint, e, damaged) from e
-  except ValueError as e:  # Keras: "Received incompatible tensor with shape ..."
-    raise CheckpointError(f"{checkpoint}: {first_line(str(e))}; {remedy}") from e
+  refused = None
+  with _unused_values_unlogged():
+    try:
+      status = restore()
+    except _UNREADABLE as e:
+      refused = unreadable(checkpoint, e, damaged)
+    except ValueError as e:  # Keras: "Received incompatible tensor with shape ..."
+      refused = CheckpointError(f"{checkpoint}: {first_line(str(e))}; {remedy}")
+  if refused is not None:
+    raise refused
   try:
     status.assert_consumed()
   except AssertionError as e:
+    # Refused: TensorFlow need not also log every unused value of it when the status goes.
+    status.expect_partial()
     missing = _not_restored(status, variables)
     if missing or "not bound to checkpointed values" in str(e):
       count = len(missing) if missing else "some"
@@ -108,6 +114,23 @@ def checked_restore(restore: Callable[[], object], checkpoint: str,
     raise CheckpointError(
         f"{checkpoint} holds {len(unused) or 'some'} values the model does not have "
         f"(the first: {', '.join(unused[:3]) or first_line(str(e))[:200]}); {remedy}") from None
+
+
+@contextlib.contextmanager
+def _unused_values_unlogged():
+  """TensorFlow's warnings about a refused restore's unused values, dropped.
+
+  A restore that fails midway leaves TensorFlow's restore state to log one
+  warning per value of the checkpoint it did not use when it is freed: here,
+  when the failure is handled, inside this block. The refusal names them.
+  """
+  logger = tf.get_logger()
+  level = logger.level
+  logger.setLevel("ERROR")
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
 
 
 def unreadable(checkpoint: str, error: Exception, remedy: str) -> CheckpointError:
