@@ -10,7 +10,7 @@ from fault_drill import assert_killed, assert_succeeded, run, temporaries
 
 KILL_POINTS = {
     # config.json is written; not a step trained.
-    "early, before the model is built": ("stem_tfrs.training:_train", 1),
+    "early, as the first dataset is made": ("stem_tfrs.data:make_dataset", 1),
     # Epoch 1 finished: its checkpoint and backup are written.
     "mid-training, as the second epoch begins":
         ("stem_tfrs.callbacks:ResumedCallbackState.on_epoch_begin", 2),
