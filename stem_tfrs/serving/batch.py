@@ -125,13 +125,12 @@ def score_csv(input_path: str, output_path: str, predict: Predict, specs: InputS
     The number of rows scored.
 
   Raises:
-    ConfigError: the file is missing, or lacks a column, named; a
-      `keep_columns` column is also a task (the prediction would replace it).
-    DataError: the file is not UTF-8 text (naming its line), or, with a
-      strict `bad_rows`, a row is bad.
+    ConfigError: the file lacks a column, named; a `keep_columns` column is
+      also a task (the prediction would replace it).
+    DataError: the file is missing, a directory, empty or compressed
+      (`data_prep.readers.check_file`), or not UTF-8 text (naming its line),
+      or, with a strict `bad_rows`, a row is bad.
   """
-  if not os.path.isfile(input_path):
-    raise ConfigError(f"input file {input_path} does not exist")
   header = _header(input_path)
   missing = [name for name in list(specs) + list(keep_columns) if name not in header]
   if missing:
