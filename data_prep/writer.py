@@ -31,7 +31,6 @@ import collections
 import contextlib
 import dataclasses
 import itertools
-import json
 import math
 import os
 import shutil
@@ -43,7 +42,7 @@ import pandas as pd
 import tensorflow as tf
 
 from stem_tfrs.errors import first_line
-from stem_tfrs.files import remove_abandoned, temp_prefix
+from stem_tfrs.files import remove_abandoned, temp_prefix, write_json
 from stem_tfrs.schema import (SHARD_BYTES, SPLITS, STATS_FILE, CategoricalFeature,
                               NumericFeature, Schema, check_column_names, check_task_names,
                               read_numbers, row_lengths_key)
@@ -348,7 +347,7 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
     with _writing():
       schema.save(tmp)
       for name, content in ((STATS_FILE, stats), (BAD_ROWS_FILE, bad_rows.to_json())):
-        _write_json(os.path.join(tmp, name), content)
+        write_json(os.path.join(tmp, name), content)
     check_out(out_dir, overwrite, inputs)  # again: what is there now is what is replaced
     with _writing():
       _replace_dir(tmp, out_dir)
@@ -418,12 +417,6 @@ def _temporary_sibling(out_dir: str) -> str:
   os.umask(umask)
   os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the data set is not
   return tmp
-
-
-def _write_json(path: str, content) -> None:
-  with open(path, "w") as f:
-    json.dump(content, f, indent=2)
-    f.write("\n")
 
 
 class _WriteFailed(Exception):
