@@ -85,14 +85,21 @@ def _task_address(resolver) -> str:
     return "?"
 
 
-def make_strategy(name: str, min_shard_bytes: int = MIN_SHARD_BYTES) -> tf.distribute.Strategy:
+def make_strategy(name: str, min_shard_bytes: int = MIN_SHARD_BYTES,
+                  listen_on_all_interfaces: bool = False) -> tf.distribute.Strategy:
   """The strategy called `name`; cluster strategies read TF_CONFIG.
 
   Call it before any other TensorFlow op of the process:
   MultiWorkerMirroredStrategy configures the collective ops at start-up.
 
+  Both cluster strategies start TensorFlow's gRPC server in this process (a
+  multi-worker task serves its peers, a parameter-server chief its workers),
+  which listens on every interface (see `run_server`): they start only when
+  `listen_on_all_interfaces` acknowledges it.
+
   Raises:
-    ConfigError: unknown name, or TF_CONFIG missing or not fit for it.
+    ConfigError: unknown name, TF_CONFIG missing or not fit for it, or a
+      cluster strategy without `listen_on_all_interfaces`.
   """
   if name not in STRATEGIES:
     raise ConfigError(f"unknown strategy '{name}'; choose one of: {', '.join(STRATEGIES)}")
@@ -105,6 +112,7 @@ def make_strategy(name: str, min_shard_bytes: int = MIN_SHARD_BYTES) -> tf.distr
   if name == "multi_worker":
     if "ps" in cluster:
       raise ConfigError("TF_CONFIG has 'ps' tasks: use --strategy=parameter_server")
+    _check_exposure(resolver, listen_on_all_interfaces)
     address = _task_address(resolver)
     logging.info("waiting for the %d task(s) of TF_CONFIG to start (this one: %s %d at %s); "
                  "only SIGKILL ends the wait", sum(map(len, cluster.values())),
@@ -125,6 +133,7 @@ def make_strategy(name: str, min_shard_bytes: int = MIN_SHARD_BYTES) -> tf.distr
     raise ConfigError(f"this process is task '{resolver.task_type}' of TF_CONFIG: with "
                       "--strategy=parameter_server only the chief runs `train`; workers "
                       "and parameter servers run `python main.py server`")
+  _check_exposure(resolver, listen_on_all_interfaces)
   partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
       min_shard_bytes=min_shard_bytes, max_shards=len(cluster["ps"]))
   return tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
@@ -219,6 +228,23 @@ def _is_local_host(host: str) -> bool:
   return checked > 0
 
 
+def _check_exposure(resolver, listen_on_all_interfaces: bool) -> None:
+  """A ConfigError unless this task may start TensorFlow's gRPC server (see `run_server`);
+  when it may, logs one warning that says what the port exposes."""
+  address = _task_address(resolver)
+  host, _, port = address.rpartition(":")
+  exposure = EXPOSURE.format(port=port, host=host)
+  if not listen_on_all_interfaces:
+    raise ConfigError(f"--listen_on_all_interfaces is not set: {exposure}. Keep the port on "
+                      "a private network (see docs/distributed.md), then pass "
+                      "--listen_on_all_interfaces to start it")
+  if not _is_local_host(host):
+    raise ConfigError(f"TF_CONFIG names {address} for task {resolver.task_type} "
+                      f"{resolver.task_id}, but {host} is not an address of this machine: "
+                      "give each task the address of the machine it runs on")
+  logging.warning("%s; keep port %s on a private network (docs/distributed.md)", exposure, port)
+
+
 def run_server(listen_on_all_interfaces: bool = False) -> None:
   """Serves this process's task of TF_CONFIG (a parameter-server "worker" or "ps") until killed.
 
@@ -244,18 +270,7 @@ def run_server(listen_on_all_interfaces: bool = False) -> None:
     raise ConfigError(f"`server` runs the 'worker' and 'ps' tasks of a parameter-server "
                       f"cluster; TF_CONFIG says this is task '{resolver.task_type}' (the "
                       "chief runs `train --strategy=parameter_server`)")
-  address = _task_address(resolver)
-  host, _, port = address.rpartition(":")
-  exposure = EXPOSURE.format(port=port, host=host)
-  if not listen_on_all_interfaces:
-    raise ConfigError(f"--listen_on_all_interfaces is not set: {exposure}. Keep the port on "
-                      "a private network (see docs/distributed.md), then pass "
-                      "--listen_on_all_interfaces to start it")
-  if not _is_local_host(host):
-    raise ConfigError(f"TF_CONFIG names {address} for task {resolver.task_type} "
-                      f"{resolver.task_id}, but {host} is not an address of this machine: "
-                      "give each task the address of the machine it runs on")
-  logging.warning("%s; keep port %s on a private network (docs/distributed.md)", exposure, port)
+  _check_exposure(resolver, listen_on_all_interfaces)
   # Fail over to the coordinator quickly when a peer dies (TensorFlow's recipe).
   os.environ.setdefault("GRPC_FAIL_FAST", "use_caller")
   server = tf.distribute.Server(

@@ -145,6 +145,17 @@ CASES = [
      ["server", "--env:TF_CONFIG={\"cluster\": {\"chief\": [\"127.0.0.1:1\"], \"worker\": "
       "[\"127.0.0.1:{port}\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}"],
      r"listen_on_all_interfaces"),
+    ("multi-worker train without acknowledging what it exposes",
+     [*TRAIN, "--data_dir=data", "--run_dir=mw", "--strategy=multi_worker",
+      "--env:TF_CONFIG={\"cluster\": {\"worker\": [\"127.0.0.1:{port}\"]}, \"task\": "
+      "{\"type\": \"worker\", \"index\": 0}}"],
+     r"listen_on_all_interfaces is not set: TensorFlow's gRPC server listens on 0\.0\.0\.0"),
+    ("parameter-server chief without acknowledging what it exposes",
+     [*TRAIN, "--data_dir=data", "--run_dir=ps", "--strategy=parameter_server",
+      "--env:TF_CONFIG={\"cluster\": {\"chief\": [\"127.0.0.1:{port}\"], \"worker\": "
+      "[\"127.0.0.1:1\"], \"ps\": [\"127.0.0.1:2\"]}, \"task\": {\"type\": \"chief\", "
+      "\"index\": 0}}"],
+     r"listen_on_all_interfaces is not set"),
     # Commands.
     ("no command", [], r"give a command"),
 ]

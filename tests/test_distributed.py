@@ -90,6 +90,7 @@ def cluster_factory(tmp_path):
 def train_args(tiny_data, run_dir, export_dir, *extra):
   return ["train", f"--data_dir={tiny_data}", f"--run_dir={run_dir}",
           f"--export_dir={export_dir}", "--eval_batch_size=4096", "--verbose=2",
+          "--listen_on_all_interfaces",
           *TINY_MODEL_FLAGS, *extra]
 
 
@@ -229,7 +230,8 @@ def test_a_worker_refuses_bad_flags_before_waiting_for_its_peers(
   cluster = cluster_factory({"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]})
   flags = [f.replace("RUN", str(tmp_path / "run")).replace("DATA", tiny_data) for f in flags]
   process = cluster.start("worker", 0, ["train", "--strategy=multi_worker", "--epochs=1",
-                                        f"--data_dir={tiny_data}", *TINY_MODEL_FLAGS, *flags])
+                                        "--listen_on_all_interfaces", f"--data_dir={tiny_data}",
+                                        *TINY_MODEL_FLAGS, *flags])
   try:
     code = process.wait(timeout=90)
   except subprocess.TimeoutExpired:

@@ -15,22 +15,13 @@ from __future__ import annotations
 
 from typing import List
 
-from absl import flags
-
 from stem_tfrs import distributed
+from stem_tfrs.cli.cluster import LISTEN_ON_ALL_INTERFACES
 from stem_tfrs.cli.errors import one_line_errors
-
-
-flags.DEFINE_bool("listen_on_all_interfaces", False, "server: start although TensorFlow's gRPC "
-                  "server listens on 0.0.0.0:PORT (every interface), whatever host TF_CONFIG "
-                  "names, and runs any graph sent to it without authentication; keep the "
-                  "port on a private network (docs/distributed.md).")
-
-FLAGS = flags.FLAGS
 
 
 @one_line_errors
 def run(argv: List[str]) -> int:
   del argv
-  distributed.run_server(listen_on_all_interfaces=FLAGS.listen_on_all_interfaces)
+  distributed.run_server(listen_on_all_interfaces=LISTEN_ON_ALL_INTERFACES.value)
   return 0

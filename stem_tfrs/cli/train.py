@@ -8,6 +8,7 @@ from typing import List
 from absl import flags, logging
 
 from stem_tfrs import distributed, evaluation, training
+from stem_tfrs.cli.cluster import LISTEN_ON_ALL_INTERFACES
 from stem_tfrs.cli.errors import one_line_errors
 from stem_tfrs.config import (EXPORT_PRECISIONS, OPTIMIZERS, STRATEGIES, ConfigError,
                               ModelConfig, TrainConfig)
@@ -175,7 +176,8 @@ def run(argv: List[str]) -> int:
   del argv
   model_config, train_config = configs_from_flags()
   training.check_settings(model_config, train_config)  # a cluster's rendezvous waits for all
-  strategy = distributed.make_strategy(train_config.strategy)  # before any other op
+  strategy = distributed.make_strategy(  # before any other op
+      train_config.strategy, listen_on_all_interfaces=LISTEN_ON_ALL_INTERFACES.value)
   if not FLAGS["data_dir"].present:
     ensure_embedded_data(train_config.data_dir, FLAGS.synthetic_rows)
   result = training.train(model_config, train_config, verbose=FLAGS.verbose,
