@@ -103,6 +103,10 @@ EXPORT_PRECISIONS = ("float32", "bfloat16")
 OPTIMIZERS = ("adam", "lazy_adam")
 #: tf.distribute strategies `train` can run under (see `stem_tfrs.distributed`).
 STRATEGIES = ("default", "mirrored", "multi_worker", "parameter_server")
+#: What `tune` maximizes (the tasks' mean validation AUC or gAUC), and its KerasTuner oracles.
+#: Here, not in stem_tfrs.tuning, so the CLI defines its flags without importing KerasTuner.
+TUNE_OBJECTIVES = ("auc", "gauc")
+TUNERS = ("random", "bayesian")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,8 @@ from absl import logging
 import keras_tuner
 
 from stem_tfrs import training
-from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
+from stem_tfrs.config import TUNE_OBJECTIVES as OBJECTIVES
+from stem_tfrs.config import TUNERS, ConfigError, ModelConfig, TrainConfig
 from stem_tfrs.distributed import refuse_cluster_strategy
 from stem_tfrs.errors import first_line
 from stem_tfrs.files import write_json
@@ -48,8 +49,6 @@ SEARCH_SPACE: Dict[Tuple[str, str], list] = {
     ("train", "learning_rate"): [1e-4, 3e-4, 1e-3],
     ("train", "seed"): [2023, 2024, 2025],
 }
-OBJECTIVES = ("auc", "gauc")
-TUNERS = ("random", "bayesian")
 #: Failed trials in a row that end a search. (KerasTuner's own limit raises
 #: before it saves the last trial, which a rerun would then train again.)
 FAILED_IN_A_ROW = 3

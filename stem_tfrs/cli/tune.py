@@ -16,14 +16,14 @@ from typing import List
 
 from absl import flags
 
-from stem_tfrs import tuning
 from stem_tfrs.cli.errors import one_line_errors
 from stem_tfrs.cli.train import configs_from_flags, ensure_embedded_data, flags_from_configs
+from stem_tfrs.config import TUNE_OBJECTIVES, TUNERS
 
 flags.DEFINE_integer("max_trials", 10, "Trials in the whole search (tune).")
-flags.DEFINE_enum("objective", "auc", list(tuning.OBJECTIVES),
+flags.DEFINE_enum("objective", "auc", list(TUNE_OBJECTIVES),
                   "What tune maximizes: the tasks' mean validation AUC or gAUC.")
-flags.DEFINE_enum("tuner", "random", list(tuning.TUNERS),
+flags.DEFINE_enum("tuner", "random", list(TUNERS),
                   "KerasTuner oracle: random search or Bayesian optimization (tune).")
 
 FLAGS = flags.FLAGS
@@ -45,6 +45,8 @@ def _quiet_failed_trials() -> None:
 @one_line_errors
 def run(argv: List[str]) -> int:
   del argv
+  # KerasTuner is imported here, not with the CLI: every other command would pay its import.
+  from stem_tfrs import tuning  # pylint: disable=import-outside-toplevel
   model_config, train_config = configs_from_flags()
   output_dir = (FLAGS.output_dir if FLAGS["output_dir"].present
                 else os.path.join("tuning", train_config.model))
