@@ -5,8 +5,16 @@ picks Keras 2 for `tf.keras` only if `TF_USE_LEGACY_KERAS=1` is set before
 TensorFlow is first imported, so this package sets it here, first thing.
 Importing TensorFlow before `stem_tfrs` in the same process keeps Keras 3 and
 fails loudly below instead of training with the wrong Keras.
+
+The public names below are loaded on first use (PEP 562 `__getattr__`), not
+here: `import stem_tfrs.schema` (as `data_prep` does, in every worker process)
+must not pay for TensorFlow Recommenders, the models, training and export.
+`stem_tfrs.train`, `from stem_tfrs import train` and `dir(stem_tfrs)` work as
+before, and so does `stem_tfrs.<submodule>` after a bare `import stem_tfrs`.
 """
 
+import importlib
+import importlib.util
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -20,19 +28,39 @@ if not _keras_version.startswith("2."):
       "import stem_tfrs before tensorflow, or set TF_USE_LEGACY_KERAS=1 in the "
       "environment.")
 
-from stem_tfrs.schema import Schema, CategoricalFeature, NumericFeature  # noqa: E402
-from stem_tfrs.config import ModelConfig, TrainConfig  # noqa: E402
-from stem_tfrs.data import make_dataset  # noqa: E402
-from stem_tfrs.models import build_model, MODEL_NAMES  # noqa: E402
-from stem_tfrs.optimizers import FusedAdam, LazyAdam  # noqa: E402
-from stem_tfrs.evaluation import evaluate  # noqa: E402
-from stem_tfrs.export import export_saved_model  # noqa: E402
-from stem_tfrs.training import train  # noqa: E402
-
 __version__ = "0.1.0"
 
-__all__ = [
-    "Schema", "CategoricalFeature", "NumericFeature", "ModelConfig", "TrainConfig",
-    "make_dataset", "build_model", "MODEL_NAMES", "FusedAdam", "LazyAdam", "evaluate",
-    "export_saved_model", "train", "__version__",
-]
+#: Public name -> the module that defines it, imported when the name is first read.
+_EXPORTS = {
+    "Schema": "stem_tfrs.schema",
+    "CategoricalFeature": "stem_tfrs.schema",
+    "NumericFeature": "stem_tfrs.schema",
+    "ModelConfig": "stem_tfrs.config",
+    "TrainConfig": "stem_tfrs.config",
+    "make_dataset": "stem_tfrs.data",
+    "build_model": "stem_tfrs.models",
+    "MODEL_NAMES": "stem_tfrs.models",
+    "FusedAdam": "stem_tfrs.optimizers",
+    "LazyAdam": "stem_tfrs.optimizers",
+    "evaluate": "stem_tfrs.evaluation",
+    "export_saved_model": "stem_tfrs.export",
+    "train": "stem_tfrs.training",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+  """A public name, or a submodule, imported on first access and then cached."""
+  if name in _EXPORTS:
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+  elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
+    value = importlib.import_module(f"{__name__}.{name}")
+  else:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(__all__))
