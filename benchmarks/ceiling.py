@@ -68,8 +68,8 @@ def net_seconds(work, overhead, seconds: float) -> float:
   return max(float(np.median(differences)), 0.1 * float(np.median(calls)))
 
 
-def gflops(m: int, k: int, n: int, dtype=tf.float32) -> float:
-  return 2.0 * m * k * n / matmul_seconds(m, k, n, dtype) / 1e9
+def gflops(m: int, k: int, n: int, dtype=tf.float32, seconds: float = 1.0) -> float:
+  return 2.0 * m * k * n / matmul_seconds(m, k, n, dtype, seconds) / 1e9
 
 
 def dense_layers(config, model: str, num_fields: int, num_tasks: int):
@@ -114,7 +114,7 @@ def forward_flops(config, model: str, num_fields: int, num_tasks: int) -> float:
 
 
 def gemm_ceiling(config, model: str, num_fields: int, num_tasks: int,
-                 batch: int, dtype=tf.float32) -> float:
+                 batch: int, dtype=tf.float32, seconds: float = 0.3) -> float:
   """Examples/s of a training step that did nothing but its own matrix products.
 
   Every dense layer costs one product forward ([B, in] x [in, out]) and two
@@ -124,11 +124,11 @@ def gemm_ceiling(config, model: str, num_fields: int, num_tasks: int,
   training batch the products' arithmetic, not their weights' bytes, bounds
   them; for a forward pass at any batch see `forward_ceiling`.)
   """
-  seconds = 0.0
+  total = 0.0
   for count, fan_in, fan_out in dense_layers(config, model, num_fields, num_tasks)[0]:
     for m, k, n in [(batch, fan_in, fan_out), (batch, fan_out, fan_in), (fan_in, batch, fan_out)]:
-      seconds += count * matmul_seconds(m, k, n, dtype, seconds=0.3)
-  return batch / seconds
+      total += count * matmul_seconds(m, k, n, dtype, seconds=seconds)
+  return batch / total
 
 
 def forward_ceiling(config, model: str, num_fields: int, num_tasks: int,

@@ -52,7 +52,8 @@ from stem_tfrs.optimizers import FusedAdam  # noqa: E402
 from stem_tfrs.schema import Schema  # noqa: E402
 
 
-def train_examples_per_second(model, dataset, batch_size: int, steps: int) -> tuple:
+def train_examples_per_second(model, dataset, batch_size: int, steps: int,
+                              peak_seconds: float = 1.0) -> tuple:
   """(examples/s of the best timed epoch, fp32 peak GFLOP/s measured right after that epoch).
 
   Epoch 1 traces the step and is not timed; after each later epoch the
@@ -68,7 +69,8 @@ def train_examples_per_second(model, dataset, batch_size: int, steps: int) -> tu
     def on_epoch_end(self, epoch, logs=None):
       seconds = time.perf_counter() - self.start
       if epoch > 0:
-        epochs.append((batch_size * steps / seconds, gflops(2048, 2048, 2048, tf.float32)))
+        epochs.append((batch_size * steps / seconds,
+                       gflops(2048, 2048, 2048, tf.float32, seconds=peak_seconds)))
 
   model.fit(dataset, epochs=3, steps_per_epoch=steps, callbacks=[Timer()], verbose=0)
   return max(epochs)
@@ -97,7 +99,12 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=20, help="Training steps per timed epoch.")
   parser.add_argument("--rows", type=int, default=200_000, help="Synthetic rows to read.")
   parser.add_argument("--output", default="benchmarks/results/train_throughput.json")
+  parser.add_argument("--timing_seconds", type=float, default=1.0,
+                      help="Least seconds each ceiling reading is timed for (the products of a "
+                           "configuration get 0.3 of it, the input pipeline 3x); a smoke test "
+                           "passes a small value.")
   args = parser.parse_args()
+  timing = args.timing_seconds
   configs = {"authors_4096": (ModelConfig.reference(), 4096),
              "default_1024": (ModelConfig(), 1024)}
   unknown = set(args.configs.split(",")) - set(configs)
@@ -110,11 +117,11 @@ def main() -> None:
                  "architectures with a FLOP count)")
 
   report = {"machine": describe()}
-  ceiling = {"fp32_square_2048": gflops(2048, 2048, 2048, tf.float32),
-             "bf16_square_2048": gflops(2048, 2048, 2048, tf.bfloat16),
-             "fp32_4096x128x512": gflops(4096, 128, 512, tf.float32),
-             "fp32_4096x512x512": gflops(4096, 512, 512, tf.float32),
-             "fp32_512x4096x512": gflops(512, 4096, 512, tf.float32)}
+  ceiling = {"fp32_square_2048": gflops(2048, 2048, 2048, tf.float32, seconds=timing),
+             "bf16_square_2048": gflops(2048, 2048, 2048, tf.bfloat16, seconds=timing),
+             "fp32_4096x128x512": gflops(4096, 128, 512, tf.float32, seconds=timing),
+             "fp32_4096x512x512": gflops(4096, 512, 512, tf.float32, seconds=timing),
+             "fp32_512x4096x512": gflops(512, 4096, 512, tf.float32, seconds=timing)}
   report["ceiling_gflops"] = {k: round(v, 1) for k, v in ceiling.items()}
   peaks = [ceiling["fp32_square_2048"]]  # every fp32 peak reading of the run
 
@@ -137,12 +144,13 @@ def main() -> None:
                                 drop_remainder=True, in_memory=pipeline == "in_memory").repeat()
             if pipeline == "excluded":
               data = tf.data.Dataset.from_tensors(next(iter(data))).repeat()
-            rate, peak_after = train_examples_per_second(model, data, batch, args.steps)
+            rate, peak_after = train_examples_per_second(model, data, batch, args.steps,
+                                                         peak_seconds=timing)
           peaks.append(peak_after)
           # read again after every measurement: one reading per configuration could
           # fall in a slow phase and flatter every run of it
           gemm_dtype = tf.bfloat16 if policy == "mixed_bfloat16" else tf.float32
-          gemm_only = gemm_ceiling(*shape, batch, dtype=gemm_dtype)
+          gemm_only = gemm_ceiling(*shape, batch, dtype=gemm_dtype, seconds=0.3 * timing)
           achieved = 3 * forward * rate / 1e9
           run = {"model": name, "config": label, "batch": batch, "pipeline": pipeline,
                  "policy": policy,
@@ -156,7 +164,8 @@ def main() -> None:
                  "gemm_only_dtype": gemm_dtype.name,
                  "fraction_of_gemm_only": round(rate / gemm_only, 3)}
           if pipeline != "excluded" and policy == "float32":  # the input alone, right after
-            alone = pipeline_examples_per_second(schema, batch, pipeline == "in_memory")
+            alone = pipeline_examples_per_second(schema, batch, pipeline == "in_memory",
+                                                 seconds=3 * timing)
             run["pipeline_only_examples_per_second"] = round(alone)
             run["pipeline_over_step"] = round(alone / rate, 1)
           runs.append(run)
