@@ -54,8 +54,10 @@ CASES = [
     ("raw task that is not 0/1 everywhere, strict",
      [*LOGS[:3], "--tasks=click,day", "--raw=logs.csv", "--out=o", "--strict"],
      r"logs\.csv line \d.*'day'"),
-    ("raw gzip of a layout that takes plain text",
-     ["prepare", "--dataset=tiktok", "--raw=logs.csv.gz", "--out=o"], r"logs\.csv\.gz"),
+    ("raw gzip of another layout", ["prepare", "--dataset=tiktok", "--raw=logs.csv.gz",
+                                    "--out=o"], r"logs\.csv\.gz line 1: 1 fields, expected 12"),
+    ("raw gzip truncated", [*LOGS, "--raw=cut.csv.gz", "--out=o"],
+     r"cut\.csv\.gz: damaged gzip data"),
     ("raw of another layout", ["prepare", "--dataset=tiktok", "--raw=logs.csv", "--out=o"],
      r"logs\.csv"),
     ("--min_count=0", [*LOGS, "--raw=logs.csv", "--out=o", "--min_count=0"], r"min_count"),
@@ -208,6 +210,7 @@ def build_corpus(root, tiny_data, trained_run):
   (root / "short.csv").write_text("".join(lines[:2]) + "u1,i1\n" + "".join(lines[3:]))
   with gzip.open(root / "logs.csv.gz", "wb") as f:
     f.write("".join(lines).encode())
+  (root / "cut.csv.gz").write_bytes((root / "logs.csv.gz").read_bytes()[:-200])
   (root / "a_file").write_text("not a directory\n")
 
   shutil.copytree(tiny_data, root / "data")
