@@ -21,6 +21,7 @@ setup(
         "tensorflow-recommenders==0.7.7",
         "tensorboard==2.21.0",
         "pandas==3.1.1",
+        "pyarrow>=26.0.1,<27",  # data_prep's reader, writer and record encoding (tested: 26.0.1)
         "absl-py==2.5.1",
         "matplotlib==3.11.2",
         "tensorflow-serving-api==2.21.0",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import os
 import sys
 from typing import Callable, List, Optional, Tuple
 
@@ -59,6 +61,9 @@ def define_flags(seed_flag: bool = True) -> None:
                        "Rows a TFRecord record holds (consecutive rows of a shard, column by "
                        "column); 1 writes one tf.train.Example per row, for other tools.",
                        lower_bound=1)
+  flags.DEFINE_integer("processes", os.cpu_count() or 1, "Worker threads validating, counting "
+                       "and encoding blocks of rows (default: the machine's cores); the data set "
+                       "is the same for any number.", lower_bound=1)
   if seed_flag:
     flags.DEFINE_integer("seed", None, "Seed of the split (default: the data set's, 42).")
   # --dataset=logs: your own logs (data_prep/logs.py).
@@ -84,11 +89,12 @@ def define_flags(seed_flag: bool = True) -> None:
                      "of the rows left after test.")
 
 
-def _prepare_logs(raw: str, out_dir: str, *, multivalent, sep, **kwargs) -> dict:
+def _prepare_logs(raw: str, out_dir: str, *, multivalent, sep, processes=None,
+                  **kwargs) -> dict:
   """`logs.prepare_logs` with its separators as the flags spell them (tags:comma, tab)."""
   from data_prep import logs
   return logs.prepare_logs(raw, out_dir, multivalent=logs.parse_multivalent(multivalent),
-                           sep=logs.separator(sep), **kwargs)
+                           sep=logs.separator(sep), processes=processes, **kwargs)
 
 
 def prepare(name: str, seed: Optional[int]) -> int:
@@ -111,7 +117,9 @@ def prepare(name: str, seed: Optional[int]) -> int:
         min_count=loader.min_count if FLAGS.min_count is None else FLAGS.min_count,
         seed=loader.seed if seed is None else seed, tasks=FLAGS.tasks or loader.tasks,
         rows_per_record=FLAGS.rows_per_record,
-        **{n: FLAGS[n].value for n in loader.own_flags})
+        **{n: FLAGS[n].value for n in loader.own_flags},
+        **({"processes": FLAGS.processes}
+           if "processes" in inspect.signature(loader.prepare).parameters else {}))
   except (ValueError, OSError, tf.errors.OpError) as e:
     if bad_rows.total:  # what was skipped before the error, then the error: the last line
       print(bad_rows.summary(), file=sys.stderr)

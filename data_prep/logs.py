@@ -32,13 +32,16 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from data_prep.readers import read_delimited
-from data_prep.writer import ROWS_PER_RECORD, BadRows, Chunk, DataError, RandomSplit, prepare
+from data_prep.readers import BLOCK_BYTES, read_blocks
+from data_prep.writer import (ROWS_PER_RECORD, BadRows, DataError, RandomSplit, SplitRows,
+                              prepare)
 
 DEFAULT_MIN_COUNT = 5
 DEFAULT_SEED = 42
@@ -46,11 +49,15 @@ DEFAULT_SEED = 42
 
 @dataclasses.dataclass(frozen=True)
 class TimeSplit:
-  """Split on `column`: >= test_from -> test, >= valid_from -> valid, else train."""
+  """Split on `column`: >= test_from -> test, >= valid_from -> valid, else train.
+
+  A split by value: `assign` places each row by its own value, whatever block
+  it arrives in (see `data_prep.writer.prepare` for the protocol); rows it
+  cannot place are bad rows (`unplaceable`).
+  """
   column: str
   valid_from: str
   test_from: str
-  vocabulary_from_train = True
 
   def __post_init__(self):
     if _is_number(self.valid_from) != _is_number(self.test_from):
@@ -68,19 +75,28 @@ class TimeSplit:
   def _key(self, value: str):
     return float(value) if self.numeric else value
 
-  def assigner(self, total_rows: Optional[int], seed: int) -> Callable[[pd.DataFrame], np.ndarray]:
-    """A function: a chunk's rows -> split index per row (0 train, 1 valid, 2 test)."""
-    del total_rows, seed  # deterministic by value
+  def _numbers(self, table: pa.Table) -> np.ndarray:
+    """The column as float64, NaN where it is not a number (as pandas reads numbers)."""
+    return pd.to_numeric(table[self.column].to_pandas(), errors="coerce").to_numpy(
+        dtype=np.float64)
 
-    def assign(frame: pd.DataFrame) -> np.ndarray:
-      values = frame[self.column]
-      if self.numeric:
-        values = pd.to_numeric(values).to_numpy(dtype=np.float64)
-      else:
-        values = values.to_numpy(dtype=object)
-      return np.where(values >= self._key(self.test_from), 2,
-                      np.where(values >= self._key(self.valid_from), 1, 0))
-    return assign
+  def unplaceable(self, table: pa.Table) -> Tuple[np.ndarray, str, str, str]:
+    """Rows the split cannot place: (mask, bad-row kind, column, what is wrong)."""
+    if self.numeric:
+      return np.isnan(self._numbers(table)), "unparsable number", self.column, "is not a number"
+    empty = pc.equal(table[self.column], "").to_numpy(zero_copy_only=False)
+    return empty, "missing split value", self.column, "is empty"
+
+  def assign(self, rows: SplitRows) -> np.ndarray:
+    """Split index per row (0 train, 1 valid, 2 test)."""
+    if self.numeric:
+      values = self._numbers(rows.table)
+      return np.where(values >= float(self.test_from), 2,
+                      np.where(values >= float(self.valid_from), 1, 0))
+    values = rows.table[self.column]  # compared as UTF-8 bytes: Python's order of the text
+    test = pc.greater_equal(values, self.test_from).to_numpy(zero_copy_only=False)
+    valid = pc.greater_equal(values, self.valid_from).to_numpy(zero_copy_only=False)
+    return np.where(test, 2, np.where(valid, 1, 0))
 
 
 def _is_number(text: str) -> bool:
@@ -139,8 +155,9 @@ def prepare_logs(raw: str, out_dir: str, *, features: Sequence[str], tasks: Sequ
                  test_from: Optional[str] = None, test_fraction: float = 0.1,
                  valid_fraction: float = 0.1, min_count: int = DEFAULT_MIN_COUNT,
                  seed: int = DEFAULT_SEED, bad_rows: Optional[BadRows] = None,
-                 overwrite: bool = False, chunk_rows: int = 200_000,
-                 rows_per_record: int = ROWS_PER_RECORD) -> dict:
+                 overwrite: bool = False, block_bytes: int = BLOCK_BYTES,
+                 rows_per_record: int = ROWS_PER_RECORD,
+                 processes: Optional[int] = None) -> dict:
   """Prepares the logs `raw` names in `out_dir`; returns the stats.
 
   Args:
@@ -156,8 +173,10 @@ def prepare_logs(raw: str, out_dir: str, *, features: Sequence[str], tasks: Sequ
     log1p: Those of `numeric` to take the signed log of first (counts).
     split_column, valid_from, test_from: A split by time (all three, or none).
     test_fraction, valid_fraction: The random split, without `split_column`.
-    min_count, seed, bad_rows, overwrite, chunk_rows, rows_per_record: As
+    min_count, seed, bad_rows, overwrite, rows_per_record, processes: As
       for the other loaders (`data_prep.writer.prepare`).
+    block_bytes: Bytes of text read at a time (`data_prep.readers.read_blocks`);
+      the data set does not depend on it.
 
   Raises:
     DataError: what is missing or wrong, in one line; nothing is written.
@@ -195,33 +214,14 @@ def prepare_logs(raw: str, out_dir: str, *, features: Sequence[str], tasks: Sequ
   required = list(dict.fromkeys(features + numeric + tasks
                                 + ([split_column] if split_column else [])))
 
-  def chunks():
-    for path in files:
-      for chunk in read_delimited(path, sep=sep, required=required, bad_rows=bad_rows,
-                                  chunk_rows=chunk_rows):
-        yield _drop_unsplittable(chunk, split, bad_rows) if split_column else chunk
-
-  return prepare(chunks, features=features, labels=tasks, group_column=group_column,
+  listed = files if files != [raw] else raw  # a file named itself: refused if empty
+  return prepare(lambda: read_blocks(listed, sep=sep, required=required, bad_rows=bad_rows,
+                                    block_bytes=block_bytes),
+                 features=features, labels=tasks, group_column=group_column,
                  out_dir=out_dir, min_count=min_count, seed=seed, split=split,
                  overwrite=overwrite, bad_rows=bad_rows, multivalent=multivalent,
                  rows_per_record=rows_per_record, numeric=numeric, log1p=list(log1p or []),
-                 inputs=[raw, *files])
-
-
-def _drop_unsplittable(chunk: Chunk, split: TimeSplit, bad_rows: BadRows) -> Chunk:
-  """The chunk without rows a time split cannot place (empty, or not a number where
-  numbers are compared), each reported as a bad row."""
-  raw = chunk.frame[split.column]
-  if split.numeric:
-    bad = pd.to_numeric(raw, errors="coerce").isna().to_numpy()
-    kind, what = "unparsable number", "is not a number"
-  else:
-    bad = (raw.isna() | (raw == "")).to_numpy()
-    kind, what = "missing split value", "is empty"
-  for row in np.flatnonzero(bad):
-    bad_rows.add(kind, chunk.source, int(chunk.frame.index[row]),
-                 f"column '{split.column}': '{raw.iloc[row]}' {what}")
-  return Chunk(chunk.frame[~bad], chunk.source) if bad.any() else chunk
+                 inputs=[raw, *files], processes=processes)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,17 @@ click, follow, like, share, video_category, watching_times, gender, age.
 Features: user_id, item_id, video_category, gender, age (categorical).
 `watching_times` is left out: it is measured after the impression, like the
 labels. Tasks: click and like by default; any of click, follow, like, share
-with `--tasks`. Values seen fewer than `--min_count` (10) times share the OOV
-row; a random 80/10/10 train/valid/test split with exact sizes, seed 42.
+with `--tasks`. Values seen fewer than `--min_count` (10) times in the train
+split share the OOV row; a random 80/10/10 train/valid/test split with exact
+sizes, seed 42. `--raw` may also be gzip'd, Parquet, or a directory or glob of
+part files (`data_prep.readers.read_blocks`).
 """
 
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from data_prep.readers import read_delimited
+from data_prep.readers import BLOCK_BYTES, read_blocks
 from data_prep.writer import ROWS_PER_RECORD, BadRows, ExactSplit, check_tasks, prepare
 
 FEATURES = ["user_id", "item_id", "video_category", "gender", "age"]
@@ -30,16 +32,18 @@ DEFAULT_SEED = 42
 def prepare_qkvideo(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_COUNT,
                     seed: int = DEFAULT_SEED, tasks: Optional[Sequence[str]] = None,
                     bad_rows: Optional[BadRows] = None, overwrite: bool = False,
-                    chunk_rows: int = 200_000, rows_per_record: int = ROWS_PER_RECORD) -> dict:
+                    block_bytes: int = BLOCK_BYTES, rows_per_record: int = ROWS_PER_RECORD,
+                    processes: Optional[int] = None) -> dict:
   """Prepares `raw` (QK-video.csv) in `out_dir`; returns the stats."""
   tasks = check_tasks("QK-Video", tasks or TASKS, LABEL_COLUMNS)
   bad_rows = bad_rows if bad_rows is not None else BadRows()
   return prepare(
-      lambda: read_delimited(raw, sep=",", required=FEATURES + tasks, bad_rows=bad_rows,
-                             chunk_rows=chunk_rows),
+      lambda: read_blocks(raw, sep=",", required=FEATURES + tasks, bad_rows=bad_rows,
+                          block_bytes=block_bytes),
       features=FEATURES, labels=tasks, group_column="user_id", out_dir=out_dir,
       min_count=min_count, seed=seed, split=ExactSplit(test=0.1, valid_of_rest=1 / 9),
-      overwrite=overwrite, bad_rows=bad_rows, rows_per_record=rows_per_record, inputs=[raw])
+      overwrite=overwrite, bad_rows=bad_rows, rows_per_record=rows_per_record, inputs=[raw],
+      processes=processes)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Iterator
+from typing import Iterator, Optional
 
 from absl import app, flags, logging
 import numpy as np
@@ -152,13 +152,15 @@ def generate(rows: int, seed: int) -> Iterator[Chunk]:
 
 def prepare_synthetic(out_dir: str, rows: int = 400_000, seed: int = 2023,
                       min_count: int = 2, overwrite: bool = False,
-                      rows_per_record: int = ROWS_PER_RECORD) -> dict:
+                      rows_per_record: int = ROWS_PER_RECORD,
+                      processes: Optional[int] = None) -> dict:
   """Generates and prepares the synthetic data set in `out_dir`; returns its stats."""
   if rows < 1:
     raise ValueError(f"rows must be >= 1, got {rows}")
   return prepare(lambda: generate(rows, seed), features=FEATURES, labels=LABELS,
                  group_column=GROUP_COLUMN, out_dir=out_dir, min_count=min_count,
-                 seed=seed, overwrite=overwrite, rows_per_record=rows_per_record)
+                 seed=seed, overwrite=overwrite, rows_per_record=rows_per_record,
+                 processes=processes)
 
 
 FLAGS = flags.FLAGS

@@ -10,10 +10,12 @@ music_id, device_id, create_time, video_duration.
 The defaults reproduce the STEM-Net authors' preprocessing: the 8 categorical
 features uid, item_id, author_id, item_city, channel, music_id, device_id,
 video_duration; tasks finish and like (its only 0/1 columns); values seen
-fewer than 10 times (over all rows, counted before the split, as the authors
-did) share one OOV row; a random split of 10% test, then 10% of the rest for
-validation, seed 42, with exactly the sizes scikit-learn's `train_test_split`
-gives (81/9/10).
+fewer than 10 times in the train split share one OOV row (the authors' public
+code fits its feature vocabulary on the train split too); a random split of
+10% test, then 10% of the rest for validation, seed 42, with exactly the
+sizes scikit-learn's `train_test_split` gives (81/9/10).
+`--raw` may also be gzip'd, Parquet, or a directory or glob of part files
+(`data_prep.readers.read_blocks`).
 Malformed lines are skipped and reported (`--strict` stops at the first).
 """
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from data_prep.readers import read_delimited
+from data_prep.readers import BLOCK_BYTES, read_blocks
 from data_prep.writer import ROWS_PER_RECORD, BadRows, ExactSplit, check_tasks, prepare
 
 COLUMNS = ["uid", "user_city", "item_id", "author_id", "item_city", "channel", "finish", "like",
@@ -36,16 +38,18 @@ DEFAULT_SEED = 42
 def prepare_tiktok(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_COUNT,
                    seed: int = DEFAULT_SEED, tasks: Optional[Sequence[str]] = None,
                    bad_rows: Optional[BadRows] = None, overwrite: bool = False,
-                   chunk_rows: int = 200_000, rows_per_record: int = ROWS_PER_RECORD) -> dict:
+                   block_bytes: int = BLOCK_BYTES, rows_per_record: int = ROWS_PER_RECORD,
+                   processes: Optional[int] = None) -> dict:
   """Prepares `raw` (final_track1_train.txt) in `out_dir`; returns the stats."""
   tasks = check_tasks("TikTok", tasks or TASKS, TASKS)
   bad_rows = bad_rows if bad_rows is not None else BadRows()
   return prepare(
-      lambda: read_delimited(raw, sep="\t", columns=COLUMNS, bad_rows=bad_rows,
-                             chunk_rows=chunk_rows),
+      lambda: read_blocks(raw, sep="\t", columns=COLUMNS, bad_rows=bad_rows,
+                          block_bytes=block_bytes),
       features=FEATURES, labels=tasks, group_column="uid", out_dir=out_dir,
       min_count=min_count, seed=seed, split=ExactSplit(test=0.1, valid_of_rest=0.1),
-      overwrite=overwrite, bad_rows=bad_rows, rows_per_record=rows_per_record, inputs=[raw])
+      overwrite=overwrite, bad_rows=bad_rows, rows_per_record=rows_per_record, inputs=[raw],
+      processes=processes)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,42 @@
 """Raw rows -> prepared data set: split, vocabularies, TFRecord shards, schema.json, stats.json.
 
-Every data_prep module reduces its raw layout to a stream of pandas chunks
-(`Chunk`: the rows plus where they came from) and hands it to `prepare`, which
-makes two passes over the stream and never holds more than one chunk:
+Every data_prep module reduces its raw layout to a stream of blocks of rows --
+`data_prep.readers.Block`s (a pyarrow table of string columns, each row's line
+number, the file) or, for loaders that build pandas frames, `Chunk`s (converted
+to a table once) -- and hands it to `prepare`. No Python runs per row or per
+value; each block goes through four steps:
 
-1. validate each chunk (columns; a label that is not 0 or 1 makes a bad row,
-   skipped and reported, or an error in strict mode), count the usable rows
-   and every feature value (on the train split with `RandomSplit`, on all
-   rows with `ExactSplit`, whose exact sizes need the row count first);
-2. write the vocabularies (values seen at least `min_count` times, most
-   frequent first; the rest share the OOV row), then assign each row its
-   split and a shard of it (round robin), and write each shard's rows as
-   `tf.train.Example` blocks of `rows_per_record` rows of raw values,
-   counting rows and positives per split.
+1. validate (parallel): labels "0"/"1" by pyarrow compute, numeric columns by
+   a pyarrow cast (`stem_tfrs.schema.read_numbers` for the rare fields the
+   cast refuses); other label spellings ("1.0") and bad values take a slow path
+   for the offending rows only. Each row draws two uniform numbers from a
+   counter-based hash (splitmix64) of (seed, file index, line number): one for
+   its split, one for its shard.
+2. place (serial, in block order): report the block's bad rows (in line order:
+   strict mode raises on the earliest), assign each row its split (the split
+   object, see `prepare`) and its shard within the split (from its hash).
+3. encode (parallel): count the train rows' feature values
+   (`pyarrow.compute.value_counts`) and numeric moments, and serialize the
+   shard records with `data_prep.records.encode_records`.
+4. write (serial, in block order): merge the counts, write the records.
+
+Nothing depends on how the input is cut into blocks, nor on the number of
+workers: splits and shards are keyed on (file index, line number), never on
+arrival order; a shard's rows are written in (file, line) order and its
+records are `rows_per_record` consecutive rows of it (a record straddling two
+blocks is completed when the second one is written); counts are exact integer
+sums (numeric moments too: `_ExactMoments`). So the row sets, the shards'
+bytes, the vocabularies, stats.json and schema.json are the same for any block
+size and any `processes`. An Apache Beam runner can reuse steps 1-3 as they
+are. Vocabularies (and numeric moments) are counted on the train split only,
+whatever the split: counting test rows would let the test split shape the
+model. `RandomSplit` and splits by a column's value take one pass over the
+input; `ExactSplit` takes two (the first counts the usable rows).
+
+Workers are threads, not processes: pyarrow compute, numpy's large-array
+operations and the record encoding release the GIL for most of their time,
+blocks need no pickling between stages, and TensorFlow (imported for the
+shard writer) must not be forked. Speed per worker count: benchmarks/data_prep.py.
 
 The data set is written to a hidden temporary sibling of `out_dir`, named after
 the process that writes it (`stem_tfrs.files.temp_prefix`; a later run removes
@@ -28,19 +52,26 @@ from __future__ import annotations
 
 import bisect
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
+import fractions
 import itertools
 import math
 import os
 import shutil
 import tempfile
+import threading
+import time
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import tensorflow as tf
 
+from data_prep.records import encode_records
 from stem_tfrs.errors import first_line
 from stem_tfrs.files import remove_abandoned, temp_prefix, write_json
 from stem_tfrs.schema import (SHARD_BYTES, SPLITS, STATS_FILE, CategoricalFeature,
@@ -50,6 +81,8 @@ from stem_tfrs.schema import (SHARD_BYTES, SPLITS, STATS_FILE, CategoricalFeatur
 BAD_ROWS_FILE = "bad_rows.json"
 #: Rows a shard record holds by default: tf.data and the parser pay per record (stem_tfrs.schema).
 ROWS_PER_RECORD = 64
+#: Lines of a file whose rows `ExactSplit` draws its split sizes for together.
+GROUP_LINES = 1 << 16
 
 
 class DataError(ValueError):
@@ -76,8 +109,9 @@ class BadRows:
   whichever column or reader reports a row, and in whatever order.
 
   Bad rows are skipped; in strict mode the first one raises `DataError`
-  instead. The writer reads its input twice, and counts during the first pass
-  only (`freeze()` after it).
+  instead. A split that counts the rows first (`ExactSplit`) makes the writer
+  read its input twice; it counts during the first pass only (`freeze()`
+  after it).
   """
 
   def __init__(self, strict: bool = False):
@@ -144,6 +178,23 @@ class Chunk:
 
 
 @dataclasses.dataclass(frozen=True)
+class SplitRows:
+  """A block's usable rows, as a split sees them.
+
+  Attributes:
+    table: The rows' raw columns, as strings ("" where empty).
+    file: The index of their file among the input's files (in reading order).
+    lines: int64 [rows]: each row's line number in that file, increasing.
+    draws: float64 [rows]: each row's uniform draw in [0, 1), a hash of
+      (seed, file, line): the same for a row however the input is cut.
+  """
+  table: pa.Table
+  file: int
+  lines: np.ndarray
+  draws: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
 class _FractionSplit:
   """A split by fractions: `test` of all rows, then `valid_of_rest` of the rest."""
   test: float = 0.1
@@ -158,20 +209,15 @@ class _FractionSplit:
 class RandomSplit(_FractionSplit):
   """Each row draws its split: `test` of all rows, then `valid` of the rest.
 
-  Draws are seeded per chunk, so both passes agree, and the vocabularies are
-  counted on the train split alone. Split sizes vary around their fractions.
+  A row's draw is a hash of (seed, file, line) (`SplitRows.draws`), so its
+  split does not depend on how the input is read. Split sizes vary around
+  their fractions; one pass over the input.
   """
-  vocabulary_from_train = True
 
-  def assigner(self, total_rows: Optional[int], seed: int) -> Callable[[pd.DataFrame], np.ndarray]:
-    """A function: next chunk's rows -> split index per row (0 train, 1 valid, 2 test)."""
-    chunk_index = itertools.count()
+  def assign(self, rows: SplitRows) -> np.ndarray:
+    """Split index per row (0 train, 1 valid, 2 test)."""
     valid_end = self.test + (1.0 - self.test) * self.valid_of_rest
-
-    def assign(frame: pd.DataFrame) -> np.ndarray:
-      draws = np.random.default_rng([seed, next(chunk_index)]).random(len(frame))
-      return np.where(draws < self.test, 2, np.where(draws < valid_end, 1, 0))
-    return assign
+    return np.where(rows.draws < self.test, 2, np.where(rows.draws < valid_end, 1, 0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,12 +225,15 @@ class ExactSplit(_FractionSplit):
   """Exact split sizes, as scikit-learn's `train_test_split` applied twice gives them.
 
   test = ceil(test * N) rows, then valid = ceil(valid_of_rest * (N - test)),
-  drawn uniformly at random without replacement while streaming (a
-  hypergeometric draw per chunk). The sizes need N, known only after the
-  first pass, so the vocabularies are counted on all rows, as the STEM-Net
-  authors' preprocessing did before splitting.
+  drawn uniformly at random without replacement. The sizes need N, so the
+  writer counts the usable rows first, per group of `GROUP_LINES` lines of a
+  file (`plan`); each group's test and valid counts are then drawn in group
+  order by sequential hypergeometric draws from one generator seeded by
+  `seed`, and which of a group's rows get them by a permutation seeded by
+  (seed, file, group). Nothing depends on how the input is cut into blocks.
+  As with every split, the vocabularies are counted on the train rows.
   """
-  vocabulary_from_train = False
+  counts_rows_first = True
 
   def sizes(self, total_rows: int) -> Tuple[int, int, int]:
     """(train, valid, test) row counts."""
@@ -192,55 +241,141 @@ class ExactSplit(_FractionSplit):
     valid = math.ceil(self.valid_of_rest * (total_rows - test))
     return total_rows - test - valid, valid, test
 
-  def assigner(self, total_rows: Optional[int], seed: int) -> Callable[[pd.DataFrame], np.ndarray]:
+  def plan(self, group_rows: Dict[Tuple[int, int], int], seed: int) -> "_ExactPlan":
+    """The split of rows counted per (file, line // GROUP_LINES) group: an object whose
+    `assign(rows)` places the rows of each group, met in line order."""
+    total = sum(group_rows.values())
+    _, valid, test = self.sizes(total)
     rng = np.random.default_rng(seed)
-    left = {"rows": total_rows}
-    left["train"], left["valid"], left["test"] = self.sizes(total_rows)
-
-    def assign(frame: pd.DataFrame) -> np.ndarray:
-      n = len(frame)
-      out = np.zeros(n, dtype=np.int64)
-      n_test = rng.hypergeometric(left["test"], left["rows"] - left["test"], n) if n else 0
-      test_rows = rng.choice(n, n_test, replace=False)
-      out[test_rows] = 2
-      rest = np.flatnonzero(out == 0)
-      others = left["rows"] - left["test"]
-      n_valid = (rng.hypergeometric(left["valid"], others - left["valid"], len(rest))
-                 if len(rest) else 0)
-      out[rng.choice(rest, n_valid, replace=False)] = 1
-      left["rows"] -= n
-      left["test"] -= n_test
-      left["valid"] -= n_valid
-      return out
-    return assign
+    left, quotas = total, {}
+    for key in sorted(group_rows):
+      n = group_rows[key]
+      n_test = _hypergeometric(rng, test, left - test, n)
+      n_valid = _hypergeometric(rng, valid, left - test - valid, n - n_test)
+      left, test, valid = left - n, test - n_test, valid - n_valid
+      quotas[key] = (n, n_test, n_valid)
+    return _ExactPlan(quotas, seed)
 
 
-def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[str],
+def _hypergeometric(rng: np.random.Generator, good: int, bad: int, n: int) -> int:
+  """Good items among `n` drawn without replacement from `good` + `bad`.
+
+  numpy draws exactly below 10^9 items; beyond, a binomial draw kept within
+  what is possible (the last group still takes exactly what is left).
+  """
+  if n <= 0 or good <= 0:
+    return 0
+  if good < 10**9 and bad < 10**9:
+    return int(rng.hypergeometric(good, bad, n))
+  drawn = int(rng.binomial(n, good / (good + bad)))
+  return min(max(drawn, n - bad, 0), good, n)
+
+
+class _ExactPlan:
+  """`ExactSplit`'s rows placed group by group: a row's position among its group's usable
+  rows (they arrive in line order) picks its split from the group's seeded permutation."""
+
+  def __init__(self, quotas: Dict[Tuple[int, int], Tuple[int, int, int]], seed: int):
+    self._quotas, self._seed = quotas, seed
+    self._group: Optional[Tuple[int, int]] = None
+    self._splits = np.zeros(0, dtype=np.int64)
+    self._position = 0
+
+  def assign(self, rows: SplitRows) -> np.ndarray:
+    groups = rows.lines // GROUP_LINES
+    out = np.zeros(len(groups), dtype=np.int64)
+    cuts = [0, *(np.flatnonzero(np.diff(groups)) + 1).tolist(), len(groups)]
+    for start, stop in zip(cuts[:-1], cuts[1:]):
+      if start == stop:
+        continue
+      key = (rows.file, int(groups[start]))
+      if key != self._group:
+        n, n_test, n_valid = self._quotas[key]
+        order = np.random.default_rng([self._seed, key[0], key[1]]).permutation(n)
+        self._splits = np.zeros(n, dtype=np.int64)
+        self._splits[order[:n_test]] = 2
+        self._splits[order[n_test:n_test + n_valid]] = 1
+        self._group, self._position = key, 0
+      out[start:stop] = self._splits[self._position:self._position + stop - start]
+      self._position += stop - start
+    return out
+
+
+class _PandasSplit:
+  """A split object of the older shape: `assigner(total_rows, seed)` returning a function
+  of a pandas frame of the rows -> split index per row (by the rows' values)."""
+
+  def __init__(self, split, seed: int):
+    self._assign = split.assigner(None, seed)
+
+  def assign(self, rows: SplitRows) -> np.ndarray:
+    return np.asarray(self._assign(rows.table.to_pandas()))
+
+
+_MASK = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _mix(x: int) -> int:
+  """splitmix64's finalizer of a Python int (64 bits)."""
+  x = (x + _GOLDEN) & _MASK
+  x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+  x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+  return x ^ (x >> 31)
+
+
+def row_draws(seed: int, file: int, lines: np.ndarray, stream: int) -> np.ndarray:
+  """Uniform draws in [0, 1) per row: splitmix64 of (seed, file, stream, line).
+
+  A counter-based hash: a row's draw depends on nothing but its own key, so
+  any reader, chunking or runner gives each row the same draw. `stream`
+  tells independent draws of one row apart (0: split, 1: shard).
+  """
+  key = np.uint64(_mix(_mix(_mix(seed & _MASK) ^ file) ^ stream))
+  with np.errstate(over="ignore"):
+    z = np.asarray(lines).astype(np.uint64) ^ key
+    z = z + np.uint64(_GOLDEN)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+  return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
             labels: Sequence[str], group_column: Optional[str], out_dir: str,
             min_count: int = 1, seed: int = 42, split=RandomSplit(),
             num_shards: Optional[Dict[str, int]] = None, overwrite: bool = False,
             bad_rows: Optional[BadRows] = None,
             multivalent: Optional[Dict[str, str]] = None,
             rows_per_record: int = ROWS_PER_RECORD, numeric: Sequence[str] = (),
-            log1p: Sequence[str] = (), inputs: Sequence[str] = ()) -> dict:
+            log1p: Sequence[str] = (), inputs: Sequence[str] = (),
+            processes: Optional[int] = None, timings: Optional[Dict[str, float]] = None) -> dict:
   """Writes a prepared data set to `out_dir` and returns its stats.
 
   Args:
-    read_chunks: Called once per pass; yields the raw rows as `Chunk`s, the
-      same rows in the same chunks each time.
+    read_chunks: Called once per pass (twice for a split that counts rows
+      first); yields the raw rows, the same rows each time, as
+      `data_prep.readers.Block`s or `Chunk`s (a frame's columns are read as
+      text, a missing value as ""). Rows of one source come in line order.
     features: Categorical columns to keep, in model input order.
     labels: 0/1 label columns, one per task.
     group_column: The feature that groups rows for gAUC (the user id).
     out_dir: Destination directory; must not exist unless `overwrite`, and
       then be a prepared data set that `check_out` lets it replace.
-    min_count: Values seen fewer times map to the OOV row.
-    seed: Seed of the split.
-    split: `RandomSplit` (vocabularies from train), `ExactSplit`, or any
-      object with `vocabulary_from_train` and `assigner(total_rows, seed)`
-      returning a function of a chunk's rows -> split index per row
-      (0 train, 1 valid, 2 test); `total_rows` is None in the first pass.
-      A split left without rows is an error, unless the object's
-      `expects_rows(split index)` says so (a fraction of 0).
+    min_count: Values seen fewer times in the train split map to the OOV row.
+    seed: Seed of the split and of the shard each row goes to.
+    split: Which split each row goes to (0 train, 1 valid, 2 test). The
+      protocol: an object with `assign(rows: SplitRows) -> split index per
+      row`, called for each block's usable rows in input order (`RandomSplit`
+      by the rows' hashed draws; `data_prep.logs.TimeSplit` by a column's
+      value); or, with `counts_rows_first` (`ExactSplit`), one whose
+      `plan(group_rows, seed)` returns such an object once the usable rows
+      are counted per (file index, line // GROUP_LINES) group; or, the older
+      shape, `assigner(None, seed)` returning a function of a pandas frame
+      of the rows. It may also have `unplaceable(table) -> (bad mask, kind,
+      column, what)` for rows it cannot place (bad rows, reported as
+      "column 'C': 'value' what"), and `expects_rows(split index)`: a split
+      left without rows is an error unless that says so (a fraction of 0).
     num_shards: Shards per split (default train 8, valid 2, test 2).
     overwrite: Replace an existing `out_dir` (a prepared data set only).
     bad_rows: Collects rows with a label that is not 0 or 1 (skipped), or,
@@ -253,10 +388,17 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
     numeric: Numeric columns to keep, after the categorical ones (see
       `stem_tfrs.schema.NumericFeature`). An empty field is a missing value
       (NaN in the shards), a field that is not a number a bad row; their
-      mean and std are measured where the vocabularies are counted.
+      mean and std are measured on the train split.
     log1p: Those of `numeric` the model takes the signed log of first.
     inputs: The raw files and directories `read_chunks` reads: `out_dir`
       may not be or hold any of them.
+    processes: Worker threads validating and encoding blocks (default: the
+      machine's cores); the output is the same for any number. A strict
+      `bad_rows` works through the blocks one at a time.
+    timings: If given, filled with the seconds spent per step, summed over
+      the workers: "read" (waiting for the reader), "validate", "place",
+      "count", "encode", "write" (records and merging counts), "finish"
+      (vocabularies, schema, rename); "total" is the wall time.
 
   Returns:
     The stats written to stats.json.
@@ -280,69 +422,79 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
     raise ValueError(f"min_count must be >= 1, got {min_count}")
   if rows_per_record < 1:
     raise ValueError(f"rows_per_record must be >= 1, got {rows_per_record}")
+  processes = (os.cpu_count() or 1) if processes is None else processes
+  if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+    raise ValueError(f"processes must be a positive integer, got {processes!r}")
+  if bad_rows.strict:
+    processes = 1  # one block at a time: the earliest bad row raises, whoever reports it
   out_dir = check_out(out_dir, overwrite, inputs)
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
   for kind in ("tmp", "old"):  # those of killed runs (temp_prefix names the process)
     remove_abandoned(parent, f".{os.path.basename(out_dir)}.{kind}-")
 
-  counts = {name: collections.Counter() for name in features}
-  moments = {name: _Moments() for name in numeric}
-  total = 0
-  assign = split.assigner(None, seed) if split.vocabulary_from_train else None
-  for frame in _valid_rows(read_chunks, features, labels, bad_rows, numeric):
-    total += len(frame)
-    counted = frame[assign(frame) == 0] if assign else frame
-    for name in numeric:
-      moments[name].add(_signed_log(counted[name]) if name in log1p else counted[name])
-    for name in features:
-      values = counted[name]
-      if name in multivalent:
-        values = values[values != ""].str.split(multivalent[name], regex=False).explode()
-      counts[name].update(values.value_counts(sort=False).to_dict())
-  bad_rows.freeze()
-  empty = [name for name in features
-           if not any(c >= min_count and v != "" for v, c in counts[name].items())]
-  if total and empty:
-    raise DataError(f"no value of feature(s) {empty} is seen min_count={min_count} times "
-                    f"(in the train split where the split says so): lower --min_count, or "
-                    "drop the feature")
-  flat = [name for name in numeric if not moments[name].varies()]
-  if total and flat:
-    raise DataError(f"numeric feature(s) {flat} hold no value, or a single one, where the "
-                    "statistics are measured (the train split where the split says so): the "
-                    "model could not learn from them; drop them")
-  if total == 0:
-    raise DataError("the raw input holds no usable rows" +
-                    (f" ({bad_rows.total:,} bad rows skipped; first {bad_rows.first()})"
-                     if bad_rows.total else ""))
+  started = time.perf_counter()
+  timed = _Timings(timings)
+  spec = _Spec(features, labels, numeric, set(log1p), multivalent, seed, rows_per_record,
+               [num_shards[s] for s in SPLITS], getattr(split, "unplaceable", None), timed)
+  if getattr(split, "counts_rows_first", False):
+    group_rows = _count_rows(read_chunks, spec, bad_rows, processes)
+    bad_rows.freeze()
+    _check_total(sum(group_rows.values()), bad_rows)
+    placer = split.plan(group_rows, seed)
+  else:
+    placer = split if hasattr(split, "assign") else _PandasSplit(split, seed)
 
   tmp = None
   try:
     with _writing():
       tmp = _temporary_sibling(out_dir)
-      schema_features = _write_vocabularies(tmp, counts, min_count, multivalent)
-    shard_files, rows, positives = _write_shards(
-        tmp, _valid_rows(read_chunks, features, labels, bad_rows, numeric), features, labels,
-        split.assigner(total, seed), num_shards, multivalent, rows_per_record, numeric)
+    names = {s: [f"{s}-{i:05d}-of-{num_shards[s]:05d}.tfrecord"
+                 for i in range(num_shards[s])] for s in SPLITS}
+    writers = [_RecordWriter(os.path.join(tmp, n)) for s in SPLITS for n in names[s]]
+    try:
+      done = _Written(spec, writers)
+      _run(_numbered(read_chunks(), timed), timed.wrap("validate", lambda item: _valid_rows(
+               item[0], item[1], spec)),
+           timed.wrap("place", lambda valid: _place(valid, spec, placer, bad_rows, done)),
+           lambda placed: _encode(placed, spec), timed.wrap("write", done.add), processes)
+      with timed("write"):
+        done.flush()
+    finally:
+      _close_all(writers)
+    bad_rows.freeze()
+    finishing = time.perf_counter()
+    total = int(done.rows.sum())
+    _check_total(total, bad_rows)
     expects_rows = getattr(split, "expects_rows", lambda s: True)
-    empty = [name for s, name in enumerate(SPLITS) if not rows[s] and expects_rows(s)]
+    empty = [name for s, name in enumerate(SPLITS) if not done.rows[s] and expects_rows(s)]
     if empty:
       raise DataError(f"the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} would "
                       f"be empty: none of the {total:,} usable rows falls in "
                       f"{'them' if len(empty) > 1 else 'it'} under {split}")
+    empty = [name for name in features if not done.counts[name].kept(min_count)]
+    if empty:
+      raise DataError(f"no value of feature(s) {empty} is seen min_count={min_count} times in "
+                      "the train split: lower --min_count, or drop the feature")
+    flat = [name for name in numeric if not done.moments[name].varies()]
+    if flat:
+      raise DataError(f"numeric feature(s) {flat} hold no value, or a single one, in the train "
+                      "split: the model could not learn from them; drop them")
+    with _writing():
+      schema_features = _write_vocabularies(tmp, done.counts, min_count, multivalent)
     schema = Schema(features=schema_features, labels=labels, group_column=group_column,
-                    splits=shard_files, rows_per_record=rows_per_record, directory=tmp,
-                    numeric_features=[NumericFeature(name, *moments[name].mean_and_std(),
+                    splits=names, rows_per_record=rows_per_record, directory=tmp,
+                    numeric_features=[NumericFeature(name, *done.moments[name].mean_and_std(),
                                                      log1p=name in log1p)
                                       for name in numeric])
+    rows, positives = done.rows, done.positives
     stats = {
         name: {"rows": int(rows[s]),
                "positive_rate": {task: float(positives[s, t] / max(rows[s], 1))
                                  for t, task in enumerate(labels)},
                # What a shard cut short by a copy or a full disk no longer holds: checked in
                # O(1) a shard before training reads it (stem_tfrs.data.validate_shards).
-               SHARD_BYTES: {n: os.path.getsize(os.path.join(tmp, n)) for n in shard_files[name]}}
+               SHARD_BYTES: {n: os.path.getsize(os.path.join(tmp, n)) for n in names[name]}}
         for s, name in enumerate(SPLITS)}
     with _writing():
       schema.save(tmp)
@@ -357,7 +509,556 @@ def prepare(read_chunks: Callable[[], Iterable[Chunk]], *, features: Sequence[st
     if isinstance(e, _WriteFailed):
       raise OSError(f"cannot write {out_dir}: {e}") from None
     raise
+  timed.add("finish", time.perf_counter() - finishing)
+  timed.add("total", time.perf_counter() - started)
   return stats
+
+
+def _check_total(total: int, bad_rows: BadRows) -> None:
+  if total == 0:
+    raise DataError("the raw input holds no usable rows" +
+                    (f" ({bad_rows.total:,} bad rows skipped; first {bad_rows.first()})"
+                     if bad_rows.total else ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+  """What `prepare` makes of each block."""
+  features: List[str]
+  labels: List[str]
+  numeric: List[str]
+  log1p: set
+  multivalent: Dict[str, str]
+  seed: int
+  rows_per_record: int
+  shards: List[int]  # per split
+  unplaceable: Optional[Callable]
+  timed: "_Timings"
+
+  @property
+  def columns(self) -> List[str]:
+    return self.features + self.numeric + self.labels
+
+
+def _numbered(items: Iterable, timed: "_Timings") -> Iterator[tuple]:
+  """(block or chunk, index of its source in order of first appearance)."""
+  files: Dict[str, int] = {}
+  items = iter(items)
+  with contextlib.closing(items) if hasattr(items, "close") else contextlib.nullcontext():
+    while True:
+      with timed("read"):
+        item = next(items, None)
+      if item is None:
+        return
+      yield item, files.setdefault(item.source, len(files))
+
+
+class _Timings:
+  """Seconds per step, summed over threads, into a caller's dict (or nowhere)."""
+
+  def __init__(self, seconds: Optional[Dict[str, float]]):
+    self.seconds = seconds
+    self._lock = threading.Lock()
+
+  def add(self, step: str, seconds: float) -> None:
+    if self.seconds is not None:
+      with self._lock:
+        self.seconds[step] = self.seconds.get(step, 0.0) + seconds
+
+  @contextlib.contextmanager
+  def __call__(self, step: str):
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.add(step, time.perf_counter() - start)
+
+  def wrap(self, step: str, function: Callable) -> Callable:
+    def timed(*args):
+      with self(step):
+        return function(*args)
+    return timed
+
+
+def _run(items: Iterable, first: Callable, middle: Callable, second: Optional[Callable],
+         last: Optional[Callable], workers: int) -> None:
+  """For each item in order: `first` (in parallel), `middle` (here, in item order),
+  `second` (in parallel), `last` (here, in item order); at most about 2 x `workers`
+  items in flight."""
+  items = iter(items)
+  try:
+    if workers == 1:
+      for item in items:
+        done = middle(first(item))
+        if second:
+          last(second(done))
+      return
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      firsts, seconds = collections.deque(), collections.deque()
+
+      def finish(limit):
+        while len(seconds) > limit:
+          last(seconds.popleft().result())
+
+      def advance(limit):
+        while len(firsts) > limit:
+          done = middle(firsts.popleft().result())
+          if second:
+            seconds.append(pool.submit(second, done))
+            finish(workers)
+
+      try:
+        for item in items:
+          firsts.append(pool.submit(first, item))
+          advance(workers)
+        advance(0)
+        finish(0)
+      finally:
+        for future in itertools.chain(firsts, seconds):
+          future.cancel()
+  finally:
+    close = getattr(items, "close", None)
+    if close:
+      close()
+
+
+@dataclasses.dataclass
+class _Valid:
+  """A block's usable rows, validated."""
+  table: pa.Table
+  file: int
+  source: str
+  lines: np.ndarray
+  labels: Dict[str, np.ndarray]  # int64 0/1
+  numbers: Dict[str, np.ndarray]  # float64 (of float32 values), NaN where missing
+  bad: List[Tuple[int, str, str]]  # (line, kind, detail) of the skipped rows, in line order
+  draws: np.ndarray  # split draw per row
+  shard_draws: np.ndarray
+
+
+def _count_rows(read_chunks, spec: _Spec, bad_rows: BadRows,
+                workers: int) -> Dict[Tuple[int, int], int]:
+  """First pass of a split that needs the row count: usable rows per (file, line group)."""
+  group_rows: Dict[Tuple[int, int], int] = collections.Counter()
+
+  def count(valid: _Valid) -> None:
+    _report(valid, bad_rows)
+    groups, n = np.unique(valid.lines // GROUP_LINES, return_counts=True)
+    for group, rows in zip(groups.tolist(), n.tolist()):
+      group_rows[(valid.file, group)] += rows
+
+  _run(_numbered(read_chunks(), spec.timed),
+       spec.timed.wrap("validate", lambda item: _valid_rows(item[0], item[1], spec, draws=False)),
+       spec.timed.wrap("place", count), None, None, workers)
+  return dict(group_rows)
+
+
+def _report(valid: _Valid, bad_rows: BadRows) -> None:
+  for line, kind, detail in valid.bad:
+    bad_rows.add(kind, valid.source, line, detail)
+
+
+def _valid_rows(item, file: int, spec: _Spec, draws: bool = True) -> _Valid:
+  """A block's (or chunk's) usable rows: labels as int64 0/1, numeric columns as float64
+  (NaN where missing or not finite); the others' line, kind and detail.
+
+  A row's first bad value makes it a bad row (the split's own check first, then
+  labels, then numeric columns, in their order).
+  """
+  table, lines, source = _as_table(item)
+  missing = [c for c in spec.columns if c not in table.column_names]
+  if missing:
+    raise DataError(f"{source}: missing column(s) {missing}; found {table.column_names}")
+  problems: Dict[int, Tuple[str, str]] = {}  # row -> (kind, detail), the first
+  if spec.unplaceable is not None:
+    mask, kind, column, what = spec.unplaceable(table)
+    for row in np.flatnonzero(mask).tolist():
+      problems.setdefault(row, (kind, f"column '{column}': '{table[column][row].as_py()}' "
+                                      f"{what}"))
+  label_values = {label: _read_label(_array(table[label]), label, problems)
+                  for label in spec.labels}
+  numbers = {name: _read_numeric(_array(table[name]), name, problems) for name in spec.numeric}
+  bad = [(int(lines[row]), *problems[row]) for row in sorted(problems)]
+  if problems:
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[list(problems)] = False
+    table, lines = table.filter(pa.array(keep)), lines[keep]
+    label_values = {n: v[keep] for n, v in label_values.items()}
+    numbers = {n: v[keep] for n, v in numbers.items()}
+  none = np.zeros(0)
+  return _Valid(table, file, source, lines, label_values, numbers, bad,
+                row_draws(spec.seed, file, lines, 0) if draws else none,
+                row_draws(spec.seed, file, lines, 1) if draws else none)
+
+
+def _as_table(item) -> Tuple[pa.Table, np.ndarray, str]:
+  """(string table, line numbers, source) of a `Block` or a `Chunk`."""
+  if isinstance(item, Chunk):
+    frame = item.frame
+    table = pa.table({str(name): _string_array(frame.iloc[:, i])
+                      for i, name in enumerate(frame.columns)})
+    return table, np.asarray(frame.index, dtype=np.int64), item.source
+  return item.table, np.asarray(item.lines, dtype=np.int64), item.source
+
+
+def _string_array(column: pd.Series) -> pa.Array:
+  """A frame's column as a string array, "" for a missing value."""
+  try:
+    values = pa.array(column, from_pandas=True)
+  except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types: Python's own text of each
+    values = pa.array([None if v is None or v is pd.NA or (isinstance(v, float) and v != v)
+                       else str(v) for v in column], pa.string())
+  if pa.types.is_dictionary(values.type):
+    values = values.dictionary_decode()
+  if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+    values = pc.cast(values, pa.string())
+  return pc.fill_null(values, "")
+
+
+def _array(column) -> pa.Array:
+  return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def _read_label(column: pa.Array, label: str,
+                problems: Dict[int, Tuple[str, str]]) -> np.ndarray:
+  """A label column as int64 0/1; a row holding anything else goes to `problems`."""
+  ones = pc.equal(column, "1")
+  values = ones.to_numpy(zero_copy_only=False).astype(np.int64)
+  odd = pc.invert(pc.or_(ones, pc.equal(column, "0")))
+  for row in np.flatnonzero(odd.to_numpy(zero_copy_only=False)).tolist():  # the slow path
+    text = column[row].as_py()
+    number = pd.to_numeric(pd.Series([text]), errors="coerce").iloc[0]
+    if number in (0, 1):  # "1.0", "0.0", ...
+      values[row] = int(number)
+    else:
+      kind = "unparsable number" if pd.isna(number) else "label outside {0, 1}"
+      problems.setdefault(row, (kind, f"column '{label}': '{text}' is not 0 or 1"))
+  return values
+
+
+def _read_numeric(column: pa.Array, name: str,
+                  problems: Dict[int, Tuple[str, str]]) -> np.ndarray:
+  """A numeric column as float64 of float32 values (NaN where missing or beyond float32), as
+  `read_numbers` reads it; a row holding something that is not a number goes to `problems`."""
+  try:  # the fast path: every field a number pyarrow reads, or empty
+    present = pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
+    values = pc.cast(present, pa.float64()).to_numpy(zero_copy_only=False)
+    with np.errstate(over="ignore"):
+      values = values.astype(np.float32)
+    values[~np.isfinite(values)] = np.nan
+  except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    values, bad = read_numbers(column.to_pylist())
+    for row in np.flatnonzero(bad).tolist():
+      problems.setdefault(row, ("unparsable number",
+                                f"column '{name}': '{column[row].as_py()}' is not a number"))
+  return values.astype(np.float64)
+
+
+@dataclasses.dataclass
+class _Placed:
+  """A block's rows with their split and shard (an index over all splits' shards)."""
+  valid: _Valid
+  splits: np.ndarray
+  shards: np.ndarray
+  head: np.ndarray  # per shard: rows that complete the record left open by earlier blocks
+
+
+def _place(valid: _Valid, spec: _Spec, placer, bad_rows: BadRows, done: "_Written") -> _Placed:
+  """Reports the block's bad rows and gives each usable row its split and shard (in order)."""
+  _report(valid, bad_rows)
+  splits = np.asarray(placer.assign(SplitRows(valid.table, valid.file, valid.lines,
+                                              valid.draws)), dtype=np.int64)
+  per_split = np.asarray(spec.shards, dtype=np.int64)
+  first = np.concatenate([[0], np.cumsum(per_split)[:-1]])
+  shards = first[splits] + np.minimum((valid.shard_draws * per_split[splits]).astype(np.int64),
+                                      per_split[splits] - 1)
+  head = done.take_rows(shards, splits, valid.labels)
+  return _Placed(valid, splits, shards, head)
+
+
+@dataclasses.dataclass
+class _Encoded:
+  """A block's shard records and counts, ready to write."""
+  records: List[bytes]  # the full records of every shard, shard after shard
+  record_counts: np.ndarray  # per shard
+  heads: Dict[int, Dict[str, object]]  # shard -> columns of the rows before its records
+  tails: Dict[int, Dict[str, object]]  # shard -> columns of the rows after them
+  value_counts: Dict[str, pa.StructArray]  # feature -> value counts on the train rows
+  moments: Dict[str, "_ExactMoments"]
+
+
+def _encode(placed: _Placed, spec: _Spec) -> _Encoded:
+  """Counts the train rows' values and encodes the block's records (see `_Written`)."""
+  valid, rpr = placed.valid, spec.rows_per_record
+  counting = time.perf_counter()
+  columns: Dict[str, object] = {}
+  for name in spec.features:
+    values = _array(valid.table[name])
+    columns[name] = (_split_lists(values, spec.multivalent[name])
+                     if name in spec.multivalent else values)
+  columns.update(valid.numbers)
+  columns.update(valid.labels)
+
+  train = placed.splits == 0
+  value_counts = {}
+  for name in spec.features:
+    values = columns[name]
+    if name in spec.multivalent:
+      values = pc.list_flatten(values.filter(pa.array(train)))
+    else:
+      values = values.filter(pa.array(train))
+    value_counts[name] = pc.value_counts(values)
+  moments = {}
+  for name in spec.numeric:
+    values = valid.numbers[name][train]
+    moments[name] = _ExactMoments.of(_signed_log(values) if name in spec.log1p else values)
+
+  spec.timed.add("count", time.perf_counter() - counting)
+  encoding = time.perf_counter()
+  order = np.argsort(placed.shards, kind="stable")
+  counts = np.bincount(placed.shards, minlength=sum(spec.shards))
+  starts = np.concatenate([[0], np.cumsum(counts)])
+  heads, tails, middle, record_counts = {}, {}, [], np.zeros(len(counts), dtype=np.int64)
+  for shard in np.flatnonzero(counts).tolist():
+    start, stop = int(starts[shard]), int(starts[shard + 1])
+    head = min(int(placed.head[shard]), stop - start)
+    full = (stop - start - head) // rpr * rpr
+    if head:
+      heads[shard] = _take(columns, order[start:start + head])
+    if full:
+      middle.append(order[start + head:start + head + full])
+      record_counts[shard] = full // rpr
+    if start + head + full < stop:
+      tails[shard] = _take(columns, order[start + head + full:stop])
+  records = (encode_records(_take(columns, np.concatenate(middle)), rpr) if middle else [])
+  spec.timed.add("encode", time.perf_counter() - encoding)
+  return _Encoded(records, record_counts, heads, tails, value_counts, moments)
+
+
+def _take(columns: Dict[str, object], rows: np.ndarray) -> Dict[str, object]:
+  return {name: values.take(pa.array(rows)) if isinstance(values, pa.Array) else values[rows]
+          for name, values in columns.items()}
+
+
+def _split_lists(values: pa.Array, separator: str) -> pa.Array:
+  """A multivalent column as lists of strings: split on `separator`; "" is an empty list."""
+  lists = pc.split_pattern(values, separator)
+  empty = pc.equal(values, "").to_numpy(zero_copy_only=False)
+  if not empty.any():
+    return lists
+  lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+  keep = np.repeat(~empty, lengths)  # an empty field split is [""]: drop that value
+  lengths = np.where(empty, 0, lengths)
+  offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+  return pa.ListArray.from_arrays(pa.array(offsets),
+                                  pc.list_flatten(lists).filter(pa.array(keep)))
+
+
+class _Written:
+  """The writing side, in block order: shard records, row and positive counts, vocabulary
+  counts and numeric moments.
+
+  A shard's records are `rows_per_record` consecutive rows of it. A block's rows
+  of a shard start with the `head` rows that complete the record the earlier
+  blocks left open (`take_rows`, in block order, before the block is encoded),
+  then full records (encoded in parallel), then the tail that the next block
+  completes; so the records are those a single writer of the rows in (file,
+  line) order would write, however the input is cut.
+  """
+
+  def __init__(self, spec: _Spec, writers: List["_RecordWriter"]):
+    self.spec, self.writers = spec, writers
+    self.open_rows = np.zeros(len(writers), dtype=np.int64)  # rows of the open record, by take_rows
+    self.pending: List[List[Dict[str, object]]] = [[] for _ in writers]
+    self.rows = np.zeros(len(SPLITS), dtype=np.int64)
+    self.positives = np.zeros((len(SPLITS), len(spec.labels)), dtype=np.int64)
+    self.counts = {name: _ValueCounts() for name in spec.features}
+    self.moments = {name: _ExactMoments() for name in spec.numeric}
+
+  def take_rows(self, shards: np.ndarray, splits: np.ndarray,
+                labels: Dict[str, np.ndarray]) -> np.ndarray:
+    """Counts a block's rows; returns per shard the rows that complete its open record."""
+    rpr = self.spec.rows_per_record
+    self.rows += np.bincount(splits, minlength=len(SPLITS))
+    for t, name in enumerate(self.spec.labels):
+      self.positives[:, t] += np.bincount(splits, weights=labels[name],
+                                          minlength=len(SPLITS)).astype(np.int64)
+    head = (rpr - self.open_rows) % rpr
+    self.open_rows = (self.open_rows + np.bincount(shards, minlength=len(self.writers))) % rpr
+    return head
+
+  def add(self, encoded: _Encoded) -> None:
+    rpr, at = self.spec.rows_per_record, 0
+    for shard, writer in enumerate(self.writers):
+      if shard in encoded.heads:
+        self.pending[shard].append(encoded.heads[shard])
+        if sum(_length(p) for p in self.pending[shard]) == rpr:
+          self._flush(shard)
+      n = int(encoded.record_counts[shard])
+      if n:
+        writer.write(encoded.records[at:at + n])
+        at += n
+      if shard in encoded.tails:
+        self.pending[shard].append(encoded.tails[shard])
+    for name, counts in encoded.value_counts.items():
+      self.counts[name].add(counts)
+    for name, moments in encoded.moments.items():
+      self.moments[name].merge(moments)
+
+  def flush(self) -> None:
+    """Writes each shard's last, partial record."""
+    for shard in range(len(self.writers)):
+      if self.pending[shard]:
+        self._flush(shard)
+
+  def _flush(self, shard: int) -> None:
+    parts, self.pending[shard] = self.pending[shard], []
+    columns = {name: (pa.concat_arrays([p[name] for p in parts])
+                      if isinstance(parts[0][name], pa.Array)
+                      else np.concatenate([p[name] for p in parts])) for name in parts[0]}
+    self.writers[shard].write(encode_records(columns, self.spec.rows_per_record))
+
+
+def _length(columns: Dict[str, object]) -> int:
+  return len(next(iter(columns.values())))
+
+
+class _ValueCounts:
+  """A feature's value counts, merged block by block: per-block `value_counts` results are
+  kept as they come and summed by a pyarrow group-by when they outgrow the merged table."""
+
+  def __init__(self):
+    self._merged = pa.table({"values": pa.array([], pa.string()),
+                             "counts": pa.array([], pa.int64())})
+    self._parts: List[pa.Table] = []
+    self._part_rows = 0
+
+  def add(self, counts: pa.StructArray) -> None:
+    self._parts.append(pa.table({"values": counts.field("values").cast(pa.string()),
+                                 "counts": counts.field("counts")}))
+    self._part_rows += len(counts)
+    if self._part_rows > max(1 << 20, 2 * self._merged.num_rows):
+      self._merge()
+
+  def _merge(self) -> None:
+    table = pa.concat_tables([self._merged, *self._parts])
+    self._merged = table.group_by("values").aggregate([("counts", "sum")]).rename_columns(
+        ["values", "counts"])
+    self._parts, self._part_rows = [], 0
+
+  def vocabulary(self, min_count: int) -> List[str]:
+    """Values seen at least `min_count` times, but "", most frequent first, ties in value
+    order (the UTF-8 bytes' order, which is Python's order of the strings)."""
+    self._merge()
+    kept = self._merged.filter(pc.and_(pc.greater_equal(self._merged["counts"], min_count),
+                                       pc.not_equal(self._merged["values"], "")))
+    kept = kept.sort_by([("counts", "descending"), ("values", "ascending")])
+    return kept["values"].to_pylist()
+
+  def kept(self, min_count: int) -> bool:
+    """Whether any value but "" is seen at least `min_count` times."""
+    return bool(self.vocabulary(min_count))
+
+
+class _ExactMoments:
+  """Count, sum and sum of squares of a numeric column's finite values, summed exactly
+  (integers scaled by 2^-1200), and their extremes: the mean and std do not depend on
+  how the rows are cut into blocks."""
+
+  _SCALE = 1200
+
+  def __init__(self, count: int = 0, total: int = 0, squares: int = 0,
+               low: float = math.inf, high: float = -math.inf):
+    self.count, self.total, self.squares, self.low, self.high = count, total, squares, low, high
+
+  @classmethod
+  def of(cls, values: np.ndarray) -> "_ExactMoments":
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not len(values):
+      return cls()
+    return cls(len(values), cls._exact_sum(values), cls._exact_sum(values * values),
+               float(values.min()), float(values.max()))
+
+  @classmethod
+  def _exact_sum(cls, values: np.ndarray) -> int:
+    """sum(values) * 2^1200, exactly: mantissas as integers, summed per exponent."""
+    mantissas, exponents = np.frexp(values)
+    mantissas = (mantissas * 2.0**53).astype(np.int64)  # values = m * 2^(e - 53), exactly
+    order = np.argsort(exponents, kind="stable")
+    exponents, mantissas = exponents[order], mantissas[order]
+    starts = np.flatnonzero(np.concatenate([[True], np.diff(exponents) != 0]))
+    high = np.add.reduceat(mantissas >> 26, starts)  # < 2^27 each: no int64 overflow
+    low = np.add.reduceat(mantissas & ((1 << 26) - 1), starts)
+    total = 0
+    for e, h, l in zip(exponents[starts].tolist(), high.tolist(), low.tolist()):
+      total += ((h << 26) + l) << (e - 53 + cls._SCALE)
+    return total
+
+  def merge(self, other: "_ExactMoments") -> None:
+    self.count += other.count
+    self.total += other.total
+    self.squares += other.squares
+    self.low, self.high = min(self.low, other.low), max(self.high, other.high)
+
+  def varies(self) -> bool:
+    """Whether the values are not all one (and there are some)."""
+    return self.count > 1 and self.low < self.high
+
+  def mean_and_std(self) -> Tuple[float, float]:
+    """(mean, population std) of the values; the std of values that do not vary is 0."""
+    if not self.count:
+      return 0.0, 0.0
+    mean = fractions.Fraction(self.total, self.count << self._SCALE)
+    if not self.varies():
+      return float(mean), 0.0
+    variance = fractions.Fraction(self.squares, self.count << self._SCALE) - mean * mean
+    return float(mean), math.sqrt(max(float(variance), 0.0))
+
+
+def _signed_log(values: np.ndarray) -> np.ndarray:
+  """sign(x) * log(1 + |x|), as `stem_tfrs.layers.NumericInputs` takes it."""
+  return np.sign(values) * np.log1p(np.abs(values))
+
+
+def _write_vocabularies(out_dir: str, counts: Dict[str, _ValueCounts],
+                        min_count: int, multivalent: Dict[str, str]) -> List[CategoricalFeature]:
+  os.makedirs(os.path.join(out_dir, "vocab"))
+  schema_features = []
+  for name, counter in counts.items():
+    # "" is a missing value: it shares the OOV row (and a vocabulary file
+    # cannot hold an empty line).
+    kept = counter.vocabulary(min_count)
+    broken = next((v for v in kept if "\n" in v or "\r" in v), None)
+    if broken is not None:
+      raise DataError(f"column '{name}': the value {broken!r} holds a line break")
+    path = os.path.join("vocab", f"{name}.txt")
+    with open(os.path.join(out_dir, path), "w", encoding="utf-8") as f:
+      f.writelines(f"{v}\n" for v in kept)
+    schema_features.append(CategoricalFeature(
+        name=name, dtype="string", vocabulary_file=path, vocabulary_size=len(kept),
+        multivalent=name in multivalent))
+  return schema_features
+
+
+class _RecordWriter:
+  """Writes serialized records to one TFRecord shard."""
+
+  def __init__(self, path: str):
+    with _writing():
+      self._writer = tf.io.TFRecordWriter(path)
+
+  def write(self, records: Sequence[bytes]) -> None:
+    for record in records:
+      self._write_record(record)
+
+  def _write_record(self, record: bytes) -> None:
+    with _writing():
+      self._writer.write(record)
+
+  def close(self) -> None:
+    with _writing():
+      self._writer.close()
 
 
 def check_out(out_dir: str, overwrite: bool, inputs: Sequence[str] = ()) -> str:
@@ -453,129 +1154,11 @@ def _check_columns(features, numeric, labels, group_column, multivalent, log1p) 
                     "(the user id)")
 
 
-def _valid_rows(read_chunks, features, labels, bad_rows: BadRows,
-                numeric: Sequence[str] = ()) -> Iterator[pd.DataFrame]:
-  """Yields each chunk's usable rows: labels as int64 0/1, features as strings,
-  numeric columns as float64 (NaN where missing or not finite).
-
-  A row's first bad value makes it a bad row; bad rows are reported in line
-  order, whichever column holds them (so strict mode stops at the earliest).
-  """
-  for chunk in read_chunks():
-    frame = chunk.frame
-    missing = [c for c in features + list(numeric) + labels if c not in frame.columns]
-    if missing:
-      raise DataError(
-          f"{chunk.source}: missing column(s) {missing}; found {list(frame.columns)}")
-    problems: Dict[int, Tuple[str, str]] = {}  # row position -> (kind, detail), the first
-    label_values = {label: _read_label(frame[label], label, problems) for label in labels}
-    numbers = {name: _read_numeric(frame[name], name, problems) for name in numeric}
-    for row in sorted(problems):
-      kind, detail = problems[row]
-      bad_rows.add(kind, chunk.source, int(frame.index[row]), detail)
-    keep = np.ones(len(frame), dtype=bool)
-    keep[list(problems)] = False
-    frame = frame[keep].copy()
-    for name in numeric:
-      frame[name] = numbers[name][keep]
-    for label in labels:
-      frame[label] = label_values[label][keep]
-    for name in features:
-      frame[name] = _as_python_strings(frame[name])
-    yield frame
-
-
-def _read_label(column: pd.Series, label: str,
-                problems: Dict[int, Tuple[str, str]]) -> np.ndarray:
-  """A label column as int64 0/1; a row holding anything else goes to `problems`."""
-  values = column.isin([1, "1"]).to_numpy().astype(np.int64)
-  for row in np.flatnonzero(~column.isin([0, 1, "0", "1"]).to_numpy()):  # the slow path
-    number = pd.to_numeric(pd.Series([column.iloc[row]]), errors="coerce").iloc[0]
-    if number in (0, 1):  # "1.0", 0.0, ...
-      values[row] = int(number)
-    else:
-      kind = "unparsable number" if pd.isna(number) else "label outside {0, 1}"
-      problems.setdefault(int(row), (kind, f"column '{label}': '{column.iloc[row]}' is not 0 "
-                                           "or 1"))
-  return values
-
-
-def _read_numeric(column: pd.Series, name: str,
-                  problems: Dict[int, Tuple[str, str]]) -> np.ndarray:
-  """A numeric column as float64 (NaN where missing or beyond float32); a row holding
-  something that is not a number goes to `problems`."""
-  values, bad = read_numbers(column)
-  for row in np.flatnonzero(bad):
-    problems.setdefault(int(row), ("unparsable number",
-                                   f"column '{name}': '{column.iloc[row]}' is not a number"))
-  return values.astype(np.float64)
-
-
-def _as_python_strings(column: pd.Series) -> pd.Series:
-  """An object column of str, missing values as "" (pandas' own string dtype is slower)."""
-  column = column.astype(object).where(column.notna(), "")
-  if pd.api.types.infer_dtype(column, skipna=False) not in ("string", "empty"):
-    column = column.map(str)
-  return column
-
-
-def _write_vocabularies(out_dir: str, counts: Dict[str, collections.Counter],
-                        min_count: int, multivalent: Dict[str, str]) -> List[CategoricalFeature]:
-  os.makedirs(os.path.join(out_dir, "vocab"))
-  schema_features = []
-  for name, counter in counts.items():
-    # "" is a missing value: it shares the OOV row (and a vocabulary file
-    # cannot hold an empty line).
-    kept = sorted((v for v, c in counter.items() if c >= min_count and v != ""),
-                  key=lambda v: (-counter[v], v))
-    broken = next((v for v in kept if "\n" in v or "\r" in v), None)
-    if broken is not None:
-      raise DataError(f"column '{name}': the value {broken!r} holds a line break")
-    path = os.path.join("vocab", f"{name}.txt")
-    with open(os.path.join(out_dir, path), "w", encoding="utf-8") as f:
-      f.writelines(f"{v}\n" for v in kept)
-    schema_features.append(CategoricalFeature(
-        name=name, dtype="string", vocabulary_file=path, vocabulary_size=len(kept),
-        multivalent=name in multivalent))
-  return schema_features
-
-
-class _Moments:
-  """Count, mean and sum of squared deviations of a numeric column's finite values, chunk by
-  chunk (Chan et al.'s pairwise update: no cancellation on large means)."""
-
-  def __init__(self):
-    self.count, self.mean, self.m2 = 0, 0.0, 0.0
-
-  def add(self, values: pd.Series) -> None:
-    values = values.to_numpy(dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if not len(values):
-      return
-    count, mean = len(values), float(values.mean())
-    m2 = float(((values - mean) ** 2).sum())
-    total = self.count + count
-    delta = mean - self.mean
-    self.mean += delta * count / total
-    self.m2 += m2 + delta * delta * self.count * count / total
-    self.count = total
-
-  def varies(self) -> bool:
-    """Whether the values are not all one (and there are some)."""
-    return self.count > 1 and self.m2 > 0
-
-  def mean_and_std(self) -> Tuple[float, float]:
-    """(mean, population std) of the values; the std of values that do not vary is 0."""
-    return self.mean, math.sqrt(self.m2 / self.count) if self.count else 0.0
-
-
-def _signed_log(values: pd.Series) -> pd.Series:
-  """sign(x) * log(1 + |x|), as `stem_tfrs.layers.NumericInputs` takes it."""
-  return np.sign(values) * np.log1p(np.abs(values))
-
-
 class _ShardWriter:
-  """Writes rows to one TFRecord shard, `rows_per_record` rows a record (see stem_tfrs.schema)."""
+  """Writes rows to one TFRecord shard, `rows_per_record` rows a record, building each
+  `tf.train.Example` value by value: the reference `data_prep.records.encode_records` is
+  tested against (tests/test_records.py, benchmarks/record_encoding.py); `prepare` writes
+  `encode_records`' records with `_RecordWriter`."""
 
   def __init__(self, path: str, features: Sequence[str], labels: Sequence[str],
                multivalent: Dict[str, str], rows_per_record: int, numeric: Sequence[str] = ()):
@@ -627,43 +1210,7 @@ class _ShardWriter:
       self._writer.write(example.SerializeToString(deterministic=True))
 
 
-def _write_shards(out_dir, frames, features, labels, assign, num_shards, multivalent,
-                  rows_per_record, numeric=()):
-  """Writes every row to its split's shards (round robin); returns names, rows, positives."""
-  names = {s: [f"{s}-{i:05d}-of-{num_shards[s]:05d}.tfrecord"
-               for i in range(num_shards[s])] for s in SPLITS}
-  writers = [[_ShardWriter(os.path.join(out_dir, n), features, labels, multivalent,
-                           rows_per_record, numeric) for n in names[s]] for s in SPLITS]
-  rows = np.zeros(len(SPLITS), dtype=np.int64)
-  positives = np.zeros((len(SPLITS), len(labels)), dtype=np.int64)
-  try:
-    for frame in frames:
-      splits = assign(frame)
-      for s in range(len(SPLITS)):
-        positives[s] += frame.loc[splits == s, labels].to_numpy().sum(axis=0)
-      columns = {n: np.array([v.encode("utf-8") for v in frame[n]], dtype=object)
-                 for n in features if n not in multivalent}
-      # one list per row: the trailing None keeps numpy from making lists of equal length a 2-D
-      # array
-      columns.update({n: np.array([v.encode("utf-8").split(multivalent[n].encode("utf-8"))
-                                   if v else [] for v in frame[n]] + [None],
-                                  dtype=object)[:-1] for n in features if n in multivalent})
-      columns.update({n: frame[n].to_numpy(dtype=np.float32) for n in numeric})
-      columns.update({n: frame[n].to_numpy() for n in labels})
-      for s, split_writers in enumerate(writers):
-        in_split = np.flatnonzero(splits == s)
-        shard = (rows[s] + np.arange(len(in_split))) % len(split_writers)
-        for i, writer in enumerate(split_writers):
-          taken = in_split[shard == i]
-          if len(taken):
-            writer.write({n: values[taken].tolist() for n, values in columns.items()})
-        rows[s] += len(in_split)
-  finally:
-    _close_all(itertools.chain.from_iterable(writers))
-  return names, rows, positives
-
-
-def _close_all(writers: Iterable[_ShardWriter]) -> None:
+def _close_all(writers: Iterable) -> None:
   """Closes every writer; then raises the first failure, if any."""
   failed = None
   for writer in writers:

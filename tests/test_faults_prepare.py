@@ -15,7 +15,7 @@ FLAGS = ["prepare", "--dataset=logs", "--raw=logs.csv", "--features=user_id,item
          "--min_count=1", "--rows_per_record=8"]
 KILL_POINTS = {
     "early, before the first row is read": ("data_prep.writer:_valid_rows", 1),
-    "mid-write, in the third shard record": ("data_prep.writer:_ShardWriter._write_record", 3),
+    "mid-write, in the third shard record": ("data_prep.writer:_RecordWriter._write_record", 3),
     "at the rename that puts the data set in place": ("os:rename@.tmp-", 1),
 }
 

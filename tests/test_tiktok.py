@@ -47,7 +47,7 @@ def test_prepares_the_paper_split_and_reports_bad_rows(tmp_path):
   good = write_raw(tmp_path / "raw.txt", extra_lines=MALFORMED)
   bad = BadRows()
   stats = prepare_tiktok(str(tmp_path / "raw.txt"), str(tmp_path / "out"), min_count=2,
-                         bad_rows=bad, chunk_rows=64)
+                         bad_rows=bad, block_bytes=512)
   n = len(good)
   test = math.ceil(0.1 * n)
   valid = math.ceil(0.1 * (n - test))
@@ -67,18 +67,29 @@ def test_prepares_the_paper_split_and_reports_bad_rows(tmp_path):
   parsed = [parse_records(schema, batch) for batch in tf.data.TFRecordDataset(
                 sum((schema.shard_paths(s) for s in ("train", "valid", "test")), [])).batch(1000)]
   assert sum(int(tf.reduce_sum(p["finish"])) for p in parsed) == finish
-  # min_count over all rows: every uid value seen twice or more has a row.
-  uids = [r[0] for r in good]
+  # min_count over the train rows: every uid value seen twice or more there has a row.
+  uids = train_values(schema, "uid")
+  assert len(uids) == n - test - valid
   expected = {u for u in set(uids) if uids.count(u) >= 2}
   assert set((tmp_path / "out" / "vocab" / "uid.txt").read_text().split()) == expected
+
+
+def train_values(schema, column):
+  """The raw values of `column` in the train split's shards."""
+  values = []
+  for batch in tf.data.TFRecordDataset(schema.shard_paths("train")).batch(1000):
+    values += [v.decode() for v in parse_records(schema, batch)[column].numpy().tolist()]
+  return values
 
 
 def test_default_min_count_is_the_papers_ten(tmp_path):
   good = write_raw(tmp_path / "raw.txt", rows=300)
   prepare_tiktok(str(tmp_path / "raw.txt"), str(tmp_path / "out"))
   vocab = (tmp_path / "out" / "vocab" / "author_id.txt").read_text().split()
-  authors = [r[3] for r in good]
+  authors = train_values(Schema.load(str(tmp_path / "out")), "author_id")
   assert set(vocab) == {a for a in set(authors) if authors.count(a) >= 10}
+  everywhere = [r[3] for r in good]  # counted on all rows, more authors would be kept
+  assert set(vocab) < {a for a in set(everywhere) if everywhere.count(a) >= 10}
 
 
 def test_strict_stops_at_the_first_bad_row(tmp_path):
@@ -99,11 +110,10 @@ def test_missing_and_empty_files_are_one_line_errors(tmp_path):
 def test_unreadable_inputs_are_one_line_errors_naming_file_and_line(tmp_path):
   write_raw(tmp_path / "raw.txt", rows=50)
   prepared = lambda raw, **kw: prepare_tiktok(str(raw), str(tmp_path / "out"), **kw)
-  with pytest.raises(DataError, match=r"input .* is a directory; name the file itself"):
-    prepared(tmp_path)
-  (tmp_path / "raw.txt.gz").write_bytes(gzip.compress((tmp_path / "raw.txt").read_bytes()))
-  with pytest.raises(DataError, match=r"raw.txt.gz is gzip-compressed; decompress it first"):
-    prepared(tmp_path / "raw.txt.gz")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(DataError, match=r"input .*empty is a directory without data files"):
+    prepared(tmp_path / "empty")
+  (tmp_path / "empty").rmdir()
   lines = (tmp_path / "raw.txt").read_bytes().split(b"\n")
   lines[6] = lines[6].replace(b"\t", b"\xe9\t", 1)  # a Latin-1 byte on line 7
   (tmp_path / "latin.txt").write_bytes(b"\n".join(lines))
@@ -111,7 +121,24 @@ def test_unreadable_inputs_are_one_line_errors_naming_file_and_line(tmp_path):
     prepared(tmp_path / "latin.txt")
   with pytest.raises(DataError, match=r"TikTok has no label column\(s\) \['user_city'\]"):
     prepared(tmp_path / "raw.txt", tasks=["finish", "user_city"])
-  assert sorted(os.listdir(tmp_path)) == ["latin.txt", "raw.txt", "raw.txt.gz"]
+  assert sorted(os.listdir(tmp_path)) == ["latin.txt", "raw.txt"]
+
+
+def test_a_gzipd_file_prepares_as_the_file_and_a_directory_of_parts_prepares(tmp_path):
+  good = write_raw(tmp_path / "raw.txt", rows=500)
+  (tmp_path / "raw.txt.gz").write_bytes(gzip.compress((tmp_path / "raw.txt").read_bytes()))
+  parts = tmp_path / "parts"
+  parts.mkdir()
+  lines = (tmp_path / "raw.txt").read_bytes().splitlines(keepends=True)
+  (parts / "part-0.txt").write_bytes(b"".join(lines[:200]))
+  (parts / "part-1.txt.gz").write_bytes(gzip.compress(b"".join(lines[200:])))
+  (parts / "_SUCCESS").write_bytes(b"")
+  for raw in ("raw.txt", "raw.txt.gz", "parts"):
+    stats = prepare_tiktok(str(tmp_path / raw), str(tmp_path / f"out-{raw}"), min_count=1,
+                           block_bytes=1000)
+    assert sum(s["rows"] for s in stats.values()) == len(good)
+  files = lambda out: {p.name: p.read_bytes() for p in (tmp_path / out).rglob("*") if p.is_file()}
+  assert files("out-raw.txt") == files("out-raw.txt.gz")
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_id(tmp_path):

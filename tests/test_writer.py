@@ -6,10 +6,15 @@ import os
 import numpy as np
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 import tensorflow as tf
 
-from data_prep.writer import BadRows, Chunk, DataError, ExactSplit, RandomSplit, prepare
+from data_prep import writer
+from data_prep.logs import prepare_logs
+from data_prep.readers import read_blocks
+from data_prep.writer import (BadRows, Chunk, DataError, ExactSplit, RandomSplit, SplitRows,
+                              prepare)
 from stem_tfrs.data import make_dataset, parse_records
 from stem_tfrs.schema import Schema, SchemaError
 
@@ -113,20 +118,21 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path):
   assert leftovers(tmp_path) == ["out"]
 
 
-def test_failure_in_second_pass_leaves_previous_data_set_intact(tmp_path):
+@pytest.mark.parametrize("split", [RandomSplit(), ExactSplit()], ids=["one pass", "two"])
+def test_failure_while_writing_leaves_previous_data_set_intact(tmp_path, split):
   run(tmp_path, [Chunk(frame(), "x")])
   before = (tmp_path / "out" / "stats.json").read_text()
   calls = []
 
-  def chunks():
+  def chunks():  # fails in the pass that writes: the only one, or the second
     calls.append(1)
     yield Chunk(frame(), "x")
-    if len(calls) == 2:
+    if len(calls) == (2 if isinstance(split, ExactSplit) else 1):
       raise OSError("disk full")
 
   with pytest.raises(OSError, match="disk full"):
     prepare(chunks, features=["uid", "item"], labels=["finish", "like"], group_column="uid",
-            out_dir=str(tmp_path / "out"), overwrite=True)
+            out_dir=str(tmp_path / "out"), overwrite=True, split=split)
   assert (tmp_path / "out" / "stats.json").read_text() == before
   assert leftovers(tmp_path) == ["out"]
 
@@ -175,17 +181,21 @@ def test_a_task_named_shared_stops_before_anything_is_written(tmp_path):
   assert leftovers(tmp_path) == []
 
 
-def test_exact_split_is_seeded_and_uniform():
+def test_exact_split_is_seeded_and_uniform_and_ignores_the_blocks(monkeypatch):
+  monkeypatch.setattr(writer, "GROUP_LINES", 1000)
   split = ExactSplit()
+  lines = np.arange(1, 10_001)
 
-  def draw(seed):
-    assign = split.assigner(10_000, seed)
-    return np.concatenate([assign(pd.DataFrame(index=range(n))) for n in (3000, 7000)])
+  def draw(seed, cuts):
+    plan = split.plan({(0, g): n for g, n in enumerate([999] + [1000] * 9 + [1])}, seed)
+    return np.concatenate([
+        plan.assign(SplitRows(pa.table({"x": pa.array([""] * (b - a))}), 0, lines[a:b],
+                              np.zeros(b - a))) for a, b in zip(cuts[:-1], cuts[1:])])
 
-  a, b = draw(1), draw(1)
-  assert (a == b).all() and not (a == draw(2)).all()
+  a, b = draw(1, [0, 3000, 10_000]), draw(1, [0, 1, 2500, 2501, 9999, 10_000])
+  assert (a == b).all() and not (a == draw(2, [0, 10_000])).all()
   assert (a == 2).sum() == 1000 and (a == 1).sum() == 900
-  assert abs((a[:3000] == 2).mean() - 0.1) < 0.03  # test rows spread over both chunks
+  assert abs((a[:3000] == 2).mean() - 0.1) < 0.03  # test rows spread over the groups
 
 
 def test_empty_values_are_missing_and_stay_out_of_the_vocabulary(tmp_path):
@@ -198,27 +208,35 @@ def test_empty_values_are_missing_and_stay_out_of_the_vocabulary(tmp_path):
 def test_block_records_hold_consecutive_rows_of_a_shard_column_by_column(tmp_path):
   f = frame(100)
   f["tags"] = [("a|b" if i % 3 == 0 else "c" if i % 3 == 1 else "") for i in range(100)]
+  f["line"] = [str(line) for line in f.index]
   chunks = [Chunk(f.iloc[:40], "x"), Chunk(f.iloc[40:], "x")]  # blocks span chunks
-  kwargs = dict(features=["uid", "item", "tags"], multivalent={"tags": "|"}, split=_all_train(),
-                num_shards={"train": 2, "valid": 1, "test": 1})
+  kwargs = dict(features=["uid", "item", "tags", "line"], multivalent={"tags": "|"},
+                split=_all_train(), num_shards={"train": 2, "valid": 1, "test": 1})
   run(tmp_path, chunks, out_dir=str(tmp_path / "rows"), rows_per_record=1, **kwargs)
   run(tmp_path, chunks, out_dir=str(tmp_path / "blocks"), rows_per_record=3, **kwargs)
   blocks = Schema.load(str(tmp_path / "blocks"))
   assert blocks.rows_per_record == 3 and Schema.load(str(tmp_path / "rows")).rows_per_record == 1
-  first = tf.train.Example.FromString(
-      next(iter(tf.data.TFRecordDataset(blocks.shard_paths("train")[0]))).numpy()).features.feature
-  # shard 0 holds rows 0, 2, 4 first: tags "a|b", "", "c"
-  assert list(first["uid"].bytes_list.value) == [b"u0", b"u2", b"u4"]
-  assert list(first["tags"].bytes_list.value) == [b"a", b"b", b"c"]
-  assert list(first["tags#row_lengths"].int64_list.value) == [2, 0, 1]
-  assert list(first["finish"].int64_list.value) == [0, 0, 0]
   shards = [Schema.load(str(tmp_path / name)).shard_paths("train") for name in ("rows", "blocks")]
-  assert [len(list(tf.data.TFRecordDataset(p))) for p in shards[1]] == [17, 17]  # 16x3 + 2 rows
-  read = [parse_records(Schema.load(str(tmp_path / name)), next(iter(
-      tf.data.TFRecordDataset(p).batch(1000)))) for name, p in zip(("rows", "blocks"), shards)]
-  for column in ("uid", "item", "finish", "like"):
-    assert (read[0][column].numpy() == read[1][column].numpy()).all()
-  assert read[0]["tags"].to_list() == read[1]["tags"].to_list()
+  for one, three in zip(*shards):
+    rows = [tf.train.Example.FromString(r.numpy()).features.feature
+            for r in tf.data.TFRecordDataset(one)]
+    records = [tf.train.Example.FromString(r.numpy()).features.feature
+               for r in tf.data.TFRecordDataset(three)]
+    lines = [int(r["line"].bytes_list.value[0]) for r in rows]
+    assert lines == sorted(lines)  # a shard's rows in line order
+    assert len(records) == -(-len(rows) // 3)  # full records, the last one the rest
+    for k, record in enumerate(records):  # record k: the shard's rows 3k, 3k + 1, 3k + 2
+      taken = rows[3 * k:3 * k + 3]
+      for column in ("uid", "line"):
+        assert list(record[column].bytes_list.value) == [
+            r[column].bytes_list.value[0] for r in taken]
+      assert list(record["tags"].bytes_list.value) == [
+          v for r in taken for v in r["tags"].bytes_list.value]
+      assert list(record["tags#row_lengths"].int64_list.value) == [
+          len(r["tags"].bytes_list.value) for r in taken]
+      assert list(record["finish"].int64_list.value) == [
+          r["finish"].int64_list.value[0] for r in taken]
+  assert sum(len(list(tf.data.TFRecordDataset(p))) for p in shards[0]) == 100
   # through the training pipeline: shuffled, padded lists, the same rows from both layouts
   def rows(name):
     schema = Schema.load(str(tmp_path / name))
@@ -249,15 +267,15 @@ def test_temporary_siblings_of_dead_runs_are_removed_and_those_of_live_runs_kept
         (tmp_path / name / "train-00000-of-00001.tfrecord").write_bytes(b"x" * 1000)
     seen = []
 
-    def chunks():  # the second pass sees the run's own temporary directory
+    def chunks():  # the pass that writes sees the run's own temporary directory
       seen.append(sorted(os.listdir(tmp_path)))
       yield Chunk(frame(), "x")
 
     prepare(chunks, features=["uid", "item"], labels=["finish", "like"], group_column="uid",
             out_dir=str(tmp_path / "out"))
     assert leftovers(tmp_path) == sorted(["out", names["tmp"][live.pid], names["old"][live.pid]])
-    own = [n for n in seen[1] if n.startswith(".out.tmp-") and n != names["tmp"][live.pid]]
-    assert len(own) == 1 and own[0].startswith(f".out.tmp-{host}-{os.getpid()}-"), seen[1]
+    own = [n for n in seen[-1] if n.startswith(".out.tmp-") and n != names["tmp"][live.pid]]
+    assert len(own) == 1 and own[0].startswith(f".out.tmp-{host}-{os.getpid()}-"), seen[-1]
   finally:
     live.kill()
     live.wait()
@@ -286,3 +304,137 @@ def test_examples_of_a_kind_are_the_earliest_lines_whoever_reports_them():
   bad.add("unparsable number", "a.csv", 1, "x")  # a later file: after every line of b.csv
   assert bad.examples["unparsable number"] == [f"b.csv line {n}: x" for n in (5, 10, 20, 30, 40)]
   assert bad.counts["unparsable number"] == 8
+
+
+# The vocabularies and split sizes of the writer before issue 25 (row by row, pandas), frozen
+# from its run on `write_vocab_file`'s file: with a split by date the train rows are fixed, so
+# the train-only vocabularies must be the same; ExactSplit's sizes depend on the row count only.
+def write_vocab_file(path, rows=600, seed=7):
+  """Logs with a day column (a split by date), skewed ids with ties, non-ASCII values, a bad
+  label and lists: the file the vocabularies were frozen from (by the writer before #25)."""
+  rng = np.random.default_rng(seed)
+  items = ["é", "e", "Z", "z", "日本", "ä", "a", "éa", "i0", "i1", "i10", "i2"]
+  lines = ["user_id,item_id,tags,day,click"]
+  for n in range(rows):
+    user = f"u{int(rng.zipf(1.5)) % 40}"
+    item = items[int(rng.integers(0, len(items)))] if rng.random() < 0.7 else f"x{n % 50}"
+    tags = "|".join(rng.choice(["α", "b", "B", "ß", ""], int(rng.integers(0, 3))))
+    day = ["20240101", "20240102", "20240103", "20240104"][int(rng.integers(0, 4))]
+    click = "2" if n == 77 else str(int(rng.random() < 0.4))
+    lines.append(f"{user},{item},{tags},{day},{click}")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+FROZEN_VOCABULARIES = {"user_id": ["u1", "u2", "u3", "u5", "u4", "u6", "u8", "u9", "u16", "u10", "u12", "u14", "u11", "u19", "u29", "u7", "u13", "u24", "u0", "u15", "u21", "u26", "u32", "u35"], "item_id": ["Z", "z", "日本", "i2", "ä", "e", "éa", "a", "i10", "i0", "i1", "é", "x14", "x43", "x0", "x31", "x39", "x46", "x20", "x24", "x29", "x33", "x5", "x8", "x1", "x11", "x18", "x22", "x25", "x26", "x34", "x38", "x40", "x42", "x44", "x45", "x47", "x48", "x49", "x6", "x7"], "tags": ["ß", "b", "B", "α"]}
+FROZEN_DATE_SPLIT_ROWS = {"train": 298, "valid": 154, "test": 147}
+FROZEN_EXACT_SPLIT_ROWS = {"train": 485, "valid": 54, "test": 60}
+
+
+def vocabularies(out):
+  return {name: (out / "vocab" / f"{name}.txt").read_text(encoding="utf-8").splitlines()
+          for name in ("user_id", "item_id", "tags")}
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_vocabularies_on_a_date_split_equal_the_earlier_writers(tmp_path, processes):
+  write_vocab_file(tmp_path / "logs.csv")
+  stats = prepare_logs(str(tmp_path / "logs.csv"), str(tmp_path / "out"),
+                       features=["user_id", "item_id", "tags"], tasks=["click"],
+                       multivalent={"tags": "|"}, split_column="day", valid_from="20240103",
+                       test_from="20240104", min_count=2, processes=processes, block_bytes=700)
+  assert vocabularies(tmp_path / "out") == FROZEN_VOCABULARIES
+  assert {s: v["rows"] for s, v in stats.items()} == FROZEN_DATE_SPLIT_ROWS
+  # Ties in the order of Python's strings, which is the UTF-8 bytes' order pyarrow sorts by.
+  items = FROZEN_VOCABULARIES["item_id"]
+  counts = pd.read_csv(tmp_path / "logs.csv", dtype=str, keep_default_na=False)
+  counts = counts[(counts["day"] < "20240103") & (counts["click"] != "2")]["item_id"]
+  counts = counts.value_counts().to_dict()
+  assert items == sorted(items, key=lambda v: (-counts[v], v))
+  assert sorted(items) == sorted(items, key=lambda v: v.encode("utf-8"))
+  assert {"é", "日本", "ä"} <= set(items)
+
+
+def test_exact_split_sizes_equal_the_earlier_writers(tmp_path):
+  write_vocab_file(tmp_path / "logs.csv")
+  stats = prepare(lambda: read_blocks(str(tmp_path / "logs.csv"), sep=",", bad_rows=BadRows(),
+                                      block_bytes=500),
+                  features=["user_id", "item_id"], labels=["click"], group_column="user_id",
+                  out_dir=str(tmp_path / "out"), split=ExactSplit(0.1, 0.1), bad_rows=BadRows())
+  assert {s: v["rows"] for s, v in stats.items()} == FROZEN_EXACT_SPLIT_ROWS
+
+
+def data_set(out):
+  """Every file of a prepared data set: relative path -> bytes."""
+  return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def rows_by_split(out):
+  """Each split's rows, read back through the project's parser, sorted."""
+  schema = Schema.load(str(out))
+  rows = {}
+  for split in ("train", "valid", "test"):
+    rows[split] = []
+    for shard in schema.shard_paths(split):
+      for batch in tf.data.TFRecordDataset(shard).batch(1000):
+        parsed = parse_records(schema, batch)
+        rows[split].extend(zip(*[parsed[n].numpy().tolist() if n != "tags"
+                                 else [tuple(t) for t in parsed[n].to_list()]
+                                 for n in ("user_id", "item_id", "tags", "num", "click")]))
+    rows[split].sort(key=repr)
+  return rows
+
+
+@pytest.mark.parametrize("split", ["random", "exact", "date"])
+def test_the_data_set_is_the_same_for_any_block_size_and_processes(tmp_path, monkeypatch, split):
+  monkeypatch.setattr(writer, "GROUP_LINES", 128)  # ExactSplit's groups: several per file
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  for part in range(2):
+    write_vocab_file(raw / f"part-{part}.csv", rows=700, seed=part)
+    text = (raw / f"part-{part}.csv").read_text(encoding="utf-8").splitlines()
+    text = [text[0] + ",num"] + [f"{line},{n % 17 * 0.5}" for n, line in enumerate(text[1:])]
+    (raw / f"part-{part}.csv").write_text("\n".join(text) + "\n", encoding="utf-8")
+  splits = {"random": RandomSplit(), "exact": ExactSplit(),
+            "date": writer_split_by_day()}
+  outputs = []
+  for processes, block_bytes in [(1, 1 << 20), (2, 1 << 20), (1, 333), (2, 1000)]:
+    out = tmp_path / f"out-{processes}-{block_bytes}"
+    bad = BadRows()
+    prepare(lambda: read_blocks(str(raw), sep=",", bad_rows=bad, block_bytes=block_bytes),
+            features=["user_id", "item_id", "tags"], labels=["click"], group_column="user_id",
+            out_dir=str(out), split=splits[split], bad_rows=bad, multivalent={"tags": "|"},
+            numeric=["num"], rows_per_record=5, processes=processes, seed=3,
+            num_shards={"train": 3, "valid": 2, "test": 1})
+    outputs.append(out)
+  first = data_set(outputs[0])
+  assert json.loads(first["bad_rows.json"])["total"] == 2  # the bad label of each file
+  rows = rows_by_split(outputs[0])
+  assert sum(len(r) for r in rows.values()) == 1398
+  for out in outputs[1:]:
+    assert rows_by_split(out) == rows
+    assert data_set(out) == first  # shards byte for byte, stats.json, schema.json, vocab
+
+
+def writer_split_by_day():
+  from data_prep.logs import TimeSplit
+  return TimeSplit("day", "20240103", "20240104")
+
+
+def test_the_same_rows_as_chunks_of_any_size_make_the_same_data_set(tmp_path):
+  f = frame(500)
+  f["tags"] = [("a|b" if i % 3 == 0 else "c" if i % 3 == 1 else "") for i in range(500)]
+  outputs = []
+  for sizes, processes in [((500,), 1), ((1, 99, 400), 2), ((250, 250), 2)]:
+    cuts = np.cumsum((0,) + sizes)
+    chunks = [Chunk(f.iloc[a:b], "x") for a, b in zip(cuts[:-1], cuts[1:])]
+    out = tmp_path / f"out-{len(sizes)}-{processes}"
+    run(tmp_path, chunks, out_dir=str(out), features=["uid", "item", "tags"],
+        multivalent={"tags": "|"}, rows_per_record=4, processes=processes, split=ExactSplit())
+    outputs.append(data_set(out))
+  assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_processes_must_be_a_positive_integer(tmp_path):
+  with pytest.raises(ValueError, match="processes must be a positive integer, got 0"):
+    run(tmp_path, [Chunk(frame(), "x")], processes=0)
