@@ -15,6 +15,7 @@ RESULTS.json: [{"id", "code", "stdout", "stderr", "changed"}].
 
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import traceback
@@ -78,6 +79,28 @@ def run_case(case: dict) -> dict:
   stdout, stderr = (output.seek(0) or output.read() for output in outputs)
   return {"id": case["id"], "code": code, "stdout": stdout, "stderr": stderr,
           "changed": changes(before, snapshot(case["cwd"]))}
+
+
+def run_here(*argv: str, cwd) -> subprocess.CompletedProcess:
+  """`python main.py ARGV` run in this process (TensorFlow already imported), as `run_case`
+  runs a case; the working directory and the flags are restored afterwards.
+
+  For tests of commands that refuse or fail: a fresh process per command would cost
+  TensorFlow's import each time. Killing a command, or one that needs its own
+  process (a cluster task, a server), takes a real `main.py` process instead.
+  """
+  saved_cwd, saved_streams = os.getcwd(), (sys.stdout, sys.stderr)
+  # The process's own streams, writing to fds 1 and 2: pytest replaces sys.stdout and
+  # sys.stderr with objects of its own, which run_case's redirection would not see.
+  sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+  try:
+    result = run_case({"id": "", "argv": list(argv), "cwd": str(cwd)})
+  finally:
+    sys.stdout, sys.stderr = saved_streams
+    os.chdir(saved_cwd)
+    flags.FLAGS.unparse_flags()
+  return subprocess.CompletedProcess(["main.py", *argv], result["code"], result["stdout"],
+                                     result["stderr"])
 
 
 def main_() -> None:

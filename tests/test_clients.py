@@ -16,7 +16,8 @@ from stem_tfrs.serving.clients import (GrpcClient, RestClient, ServingError,
 from conftest import tiny_model_config
 from standin_servers import Model, grpc_server, rest_server
 from test_export import raw_batch
-from test_main import assert_clean_error, main_py
+from cli_cases import run_here
+from test_main import assert_clean_error
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +105,9 @@ def read_scores(path):
 def test_predict_command_scores_a_csv_with_the_saved_model(trained_run, batch, expected,
                                                            tmp_path):
   write_csv(tmp_path / "rows.csv", batch)
-  result = main_py("predict", f"--saved_model={trained_run.export_path}", "--input=rows.csv",
-                   "--output=scores.csv", "--keep_columns=request_id", "--eval_batch_size=4",
-                   cwd=tmp_path)
+  result = run_here("predict", f"--saved_model={trained_run.export_path}", "--input=rows.csv",
+                    "--output=scores.csv", "--keep_columns=request_id", "--eval_batch_size=4",
+                    cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = read_scores(tmp_path / "scores.csv")
   assert list(rows[0]) == ["request_id", "finish", "like"] and len(rows) == 6
@@ -114,8 +115,8 @@ def test_predict_command_scores_a_csv_with_the_saved_model(trained_run, batch, e
 
   missing = {k: v for k, v in batch.items() if k != "music_id"}
   write_csv(tmp_path / "bad.csv", missing)
-  bad = main_py("predict", f"--saved_model={trained_run.export_path}", "--input=bad.csv",
-                "--output=bad_scores.csv", cwd=tmp_path)
+  bad = run_here("predict", f"--saved_model={trained_run.export_path}", "--input=bad.csv",
+                 "--output=bad_scores.csv", cwd=tmp_path)
   assert_clean_error(bad, r"bad.csv lacks column\(s\) \['music_id'\] that the model needs")
   assert not (tmp_path / "bad_scores.csv").exists()
 
@@ -131,9 +132,9 @@ def test_predict_command_names_a_one_task_models_output_over_rest(trained_run, t
   with rest_server(Model(path, "stem")) as address:
     got = RestClient(address, "stem", row_format=True, tasks=["like"]).predict(batch)
     np.testing.assert_allclose(got["like"], expected, atol=1e-6)
-    result = main_py("predict", f"--server={address}", "--protocol=rest",
-                     f"--schema={path}/assets.extra/schema.json", "--input=rows.csv",
-                     "--output=scores.csv", cwd=tmp_path)
+    result = run_here("predict", f"--server={address}", "--protocol=rest",
+                      f"--schema={path}/assets.extra/schema.json", "--input=rows.csv",
+                      "--output=scores.csv", cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = read_scores(tmp_path / "scores.csv")
   assert list(rows[0]) == ["like"]
@@ -144,8 +145,8 @@ def test_predict_command_through_a_grpc_server(trained_run, model, batch, expect
   write_csv(tmp_path / "rows.csv", batch, extra_column=False)
   schema = f"{trained_run.export_path}/assets.extra/schema.json"
   with grpc_server(model) as address:
-    result = main_py("predict", f"--server={address}", "--protocol=grpc", f"--schema={schema}",
-                     "--input=rows.csv", "--output=scores.csv", cwd=tmp_path)
+    result = run_here("predict", f"--server={address}", "--protocol=grpc", f"--schema={schema}",
+                      "--input=rows.csv", "--output=scores.csv", cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = read_scores(tmp_path / "scores.csv")
   np.testing.assert_allclose([float(r["finish"]) for r in rows], expected["finish"], atol=1e-6)

@@ -273,9 +273,10 @@ def test_the_default_version_ignores_versions_beyond_int64(tmp_path):
 
 
 def test_export_command_refuses_a_version_beyond_int64_in_one_line(trained_run, tmp_path):
-  from test_main import assert_clean_error, main_py
-  result = main_py("export", f"--run_dir={trained_run.run_dir}", f"--export_dir={tmp_path}",
-                   "--version=99999999999999999999", cwd=tmp_path)
+  from cli_cases import run_here
+  from test_main import assert_clean_error
+  result = run_here("export", f"--run_dir={trained_run.run_dir}", f"--export_dir={tmp_path}",
+                    "--version=99999999999999999999", cwd=tmp_path)
   assert_clean_error(result, r"--version=99999999999999999999: .*1 to 9223372036854775807")
   assert not (tmp_path / "stem").exists()
 

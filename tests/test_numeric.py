@@ -13,7 +13,8 @@ from stem_tfrs.schema import NumericFeature, Schema, SchemaError
 from stem_tfrs.serving import warmup
 
 from conftest import tiny_model_config
-from test_main import assert_clean_error, main_py
+from cli_cases import run_here
+from test_main import assert_clean_error
 
 ROWS = 1500
 
@@ -149,8 +150,8 @@ def test_predict_command_reads_numbers_and_names_a_cell_that_is_not_one(numeric_
   model = build_model("stem", schema, tiny_model_config())
   path = export_saved_model(model, schema, str(tmp_path / "export"), "stem")
   (tmp_path / "rows.csv").write_text("uid,item,views,seconds\nu1,i1,12.5,30\nu2,i3,,\n")
-  result = main_py("predict", f"--saved_model={path}", "--input=rows.csv",
-                   "--output=scores.csv", cwd=tmp_path)
+  result = run_here("predict", f"--saved_model={path}", "--input=rows.csv",
+                    "--output=scores.csv", cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   scores = pd.read_csv(tmp_path / "scores.csv")
   expected = model({"uid": tf.constant(["u1", "u2"]), "item": tf.constant(["i1", "i3"]),
@@ -159,8 +160,8 @@ def test_predict_command_reads_numbers_and_names_a_cell_that_is_not_one(numeric_
   np.testing.assert_allclose(scores["click"], expected["click"].numpy(), atol=1e-6)
 
   (tmp_path / "bad.csv").write_text("uid,item,views,seconds\nu1,i1,12.5,30\nu2,i3,lots,1\n")
-  bad = main_py("predict", f"--saved_model={path}", "--input=bad.csv", "--output=bad_scores.csv",
-                cwd=tmp_path)
+  bad = run_here("predict", f"--saved_model={path}", "--input=bad.csv", "--output=bad_scores.csv",
+                 cwd=tmp_path)
   assert_clean_error(bad, r"bad.csv line 3: column 'views' holds 'lots', not a number")
 
 
@@ -168,9 +169,9 @@ def test_logs_command_prepares_numeric_columns(tmp_path):
   frame = raw_frame(300)
   frame = frame[~frame["views"].isin(["many"])]
   (tmp_path / "logs.csv").write_text(frame.to_csv(index=False))
-  result = main_py("prepare", "--dataset=logs", "--raw=logs.csv", "--out=data",
-                   "--features=uid,item", "--tasks=click,like", "--numeric=views,seconds",
-                   "--log1p=views", "--min_count=1", cwd=tmp_path)
+  result = run_here("prepare", "--dataset=logs", "--raw=logs.csv", "--out=data",
+                    "--features=uid,item", "--tasks=click,like", "--numeric=views,seconds",
+                    "--log1p=views", "--min_count=1", cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   schema = Schema.load(str(tmp_path / "data"))
   assert [(f.name, f.log1p) for f in schema.numeric_features] == [("views", True),

@@ -15,7 +15,8 @@ from stem_tfrs.serving.batch import score_csv
 from conftest import REPO  # noqa: F401  (puts the repository on sys.path)
 from standin_servers import Model, grpc_server, rest_server
 from test_export import raw_batch
-from test_main import assert_clean_error, main_py
+from cli_cases import run_here
+from test_main import assert_clean_error
 
 SPECS = {"uid": (1, "string"), "tags": (2, "int64")}
 
@@ -85,8 +86,8 @@ def test_predict_command_reports_bad_rows_at_the_end_and_strict_stops_at_the_fir
   lines[2] = lines[2].rsplit(",", 1)[0]    # line 3: a field short
   lines[4] = lines[4] + ",extra"           # line 5: a field too many
   (tmp_path / "rows.csv").write_text("\n".join(lines) + "\n")
-  result = main_py("predict", f"--saved_model={trained_run.export_path}", "--input=rows.csv",
-                   "--output=scores.csv", cwd=tmp_path)
+  result = run_here("predict", f"--saved_model={trained_run.export_path}", "--input=rows.csv",
+                    "--output=scores.csv", cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   with open(tmp_path / "scores.csv") as f:
     assert len(list(csv.DictReader(f))) == 4
@@ -94,16 +95,16 @@ def test_predict_command_reports_bad_rows_at_the_end_and_strict_stops_at_the_fir
   assert re.search(r"skipped 2 bad row\(s\):\n  wrong column count: 2 \(first: rows.csv line 3: "
                    r"\d+ fields, expected \d+\)", result.stderr), result.stderr[-3000:]
 
-  strict = main_py("predict", f"--saved_model={trained_run.export_path}", "--input=rows.csv",
-                   "--output=strict.csv", "--strict", cwd=tmp_path)
+  strict = run_here("predict", f"--saved_model={trained_run.export_path}", "--input=rows.csv",
+                    "--output=strict.csv", "--strict", cwd=tmp_path)
   assert_clean_error(strict, r"wrong column count: rows.csv line 3: \d+ fields, expected \d+")
   assert not (tmp_path / "strict.csv").exists()
 
 
 def test_predict_command_refuses_keep_columns_naming_a_task(trained_run, tmp_path):
   write_rows(tmp_path / "rows.csv", trained_run.model.schema, extra={"like": ["1"] * 6})
-  result = main_py("predict", f"--saved_model={trained_run.export_path}", "--input=rows.csv",
-                   "--output=scores.csv", "--keep_columns=like", cwd=tmp_path)
+  result = run_here("predict", f"--saved_model={trained_run.export_path}", "--input=rows.csv",
+                    "--output=scores.csv", "--keep_columns=like", cwd=tmp_path)
   assert_clean_error(result, r"--keep_columns names \['like'\], a task the model predicts")
   assert not (tmp_path / "scores.csv").exists()
 
@@ -113,8 +114,8 @@ def test_predict_command_names_the_file_and_line_of_a_non_utf8_byte(trained_run,
   data = (tmp_path / "rows.csv").read_bytes().split(b"\n")
   data[3] = b"\xff" + data[3]
   (tmp_path / "rows.csv").write_bytes(b"\n".join(data))
-  result = main_py("predict", f"--saved_model={trained_run.export_path}", "--input=rows.csv",
-                   "--output=scores.csv", cwd=tmp_path)
+  result = run_here("predict", f"--saved_model={trained_run.export_path}", "--input=rows.csv",
+                    "--output=scores.csv", cwd=tmp_path)
   assert_clean_error(result, r"rows.csv line 4: not utf-8 text")
   assert not (tmp_path / "scores.csv").exists()
 
@@ -142,8 +143,8 @@ def test_predict_command_at_the_wrong_port_or_no_server_says_so_in_one_line(
   schema = f"{trained_run.export_path}/assets.extra/schema.json"
 
   def predict(address):
-    return main_py("predict", f"--server={address}", f"--protocol={protocol}",
-                   f"--schema={schema}", "--input=rows.csv", "--output=scores.csv", cwd=tmp_path)
+    return run_here("predict", f"--server={address}", f"--protocol={protocol}",
+                    f"--schema={schema}", "--input=rows.csv", "--output=scores.csv", cwd=tmp_path)
 
   if listening is None:
     address = f"127.0.0.1:{free_port()}"
@@ -159,7 +160,7 @@ def test_predict_command_at_the_wrong_port_or_no_server_says_so_in_one_line(
 def test_predict_command_refuses_to_write_over_its_input(trained_run, tmp_path):
   write_rows(tmp_path / "rows.csv", trained_run.model.schema)
   before = (tmp_path / "rows.csv").read_text()
-  result = main_py("predict", f"--saved_model={trained_run.export_path}", "--input=rows.csv",
-                   "--output=./rows.csv", cwd=tmp_path)
+  result = run_here("predict", f"--saved_model={trained_run.export_path}", "--input=rows.csv",
+                    "--output=./rows.csv", cwd=tmp_path)
   assert_clean_error(result, r"--output=./rows.csv is the --input file")
   assert (tmp_path / "rows.csv").read_text() == before

@@ -18,7 +18,8 @@ from stem_tfrs import TrainConfig, callbacks, training
 from stem_tfrs.config import ConfigError
 
 from conftest import TINY_MODEL_FLAGS, tiny_model_config
-from test_main import assert_clean_error, main_py
+from cli_cases import run_here
+from test_main import assert_clean_error
 from test_training import _Interrupt
 
 
@@ -42,8 +43,8 @@ def run_copy(trained_run, tmp_path):
 
 
 def export(run_dir, tmp_path):
-  return main_py("export", f"--run_dir={run_dir}", f"--export_dir={tmp_path / 'export'}",
-                 cwd=tmp_path)
+  return run_here("export", f"--run_dir={run_dir}", f"--export_dir={tmp_path / 'export'}",
+                  cwd=tmp_path)
 
 
 # Defect 2: a restore must restore every variable of the model.
@@ -80,9 +81,9 @@ def test_export_of_a_truncated_checkpoint_is_one_line_naming_its_file(run_copy, 
 # Defect 3: a finished run directory is never overwritten.
 
 def train_into(run_dir, data_dir, *extra):
-  return main_py("train", f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--export_dir=",
-                 "--epochs=1", "--batch_size=512", "--verbose=0", *TINY_MODEL_FLAGS, *extra,
-                 cwd=os.path.dirname(run_dir))
+  return run_here("train", f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--export_dir=",
+                  "--epochs=1", "--batch_size=512", "--verbose=0", *TINY_MODEL_FLAGS, *extra,
+                  cwd=os.path.dirname(run_dir))
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -201,9 +202,9 @@ def test_a_backup_of_another_model_is_refused_naming_what_it_does_not_restore(
 
 def test_an_export_dir_that_is_a_file_is_refused_before_training(tiny_data, tmp_path):
   (tmp_path / "exports").write_text("not a directory\n")
-  result = main_py("train", f"--data_dir={tiny_data}", f"--run_dir={tmp_path / 'run'}",
-                   f"--export_dir={tmp_path / 'exports'}", "--epochs=1", "--batch_size=512",
-                   *TINY_MODEL_FLAGS, cwd=tmp_path)
+  result = run_here("train", f"--data_dir={tiny_data}", f"--run_dir={tmp_path / 'run'}",
+                    f"--export_dir={tmp_path / 'exports'}", "--epochs=1", "--batch_size=512",
+                    *TINY_MODEL_FLAGS, cwd=tmp_path)
   assert_clean_error(result, rf"--export_dir={tmp_path / 'exports'}: {tmp_path / 'exports'} is "
                              r"a file, not a directory")
   assert not (tmp_path / "run").exists()
@@ -211,7 +212,7 @@ def test_an_export_dir_that_is_a_file_is_refused_before_training(tiny_data, tmp_
 
 
 def test_a_negative_seed_names_its_flag(tiny_data, tmp_path):
-  result = main_py("train", f"--data_dir={tiny_data}", f"--run_dir={tmp_path / 'run'}",
-                   "--seed=-1", "--epochs=1", *TINY_MODEL_FLAGS, cwd=tmp_path)
+  result = run_here("train", f"--data_dir={tiny_data}", f"--run_dir={tmp_path / 'run'}",
+                    "--seed=-1", "--epochs=1", *TINY_MODEL_FLAGS, cwd=tmp_path)
   assert_clean_error(result, r"--seed must be in \[0, 2\*\*32\), got -1")
   assert not (tmp_path / "run").exists()

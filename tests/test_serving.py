@@ -19,7 +19,8 @@ from stem_tfrs.serving.warmup import WARMUP_FILE, read_warmup
 
 from conftest import REPO
 from test_export import raw_batch
-from test_main import assert_clean_error, main_py
+from cli_cases import run_here
+from test_main import assert_clean_error
 
 
 def saved_model_cli(*args):
@@ -126,15 +127,15 @@ def test_wrong_dtype_is_a_signature_error(trained_run, serve):
 
 
 def test_export_command_writes_the_version_asked_for(trained_run, tmp_path):
-  result = main_py("export", f"--run_dir={trained_run.run_dir}", f"--export_dir={tmp_path}",
-                   "--version=5", cwd=tmp_path)
+  result = run_here("export", f"--run_dir={trained_run.run_dir}", f"--export_dir={tmp_path}",
+                    "--version=5", cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert os.listdir(tmp_path / "stem") == ["5"]
-  again = main_py("export", f"--run_dir={trained_run.run_dir}", f"--export_dir={tmp_path}",
-                  "--version=5", cwd=tmp_path)
+  again = run_here("export", f"--run_dir={trained_run.run_dir}", f"--export_dir={tmp_path}",
+                   "--version=5", cwd=tmp_path)
   assert_clean_error(again, "version 5 already exists")
   (tmp_path / "not_a_run").mkdir()
-  missing = main_py("export", f"--run_dir={tmp_path / 'not_a_run'}", cwd=tmp_path)
+  missing = run_here("export", f"--run_dir={tmp_path / 'not_a_run'}", cwd=tmp_path)
   assert_clean_error(missing, "is not a run directory: it has no config.json")
 
 
