@@ -1,7 +1,8 @@
 """prepare through its command line: what --out it refuses to replace, and a write that fails.
 
-Each case runs the command in a subprocess, as a user would, and checks that
-it ends in one `error:` line and leaves the raw input, the working directory
+Each case runs the command as `main.py` runs it (in the test's process, see
+tests/cli_cases.py; the failed write in a process of its own, whose file size
+is limited), and checks that it ends in one `error:` line and leaves the raw input, the working directory
 and whatever --out named byte-identical.
 """
 
@@ -16,14 +17,18 @@ import pytest
 
 from conftest import REPO
 from test_logs import write_logs
-from test_main import assert_clean_error, main_py
+from cli_cases import run_here
+from test_main import assert_clean_error
 from test_movielens import write_original
 
 LOGS_FLAGS = ["--features=user_id,item_id", "--tasks=click,like", "--min_count=1"]
 
 
 def prepare_logs(*args, cwd, preexec_fn=None):
-  """`python -m data_prep.logs ARGS` in `cwd`."""
+  """`python main.py prepare --dataset=logs ARGS` in `cwd`, in this process; with `preexec_fn`,
+  `python -m data_prep.logs ARGS` in a process of its own that runs `preexec_fn` first."""
+  if preexec_fn is None:
+    return run_here("prepare", "--dataset=logs", *args, *LOGS_FLAGS, cwd=cwd)
   env = dict(os.environ, PYTHONPATH=REPO, PYTHONDONTWRITEBYTECODE="1")
   return subprocess.run([sys.executable, "-m", "data_prep.logs", *args, *LOGS_FLAGS],
                         capture_output=True, text=True, cwd=cwd, env=env, timeout=300,
@@ -84,8 +89,8 @@ def test_a_regular_file_as_out_is_refused_before_any_input_is_read(tmp_path, ove
   (tmp_path / "results.txt").write_text("a file of mine\n")
   before = snapshot(tmp_path)
   # --raw does not exist: the refusal comes first, before any input is read.
-  result = main_py("prepare", "--dataset=movielens", "--raw=ml-missing", "--out=results.txt",
-                   *(["--overwrite"] if overwrite else []), cwd=tmp_path)
+  result = run_here("prepare", "--dataset=movielens", "--raw=ml-missing", "--out=results.txt",
+                    *(["--overwrite"] if overwrite else []), cwd=tmp_path)
   assert_clean_error(result, rf"--out {tmp_path / 'results.txt'}: .*is a file, not a directory")
   assert snapshot(tmp_path) == before
 
@@ -106,8 +111,8 @@ def test_overwrite_refuses_the_raw_directory_of_movielens(tmp_path):
   (tmp_path / "ml").mkdir()
   write_original(tmp_path / "ml")
   before = snapshot(tmp_path)
-  result = main_py("prepare", "--dataset=movielens", "--raw=ml", "--out=ml", "--overwrite",
-                   cwd=tmp_path)
+  result = run_here("prepare", "--dataset=movielens", "--raw=ml", "--out=ml", "--overwrite",
+                    cwd=tmp_path)
   assert_clean_error(result, rf"--out {tmp_path / 'ml'}: is the raw input ml,")
   assert snapshot(tmp_path) == before
 
