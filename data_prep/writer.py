@@ -30,8 +30,11 @@ bytes, the vocabularies, stats.json and schema.json are the same for any block
 size and any `processes`. An Apache Beam runner can reuse steps 1-3 as they
 are. Vocabularies (and numeric moments) are counted on the train split only,
 whatever the split: counting test rows would let the test split shape the
-model. `RandomSplit` and splits by a column's value take one pass over the
-input; `ExactSplit` takes two (the first counts the usable rows).
+model. The raw input is read once: `RandomSplit` and splits by a column's
+value place rows as they come; `ExactSplit`, which needs the row count
+first, keeps the validated rows in an Arrow stream file in the temporary
+directory (about the size of the kept columns' text) and places them from
+there, which costs far less than parsing the text again.
 
 Workers are threads, not processes: pyarrow compute, numpy's large-array
 operations and the record encoding release the GIL for most of their time,
@@ -227,7 +230,7 @@ class ExactSplit(_FractionSplit):
   test = ceil(test * N) rows, then valid = ceil(valid_of_rest * (N - test)),
   drawn uniformly at random without replacement. The sizes need N, so the
   writer counts the usable rows first, per group of `GROUP_LINES` lines of a
-  file (`plan`); each group's test and valid counts are then drawn in group
+  file, keeping them aside (see `prepare`), then calls `plan`; each group's test and valid counts are then drawn in group
   order by sequential hypergeometric draws from one generator seeded by
   `seed`, and which of a group's rows get them by a permutation seeded by
   (seed, file, group). Nothing depends on how the input is cut into blocks.
@@ -353,8 +356,7 @@ def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
   """Writes a prepared data set to `out_dir` and returns its stats.
 
   Args:
-    read_chunks: Called once per pass (twice for a split that counts rows
-      first); yields the raw rows, the same rows each time, as
+    read_chunks: Called once; yields the raw rows as
       `data_prep.readers.Block`s or `Chunk`s (a frame's columns are read as
       text, a missing value as ""). Rows of one source come in line order.
     features: Categorical columns to keep, in model input order.
@@ -370,7 +372,8 @@ def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
       by the rows' hashed draws; `data_prep.logs.TimeSplit` by a column's
       value); or, with `counts_rows_first` (`ExactSplit`), one whose
       `plan(group_rows, seed)` returns such an object once the usable rows
-      are counted per (file index, line // GROUP_LINES) group; or, the older
+      are counted per (file index, line // GROUP_LINES) group (its
+      `rows.table` holds the features only); or, the older
       shape, `assigner(None, seed)` returning a function of a pandas frame
       of the rows. It may also have `unplaceable(table) -> (bad mask, kind,
       column, what)` for rows it cannot place (bad rows, reported as
@@ -437,31 +440,36 @@ def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
   timed = _Timings(timings)
   spec = _Spec(features, labels, numeric, set(log1p), multivalent, seed, rows_per_record,
                [num_shards[s] for s in SPLITS], getattr(split, "unplaceable", None), timed)
-  if getattr(split, "counts_rows_first", False):
-    group_rows = _count_rows(read_chunks, spec, bad_rows, processes)
-    bad_rows.freeze()
-    _check_total(sum(group_rows.values()), bad_rows)
-    placer = split.plan(group_rows, seed)
-  else:
-    placer = split if hasattr(split, "assign") else _PandasSplit(split, seed)
-
   tmp = None
   try:
     with _writing():
       tmp = _temporary_sibling(out_dir)
+    if getattr(split, "counts_rows_first", False):
+      spill = os.path.join(tmp, ".usable-rows.arrow")
+      group_rows = _count_rows(read_chunks, spec, bad_rows, processes, spill)
+      bad_rows.freeze()
+      _check_total(sum(group_rows.values()), bad_rows)
+      placer = split.plan(group_rows, seed)
+      items = _spilled(spill, timed)
+      first = timed.wrap("validate", lambda batch: _unspilled(batch, spec))
+    else:
+      placer = split if hasattr(split, "assign") else _PandasSplit(split, seed)
+      spill = None
+      items = _numbered(read_chunks(), timed)
+      first = timed.wrap("validate", lambda item: _valid_rows(item[0], item[1], spec))
     names = {s: [f"{s}-{i:05d}-of-{num_shards[s]:05d}.tfrecord"
                  for i in range(num_shards[s])] for s in SPLITS}
     writers = [_RecordWriter(os.path.join(tmp, n)) for s in SPLITS for n in names[s]]
     try:
       done = _Written(spec, writers)
-      _run(_numbered(read_chunks(), timed), timed.wrap("validate", lambda item: _valid_rows(
-               item[0], item[1], spec)),
-           timed.wrap("place", lambda valid: _place(valid, spec, placer, bad_rows, done)),
+      _run(items, first, timed.wrap("place", lambda valid: _place(valid, spec, placer, bad_rows, done)),
            lambda placed: _encode(placed, spec), timed.wrap("write", done.add), processes)
       with timed("write"):
         done.flush()
     finally:
       _close_all(writers)
+      if spill and os.path.exists(spill):
+        os.remove(spill)
     bad_rows.freeze()
     finishing = time.perf_counter()
     total = int(done.rows.sum())
@@ -636,21 +644,71 @@ class _Valid:
   shard_draws: np.ndarray
 
 
-def _count_rows(read_chunks, spec: _Spec, bad_rows: BadRows,
-                workers: int) -> Dict[Tuple[int, int], int]:
-  """First pass of a split that needs the row count: usable rows per (file, line group)."""
+def _count_rows(read_chunks, spec: _Spec, bad_rows: BadRows, workers: int,
+                spill: str) -> Dict[Tuple[int, int], int]:
+  """The first pass of a split that needs the row count: validates the rows, counts the usable
+  ones per (file, line group), and keeps them in the Arrow stream file `spill`, which the
+  second pass reads instead of parsing the raw text again."""
   group_rows: Dict[Tuple[int, int], int] = collections.Counter()
+  writer = schema = None
 
   def count(valid: _Valid) -> None:
+    nonlocal writer, schema
     _report(valid, bad_rows)
+    if not len(valid.lines):
+      return
     groups, n = np.unique(valid.lines // GROUP_LINES, return_counts=True)
     for group, rows in zip(groups.tolist(), n.tolist()):
       group_rows[(valid.file, group)] += rows
+    batch = pa.record_batch(
+        [pa.array(np.full(len(valid.lines), valid.file, dtype=np.int64)), pa.array(valid.lines)]
+        + [_array(valid.table[name]) for name in spec.features]
+        + [pa.array(valid.numbers[name]) for name in spec.numeric]
+        + [pa.array(valid.labels[name]) for name in spec.labels],
+        names=["file", "line"] + spec.features + spec.numeric + spec.labels)
+    with _writing():
+      if writer is None:
+        schema = batch.schema
+        writer = pa.ipc.new_stream(spill, schema)
+      writer.write_batch(batch.cast(schema) if batch.schema != schema else batch)
 
-  _run(_numbered(read_chunks(), spec.timed),
-       spec.timed.wrap("validate", lambda item: _valid_rows(item[0], item[1], spec, draws=False)),
-       spec.timed.wrap("place", count), None, None, workers)
+  try:
+    _run(_numbered(read_chunks(), spec.timed),
+         spec.timed.wrap("validate", lambda item: _valid_rows(item[0], item[1], spec,
+                                                                draws=False)),
+         spec.timed.wrap("place", count), None, None, workers)
+  finally:
+    if writer is not None:
+      with _writing():
+        writer.close()
   return dict(group_rows)
+
+
+def _spilled(spill: str, timed: "_Timings") -> Iterator[pa.RecordBatch]:
+  """The record batches `_count_rows` kept, in order (read, not mapped: a batch's memory
+  goes when it is done)."""
+  if not os.path.exists(spill):
+    return
+  with pa.OSFile(spill) as f:
+    reader = pa.ipc.open_stream(f)
+    while True:
+      with timed("read"):
+        try:
+          batch = reader.read_next_batch()
+        except StopIteration:
+          return
+      yield batch
+
+
+def _unspilled(batch: pa.RecordBatch, spec: _Spec) -> _Valid:
+  """A kept batch as the validated rows it was."""
+  lines = batch.column("line").to_numpy()
+  file = int(batch.column("file")[0].as_py())
+  table = pa.Table.from_batches([batch.select(spec.features)])
+  return _Valid(table, file, "", lines,
+                {name: batch.column(name).to_numpy() for name in spec.labels},
+                {name: batch.column(name).to_numpy() for name in spec.numeric}, [],
+                row_draws(spec.seed, file, lines, 0), row_draws(spec.seed, file, lines, 1))
 
 
 def _report(valid: _Valid, bad_rows: BadRows) -> None:
