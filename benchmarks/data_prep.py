@@ -1,11 +1,19 @@
-"""Throughput and peak memory of the TikTok loader on a generated raw file.
+"""Throughput and peak memory of the TikTok loader on a generated raw file, per worker count.
 
-    python benchmarks/data_prep.py [--rows 10000000] [--workdir DIR] [--output FILE.json]
+    python benchmarks/data_prep.py [--rows 10000000[,30000000]] [--processes 1,2]
+        [--workdir DIR] [--output FILE.json]
 
 Writes a raw `final_track1_train.txt` of `--rows` rows in the ICME 2019 layout
-(12 tab-separated columns, ids drawn with Zipf-like skew), then runs
-`python -m data_prep.tiktok` on it in a child process and reports rows/s and
-the child's peak resident memory (ru_maxrss), as JSON and as a line of text.
+(12 tab-separated columns, ids drawn with Zipf-like skew), then prepares it as
+`python -m data_prep.tiktok --processes=N` does, in a child process per N, and
+reports for each: rows/s over the child's whole run (Python and TensorFlow
+start-up included) and over `prepare` alone, rows/s per worker, the child's
+CPU seconds and peak resident memory (ru_maxrss; both from wait4; on a shared
+machine the CPU seconds say what the wall time cannot), and where `prepare`'s time went
+(`data_prep.writer.prepare`'s `timings`: waiting for the reader, validating,
+placing, counting, encoding, writing; the parallel steps summed over workers),
+as JSON and as lines of text. Several `--rows` show whether memory grows with
+the input.
 """
 
 from __future__ import annotations
@@ -13,11 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from typing import List
 
 import numpy as np
 import pandas as pd
@@ -48,43 +57,98 @@ def write_raw(path: str, rows: int, seed: int = 0, chunk: int = 1_000_000) -> No
       pd.DataFrame(frame, columns=COLUMNS).to_csv(f, sep="\t", header=False, index=False)
 
 
+# The child: data_prep.tiktok's own preparation, with the writer's step timings kept.
+CHILD = """
+import functools, json, sys
+from data_prep import tiktok, writer
+raw, out, processes, report = sys.argv[1:]
+timings = {}
+tiktok.prepare = functools.partial(writer.prepare, timings=timings)
+tiktok.prepare_tiktok(raw, out, processes=int(processes))
+with open(report, "w") as f:
+  json.dump(timings, f)
+"""
+
+
+def prepare(raw: str, out: str, processes: int, work: str) -> dict:
+  """Prepares `raw` in a child process; its seconds, peak RSS and step timings."""
+  report = os.path.join(work, "timings.json")
+  with open(os.path.join(work, "child.log"), "w+") as log:
+    start = time.time()
+    child = subprocess.Popen([sys.executable, "-c", CHILD, raw, out, str(processes), report],
+                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.time() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+      log.seek(0)
+      sys.exit(f"the loader failed:\n{log.read()[-3000:]}")
+  with open(report) as f:
+    timings = json.load(f)
+  with open(os.path.join(out, "stats.json")) as f:
+    stats = json.load(f)
+  shutil.rmtree(out)
+  os.remove(report)
+  os.remove(os.path.join(work, "child.log"))
+  return {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+          "peak_rss_mib": usage.ru_maxrss / 1024, "timings": timings,
+          "split_rows": {s: v["rows"] for s, v in stats.items()}}
+
+
+def _counts(text: str) -> List[int]:
+  return [int(v) for v in text.split(",") if v]
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--rows", type=int, default=10_000_000)
+  parser.add_argument("--rows", type=_counts, default=[10_000_000],
+                      help="Rows of the raw file; several (comma-separated) to compare memory.")
+  parser.add_argument("--processes", type=_counts, default=[1, 2],
+                      help="Worker counts to prepare with (comma-separated).")
   parser.add_argument("--workdir", default=None, help="Where the raw file and output go "
                       "(default: a temporary directory, removed afterwards).")
   parser.add_argument("--output", default="benchmarks/results/data_prep.json")
   args = parser.parse_args()
 
-  with tempfile.TemporaryDirectory(dir=args.workdir) as work:
-    raw = os.path.join(work, "final_track1_train.txt")
-    start = time.time()
-    write_raw(raw, args.rows)
-    generate_seconds = time.time() - start
-    start = time.time()
-    result = subprocess.run(
-        [sys.executable, "-m", "data_prep.tiktok", f"--raw={raw}", f"--out={work}/prepared"],
-        cwd=REPO, capture_output=True, text=True,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    seconds = time.time() - start
-    if result.returncode != 0:
-      sys.exit(f"the loader failed:\n{result.stderr[-3000:]}")
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    stats = json.load(open(os.path.join(work, "prepared", "stats.json")))
-    report = {
-        "rows": args.rows, "raw_bytes": os.path.getsize(raw),
-        "generate_seconds": round(generate_seconds, 1),
-        "prepare_seconds": round(seconds, 1),
-        "rows_per_second": round(args.rows / seconds),
-        "peak_rss_mib": round(peak_kib / 1024, 1),
-        "split_rows": {s: v["rows"] for s, v in stats.items()},
-        "machine": describe(),
-    }
+  runs = []
+  for rows in args.rows:
+    with tempfile.TemporaryDirectory(dir=args.workdir) as work:
+      raw = os.path.join(work, "final_track1_train.txt")
+      start = time.time()
+      write_raw(raw, rows)
+      generate_seconds = time.time() - start
+      for processes in args.processes:
+        done = prepare(raw, os.path.join(work, "prepared"), processes, work)
+        prepare_seconds = done["timings"]["total"]
+        run = {
+            "rows": rows, "raw_bytes": os.path.getsize(raw), "processes": processes,
+            "generate_seconds": round(generate_seconds, 1),
+            "seconds": round(done["seconds"], 1),
+            "cpu_seconds": round(done["cpu_seconds"], 1),
+            "rows_per_second": round(rows / done["seconds"]),
+            "rows_per_second_per_process": round(rows / done["seconds"] / processes),
+            "prepare_seconds": round(prepare_seconds, 1),
+            "prepare_rows_per_second": round(rows / prepare_seconds),
+            "peak_rss_mib": round(done["peak_rss_mib"], 1),
+            "step_seconds": {k: round(v, 2) for k, v in done["timings"].items()},
+            "split_rows": done["split_rows"],
+        }
+        runs.append(run)
+        steps = ", ".join(f"{k} {v:.1f}" for k, v in run["step_seconds"].items())
+        print(f"{rows:,} rows, {processes} process(es): {run['seconds']} s "
+              f"({run['cpu_seconds']} s CPU), "
+              f"{run['rows_per_second']:,} rows/s ({run['prepare_rows_per_second']:,} in "
+              f"prepare), {run['rows_per_second_per_process']:,} rows/s per process, peak RSS "
+              f"{run['peak_rss_mib']:,} MiB; seconds per step: {steps}")
+  best = max(runs, key=lambda r: (r["rows"] == args.rows[0], r["rows_per_second"]))
+  report = {**{k: best[k] for k in ("rows", "raw_bytes", "processes", "seconds",
+                                    "rows_per_second", "peak_rss_mib", "split_rows")},
+            "runs": runs, "machine": describe()}
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   with open(args.output, "w") as f:
     json.dump(report, f, indent=2)
-  print(f"{args.rows:,} rows in {seconds:.1f} s: {report['rows_per_second']:,} rows/s, "
-        f"peak RSS {report['peak_rss_mib']:,} MiB -> {args.output}")
+  print(f"-> {args.output}")
 
 
 if __name__ == "__main__":
