@@ -25,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
 
 from stem_tfrs.cli import COMMANDS, main, parse_flags  # noqa: E402
 
@@ -48,12 +49,13 @@ def changes(before: dict, after: dict) -> list:
                 [f"rewritten {p}" for p in before.keys() & after.keys() if before[p] != after[p]])
 
 
-def run_case(case: dict) -> dict:
-  """Runs one case with stdout and stderr captured at the file-descriptor level."""
+def run_case(case: dict, watch: bool = True) -> dict:
+  """Runs one case with stdout and stderr captured at the file-descriptor level; with `watch`,
+  lists what it changed under its cwd."""
   os.chdir(case["cwd"])
   saved_env = dict(os.environ)
   os.environ.update(case.get("env", {}))
-  before = snapshot(case["cwd"])
+  before = snapshot(case["cwd"]) if watch else {}
   outputs = [tempfile.TemporaryFile(mode="w+") for _ in range(2)]
   saved = [os.dup(1), os.dup(2)]
   sys.stdout.flush(), sys.stderr.flush()
@@ -78,7 +80,7 @@ def run_case(case: dict) -> dict:
     os.environ.update(saved_env)
   stdout, stderr = (output.seek(0) or output.read() for output in outputs)
   return {"id": case["id"], "code": code, "stdout": stdout, "stderr": stderr,
-          "changed": changes(before, snapshot(case["cwd"]))}
+          "changed": changes(before, snapshot(case["cwd"])) if watch else []}
 
 
 def run_here(*argv: str, cwd) -> subprocess.CompletedProcess:
@@ -91,11 +93,16 @@ def run_here(*argv: str, cwd) -> subprocess.CompletedProcess:
   """
   saved_cwd, saved_streams = os.getcwd(), (sys.stdout, sys.stderr)
   # The process's own streams, writing to fds 1 and 2: pytest replaces sys.stdout and
-  # sys.stderr with objects of its own, which run_case's redirection would not see.
+  # sys.stderr with objects of its own, which run_case's redirection would not see. absl's
+  # handler, which main.py's app.run installs, writes there too.
   sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+  absl_logging.use_absl_handler()
+  handler = absl_logging.get_absl_handler().python_handler
+  saved_handler_stream, handler.stream = handler.stream, sys.__stderr__
   try:
-    result = run_case({"id": "", "argv": list(argv), "cwd": str(cwd)})
+    result = run_case({"id": "", "argv": list(argv), "cwd": str(cwd)}, watch=False)
   finally:
+    handler.stream = saved_handler_stream
     sys.stdout, sys.stderr = saved_streams
     os.chdir(saved_cwd)
     flags.FLAGS.unparse_flags()

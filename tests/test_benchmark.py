@@ -11,7 +11,8 @@ import pytest
 from stem_tfrs.models import MODEL_NAMES
 
 from conftest import TINY_MODEL_FLAGS
-from test_main import assert_clean_error, main_py
+from cli_cases import run_here
+from test_main import assert_clean_error
 
 FILES = ["results.csv", "results.json", "results.md", "auc.png", "comparable.csv",
          "comparable.png", "gates.csv", "gates.png"]
@@ -21,9 +22,9 @@ GATED = {"stem", "omoe", "mmoe", "ple", "me_mmoe", "me_ple"}
 @pytest.fixture(scope="module")
 def benchmark_dir(tiny_data, tmp_path_factory):
   out = tmp_path_factory.mktemp("bench") / "out"
-  result = main_py("benchmark", f"--data_dir={tiny_data}", "--models=all", "--seeds=1",
-                   "--epochs=1", "--batch_size=512", "--verbose=0", f"--output_dir={out}",
-                   *TINY_MODEL_FLAGS, cwd=out.parent)
+  result = run_here("benchmark", f"--data_dir={tiny_data}", "--models=all", "--seeds=1",
+                    "--epochs=1", "--batch_size=512", "--verbose=0", f"--output_dir={out}",
+                    *TINY_MODEL_FLAGS, cwd=out.parent)
   assert result.returncode == 0, result.stderr[-3000:]
   return out
 
@@ -72,10 +73,10 @@ def test_rerun_reuses_finished_runs_and_retrains_only_the_missing_one(benchmark_
   summary = lambda m: runs / m / "seed-2023" / "summary.json"
   stamps = {m: os.path.getmtime(summary(m)) for m in MODEL_NAMES}
   os.remove(summary("mmoe"))  # as if the benchmark had crashed while training mmoe
-  result = main_py("benchmark", f"--data_dir={tiny_data}", "--models=all", "--seeds=1",
-                   "--epochs=1", "--batch_size=512", "--verbose=0",
-                   f"--output_dir={benchmark_dir}", *TINY_MODEL_FLAGS,
-                   cwd=benchmark_dir.parent)
+  result = run_here("benchmark", f"--data_dir={tiny_data}", "--models=all", "--seeds=1",
+                    "--epochs=1", "--batch_size=512", "--verbose=0",
+                    f"--output_dir={benchmark_dir}", *TINY_MODEL_FLAGS,
+                    cwd=benchmark_dir.parent)
   assert result.returncode == 0, result.stderr[-3000:]
   for m in MODEL_NAMES:
     changed = os.path.getmtime(summary(m)) != stamps.get(m)
@@ -87,18 +88,18 @@ def test_a_moved_output_directory_keeps_its_finished_runs(benchmark_dir, tiny_da
   shutil.copytree(benchmark_dir, moved)  # keeps the files' times
   summaries = sorted(moved.glob("runs/*/seed-2023/summary.json"))
   stamps = [os.path.getmtime(p) for p in summaries]
-  result = main_py("benchmark", f"--data_dir={tiny_data}", "--models=all", "--seeds=1",
-                   "--epochs=1", "--batch_size=512", "--verbose=0", "--output_dir=moved",
-                   *TINY_MODEL_FLAGS, cwd=tmp_path)
+  result = run_here("benchmark", f"--data_dir={tiny_data}", "--models=all", "--seeds=1",
+                    "--epochs=1", "--batch_size=512", "--verbose=0", "--output_dir=moved",
+                    *TINY_MODEL_FLAGS, cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert len(summaries) == len(MODEL_NAMES)
   assert [os.path.getmtime(p) for p in summaries] == stamps  # nothing trained again
 
 
 def test_every_models_flags_are_checked_before_the_first_trains(tiny_data, tmp_path):
-  result = main_py("benchmark", f"--data_dir={tiny_data}", "--models=stem,single_task,mmoe",
-                   "--num_shared_experts=0", "--epochs=1", f"--output_dir={tmp_path / 'out'}",
-                   *[f for f in TINY_MODEL_FLAGS if "num_shared_experts" not in f], cwd=tmp_path)
+  result = run_here("benchmark", f"--data_dir={tiny_data}", "--models=stem,single_task,mmoe",
+                    "--num_shared_experts=0", "--epochs=1", f"--output_dir={tmp_path / 'out'}",
+                    *[f for f in TINY_MODEL_FLAGS if "num_shared_experts" not in f], cwd=tmp_path)
   assert_clean_error(result, r"MMoE mixes shared experts only: num_shared_experts must be >= 1")
   assert not (tmp_path / "out").exists()
 
@@ -108,9 +109,9 @@ def test_one_task_data_is_benchmarked_without_the_comparable_analysis(tiny_data,
   shutil.copytree(tiny_data, data)
   schema = json.loads((data / "schema.json").read_text())
   (data / "schema.json").write_text(json.dumps(dict(schema, labels=["like"])))
-  result = main_py("benchmark", f"--data_dir={data}", "--models=stem,single_task", "--epochs=1",
-                   "--batch_size=512", "--verbose=0", f"--output_dir={tmp_path / 'out'}",
-                   *TINY_MODEL_FLAGS, cwd=tmp_path)
+  result = run_here("benchmark", f"--data_dir={data}", "--models=stem,single_task", "--epochs=1",
+                    "--batch_size=512", "--verbose=0", f"--output_dir={tmp_path / 'out'}",
+                    *TINY_MODEL_FLAGS, cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   written = set(os.listdir(tmp_path / "out"))
   assert {"results.csv", "auc.png"} <= written and "comparable.csv" not in written
@@ -199,10 +200,10 @@ def test_a_diverged_run_is_reported_kept_and_not_trained_again(tiny_data, tmp_pa
 def test_a_benchmark_whose_every_run_diverges_is_a_one_line_error(tiny_data, tmp_path):
   (tmp_path / "out").mkdir()
   (tmp_path / "out" / "results.csv").write_text("an earlier benchmark's results\n")
-  result = main_py("benchmark", f"--data_dir={tiny_data}", "--models=stem,single_task",
-                   "--seeds=1", "--epochs=1", "--batch_size=512", "--verbose=0",
-                   "--loss_weights=3e38,3e38", f"--output_dir={tmp_path / 'out'}",
-                   *TINY_MODEL_FLAGS, cwd=tmp_path)
+  result = run_here("benchmark", f"--data_dir={tiny_data}", "--models=stem,single_task",
+                    "--seeds=1", "--epochs=1", "--batch_size=512", "--verbose=0",
+                    "--loss_weights=3e38,3e38", f"--output_dir={tmp_path / 'out'}",
+                    *TINY_MODEL_FLAGS, cwd=tmp_path)
   assert_clean_error(result, r"every run of the benchmark diverged \(the first: stem, training "
                              r"diverged: \w+ became (nan|inf)")
   for model in ("stem", "single_task"):

@@ -4,8 +4,6 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import tensorflow as tf
@@ -13,12 +11,13 @@ import tensorflow as tf
 from stem_tfrs import TrainConfig, training, tuning
 from stem_tfrs.config import ConfigError
 
+from cli_cases import run_here
 from conftest import REPO, TINY_MODEL_FLAGS, tiny_model_config
 
 
 def main_py(*args):
-  return subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True,
-                        text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  """`python main.py ARGS`, run in this process (tests/cli_cases.py)."""
+  return run_here(*args, cwd=REPO)
 
 
 def test_tune_writes_results_and_a_best_flagfile_that_train_accepts_and_resumes(
