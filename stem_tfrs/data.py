@@ -48,9 +48,15 @@ def parse_records(schema: Schema, serialized: tf.Tensor, split: str = "") -> Dic
     hold different numbers of rows stops the pipeline with an
     `InvalidArgumentError` naming the split.
   """
-  parsed = tf.io.parse_example(serialized, feature_spec(schema))
   if schema.rows_per_record == 1:
-    return parsed
+    return tf.io.parse_example(serialized, feature_spec(schema))
+  return _parse_ragged_blocks(schema, serialized, split)
+
+
+def _parse_ragged_blocks(schema: Schema, serialized: tf.Tensor,
+                         split: str) -> Dict[str, tf.Tensor]:
+  """[rows] columns of [N] block records, block after block (`parse_records`)."""
+  parsed = tf.io.parse_example(serialized, feature_spec(schema))
   names = schema.input_names + schema.labels
   rows = parsed[names[0]].row_lengths()
   checks = [tf.debugging.assert_equal(
@@ -60,6 +66,36 @@ def parse_records(schema: Schema, serialized: tf.Tensor, split: str = "") -> Dic
   with tf.control_dependencies(checks):
     return {name: tf.identity(value.flat_values) if value.ragged_rank == 1
             else value.merge_dims(0, 1) for name, value in parsed.items()}
+
+
+def _parse_blocks(schema: Schema, serialized: tf.Tensor, split: str) -> Dict[str, tf.Tensor]:
+  """Parses [N] block records into one tensor of rows per column, as `parse_records`.
+
+  When every record holds `rows_per_record` rows of the first label, and no
+  feature is multivalent, the columns are parsed as fixed-length lists
+  (`tf.io.FixedLenFeature`), which TensorFlow parses straight into a
+  [N, rows_per_record] tensor, with no ragged intermediate to copy from
+  (`benchmarks/input_pipeline.py` measures the difference). A record holding another number of rows
+  (a shard's last) sends the whole call to the ragged parse of
+  `parse_records`, with its check that every column holds as many rows; in
+  the fixed-length parse a column of another length stops the pipeline with
+  TensorFlow's InvalidArgumentError naming the column. Both give the same
+  rows in the same order.
+  """
+  if any(f.multivalent for f in schema.features):
+    return _parse_ragged_blocks(schema, serialized, split)
+  block = schema.rows_per_record
+  spec = feature_spec(schema)
+  first = schema.labels[0]
+  rows = tf.io.parse_example(serialized, {first: spec[first]})[first].row_lengths()
+  fixed = {name: tf.io.FixedLenFeature([block], value.dtype) for name, value in spec.items()}
+
+  def full():
+    return {name: tf.reshape(value, [-1])
+            for name, value in tf.io.parse_example(serialized, fixed).items()}
+
+  return tf.cond(tf.reduce_all(rows == block), full,
+                 lambda: _parse_ragged_blocks(schema, serialized, split))
 
 
 def serving_input_signature(schema: Schema) -> Dict[str, tf.TensorSpec]:
@@ -242,21 +278,31 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
                  in_memory: bool = False) -> tf.data.Dataset:
   """Batches of (features, labels) from the shards of `split`.
 
-  Shards are read in parallel (interleave), shuffled (if asked) in two
-  stages with a buffer of `shuffle_buffer` rows (see `_shuffled_batches`),
-  parsed many records at a time with one vectorized `parse_example`, cut
-  into batches and prefetched. Block records (`schema.rows_per_record` > 1)
-  are parsed before they are cut into batches, one-row records after. For
-  the same rows and seed, 64-row blocks give the same shuffled batches as
-  one-row records; unshuffled reads alternate between shards by block rather
-  than by row. The order is deterministic for a given seed, and new every
-  epoch.
+  Shards are read in parallel (interleave), shuffled (if asked) through a
+  buffer of `shuffle_buffer` rows' worth of blocks of 64 consecutive rows
+  of a shard (block records, or chunks of one-row records), parsed many
+  records at a time with one vectorized `parse_example`, cut into batches
+  and prefetched. Block records (`schema.rows_per_record` > 1) are parsed
+  before they are cut into batches, one-row records after. For the same
+  rows and seed, 64-row blocks give the same shuffled batches as one-row
+  records; unshuffled reads alternate between shards by block rather than
+  by row. The order is deterministic for a given seed, and new every epoch.
+
+  Decision: a batch is a run of whole shuffled blocks (64 blocks at batch
+  4096), not rows drawn from across a window of blocks. Spreading a block's
+  rows over several batches needs one more copy of every column of every
+  row after the parse, and TensorFlow copies string tensors element by
+  element: it costs about as much as the parse itself
+  (`benchmarks/input_pipeline.py` measures the records pipeline, and the one
+  of any git revision beside it). A batch's blocks come out of the same
+  buffer of `shuffle_buffer` rows' worth of blocks as before; what changed
+  is that a block's rows now stay together (a window of that many rows was
+  permuted before it was cut into batches).
 
   With `in_memory`, the split is read and parsed once, when this function
   is called, into one tensor per column; every epoch then draws a fresh
   permutation of all rows in one op (a full shuffle, not a buffer) and
-  gathers each batch from memory, with no parsing (0.8-1.2M rows/s on 2
-  cores, about the block records pipeline's rate). It needs the parsed
+  gathers each batch from memory, with no parsing. It needs the parsed
   split in RAM (about 30-60 bytes a row per categorical column for short
   string ids).
 
@@ -285,9 +331,8 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
   """
   labels = schema.labels
 
-  def parse(serialized: tf.Tensor) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
-    """Records -> (features, labels): labels checked and cast to float32, lists ragged."""
-    columns = parse_records(schema, serialized, split)
+  def checked(columns: Dict[str, tf.Tensor]) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
+    """Columns -> (features, labels): labels checked and cast to float32, lists ragged."""
     checks = [tf.debugging.Assert(
         tf.reduce_all((columns[label] == 0) | (columns[label] == 1)),
         [f"label {label} in split {split} must be 0 or 1; values in the batch:",
@@ -295,6 +340,12 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
     with tf.control_dependencies(checks):
       label_values = {label: tf.cast(columns[label], tf.float32) for label in labels}
     return {name: columns[name] for name in schema.input_names}, label_values
+
+  def parse(serialized: tf.Tensor):
+    """Records -> (features, labels)."""
+    if schema.rows_per_record == 1:
+      return checked(parse_records(schema, serialized, split))
+    return checked(_parse_blocks(schema, serialized, split))
 
   def pad(features, label_values):
     """Multivalent features' ragged lists -> [B, L] padded with `PADDING`."""
@@ -332,14 +383,15 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
   if shuffle:
     files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
   block = schema.rows_per_record
-  if block > 1:  # parse blocks of records, then cut the rows into batches
+  if block > 1:  # parse groups of whole blocks, then cut their rows into batches
     records = _records(files, len(paths), share)
     if shuffle:
-      windows = _shuffled_windows(records, block, shuffle_buffer, seed, parse)
-    else:
-      windows = records.batch(max(1, batch_size // block)).map(
-          parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    batches = windows.rebatch(batch_size, drop_remainder=drop_remainder)
+      records = records.shuffle(max(1, shuffle_buffer // block), seed=seed,
+                                reshuffle_each_iteration=True)
+    group = max(1, max(batch_size, _PARSE_ROWS) // block)
+    batches = records.batch(group).map(
+        parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).rebatch(
+            batch_size, drop_remainder=drop_remainder)
     if multivalent:
       batches = batches.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _finish(batches)
@@ -360,7 +412,7 @@ def _finish(batches: tf.data.Dataset) -> tf.data.Dataset:
   The pipeline shards itself (`input_context`). Auto-sharding, which
   `experimental_distribute_dataset` (and so `model.fit` under a strategy)
   applies even for one worker, rewrites `rebatch` steps into ones that only
-  split batches: the block pipeline would then yield whole windows.
+  split batches: the block pipeline would then yield whole parse groups.
   """
   options = _without_autotune_model(tf.data.Options())
   options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
@@ -392,7 +444,7 @@ def _without_autotune_model(options: tf.data.Options) -> tf.data.Options:
 
 #: Consecutive one-row records of a shard that tf.data moves as one element when it shuffles.
 _CHUNK = 64
-#: Rows a parse call handles when it reads block records.
+#: Rows a parse call handles when it reads a whole split of block records into memory.
 _PARSE_ROWS = 16_384
 
 
@@ -406,64 +458,23 @@ def _records(files: tf.data.Dataset, num_files: int,
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def _permute(seed: Optional[int]):
-  """Every window of the dataset it is applied to, permuted: a new stateless seed a window."""
-  seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-
-  def apply(windows: tf.data.Dataset) -> tf.data.Dataset:
-    return tf.data.Dataset.zip((windows, seeds)).map(
-        _permuted, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return apply
-
-
-def _permuted(window, seed):
-  """`window` (a tensor, or a structure of them with the same rows) in a permuted row order."""
-  if isinstance(window, tf.Tensor):
-    return tf.random.experimental.stateless_shuffle(window, seed)
-  rows = tf.shape(next(t for t in tf.nest.flatten(window) if isinstance(t, tf.Tensor)))[0]
-  order = tf.random.experimental.stateless_shuffle(tf.range(rows), seed)
-  return tf.nest.map_structure(lambda column: tf.gather(column, order), window)
-
-
-def _shuffled_windows(records: tf.data.Dataset, block: int, window: int,
-                      seed: Optional[int], parse) -> tf.data.Dataset:
-  """Parsed rows of block records, shuffled in two stages, in windows of `window` rows.
-
-  The same two stages as `_shuffled_batches`, with a block record as the
-  chunk: blocks are shuffled in a buffer of `window` rows' worth, parsed
-  `_PARSE_ROWS` rows at a time, gathered into windows of `window` rows, and
-  each window is permuted. With 64-row blocks and the same seed, the rows
-  come in the same order as from the same rows in one-row records.
-  """
-  group = max(1, _PARSE_ROWS // block)
-  return (records.shuffle(max(1, window // block), seed=seed, reshuffle_each_iteration=True)
-          .batch(group)
-          .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .rebatch(window)
-          .apply(_permute(seed)))
-
-
 def _shuffled_batches(files: tf.data.Dataset, num_files: int, batch_size: int, window: int,
                       seed: Optional[int], drop_remainder: bool,
                       share: Optional[Tuple[int, int]]) -> tf.data.Dataset:
-  """Batches of serialized one-row records, shuffled in two stages.
+  """Batches of serialized one-row records, in shuffled chunks of consecutive records.
 
   Each shard is read in chunks of `_CHUNK` consecutive records, the chunks
   of up to 8 shards are interleaved and shuffled in a buffer of `window`
-  records' worth of chunks, then gathered into windows of `window` records,
-  and each window is fully permuted (a stateless shuffle with its own seed,
-  new every epoch) before it is cut into batches. The chunk buffer mixes the
-  epoch as a record buffer of the same size would; the permutation then
-  splits the chunks up, so a batch holds no run of consecutive records.
-  tf.data moves chunks, not records, through the shuffle, which makes the
-  pipeline about twice as fast on 2 cores as a record-level shuffle buffer.
+  records' worth of chunks, and the shuffled chunks are cut into batches:
+  the order 64-row block records of the same rows give (`make_dataset`).
+  tf.data moves chunks, not records, through the shuffle.
 
   Args:
     files: Shard paths, in this epoch's order.
     num_files: How many.
     batch_size: Records per batch.
-    window: Records per shuffle buffer and per permuted window.
-    seed: Seed of both shuffles (None: unseeded).
+    window: Records in the shuffle buffer.
+    seed: Seed of the shuffle (None: unseeded).
     drop_remainder: Drop the epoch's last partial batch.
     share: (pipelines, index): keep only every pipelines-th record of each shard.
 
@@ -478,9 +489,8 @@ def _shuffled_batches(files: tf.data.Dataset, num_files: int, batch_size: int, w
 
   chunks = files.interleave(read, cycle_length=min(num_files, 8),
                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  windows = (chunks.shuffle(max(1, window // chunk), seed=seed, reshuffle_each_iteration=True)
-             .rebatch(window))
-  return windows.apply(_permute(seed)).rebatch(batch_size, drop_remainder=drop_remainder)
+  return (chunks.shuffle(max(1, window // chunk), seed=seed, reshuffle_each_iteration=True)
+          .rebatch(batch_size, drop_remainder=drop_remainder))
 
 
 def _read_columns(schema: Schema, split: str, parse) -> Tuple[dict, dict]:
