@@ -30,5 +30,6 @@ setup(
     # The tests also execute the quickstart notebook in a Jupyter kernel, and
     # run in two processes (pytest-xdist): alone they kept ~1.1 of 2 cores busy.
     extras_require={"test": ["pytest>=8,<10", "pytest-xdist==3.8.0", "nbclient==0.11.0",
-                             "nbformat==5.11.1", "ipykernel==7.4.0"]},
+                             "nbformat==5.11.1", "ipykernel==7.4.0"],
+                    "beam": ["apache-beam>=2.77,<3"]},  # --runner (docs/beam.md)
 )

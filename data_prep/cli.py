@@ -11,6 +11,7 @@ from typing import Callable, List, Optional, Tuple
 from absl import app, flags
 import tensorflow as tf
 
+from data_prep import beam_flags  # --runner, --beam_options: prepare on Apache Beam
 from data_prep.writer import ROWS_PER_RECORD, BadRows
 from stem_tfrs.errors import first_line
 
@@ -100,7 +101,7 @@ def _prepare_logs(raw: str, out_dir: str, *, multivalent, sep, processes=None,
 def prepare(name: str, seed: Optional[int]) -> int:
   """Runs loader `name` with the parsed flags; prints the outcome; returns the exit status."""
   FLAGS = flags.FLAGS
-  loader = loaders()[name]
+  loader = beam_flags.loader(name, loaders()[name])  # the local path without --runner
   if not FLAGS.raw or not FLAGS.out:
     print("error: --raw and --out are required", file=sys.stderr)
     return 2
