@@ -27,8 +27,9 @@ records are `rows_per_record` consecutive rows of it (a record straddling two
 blocks is completed when the second one is written); counts are exact integer
 sums (numeric moments too: `_ExactMoments`). So the row sets, the shards'
 bytes, the vocabularies, stats.json and schema.json are the same for any block
-size and any `processes`. An Apache Beam runner can reuse steps 1-3 as they
-are. Vocabularies (and numeric moments) are counted on the train split only,
+size and any `processes`. Steps 1 and 3 are functions of one block; step 2
+keeps only running counts per line group and per shard: what another runner
+(Apache Beam) needs to reuse them. Vocabularies (and numeric moments) are counted on the train split only,
 whatever the split: counting test rows would let the test split shape the
 model. The raw input is read once: `RandomSplit` and splits by a column's
 value place rows as they come; `ExactSplit`, which needs the row count
@@ -112,9 +113,8 @@ class BadRows:
   whichever column or reader reports a row, and in whatever order.
 
   Bad rows are skipped; in strict mode the first one raises `DataError`
-  instead. A split that counts the rows first (`ExactSplit`) makes the writer
-  read its input twice; it counts during the first pass only (`freeze()`
-  after it).
+  instead. The writer reads its input once and calls `freeze()` when it is
+  read; later reports are not counted.
   """
 
   def __init__(self, strict: bool = False):
@@ -768,6 +768,8 @@ def _string_array(column: pd.Series) -> pa.Array:
                        else str(v) for v in column], pa.string())
   if pa.types.is_dictionary(values.type):
     values = values.dictionary_decode()
+  if pa.types.is_boolean(values.type):  # a 0/1 label held as True/False
+    values = pc.cast(values, pa.int8())
   if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
     values = pc.cast(values, pa.string())
   return pc.fill_null(values, "")
@@ -858,13 +860,12 @@ def _encode(placed: _Placed, spec: _Spec) -> _Encoded:
   columns.update(valid.labels)
 
   train = placed.splits == 0
+  in_train = pa.array(train)
   value_counts = {}
   for name in spec.features:
-    values = columns[name]
+    values = columns[name].filter(in_train)
     if name in spec.multivalent:
-      values = pc.list_flatten(values.filter(pa.array(train)))
-    else:
-      values = values.filter(pa.array(train))
+      values = pc.list_flatten(values)
     value_counts[name] = pc.value_counts(values)
   moments = {}
   for name in spec.numeric:
@@ -1107,12 +1108,12 @@ class _RecordWriter:
       self._writer = tf.io.TFRecordWriter(path)
 
   def write(self, records: Sequence[bytes]) -> None:
-    for record in records:
-      self._write_record(record)
+    with _writing():
+      for record in records:
+        self._write_record(record)
 
   def _write_record(self, record: bytes) -> None:
-    with _writing():
-      self._writer.write(record)
+    self._writer.write(record)
 
   def close(self) -> None:
     with _writing():

@@ -438,3 +438,12 @@ def test_the_same_rows_as_chunks_of_any_size_make_the_same_data_set(tmp_path):
 def test_processes_must_be_a_positive_integer(tmp_path):
   with pytest.raises(ValueError, match="processes must be a positive integer, got 0"):
     run(tmp_path, [Chunk(frame(), "x")], processes=0)
+
+
+def test_a_frames_labels_may_be_booleans_ints_floats_or_text(tmp_path):
+  f = frame(60)
+  f["finish"] = [bool(i % 2) for i in range(60)]
+  f["like"] = [[1.0, 0.0, "1", "0.0", 1][i % 5] for i in range(60)]
+  stats = run(tmp_path, [Chunk(f, "x")], split=_all_train())
+  assert stats["train"]["rows"] == 60
+  assert stats["train"]["positive_rate"] == {"finish": 0.5, "like": 0.6}
