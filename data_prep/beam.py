@@ -55,7 +55,7 @@ import os
 import pickle
 import shlex
 import shutil
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -72,13 +72,14 @@ from stem_tfrs.schema import SHARD_BYTES, SPLITS, STATS_FILE, NumericFeature, Sc
 LOADERS = ("tiktok", "qkvideo", "logs")
 _RESULTS = ".beam"  # the pipeline's results, inside the temporary sibling; removed before rename
 _FILE, _LINE = "__file", "__line"
+_WRITE_FAILED = -1  # the position of an error that is a failed write, not a file's
 
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """What to read and what to make of it: the arguments a loader gives `writer.prepare`,
   with `read_blocks`' instead of its reading function (a worker reads one file)."""
-  raw: str
+  raw: Union[str, List[str]]  # what the loader gives `read_blocks`: a path, or a list of files
   sep: str
   columns: Optional[List[str]]
   required: List[str]
@@ -187,9 +188,10 @@ def _logs_layout(raw: str, *, tasks, features, sep, multivalent, numeric=(), log
   numeric = list(numeric or [])
   required = list(dict.fromkeys(features + numeric + tasks
                                 + ([split_column] if split_column else [])))
-  return Layout(raw, sep, None, required, features, tasks, group_column, split,
+  files = logs.raw_files(raw)
+  return Layout(files, sep, None, required, features, tasks, group_column, split,
                 multivalent=multivalent, numeric=numeric, log1p=list(log1p or []),
-                inputs=[raw, *readers.list_inputs(raw)])
+                inputs=[raw, *files])
 
 
 def prepare_on_beam(name: str, raw: str, out_dir: str, *, runner: str, beam_options: str = "",
@@ -232,8 +234,8 @@ def run(layout: Layout, out_dir: str, *, runner: str = "DirectRunner", beam_opti
     raise ValueError(f"rows_per_record must be >= 1, got {layout.rows_per_record}")
   options = PipelineOptions(shlex.split(beam_options or "") + [f"--runner={runner}"])
   bad_rows = bad_rows if bad_rows is not None else writer.BadRows(strict=True)
-  paths = readers.list_inputs(layout.raw)
-  listed = len(paths) != 1 or paths[0] != layout.raw
+  paths = readers.list_inputs(layout.raw)  # as `read_blocks` lists them
+  listed = not isinstance(layout.raw, str) or len(paths) != 1 or paths[0] != layout.raw
   out_dir = writer.check_out(out_dir, overwrite, layout.inputs)
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
@@ -473,7 +475,7 @@ class _WriteShard(beam.DoFn):
       finally:
         out.close()
     except writer._WriteFailed as e:
-      yield beam.pvalue.TaggedOutput("errors", (-1, f"cannot write {name}: {e}"))
+      yield beam.pvalue.TaggedOutput("errors", (_WRITE_FAILED, str(e)))
       return
     yield shard, rows.num_rows
 
@@ -613,8 +615,11 @@ def _finish(layout: Layout, tmp: str, out_dir: str, bad_rows: writer.BadRows,
   for kind, (n, examples) in sorted(bad.items(), key=lambda item: item[1][1][0]):
     bad_rows.counts[kind] = n
     bad_rows.examples[kind] = [where for _, _, where in examples]
-  if errors:
-    raise writer.DataError(min(errors, key=lambda error: (error[0] < 0, error[0]))[1])
+  if errors:  # a file's first (in file order), else a failed write, as `writer.prepare` raises it
+    position, message = min(errors, key=lambda error: (error[0] == _WRITE_FAILED, error[0]))
+    if position == _WRITE_FAILED:
+      raise writer._WriteFailed(message)
+    raise writer.DataError(message)
   bad_rows.freeze()
   totals = _load(tmp, "totals").get("all")
   if totals is None:
