@@ -113,8 +113,8 @@ class Layout:
 
 
 def loader_layout(name: str, raw: str, *, tasks: Optional[Sequence[str]] = None,
-           min_count: Optional[int] = None, seed: Optional[int] = None,
-           rows_per_record: int = writer.ROWS_PER_RECORD, **own) -> Layout:
+                  min_count: Optional[int] = None, seed: Optional[int] = None,
+                  rows_per_record: int = writer.ROWS_PER_RECORD, **own) -> Layout:
   """Loader `name`'s layout (one of `LOADERS`), as its local `prepare_<name>` reads `raw`.
 
   Args:
@@ -212,8 +212,8 @@ def prepare_on_beam(name: str, raw: str, out_dir: str, *, runner: str, beam_opti
   Returns:
     The stats written to stats.json.
   """
-  return run(loader_layout(name, raw, **kwargs), out_dir, runner=runner, beam_options=beam_options,
-             bad_rows=bad_rows, overwrite=overwrite)
+  return run(loader_layout(name, raw, **kwargs), out_dir, runner=runner,
+             beam_options=beam_options, bad_rows=bad_rows, overwrite=overwrite)
 
 
 def run(layout: Layout, out_dir: str, *, runner: str = "DirectRunner", beam_options: str = "",
