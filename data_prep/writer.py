@@ -29,18 +29,20 @@ sums (numeric moments too: `_ExactMoments`). So the row sets, the shards'
 bytes, the vocabularies, stats.json and schema.json are the same for any block
 size and any `processes`. Steps 1 and 3 are functions of one block; step 2
 keeps only running counts per line group and per shard: what another runner
-(Apache Beam) needs to reuse them. Vocabularies (and numeric moments) are counted on the train split only,
-whatever the split: counting test rows would let the test split shape the
-model. The raw input is read once: `RandomSplit` and splits by a column's
-value place rows as they come; `ExactSplit`, which needs the row count
-first, keeps the validated rows in an Arrow stream file in the temporary
-directory (about the size of the kept columns' text) and places them from
-there, which costs far less than parsing the text again.
+(Apache Beam) needs to reuse them. Vocabularies (and numeric moments) are
+counted on the train split only, whatever the split: counting test rows
+would let the test split shape the model. The raw input is read once:
+`RandomSplit` and splits by a column's value place rows as they come;
+`ExactSplit`, which needs the row count first, keeps the validated rows in
+an Arrow stream file in the temporary directory (about the size of the kept
+columns' text) and places them from there, which costs far less than
+parsing the text again.
 
 Workers are threads, not processes: pyarrow compute, numpy's large-array
-operations and the record encoding release the GIL for most of their time,
-blocks need no pickling between stages, and TensorFlow (imported for the
-shard writer) must not be forked. Speed per worker count: benchmarks/data_prep.py.
+operations and the record encoding release the GIL for most of their time
+(benchmarks/data_prep.py measures 1 and 2 workers), blocks need no pickling
+between steps, and TensorFlow (imported for the shard writer) must not be
+forked.
 
 The data set is written to a hidden temporary sibling of `out_dir`, named after
 the process that writes it (`stem_tfrs.files.temp_prefix`; a later run removes
@@ -230,11 +232,12 @@ class ExactSplit(_FractionSplit):
   test = ceil(test * N) rows, then valid = ceil(valid_of_rest * (N - test)),
   drawn uniformly at random without replacement. The sizes need N, so the
   writer counts the usable rows first, per group of `GROUP_LINES` lines of a
-  file, keeping them aside (see `prepare`), then calls `plan`; each group's test and valid counts are then drawn in group
-  order by sequential hypergeometric draws from one generator seeded by
-  `seed`, and which of a group's rows get them by a permutation seeded by
-  (seed, file, group). Nothing depends on how the input is cut into blocks.
-  As with every split, the vocabularies are counted on the train rows.
+  file, keeping them aside (see `prepare`), then calls `plan`: each group's
+  test and valid counts are drawn in group order by sequential
+  hypergeometric draws from one generator seeded by `seed`, and which of a
+  group's rows get them by a permutation seeded by (seed, file, group).
+  Nothing depends on how the input is cut into blocks. As with every split,
+  the vocabularies are counted on the train rows.
   """
   counts_rows_first = True
 
@@ -462,8 +465,9 @@ def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
     writers = [_RecordWriter(os.path.join(tmp, n)) for s in SPLITS for n in names[s]]
     try:
       done = _Written(spec, writers)
-      _run(items, first, timed.wrap("place", lambda valid: _place(valid, spec, placer, bad_rows, done)),
-           lambda placed: _encode(placed, spec), timed.wrap("write", done.add), processes)
+      place = lambda valid: _place(valid, spec, placer, bad_rows, done)
+      _run(items, first, timed.wrap("place", place), lambda placed: _encode(placed, spec),
+           timed.wrap("write", done.add), processes)
       with timed("write"):
         done.flush()
     finally:
