@@ -35,6 +35,7 @@ file on every machine.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from typing import Iterator, Optional
 
@@ -176,6 +177,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("rows_per_record", ROWS_PER_RECORD,
                        "Rows a TFRecord record holds; 1 writes one tf.train.Example per row.",
                        lower_bound=1)
+  flags.DEFINE_integer("processes", os.cpu_count() or 1, "Worker threads validating, counting "
+                       "and encoding blocks of rows (default: the machine's cores); the data set "
+                       "is the same for any number.", lower_bound=1)
   flags.mark_flag_as_required("out")
 
 
@@ -184,7 +188,7 @@ def main(argv):
   try:
     stats = prepare_synthetic(FLAGS.out, rows=FLAGS.rows, seed=FLAGS.seed,
                               min_count=FLAGS.min_count, overwrite=FLAGS.overwrite,
-                              rows_per_record=FLAGS.rows_per_record)
+                              rows_per_record=FLAGS.rows_per_record, processes=FLAGS.processes)
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
