@@ -21,7 +21,9 @@ setup(
         "tensorflow-recommenders==0.7.7",
         "tensorboard==2.21.0",
         "pandas==3.1.1",
-        "pyarrow>=26.0.1,<27",  # data_prep's reader, writer and record encoding (tested: 26.0.1)
+        # data_prep's reader, writer and record encoding (tested: 26.0.1, and 25.0.1, which
+        # apache-beam 2.77 requires: the beam extra)
+        "pyarrow>=25.0.1,<27",
         "absl-py==2.5.1",
         "matplotlib==3.11.2",
         "tensorflow-serving-api==2.21.0",
