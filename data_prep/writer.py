@@ -484,7 +484,8 @@ def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
       raise DataError(f"the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} would "
                       f"be empty: none of the {total:,} usable rows falls in "
                       f"{'them' if len(empty) > 1 else 'it'} under {split}")
-    empty = [name for name in features if not done.counts[name].kept(min_count)]
+    vocabularies = {name: done.counts[name].vocabulary(min_count) for name in features}
+    empty = [name for name in features if not vocabularies[name]]
     if empty:
       raise DataError(f"no value of feature(s) {empty} is seen min_count={min_count} times in "
                       "the train split: lower --min_count, or drop the feature")
@@ -493,7 +494,7 @@ def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
       raise DataError(f"numeric feature(s) {flat} hold no value, or a single one, in the train "
                       "split: the model could not learn from them; drop them")
     with _writing():
-      schema_features = _write_vocabularies(tmp, done.counts, min_count, multivalent)
+      schema_features = _write_vocabularies(tmp, vocabularies, multivalent)
     schema = Schema(features=schema_features, labels=labels, group_column=group_column,
                     splits=names, rows_per_record=rows_per_record, directory=tmp,
                     numeric_features=[NumericFeature(name, *done.moments[name].mean_and_std(),
@@ -1018,10 +1019,6 @@ class _ValueCounts:
     kept = kept.sort_by([("counts", "descending"), ("values", "ascending")])
     return kept["values"].to_pylist()
 
-  def kept(self, min_count: int) -> bool:
-    """Whether any value but "" is seen at least `min_count` times."""
-    return bool(self.vocabulary(min_count))
-
 
 class _ExactMoments:
   """Count, sum and sum of squares of a numeric column's finite values, summed exactly
@@ -1084,14 +1081,13 @@ def _signed_log(values: np.ndarray) -> np.ndarray:
   return np.sign(values) * np.log1p(np.abs(values))
 
 
-def _write_vocabularies(out_dir: str, counts: Dict[str, _ValueCounts],
-                        min_count: int, multivalent: Dict[str, str]) -> List[CategoricalFeature]:
+def _write_vocabularies(out_dir: str, vocabularies: Dict[str, List[str]],
+                        multivalent: Dict[str, str]) -> List[CategoricalFeature]:
   os.makedirs(os.path.join(out_dir, "vocab"))
   schema_features = []
-  for name, counter in counts.items():
+  for name, kept in vocabularies.items():
     # "" is a missing value: it shares the OOV row (and a vocabulary file
-    # cannot hold an empty line).
-    kept = counter.vocabulary(min_count)
+    # cannot hold an empty line); `_ValueCounts.vocabulary` leaves it out.
     broken = next((v for v in kept if "\n" in v or "\r" in v), None)
     if broken is not None:
       raise DataError(f"column '{name}': the value {broken!r} holds a line break")
