@@ -484,8 +484,7 @@ def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
       raise DataError(f"the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} would "
                       f"be empty: none of the {total:,} usable rows falls in "
                       f"{'them' if len(empty) > 1 else 'it'} under {split}")
-    vocabularies = {name: done.counts[name].vocabulary(min_count) for name in features}
-    empty = [name for name in features if not vocabularies[name]]
+    empty = [name for name in features if not done.counts[name].kept(min_count)]
     if empty:
       raise DataError(f"no value of feature(s) {empty} is seen min_count={min_count} times in "
                       "the train split: lower --min_count, or drop the feature")
@@ -494,7 +493,7 @@ def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
       raise DataError(f"numeric feature(s) {flat} hold no value, or a single one, in the train "
                       "split: the model could not learn from them; drop them")
     with _writing():
-      schema_features = _write_vocabularies(tmp, vocabularies, multivalent)
+      schema_features = _write_vocabularies(tmp, done.counts, min_count, multivalent)
     schema = Schema(features=schema_features, labels=labels, group_column=group_column,
                     splits=names, rows_per_record=rows_per_record, directory=tmp,
                     numeric_features=[NumericFeature(name, *done.moments[name].mean_and_std(),
@@ -996,8 +995,10 @@ class _ValueCounts:
                              "counts": pa.array([], pa.int64())})
     self._parts: List[pa.Table] = []
     self._part_rows = 0
+    self._vocabulary: Tuple[Optional[int], List[str]] = (None, [])  # (min_count, values)
 
   def add(self, counts: pa.StructArray) -> None:
+    self._vocabulary = (None, [])
     self._parts.append(pa.table({"values": counts.field("values").cast(pa.string()),
                                  "counts": counts.field("counts")}))
     self._part_rows += len(counts)
@@ -1013,11 +1014,18 @@ class _ValueCounts:
   def vocabulary(self, min_count: int) -> List[str]:
     """Values seen at least `min_count` times, but "", most frequent first, ties in value
     order (the UTF-8 bytes' order, which is Python's order of the strings)."""
+    if self._vocabulary[0] == min_count:
+      return self._vocabulary[1]
     self._merge()
     kept = self._merged.filter(pc.and_(pc.greater_equal(self._merged["counts"], min_count),
                                        pc.not_equal(self._merged["values"], "")))
     kept = kept.sort_by([("counts", "descending"), ("values", "ascending")])
-    return kept["values"].to_pylist()
+    self._vocabulary = (min_count, kept["values"].to_pylist())
+    return self._vocabulary[1]
+
+  def kept(self, min_count: int) -> bool:
+    """Whether any value but "" is seen at least `min_count` times."""
+    return bool(self.vocabulary(min_count))
 
 
 class _ExactMoments:
@@ -1081,13 +1089,14 @@ def _signed_log(values: np.ndarray) -> np.ndarray:
   return np.sign(values) * np.log1p(np.abs(values))
 
 
-def _write_vocabularies(out_dir: str, vocabularies: Dict[str, List[str]],
-                        multivalent: Dict[str, str]) -> List[CategoricalFeature]:
+def _write_vocabularies(out_dir: str, counts: Dict[str, "_ValueCounts"],
+                        min_count: int, multivalent: Dict[str, str]) -> List[CategoricalFeature]:
   os.makedirs(os.path.join(out_dir, "vocab"))
   schema_features = []
-  for name, kept in vocabularies.items():
+  for name, counter in counts.items():
     # "" is a missing value: it shares the OOV row (and a vocabulary file
     # cannot hold an empty line); `_ValueCounts.vocabulary` leaves it out.
+    kept = counter.vocabulary(min_count)
     broken = next((v for v in kept if "\n" in v or "\r" in v), None)
     if broken is not None:
       raise DataError(f"column '{name}': the value {broken!r} holds a line break")
