@@ -13,18 +13,19 @@ Design decision: a thin driver over the local path's core
 implementation of parsing, validation, counting or encoding. One element per
 input file; a file's `read_blocks` stream is validated, split and counted
 block by block by the writer's own functions, and every decision is keyed on
-(file index, line number), never on which worker got which file:
+the row's ordinal among all the input's rows (as the local path numbers them),
+never on which worker got which file:
 
-1. probe: whether each file yields any row (the local path numbers files in
-   the order their first row arrives, so a file without rows takes no index);
-2. count (only for `ExactSplit`): usable rows per (file, line group), summed
-   by `CombinePerKey`; the split's plan is drawn from them in each worker;
+1. rows: each file's rows, read once, summed in file order into the ordinal
+   of each file's first row (a side input);
+2. count (only for `ExactSplit`): usable rows per (ordinal group, file start),
+   summed by `CombinePerKey`; the split's plan is drawn from them in each worker;
 3. place: each block validated (bad rows collected per file), given its
    split and shard, its train rows' values and numeric moments counted;
    per-block counts are summed with `CombinePerKey` (combiner lifting merges
    them on the workers first) and cut at `min_count`;
 4. write: the rows of each shard grouped by shard (`GroupByKey`), ordered by
-   (file, line), encoded by `data_prep.records.encode_records` and written
+   ordinal, encoded by `data_prep.records.encode_records` and written
    to `<tmp>/<split>-XXXXX-of-YYYYY.tfrecord`: the records the local path
    writes, byte for byte.
 
@@ -49,7 +50,6 @@ from __future__ import annotations
 # replace these uses and the few lines below that repeat `writer.prepare`'s.
 # pylint: disable=protected-access
 
-import contextlib
 import dataclasses
 import os
 import pickle
@@ -71,7 +71,7 @@ from stem_tfrs.schema import SHARD_BYTES, SPLITS, STATS_FILE, NumericFeature, Sc
 #: Loaders whose rows `read_blocks` reads as they are; the others join feature tables in pandas.
 LOADERS = ("tiktok", "qkvideo", "logs")
 _RESULTS = ".beam"  # the pipeline's results, inside the temporary sibling; removed before rename
-_FILE, _LINE = "__file", "__line"
+_ORDINAL = "__ordinal"
 _WRITE_FAILED = -1  # the position of an error that is a failed write, not a file's
 
 
@@ -264,17 +264,19 @@ def _build(pipeline: beam.Pipeline, layout: Layout, files: List[Tuple[int, objec
   """The pipeline's stages (see the module docstring); results saved under `tmp`."""
   results = os.path.join(tmp, _RESULTS)
   inputs = (pipeline | "Files" >> beam.Create(files) | "Spread" >> beam.Reshuffle())
-  probed = inputs | "Probe" >> beam.ParDo(_Probe(layout)).with_outputs("errors", main="rows")
-  indexes = beam.pvalue.AsSingleton(
-      probed.rows | "ProbeList" >> beam.combiners.ToList() | "Index" >> beam.Map(_file_indexes))
-  errors = [probed.errors]
+  counted_rows = inputs | "Rows" >> beam.ParDo(_CountRows(layout)).with_outputs(
+      "errors", main="rows")
+  starts = beam.pvalue.AsSingleton(
+      counted_rows.rows | "RowsList" >> beam.combiners.ToList()
+      | "Starts" >> beam.Map(_file_starts))
+  errors = [counted_rows.errors]
   group_rows = None
   if getattr(layout.split, "counts_rows_first", False):
-    counted = inputs | "Count" >> beam.ParDo(_CountGroups(layout), indexes).with_outputs(
+    counted = inputs | "Count" >> beam.ParDo(_CountGroups(layout), starts).with_outputs(
         "errors", main="groups")
     group_rows = beam.pvalue.AsDict(counted.groups | "SumGroups" >> beam.CombinePerKey(sum))
     errors.append(counted.errors)
-  placed = inputs | "Place" >> beam.ParDo(_PlaceBlocks(layout), indexes, group_rows).with_outputs(
+  placed = inputs | "Place" >> beam.ParDo(_PlaceBlocks(layout), starts, group_rows).with_outputs(
       "counts", "moments", "totals", "bad", "errors", main="rows")
   errors.append(placed.errors)
   written = (placed.rows | "ByShard" >> beam.GroupByKey()
@@ -299,10 +301,12 @@ def _build(pipeline: beam.Pipeline, layout: Layout, files: List[Tuple[int, objec
     _ = collection | f"Save{what.title()}" >> beam.ParDo(_Save(results, what))
 
 
-def _file_indexes(probed: List[Tuple[int, bool]]) -> Dict[int, int]:
-  """File position -> its index as the local path numbers it: in order, files with rows only."""
-  with_rows = sorted(position for position, has_rows in probed if has_rows)
-  return {position: index for index, position in enumerate(with_rows)}
+def _file_starts(counted: List[Tuple[int, int]]) -> Dict[int, int]:
+  """File position -> the ordinal of its first row: the rows of the files before it."""
+  starts, ordinal = {}, 0
+  for position, rows in sorted(counted):
+    starts[position], ordinal = ordinal, ordinal + rows
+  return starts
 
 
 class _FileBadRows(writer.BadRows):
@@ -338,33 +342,33 @@ class _FileDoFn(beam.DoFn):
                                block_bytes=layout.block_bytes)
 
 
-class _Probe(_FileDoFn):
-  """(position, whether the file yields a row): the first block with rows, read alone."""
+class _CountRows(_FileDoFn):
+  """(position, the rows the reader yields from the file)."""
 
   def process(self, element):
     position, path = element
+    rows = 0
     try:
-      with contextlib.closing(self._blocks(path, _FileBadRows())) as blocks:
-        yield position, next(blocks, None) is not None
+      for block in self._blocks(path, _FileBadRows()):
+        rows += block.table.num_rows
     except writer.DataError as e:
       yield beam.pvalue.TaggedOutput("errors", (position, str(e)))
+    yield position, rows
 
 
 class _CountGroups(_FileDoFn):
-  """((file index, line group), usable rows): `ExactSplit`'s first pass over one file."""
+  """((ordinal group, file start), usable rows): `ExactSplit`'s first pass over one file."""
 
-  def process(self, element, indexes):
+  def process(self, element, starts):
     position, path = element
-    if position not in indexes:
-      return
-    file = indexes[position]
+    file_start = ordinal = starts[position]
     counts: Dict[Tuple[int, int], int] = {}
     try:
       for block in self._blocks(path, _FileBadRows()):
-        valid = writer._valid_rows(block, file, self._spec, draws=False)
-        groups, n = np.unique(valid.lines // writer.GROUP_LINES, return_counts=True)
-        for group, rows in zip(groups.tolist(), n.tolist()):
-          counts[(file, group)] = counts.get((file, group), 0) + rows
+        valid = writer._valid_rows(block, file_start, ordinal, self._spec, draws=False)
+        ordinal += block.table.num_rows
+        for key, rows in writer.group_counts(valid.ordinals, file_start).items():
+          counts[key] = counts.get(key, 0) + rows
     except writer.DataError as e:
       yield beam.pvalue.TaggedOutput("errors", (position, str(e)))
       return
@@ -380,10 +384,10 @@ class _PlaceBlocks(_FileDoFn):
   (the file's bad rows), errors (position, message).
   """
 
-  def process(self, element, indexes, group_rows=None):
+  def process(self, element, starts, group_rows=None):
     position, path = element
     spec, layout = self._spec, self._layout
-    file = indexes.get(position, -1)  # -1: no rows, but maybe bad rows to report
+    file_start = ordinal = starts[position]
     bad = _FileBadRows()
     placer = (layout.split.plan(dict(group_rows), layout.seed) if group_rows is not None
               else layout.split)
@@ -392,12 +396,14 @@ class _PlaceBlocks(_FileDoFn):
     totals = np.zeros((len(SPLITS), 1 + len(spec.labels)), dtype=np.int64)
     try:
       for block in self._blocks(path, bad):
-        valid = writer._valid_rows(block, file, spec)
+        valid = writer._valid_rows(block, file_start, ordinal, spec)
+        ordinal += block.table.num_rows
         writer._report(valid, bad)
         if not valid.table.num_rows:
           continue
-        splits = np.asarray(placer.assign(writer.SplitRows(valid.table, file, valid.lines,
-                                                           valid.draws)), dtype=np.int64)
+        splits = np.asarray(placer.assign(writer.SplitRows(valid.table, file_start,
+                                                           valid.ordinals, valid.draws)),
+                            dtype=np.int64)
         shards = first_shard[splits] + np.minimum(
             (valid.shard_draws * per_split[splits]).astype(np.int64), per_split[splits] - 1)
         totals[:, 0] += np.bincount(splits, minlength=len(SPLITS))
@@ -410,8 +416,7 @@ class _PlaceBlocks(_FileDoFn):
                             for name in spec.numeric},
                          **{name: pa.array(valid.labels[name], pa.int64())
                             for name in spec.labels},
-                         _FILE: pa.array(np.full(len(valid.lines), file), pa.int64()),
-                         _LINE: pa.array(valid.lines, pa.int64())})
+                         _ORDINAL: pa.array(valid.ordinals, pa.int64())})
         order = np.argsort(shards, kind="stable")
         cuts = np.flatnonzero(np.diff(shards[order])) + 1
         for part in np.split(order, cuts):
@@ -446,7 +451,7 @@ def _strings(column) -> pa.Array:
 
 
 class _WriteShard(beam.DoFn):
-  """(shard, its rows' tables) -> the shard file: rows in (file, line) order, encoded by
+  """(shard, its rows' tables) -> the shard file: rows in ordinal order, encoded by
   `encode_records`, written by the writer's own record writer."""
 
   def __init__(self, layout: Layout, tmp: str):
@@ -456,7 +461,7 @@ class _WriteShard(beam.DoFn):
   def process(self, element):
     shard, tables = element
     layout = self._layout
-    rows = pa.concat_tables(list(tables)).sort_by([(_FILE, "ascending"), (_LINE, "ascending")])
+    rows = pa.concat_tables(list(tables)).sort_by(_ORDINAL)
     columns: Dict[str, object] = {}
     for name in layout.features:
       values = writer._array(rows[name])

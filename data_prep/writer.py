@@ -10,8 +10,11 @@ value; each block goes through four steps:
    a pyarrow cast (`stem_tfrs.schema.read_numbers` for the rare fields the
    cast refuses); other label spellings ("1.0") and bad values take a slow path
    for the offending rows only. Each row draws two uniform numbers from a
-   counter-based hash (splitmix64) of (seed, file index, line number): one for
-   its split, one for its shard.
+   counter-based hash (splitmix64) of (seed, ordinal): one for its split, one
+   for its shard. A row's ordinal is its position among all the rows the
+   reader yields, across the input files in `readers.list_inputs` order (the
+   start of its block plus its index in the block; bad rows take theirs too):
+   row k of the input read as one file.
 2. place (serial, in block order): report the block's bad rows (in line order:
    strict mode raises on the earliest), assign each row its split (the split
    object, see `prepare`) and its shard within the split (from its hash).
@@ -21,8 +24,11 @@ value; each block goes through four steps:
 4. write (serial, in block order): merge the counts, write the records.
 
 Nothing depends on how the input is cut into blocks, nor on the number of
-workers: splits and shards are keyed on (file index, line number), never on
-arrival order; a shard's rows are written in (file, line) order and its
+workers, nor on how the rows are cut into files (a directory of gzip'd part
+files, Parquet files, or the one file they were cut from): splits and shards
+are keyed on the row's ordinal, never on files, lines or arrival order (bad
+rows are still reported with file and line); a shard's rows are written in
+ordinal order and its
 records are `rows_per_record` consecutive rows of it (a record straddling two
 blocks is completed when the second one is written); counts are exact integer
 sums (numeric moments too: `_ExactMoments`). So the row sets, the shards'
@@ -87,8 +93,8 @@ from stem_tfrs.schema import (SHARD_BYTES, SPLITS, STATS_FILE, CategoricalFeatur
 BAD_ROWS_FILE = "bad_rows.json"
 #: Rows a shard record holds by default: tf.data and the parser pay per record (stem_tfrs.schema).
 ROWS_PER_RECORD = 64
-#: Lines of a file whose rows `ExactSplit` draws its split sizes for together.
-GROUP_LINES = 1 << 16
+#: Ordinals whose rows `ExactSplit` draws its split sizes for together (a group: ordinal // this).
+GROUP_ROWS = 1 << 16
 
 
 class DataError(ValueError):
@@ -188,14 +194,15 @@ class SplitRows:
 
   Attributes:
     table: The rows' raw columns, as strings ("" where empty).
-    file: The index of their file among the input's files (in reading order).
-    lines: int64 [rows]: each row's line number in that file, increasing.
+    file_start: The ordinal of the first row of their file (the rows of one
+      file are numbered together; see `ExactSplit`).
+    ordinals: int64 [rows]: each row's ordinal in the input, increasing.
     draws: float64 [rows]: each row's uniform draw in [0, 1), a hash of
-      (seed, file, line): the same for a row however the input is cut.
+      (seed, ordinal): the same for a row however the input is cut.
   """
   table: pa.Table
-  file: int
-  lines: np.ndarray
+  file_start: int
+  ordinals: np.ndarray
   draws: np.ndarray
 
 
@@ -214,7 +221,7 @@ class _FractionSplit:
 class RandomSplit(_FractionSplit):
   """Each row draws its split: `test` of all rows, then `valid` of the rest.
 
-  A row's draw is a hash of (seed, file, line) (`SplitRows.draws`), so its
+  A row's draw is a hash of (seed, ordinal) (`SplitRows.draws`), so its
   split does not depend on how the input is read. Split sizes vary around
   their fractions; one pass over the input.
   """
@@ -231,12 +238,14 @@ class ExactSplit(_FractionSplit):
 
   test = ceil(test * N) rows, then valid = ceil(valid_of_rest * (N - test)),
   drawn uniformly at random without replacement. The sizes need N, so the
-  writer counts the usable rows first, per group of `GROUP_LINES` lines of a
-  file, keeping them aside (see `prepare`), then calls `plan`: each group's
-  test and valid counts are drawn in group order by sequential
-  hypergeometric draws from one generator seeded by `seed`, and which of a
-  group's rows get them by a permutation seeded by (seed, file, group).
-  Nothing depends on how the input is cut into blocks. As with every split,
+  writer counts the usable rows first, per group of `GROUP_ROWS` ordinals
+  (and per file within a group, so that a worker reading one file knows the
+  group's rows before it), keeping them aside (see `prepare`), then calls
+  `plan`: each group's test and valid counts are drawn in group order by
+  sequential hypergeometric draws from one generator seeded by `seed`, and
+  which of a group's usable rows (in ordinal order) get them by a
+  permutation seeded by (seed, group). Nothing depends on how the input is
+  cut into blocks or files. As with every split,
   the vocabularies are counted on the train rows.
   """
   counts_rows_first = True
@@ -248,19 +257,25 @@ class ExactSplit(_FractionSplit):
     return total_rows - test - valid, valid, test
 
   def plan(self, group_rows: Dict[Tuple[int, int], int], seed: int) -> "_ExactPlan":
-    """The split of rows counted per (file, line // GROUP_LINES) group: an object whose
-    `assign(rows)` places the rows of each group, met in line order."""
-    total = sum(group_rows.values())
+    """The split of the usable rows counted per (ordinal // GROUP_ROWS, file start) key:
+    an object whose `assign(rows)` places the rows of each file, met in ordinal order
+    (the files of a group in any order)."""
+    per_group: Dict[int, int] = collections.Counter()
+    offsets = {}
+    for group, file_start in sorted(group_rows):
+      offsets[(group, file_start)] = per_group[group]  # the group's rows in earlier files
+      per_group[group] += group_rows[(group, file_start)]
+    total = sum(per_group.values())
     _, valid, test = self.sizes(total)
     rng = np.random.default_rng(seed)
     left, quotas = total, {}
-    for key in sorted(group_rows):
-      n = group_rows[key]
+    for group in sorted(per_group):
+      n = per_group[group]
       n_test = _hypergeometric(rng, test, left - test, n)
       n_valid = _hypergeometric(rng, valid, left - test - valid, n - n_test)
       left, test, valid = left - n, test - n_test, valid - n_valid
-      quotas[key] = (n, n_test, n_valid)
-    return _ExactPlan(quotas, seed)
+      quotas[group] = (n, n_test, n_valid)
+    return _ExactPlan(quotas, offsets, seed)
 
 
 def _hypergeometric(rng: np.random.Generator, good: int, bad: int, n: int) -> int:
@@ -279,29 +294,35 @@ def _hypergeometric(rng: np.random.Generator, good: int, bad: int, n: int) -> in
 
 class _ExactPlan:
   """`ExactSplit`'s rows placed group by group: a row's position among its group's usable
-  rows (they arrive in line order) picks its split from the group's seeded permutation."""
+  rows (in ordinal order: the group's rows in earlier files, then those before it in its
+  file) picks its split from the group's seeded permutation."""
 
-  def __init__(self, quotas: Dict[Tuple[int, int], Tuple[int, int, int]], seed: int):
-    self._quotas, self._seed = quotas, seed
-    self._group: Optional[Tuple[int, int]] = None
+  def __init__(self, quotas: Dict[int, Tuple[int, int, int]],
+               offsets: Dict[Tuple[int, int], int], seed: int):
+    self._quotas, self._offsets, self._seed = quotas, offsets, seed
+    self._key: Optional[Tuple[int, int]] = None
+    self._group: Optional[int] = None
     self._splits = np.zeros(0, dtype=np.int64)
     self._position = 0
 
   def assign(self, rows: SplitRows) -> np.ndarray:
-    groups = rows.lines // GROUP_LINES
+    groups = rows.ordinals // GROUP_ROWS
     out = np.zeros(len(groups), dtype=np.int64)
     cuts = [0, *(np.flatnonzero(np.diff(groups)) + 1).tolist(), len(groups)]
     for start, stop in zip(cuts[:-1], cuts[1:]):
       if start == stop:
         continue
-      key = (rows.file, int(groups[start]))
-      if key != self._group:
-        n, n_test, n_valid = self._quotas[key]
-        order = np.random.default_rng([self._seed, key[0], key[1]]).permutation(n)
-        self._splits = np.zeros(n, dtype=np.int64)
-        self._splits[order[:n_test]] = 2
-        self._splits[order[n_test:n_test + n_valid]] = 1
-        self._group, self._position = key, 0
+      group = int(groups[start])
+      key = (group, rows.file_start)
+      if key != self._key:
+        if group != self._group:
+          n, n_test, n_valid = self._quotas[group]
+          order = np.random.default_rng([self._seed, group]).permutation(n)
+          self._splits = np.zeros(n, dtype=np.int64)
+          self._splits[order[:n_test]] = 2
+          self._splits[order[n_test:n_test + n_valid]] = 1
+          self._group = group
+        self._key, self._position = key, self._offsets[key]
       out[start:stop] = self._splits[self._position:self._position + stop - start]
       self._position += stop - start
     return out
@@ -330,16 +351,16 @@ def _mix(x: int) -> int:
   return x ^ (x >> 31)
 
 
-def row_draws(seed: int, file: int, lines: np.ndarray, stream: int) -> np.ndarray:
-  """Uniform draws in [0, 1) per row: splitmix64 of (seed, file, stream, line).
+def row_draws(seed: int, ordinals: np.ndarray, stream: int) -> np.ndarray:
+  """Uniform draws in [0, 1) per row: splitmix64 of (seed, stream, ordinal).
 
   A counter-based hash: a row's draw depends on nothing but its own key, so
   any reader, chunking or runner gives each row the same draw. `stream`
   tells independent draws of one row apart (0: split, 1: shard).
   """
-  key = np.uint64(_mix(_mix(_mix(seed & _MASK) ^ file) ^ stream))
+  key = np.uint64(_mix(_mix(seed & _MASK) ^ stream))
   with np.errstate(over="ignore"):
-    z = np.asarray(lines).astype(np.uint64) ^ key
+    z = np.asarray(ordinals).astype(np.uint64) ^ key
     z = z + np.uint64(_GOLDEN)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
@@ -375,7 +396,7 @@ def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
       by the rows' hashed draws; `data_prep.logs.TimeSplit` by a column's
       value); or, with `counts_rows_first` (`ExactSplit`), one whose
       `plan(group_rows, seed)` returns such an object once the usable rows
-      are counted per (file index, line // GROUP_LINES) group (its
+      are counted per (ordinal // GROUP_ROWS, file start) (its
       `rows.table` holds the features only); or, the older
       shape, `assigner(None, seed)` returning a function of a pandas frame
       of the rows. It may also have `unplaceable(table) -> (bad mask, kind,
@@ -459,7 +480,7 @@ def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
       placer = split if hasattr(split, "assign") else _PandasSplit(split, seed)
       spill = None
       items = _numbered(read_chunks(), timed)
-      first = timed.wrap("validate", lambda item: _valid_rows(item[0], item[1], spec))
+      first = timed.wrap("validate", lambda item: _valid_rows(*item, spec))
     names = {s: [f"{s}-{i:05d}-of-{num_shards[s]:05d}.tfrecord"
                  for i in range(num_shards[s])] for s in SPLITS}
     writers = [_RecordWriter(os.path.join(tmp, n)) for s in SPLITS for n in names[s]]
@@ -553,8 +574,9 @@ class _Spec:
 
 
 def _numbered(items: Iterable, timed: "_Timings") -> Iterator[tuple]:
-  """(block or chunk, index of its source in order of first appearance)."""
-  files: Dict[str, int] = {}
+  """(block or chunk, ordinal of its file's first row, ordinal of its first row): rows are
+  numbered in the order they come, a file's from where it starts."""
+  source, file_start, ordinal = None, 0, 0
   items = iter(items)
   with contextlib.closing(items) if hasattr(items, "close") else contextlib.nullcontext():
     while True:
@@ -562,7 +584,15 @@ def _numbered(items: Iterable, timed: "_Timings") -> Iterator[tuple]:
         item = next(items, None)
       if item is None:
         return
-      yield item, files.setdefault(item.source, len(files))
+      if item.source != source:
+        source, file_start = item.source, ordinal
+      yield item, file_start, ordinal
+      ordinal += _rows(item)
+
+
+def _rows(item) -> int:
+  """Rows of a `Block` or `Chunk`."""
+  return len(item.frame) if isinstance(item, Chunk) else item.table.num_rows
 
 
 class _Timings:
@@ -638,9 +668,10 @@ def _run(items: Iterable, first: Callable, middle: Callable, second: Optional[Ca
 class _Valid:
   """A block's usable rows, validated."""
   table: pa.Table
-  file: int
+  file_start: int  # the ordinal of its file's first row
   source: str
-  lines: np.ndarray
+  lines: np.ndarray  # line numbers in `source`
+  ordinals: np.ndarray
   labels: Dict[str, np.ndarray]  # int64 0/1
   numbers: Dict[str, np.ndarray]  # float64 (of float32 values), NaN where missing
   bad: List[Tuple[int, str, str]]  # (line, kind, detail) of the skipped rows, in line order
@@ -651,7 +682,7 @@ class _Valid:
 def _count_rows(read_chunks, spec: _Spec, bad_rows: BadRows, workers: int,
                 spill: str) -> Dict[Tuple[int, int], int]:
   """The first pass of a split that needs the row count: validates the rows, counts the usable
-  ones per (file, line group), and keeps them in the Arrow stream file `spill`, which the
+  ones per (ordinal group, file start), and keeps them in the Arrow stream file `spill`, which the
   second pass reads instead of parsing the raw text again."""
   group_rows: Dict[Tuple[int, int], int] = collections.Counter()
   writer = schema = None
@@ -659,17 +690,17 @@ def _count_rows(read_chunks, spec: _Spec, bad_rows: BadRows, workers: int,
   def count(valid: _Valid) -> None:
     nonlocal writer, schema
     _report(valid, bad_rows)
-    if not len(valid.lines):
+    if not len(valid.ordinals):
       return
-    groups, n = np.unique(valid.lines // GROUP_LINES, return_counts=True)
-    for group, rows in zip(groups.tolist(), n.tolist()):
-      group_rows[(valid.file, group)] += rows
+    for key, rows in group_counts(valid.ordinals, valid.file_start).items():
+      group_rows[key] += rows
     batch = pa.record_batch(
-        [pa.array(np.full(len(valid.lines), valid.file, dtype=np.int64)), pa.array(valid.lines)]
+        [pa.array(np.full(len(valid.ordinals), valid.file_start, dtype=np.int64)),
+         pa.array(valid.ordinals)]
         + [_array(valid.table[name]) for name in spec.features]
         + [pa.array(valid.numbers[name]) for name in spec.numeric]
         + [pa.array(valid.labels[name]) for name in spec.labels],
-        names=["file", "line"] + spec.features + spec.numeric + spec.labels)
+        names=["file_start", "ordinal"] + spec.features + spec.numeric + spec.labels)
     with _writing():
       if writer is None:
         schema = batch.schema
@@ -678,14 +709,20 @@ def _count_rows(read_chunks, spec: _Spec, bad_rows: BadRows, workers: int,
 
   try:
     _run(_numbered(read_chunks(), spec.timed),
-         spec.timed.wrap("validate", lambda item: _valid_rows(item[0], item[1], spec,
-                                                                draws=False)),
+         spec.timed.wrap("validate", lambda item: _valid_rows(*item, spec, draws=False)),
          spec.timed.wrap("place", count), None, None, workers)
   finally:
     if writer is not None:
       with _writing():
         writer.close()
   return dict(group_rows)
+
+
+def group_counts(ordinals: np.ndarray, file_start: int) -> Dict[Tuple[int, int], int]:
+  """Usable rows per (ordinal // GROUP_ROWS, file start): what `ExactSplit.plan` takes,
+  summed over the blocks."""
+  groups, n = np.unique(np.asarray(ordinals) // GROUP_ROWS, return_counts=True)
+  return {(group, file_start): rows for group, rows in zip(groups.tolist(), n.tolist())}
 
 
 def _spilled(spill: str, timed: "_Timings") -> Iterator[pa.RecordBatch]:
@@ -706,13 +743,13 @@ def _spilled(spill: str, timed: "_Timings") -> Iterator[pa.RecordBatch]:
 
 def _unspilled(batch: pa.RecordBatch, spec: _Spec) -> _Valid:
   """A kept batch as the validated rows it was."""
-  lines = batch.column("line").to_numpy()
-  file = int(batch.column("file")[0].as_py())
+  ordinals = batch.column("ordinal").to_numpy()
+  file_start = int(batch.column("file_start")[0].as_py())
   table = pa.Table.from_batches([batch.select(spec.features)])
-  return _Valid(table, file, "", lines,
+  return _Valid(table, file_start, "", np.zeros(0, np.int64), ordinals,
                 {name: batch.column(name).to_numpy() for name in spec.labels},
                 {name: batch.column(name).to_numpy() for name in spec.numeric}, [],
-                row_draws(spec.seed, file, lines, 0), row_draws(spec.seed, file, lines, 1))
+                row_draws(spec.seed, ordinals, 0), row_draws(spec.seed, ordinals, 1))
 
 
 def _report(valid: _Valid, bad_rows: BadRows) -> None:
@@ -720,9 +757,10 @@ def _report(valid: _Valid, bad_rows: BadRows) -> None:
     bad_rows.add(kind, valid.source, line, detail)
 
 
-def _valid_rows(item, file: int, spec: _Spec, draws: bool = True) -> _Valid:
+def _valid_rows(item, file_start: int, start: int, spec: _Spec, draws: bool = True) -> _Valid:
   """A block's (or chunk's) usable rows: labels as int64 0/1, numeric columns as float64
-  (NaN where missing or not finite); the others' line, kind and detail.
+  (NaN where missing or not finite); the others' line, kind and detail. `start` is the
+  ordinal of its first row, `file_start` that of its file's first row.
 
   A row's first bad value makes it a bad row (the split's own check first, then
   labels, then numeric columns, in their order).
@@ -741,16 +779,17 @@ def _valid_rows(item, file: int, spec: _Spec, draws: bool = True) -> _Valid:
                   for label in spec.labels}
   numbers = {name: _read_numeric(_array(table[name]), name, problems) for name in spec.numeric}
   bad = [(int(lines[row]), *problems[row]) for row in sorted(problems)]
+  ordinals = np.arange(start, start + table.num_rows, dtype=np.int64)
   if problems:
     keep = np.ones(table.num_rows, dtype=bool)
     keep[list(problems)] = False
-    table, lines = table.filter(pa.array(keep)), lines[keep]
+    table, lines, ordinals = table.filter(pa.array(keep)), lines[keep], ordinals[keep]
     label_values = {n: v[keep] for n, v in label_values.items()}
     numbers = {n: v[keep] for n, v in numbers.items()}
   none = np.zeros(0)
-  return _Valid(table, file, source, lines, label_values, numbers, bad,
-                row_draws(spec.seed, file, lines, 0) if draws else none,
-                row_draws(spec.seed, file, lines, 1) if draws else none)
+  return _Valid(table, file_start, source, lines, ordinals, label_values, numbers, bad,
+                row_draws(spec.seed, ordinals, 0) if draws else none,
+                row_draws(spec.seed, ordinals, 1) if draws else none)
 
 
 def _as_table(item) -> Tuple[pa.Table, np.ndarray, str]:
@@ -830,7 +869,7 @@ class _Placed:
 def _place(valid: _Valid, spec: _Spec, placer, bad_rows: BadRows, done: "_Written") -> _Placed:
   """Reports the block's bad rows and gives each usable row its split and shard (in order)."""
   _report(valid, bad_rows)
-  splits = np.asarray(placer.assign(SplitRows(valid.table, valid.file, valid.lines,
+  splits = np.asarray(placer.assign(SplitRows(valid.table, valid.file_start, valid.ordinals,
                                               valid.draws)), dtype=np.int64)
   per_split = np.asarray(spec.shards, dtype=np.int64)
   first = np.concatenate([[0], np.cumsum(per_split)[:-1]])
@@ -925,8 +964,8 @@ class _Written:
   of a shard start with the `head` rows that complete the record the earlier
   blocks left open (`take_rows`, in block order, before the block is encoded),
   then full records (encoded in parallel), then the tail that the next block
-  completes; so the records are those a single writer of the rows in (file,
-  line) order would write, however the input is cut.
+  completes; so the records are those a single writer of the rows in ordinal
+  order would write, however the input is cut.
   """
 
   def __init__(self, spec: _Spec, writers: List["_RecordWriter"]):

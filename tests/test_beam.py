@@ -159,3 +159,24 @@ def test_beam_options_without_a_runner_are_refused(tmp_path):
     tiktok.prepare(str(tmp_path / "raw.txt"), str(tmp_path / "out"))
   local = cli.loaders()["tiktok"]
   assert beam_flags.loader("tiktok", local, runner="", beam_options="") is local
+
+
+def test_gzipped_parts_on_beam_prepare_to_the_data_set_of_the_file_they_were_cut_from(
+    tmp_path):
+  write_raw(tmp_path / "raw.txt", rows=700, seed=3, extra_lines=[(50, "1\t2\t3")])
+  lines = (tmp_path / "raw.txt").read_text().splitlines()
+  parts = tmp_path / "parts"
+  parts.mkdir()
+  for part, (a, b) in enumerate([(0, 10), (10, 11), (11, 400), (400, len(lines))]):
+    text = "".join(line + "\n" for line in lines[a:b])
+    (parts / f"part-{part:05d}.gz").write_bytes(gzip.compress(text.encode("utf-8")))
+  local = prepare_tiktok(str(tmp_path / "raw.txt"), str(tmp_path / "local"), min_count=2,
+                         bad_rows=BadRows())
+  stats = on_beam("tiktok", parts, tmp_path / "beam", beam_options=MULTI_PROCESSING,
+                  min_count=2, bad_rows=BadRows())
+  assert stats == local
+  expected = data_set(tmp_path / "local")
+  found = data_set(tmp_path / "beam")
+  # bad_rows.json names each input's own file and line; everything else is byte for byte.
+  assert found.pop("bad_rows.json")["total"] == expected.pop("bad_rows.json")["total"] == 1
+  assert found == expected

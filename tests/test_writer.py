@@ -182,14 +182,14 @@ def test_a_task_named_shared_stops_before_anything_is_written(tmp_path):
 
 
 def test_exact_split_is_seeded_and_uniform_and_ignores_the_blocks(monkeypatch):
-  monkeypatch.setattr(writer, "GROUP_LINES", 1000)
+  monkeypatch.setattr(writer, "GROUP_ROWS", 1000)
   split = ExactSplit()
-  lines = np.arange(1, 10_001)
+  ordinals = np.arange(1, 10_001)
 
   def draw(seed, cuts):
-    plan = split.plan({(0, g): n for g, n in enumerate([999] + [1000] * 9 + [1])}, seed)
+    plan = split.plan({(g, 0): n for g, n in enumerate([999] + [1000] * 9 + [1])}, seed)
     return np.concatenate([
-        plan.assign(SplitRows(pa.table({"x": pa.array([""] * (b - a))}), 0, lines[a:b],
+        plan.assign(SplitRows(pa.table({"x": pa.array([""] * (b - a))}), 0, ordinals[a:b],
                               np.zeros(b - a))) for a, b in zip(cuts[:-1], cuts[1:])])
 
   a, b = draw(1, [0, 3000, 10_000]), draw(1, [0, 1, 2500, 2501, 9999, 10_000])
@@ -395,7 +395,7 @@ def rows_by_split(out):
 
 @pytest.mark.parametrize("split", ["random", "exact", "date"])
 def test_the_data_set_is_the_same_for_any_block_size_and_processes(tmp_path, monkeypatch, split):
-  monkeypatch.setattr(writer, "GROUP_LINES", 128)  # ExactSplit's groups: several per file
+  monkeypatch.setattr(writer, "GROUP_ROWS", 128)  # ExactSplit's groups: several per file
   raw = tmp_path / "raw"
   raw.mkdir()
   for part in range(2):
@@ -455,3 +455,78 @@ def test_a_frames_labels_may_be_booleans_ints_floats_or_text(tmp_path):
   stats = run(tmp_path, [Chunk(f, "x")], split=_all_train())
   assert stats["train"]["rows"] == 60
   assert stats["train"]["positive_rate"] == {"finish": 0.5, "like": 0.6}
+
+
+def cut_into_parts(lines, header, directory, cuts):
+  """`lines` (a file's data lines) cut at `cuts` into gzip'd part files, each with `header`."""
+  import gzip
+  directory.mkdir()
+  bounds = [0, *cuts, len(lines)]
+  for part, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+    text = "".join(line + "\n" for line in ([header] if header else []) + lines[a:b])
+    (directory / f"part-{part:05d}.gz").write_bytes(gzip.compress(text.encode("utf-8")))
+
+
+def as_parquet(path, directory, *, sep, columns, cuts):
+  """The delimited file `path` as a directory of Parquet files, its rows cut at `cuts`."""
+  import pyarrow.csv as csv
+  import pyarrow.parquet as pq
+  table = csv.read_csv(
+      path, read_options=csv.ReadOptions(column_names=columns),
+      parse_options=csv.ParseOptions(delimiter=sep),
+      convert_options=csv.ConvertOptions(column_types={c: pa.string() for c in columns or []}
+                                         if columns else None,
+                                         strings_can_be_null=False))
+  if columns is None:
+    table = table.cast(pa.schema([(name, pa.string()) for name in table.column_names]))
+  directory.mkdir()
+  bounds = [0, *cuts, table.num_rows]
+  for part, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+    pq.write_table(table.slice(a, b - a), directory / f"part-{part:05d}.parquet")
+
+
+def prepared_files(out):
+  """A data set's shards, stats.json, schema.json and vocab/ (not bad_rows.json: its files and
+  lines are those of each input)."""
+  return {name: data for name, data in data_set(out).items() if name != "bad_rows.json"}
+
+
+def test_gzipped_parts_and_parquet_prepare_to_the_data_set_of_the_file_they_were_cut_from(
+    tmp_path, monkeypatch):
+  from data_prep.tiktok import COLUMNS, prepare_tiktok
+  from test_tiktok import write_raw
+  monkeypatch.setattr(writer, "GROUP_ROWS", 128)  # ExactSplit's groups straddle the parts
+  # TikTok's layout (no header, tabs) with its exact split; a bad label stays a row of each.
+  write_raw(tmp_path / "tiktok.txt", rows=900, seed=4,
+            extra_lines=[(300, "\t".join(["1"] * 6 + ["2", "0"] + ["1"] * 4))])
+  lines = (tmp_path / "tiktok.txt").read_text().splitlines()
+  cut_into_parts(lines, None, tmp_path / "tiktok-parts", [100, 101, 450, 700])
+  as_parquet(tmp_path / "tiktok.txt", tmp_path / "tiktok-parquet", sep="\t", columns=COLUMNS,
+             cuts=[129, 600])
+  outputs = {}
+  for name, processes in [("tiktok.txt", 1), ("tiktok-parts", 2), ("tiktok-parquet", 2)]:
+    out = tmp_path / f"out-{name}"
+    stats = prepare_tiktok(str(tmp_path / name), str(out), min_count=2, processes=processes,
+                           block_bytes=2000, bad_rows=BadRows())
+    outputs[name] = prepared_files(out)
+  assert {s: v["rows"] for s, v in stats.items()} == {"train": 729, "valid": 81, "test": 90}
+  assert outputs["tiktok-parts"] == outputs["tiktok.txt"]
+  assert outputs["tiktok-parquet"] == outputs["tiktok.txt"]
+
+  # A logs file (a header, commas) with a random split.
+  from test_logs import write_logs
+  write_logs(tmp_path / "logs.csv", 800, seed=5, extra=[(40, "u1,i1,a,20240101,1,7,x")])
+  header, *lines = (tmp_path / "logs.csv").read_text().splitlines()
+  cut_into_parts(lines, header, tmp_path / "logs-parts", [1, 399, 500])
+  as_parquet(tmp_path / "logs.csv", tmp_path / "logs-parquet", sep=",", columns=None,
+             cuts=[250, 251])
+  outputs = {}
+  for name in ("logs.csv", "logs-parts", "logs-parquet"):
+    out = tmp_path / f"out-{name}"
+    prepare_logs(str(tmp_path / name), str(out), features=["user_id", "item_id", "tags"],
+                 tasks=["click", "like"], group_column="user_id", multivalent={"tags": "|"},
+                 min_count=1, bad_rows=BadRows(), block_bytes=1500, processes=2)
+    outputs[name] = prepared_files(out)
+  assert sum(name.endswith(".tfrecord") for name in outputs["logs.csv"]) == 12
+  assert outputs["logs-parts"] == outputs["logs.csv"]
+  assert outputs["logs-parquet"] == outputs["logs.csv"]
