@@ -45,9 +45,10 @@ files (docs/beam.md).
 
 from __future__ import annotations
 
-# The writer's per-block steps (validate, place, count, finish) are private functions of
-# data_prep.writer, and this driver is their second caller: public seams for them would
-# replace these uses and the few lines below that repeat `writer.prepare`'s.
+# The per-block steps and the finish are data_prep.writer's public functions (validate_block,
+# place_block, split_totals, record_columns, count_train, ValueCounts, finish); what is still
+# private here is the atomic output's plumbing (a temporary sibling, a failed write as one
+# error, the column checks), shared with `writer.prepare` as it is.
 # pylint: disable=protected-access
 
 import dataclasses
@@ -61,12 +62,11 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from data_prep import readers, writer
 from data_prep.records import encode_records
-from stem_tfrs.files import remove_abandoned, write_json
-from stem_tfrs.schema import SHARD_BYTES, SPLITS, STATS_FILE, NumericFeature, Schema
+from stem_tfrs.files import remove_abandoned
+from stem_tfrs.schema import SPLITS
 
 #: Loaders whose rows `read_blocks` reads as they are; the others join feature tables in pandas.
 LOADERS = ("tiktok", "qkvideo", "logs")
@@ -98,18 +98,17 @@ class Layout:
       default_factory=lambda: {"train": 8, "valid": 2, "test": 2})
   block_bytes: int = readers.BLOCK_BYTES
 
+  def writer_spec(self) -> writer.BlockSpec:
+    """The writer's per-block spec (made in each worker: it holds a lock)."""
+    return writer.BlockSpec.of(features=self.features, labels=self.labels, numeric=self.numeric,
+                               log1p=self.log1p, multivalent=self.multivalent, seed=self.seed,
+                               rows_per_record=self.rows_per_record, num_shards=self.num_shards,
+                               split=self.split)
+
   @property
   def shard_names(self) -> List[str]:
     """Every shard's file name, split after split (a shard's global index is its position)."""
-    return [f"{s}-{i:05d}-of-{self.num_shards[s]:05d}.tfrecord"
-            for s in SPLITS for i in range(self.num_shards[s])]
-
-  def writer_spec(self) -> "writer._Spec":
-    """The writer's per-block spec (made in each worker: it holds a lock)."""
-    return writer._Spec(self.features, self.labels, self.numeric, set(self.log1p),
-                        self.multivalent, self.seed, self.rows_per_record,
-                        [self.num_shards[s] for s in SPLITS],
-                        getattr(self.split, "unplaceable", None), writer._Timings(None))
+    return [n for names in writer.shard_names(self.writer_spec()).values() for n in names]
 
 
 def loader_layout(name: str, raw: str, *, tasks: Optional[Sequence[str]] = None,
@@ -365,7 +364,7 @@ class _CountGroups(_FileDoFn):
     counts: Dict[Tuple[int, int], int] = {}
     try:
       for block in self._blocks(path, _FileBadRows()):
-        valid = writer._valid_rows(block, file_start, ordinal, self._spec, draws=False)
+        valid = writer.validate_block(block, file_start, ordinal, self._spec, draws=False)
         ordinal += block.table.num_rows
         for key, rows in writer.group_counts(valid.ordinals, file_start).items():
           counts[key] = counts.get(key, 0) + rows
@@ -391,31 +390,28 @@ class _PlaceBlocks(_FileDoFn):
     bad = _FileBadRows()
     placer = (layout.split.plan(dict(group_rows), layout.seed) if group_rows is not None
               else layout.split)
-    per_split = np.asarray(spec.shards, dtype=np.int64)
-    first_shard = np.concatenate([[0], np.cumsum(per_split)[:-1]])
     totals = np.zeros((len(SPLITS), 1 + len(spec.labels)), dtype=np.int64)
     try:
       for block in self._blocks(path, bad):
-        valid = writer._valid_rows(block, file_start, ordinal, spec)
+        valid = writer.validate_block(block, file_start, ordinal, spec)
         ordinal += block.table.num_rows
-        writer._report(valid, bad)
+        writer.report_bad_rows(valid, bad)
         if not valid.table.num_rows:
           continue
-        splits = np.asarray(placer.assign(writer.SplitRows(valid.table, file_start,
-                                                           valid.ordinals, valid.draws)),
-                            dtype=np.int64)
-        shards = first_shard[splits] + np.minimum(
-            (valid.shard_draws * per_split[splits]).astype(np.int64), per_split[splits] - 1)
-        totals[:, 0] += np.bincount(splits, minlength=len(SPLITS))
-        for t, name in enumerate(spec.labels):
-          totals[:, 1 + t] += np.bincount(splits, weights=valid.labels[name],
-                                          minlength=len(SPLITS)).astype(np.int64)
-        yield from self._counts(valid, splits == 0)
-        rows = pa.table({**{name: _strings(valid.table[name]) for name in spec.features},
-                         **{name: pa.array(valid.numbers[name], pa.float64())
-                            for name in spec.numeric},
-                         **{name: pa.array(valid.labels[name], pa.int64())
-                            for name in spec.labels},
+        splits, shards = writer.place_block(valid, spec, placer)
+        rows, positives = writer.split_totals(splits, valid.labels, spec)
+        totals[:, 0] += rows
+        totals[:, 1:] += positives
+        columns = writer.record_columns(valid.table, valid.numbers, valid.labels, spec)
+        value_counts, moments = writer.count_train(columns, splits == 0, spec)
+        for name, counts in value_counts.items():
+          yield beam.pvalue.TaggedOutput("counts", (name, counts))
+        for name, found in moments.items():
+          yield beam.pvalue.TaggedOutput("moments", (name, found))
+        rows = pa.table({**{name: columns[name] if name not in spec.multivalent
+                            else valid.table[name] for name in spec.features},
+                         **{name: pa.array(columns[name]) for name in spec.numeric},
+                         **{name: pa.array(columns[name]) for name in spec.labels},
                          _ORDINAL: pa.array(valid.ordinals, pa.int64())})
         order = np.argsort(shards, kind="stable")
         cuts = np.flatnonzero(np.diff(shards[order])) + 1
@@ -426,28 +422,6 @@ class _PlaceBlocks(_FileDoFn):
     yield beam.pvalue.TaggedOutput("totals", totals)
     if bad.total:
       yield beam.pvalue.TaggedOutput("bad", (position, dict(bad.counts), bad.earliest))
-
-  def _counts(self, valid, train: np.ndarray):
-    """The train rows' value counts and numeric moments, as `writer._encode` counts them."""
-    spec, keep = self._spec, pa.array(train)
-    for name in spec.features:
-      values = writer._array(valid.table[name])
-      if name in spec.multivalent:
-        values = pc.list_flatten(writer._split_lists(values, spec.multivalent[name]).filter(keep))
-      else:
-        values = values.filter(keep)
-      counts = pc.value_counts(values)
-      yield beam.pvalue.TaggedOutput("counts", (name, pa.table(
-          {"values": counts.field("values").cast(pa.string()), "counts": counts.field("counts")})))
-    for name in spec.numeric:
-      values = valid.numbers[name][train]
-      yield beam.pvalue.TaggedOutput("moments", (name, writer._ExactMoments.of(
-          writer._signed_log(values) if name in spec.log1p else values)))
-
-
-def _strings(column) -> pa.Array:
-  values = writer._array(column)
-  return values if values.type == pa.string() else pc.cast(values, pa.string())
 
 
 class _WriteShard(beam.DoFn):
@@ -462,15 +436,9 @@ class _WriteShard(beam.DoFn):
     shard, tables = element
     layout = self._layout
     rows = pa.concat_tables(list(tables)).sort_by(_ORDINAL)
-    columns: Dict[str, object] = {}
-    for name in layout.features:
-      values = writer._array(rows[name])
-      columns[name] = (writer._split_lists(values, layout.multivalent[name])
-                       if name in layout.multivalent else values)
-    for name in layout.numeric:
-      columns[name] = rows[name].to_numpy()
-    for name in layout.labels:
-      columns[name] = rows[name].to_numpy()
+    columns = writer.record_columns(rows, {n: rows[n].to_numpy() for n in layout.numeric},
+                                    {n: rows[n].to_numpy() for n in layout.labels},
+                                    layout.writer_spec())
     name = layout.shard_names[shard]
     try:
       records = encode_records(columns, layout.rows_per_record)
@@ -486,41 +454,37 @@ class _WriteShard(beam.DoFn):
 
 
 class _SumCounts(beam.CombineFn):
-  """Value counts (tables of values and counts) summed by a pyarrow group-by."""
+  """Value counts summed (`writer.ValueCounts.merge`)."""
 
   def create_accumulator(self):
-    return []
+    return writer.ValueCounts()
 
-  def add_input(self, accumulator, table):
-    accumulator.append(table)
-    return self._merged(accumulator) if len(accumulator) > 64 else accumulator
+  def add_input(self, accumulator, counts):
+    accumulator.merge(counts)
+    return accumulator
 
   def merge_accumulators(self, accumulators):
-    return self._merged([t for accumulator in accumulators for t in accumulator])
+    accumulators = list(accumulators)
+    for other in accumulators[1:]:
+      accumulators[0].merge(other)
+    return accumulators[0]
 
   def extract_output(self, accumulator):
-    return self._merged(accumulator)[0]
-
-  @staticmethod
-  def _merged(tables: List[pa.Table]) -> List[pa.Table]:
-    if not tables:
-      return [pa.table({"values": pa.array([], pa.string()), "counts": pa.array([], pa.int64())})]
-    table = pa.concat_tables(tables)
-    return [table.group_by("values").aggregate([("counts", "sum")]).rename_columns(
-        ["values", "counts"])]
+    return accumulator
 
 
-def _at_least(item: Tuple[str, pa.Table], min_count: int) -> Tuple[str, pa.Table]:
+def _at_least(item: Tuple[str, writer.ValueCounts], min_count: int
+              ) -> Tuple[str, writer.ValueCounts]:
   """A feature's counts of the values kept at `min_count` (the driver orders them)."""
-  name, table = item
-  return name, table.filter(pc.greater_equal(table["counts"], min_count))
+  name, counts = item
+  return name, counts.at_least(min_count)
 
 
 class _SumMoments(beam.CombineFn):
-  """Numeric moments merged exactly (`writer._ExactMoments.merge`)."""
+  """Numeric moments merged exactly (`writer.ExactMoments.merge`)."""
 
   def create_accumulator(self):
-    return writer._ExactMoments()
+    return writer.ExactMoments()
 
   def add_input(self, accumulator, moments):
     accumulator.merge(moments)
@@ -616,71 +580,20 @@ def _finish(layout: Layout, tmp: str, out_dir: str, bad_rows: writer.BadRows,
     _, kind, where = min((examples[0], kind, examples[0][2])
                          for kind, (n, examples) in bad.items())
     raise writer.DataError(f"{kind}: {where} (without --strict, bad rows are skipped)")
-  # The bad rows, as the local path's BadRows holds them: kinds in order of their earliest row.
-  for kind, (n, examples) in sorted(bad.items(), key=lambda item: item[1][1][0]):
-    bad_rows.counts[kind] = n
-    bad_rows.examples[kind] = [where for _, _, where in examples]
+  for kind, (n, examples) in bad.items():
+    bad_rows.add_kind(kind, n, [((position, line), where) for position, line, where in examples])
   if errors:  # a file's first (in file order), else a failed write, as `writer.prepare` raises it
     position, message = min(errors, key=lambda error: (error[0] == _WRITE_FAILED, error[0]))
     if position == _WRITE_FAILED:
       raise writer._WriteFailed(message)
     raise writer.DataError(message)
-  bad_rows.freeze()
   totals = _load(tmp, "totals").get("all")
   if totals is None:
     totals = np.zeros((len(SPLITS), 1 + len(layout.labels)), dtype=np.int64)
-  rows, positives = totals[:, 0], totals[:, 1:]
-  total = int(rows.sum())
-  writer._check_total(total, bad_rows)
-  expects_rows = getattr(layout.split, "expects_rows", lambda s: True)
-  empty = [name for s, name in enumerate(SPLITS) if not rows[s] and expects_rows(s)]
-  if empty:
-    raise writer.DataError(f"the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} "
-                           f"would be empty: none of the {total:,} usable rows falls in "
-                           f"{'them' if len(empty) > 1 else 'it'} under {layout.split}")
-  saved = _load(tmp, "counts")
-  counts = {}
-  for name in layout.features:
-    counts[name] = writer._ValueCounts()
-    if name in saved:
-      table = saved[name]
-      counts[name].add(pa.StructArray.from_arrays([table["values"].combine_chunks(),
-                                                   table["counts"].combine_chunks()],
-                                                  names=["values", "counts"]))
-  empty = [name for name in layout.features if not counts[name].kept(layout.min_count)]
-  if empty:
-    raise writer.DataError(f"no value of feature(s) {empty} is seen min_count={layout.min_count} "
-                           "times in the train split: lower --min_count, or drop the feature")
-  saved = _load(tmp, "moments")
-  moments = {name: saved.get(name, writer._ExactMoments()) for name in layout.numeric}
-  flat = [name for name in layout.numeric if not moments[name].varies()]
-  if flat:
-    raise writer.DataError(f"numeric feature(s) {flat} hold no value, or a single one, in the "
-                           "train split: the model could not learn from them; drop them")
+  counted = writer.Counted(totals[:, 0], totals[:, 1:], _load(tmp, "counts"),
+                           _load(tmp, "moments"))
   shutil.rmtree(os.path.join(tmp, _RESULTS))
-  names = layout.shard_names
-  with writer._writing():
-    for name in names:  # a shard no row went to is an empty file, as the local path leaves it
-      if not os.path.exists(os.path.join(tmp, name)):
-        writer._RecordWriter(os.path.join(tmp, name)).close()
-    schema_features = writer._write_vocabularies(tmp, counts, layout.min_count, layout.multivalent)
-  by_split = {s: [n for n in names if n.startswith(f"{s}-")] for s in SPLITS}
-  schema = Schema(features=schema_features, labels=layout.labels, group_column=layout.group_column,
-                  splits=by_split, rows_per_record=layout.rows_per_record, directory=tmp,
-                  numeric_features=[NumericFeature(name, *moments[name].mean_and_std(),
-                                                   log1p=name in layout.log1p)
-                                    for name in layout.numeric])
-  stats = {
-      name: {"rows": int(rows[s]),
-             "positive_rate": {task: float(positives[s, t] / max(rows[s], 1))
-                               for t, task in enumerate(layout.labels)},
-             SHARD_BYTES: {n: os.path.getsize(os.path.join(tmp, n)) for n in by_split[name]}}
-      for s, name in enumerate(SPLITS)}
-  with writer._writing():
-    schema.save(tmp)
-    for name, content in ((STATS_FILE, stats), (writer.BAD_ROWS_FILE, bad_rows.to_json())):
-      write_json(os.path.join(tmp, name), content)
-  writer.check_out(out_dir, overwrite, layout.inputs)  # again: what is there now is replaced
-  with writer._writing():
-    writer._replace_dir(tmp, out_dir)
-  return stats
+  return writer.finish(tmp, out_dir, counted, layout.writer_spec(),
+                       group_column=layout.group_column, min_count=layout.min_count,
+                       split=layout.split, bad_rows=bad_rows, overwrite=overwrite,
+                       inputs=layout.inputs)

@@ -31,7 +31,7 @@ rows are still reported with file and line); a shard's rows are written in
 ordinal order and its
 records are `rows_per_record` consecutive rows of it (a record straddling two
 blocks is completed when the second one is written); counts are exact integer
-sums (numeric moments too: `_ExactMoments`). So the row sets, the shards'
+sums (numeric moments too: `ExactMoments`). So the row sets, the shards'
 bytes, the vocabularies, stats.json and schema.json are the same for any block
 size and any `processes`. Steps 1 and 3 are functions of one block; step 2
 keeps only running counts per line group and per shard: what another runner
@@ -117,8 +117,11 @@ EXAMPLES_PER_KIND = 5
 class BadRows:
   """Counts malformed rows per kind and keeps the earliest few of each, with file and line.
 
-  Earliest: by file (in the order files first report a bad row), then line,
-  whichever column or reader reports a row, and in whatever order.
+  Earliest: by file (in the order the writer meets the files, `register`, or
+they first report a bad row), then line, whichever column or reader reports a
+row, and in whatever order. Kinds are listed (bad_rows.json, `summary`) in
+the order of their earliest row, so the file's bytes do not depend on which
+worker thread reported first.
 
   Bad rows are skipped; in strict mode the first one raises `DataError`
   instead. The writer reads its input once and calls `freeze()` when it is
@@ -142,6 +145,21 @@ class BadRows:
     self.counts[kind] += 1
     self._keep_example(kind, (self._sources.setdefault(source, len(self._sources)), line), where)
 
+  def register(self, source: str) -> None:
+    """Numbers `source` among the files, if new: the writer calls it as each file's first
+    rows arrive, in input order, so that a later file's earlier report does not put it first."""
+    self._sources.setdefault(source, len(self._sources))
+
+  def add_kind(self, kind: str, rows: int, examples: Sequence[Tuple[Tuple[int, int], str]]
+               ) -> None:
+    """Adds `rows` bad rows of `kind` counted elsewhere (another worker, a Beam pipeline),
+    with their earliest `examples` as ((file index, line), "where") pairs."""
+    if self._frozen:
+      return
+    self.counts[kind] += rows
+    for key, where in examples:
+      self._keep_example(kind, tuple(key), where)
+
   def _keep_example(self, kind: str, key: Tuple[int, int], where: str) -> None:
     """Keeps `where` among the `EXAMPLES_PER_KIND` earliest of `kind`, by (file, line) `key`."""
     keys, examples = self._example_lines[kind], self.examples[kind]
@@ -158,13 +176,18 @@ class BadRows:
   def total(self) -> int:
     return sum(self.counts.values())
 
+  def kinds(self) -> List[str]:
+    """The kinds seen, in the order of their earliest row (file, line)."""
+    return sorted(self.counts, key=lambda kind: (self._example_lines[kind][:1], kind))
+
   def to_json(self) -> dict:
     return {"total": self.total,
-            "by_kind": {k: {"rows": n, "first": self.examples[k]} for k, n in self.counts.items()}}
+            "by_kind": {k: {"rows": self.counts[k], "first": self.examples[k]}
+                        for k in self.kinds()}}
 
   def first(self) -> str:
     """The earliest bad row of the most common kind, as "kind: where"."""
-    kind = max(self.counts, key=self.counts.get)
+    kind = max(self.kinds(), key=self.counts.get)  # the earliest of the most common
     return f"{kind}: {self.examples[kind][0]}"
 
   def summary(self) -> str:
@@ -172,7 +195,8 @@ class BadRows:
     if not self.total:
       return "no bad rows"
     return "\n".join([f"skipped {self.total:,} bad row(s):"] + [
-        f"  {kind}: {n:,} (first: {self.examples[kind][0]})" for kind, n in self.counts.items()])
+        f"  {kind}: {self.counts[kind]:,} (first: {self.examples[kind][0]})"
+        for kind in self.kinds()])
 
 
 @dataclasses.dataclass
@@ -462,8 +486,9 @@ def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
 
   started = time.perf_counter()
   timed = _Timings(timings)
-  spec = _Spec(features, labels, numeric, set(log1p), multivalent, seed, rows_per_record,
-               [num_shards[s] for s in SPLITS], getattr(split, "unplaceable", None), timed)
+  spec = BlockSpec.of(features=features, labels=labels, numeric=numeric, log1p=log1p,
+                      multivalent=multivalent, seed=seed, rows_per_record=rows_per_record,
+                      num_shards=num_shards, split=split, timings=timed)
   tmp = None
   try:
     with _writing():
@@ -479,10 +504,9 @@ def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
     else:
       placer = split if hasattr(split, "assign") else _PandasSplit(split, seed)
       spill = None
-      items = _numbered(read_chunks(), timed)
+      items = _numbered(read_chunks(), timed, bad_rows)
       first = timed.wrap("validate", lambda item: _valid_rows(*item, spec))
-    names = {s: [f"{s}-{i:05d}-of-{num_shards[s]:05d}.tfrecord"
-                 for i in range(num_shards[s])] for s in SPLITS}
+    names = shard_names(spec)
     writers = [_RecordWriter(os.path.join(tmp, n)) for s in SPLITS for n in names[s]]
     try:
       done = _Written(spec, writers)
@@ -497,45 +521,9 @@ def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
         os.remove(spill)
     bad_rows.freeze()
     finishing = time.perf_counter()
-    total = int(done.rows.sum())
-    _check_total(total, bad_rows)
-    expects_rows = getattr(split, "expects_rows", lambda s: True)
-    empty = [name for s, name in enumerate(SPLITS) if not done.rows[s] and expects_rows(s)]
-    if empty:
-      raise DataError(f"the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} would "
-                      f"be empty: none of the {total:,} usable rows falls in "
-                      f"{'them' if len(empty) > 1 else 'it'} under {split}")
-    empty = [name for name in features if not done.counts[name].kept(min_count)]
-    if empty:
-      raise DataError(f"no value of feature(s) {empty} is seen min_count={min_count} times in "
-                      "the train split: lower --min_count, or drop the feature")
-    flat = [name for name in numeric if not done.moments[name].varies()]
-    if flat:
-      raise DataError(f"numeric feature(s) {flat} hold no value, or a single one, in the train "
-                      "split: the model could not learn from them; drop them")
-    with _writing():
-      schema_features = _write_vocabularies(tmp, done.counts, min_count, multivalent)
-    schema = Schema(features=schema_features, labels=labels, group_column=group_column,
-                    splits=names, rows_per_record=rows_per_record, directory=tmp,
-                    numeric_features=[NumericFeature(name, *done.moments[name].mean_and_std(),
-                                                     log1p=name in log1p)
-                                      for name in numeric])
-    rows, positives = done.rows, done.positives
-    stats = {
-        name: {"rows": int(rows[s]),
-               "positive_rate": {task: float(positives[s, t] / max(rows[s], 1))
-                                 for t, task in enumerate(labels)},
-               # What a shard cut short by a copy or a full disk no longer holds: checked in
-               # O(1) a shard before training reads it (stem_tfrs.data.validate_shards).
-               SHARD_BYTES: {n: os.path.getsize(os.path.join(tmp, n)) for n in names[name]}}
-        for s, name in enumerate(SPLITS)}
-    with _writing():
-      schema.save(tmp)
-      for name, content in ((STATS_FILE, stats), (BAD_ROWS_FILE, bad_rows.to_json())):
-        write_json(os.path.join(tmp, name), content)
-    check_out(out_dir, overwrite, inputs)  # again: what is there now is what is replaced
-    with _writing():
-      _replace_dir(tmp, out_dir)
+    stats = finish(tmp, out_dir, Counted(done.rows, done.positives, done.counts, done.moments),
+                   spec, group_column=group_column, min_count=min_count, split=split,
+                   bad_rows=bad_rows, overwrite=overwrite, inputs=inputs)
   except BaseException as e:
     if tmp:
       shutil.rmtree(tmp, ignore_errors=True)
@@ -547,6 +535,98 @@ def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
   return stats
 
 
+@dataclasses.dataclass
+class Counted:
+  """What a data set's blocks add up to, summed over them in any order.
+
+  Attributes:
+    rows: int64 [splits]: usable rows per split.
+    positives: int64 [splits, labels]: rows labelled 1 per split and task.
+    counts: Feature -> its train rows' value counts.
+    moments: Numeric feature -> its train rows' moments.
+  """
+  rows: np.ndarray
+  positives: np.ndarray
+  counts: Dict[str, "ValueCounts"]
+  moments: Dict[str, "ExactMoments"]
+
+
+def shard_names(spec: "BlockSpec") -> Dict[str, List[str]]:
+  """Split -> its shards' file names, `<split>-XXXXX-of-YYYYY.tfrecord`; a shard's index
+  over all splits (`place_block`'s) is its position in the splits' lists, concatenated."""
+  return {s: [f"{s}-{i:05d}-of-{n:05d}.tfrecord" for i in range(n)]
+          for s, n in zip(SPLITS, spec.shards)}
+
+
+def finish(tmp: str, out_dir: str, counted: Counted, spec: "BlockSpec", *,
+           group_column: Optional[str], min_count: int, split, bad_rows: BadRows,
+           overwrite: bool, inputs: Sequence[str]) -> dict:
+  """Completes the data set whose shards are written in `tmp` and renames it to `out_dir`.
+
+  The checks a whole data set needs (rows at all, each split that expects rows
+  has some, each feature keeps a value, each numeric feature varies), then
+  vocab/, schema.json, stats.json, bad_rows.json (a shard no row went to is
+  written empty), and the rename into place, replacing `out_dir` only as
+  `check_out` allows it. Both drivers (`prepare`, `data_prep.beam`) end here;
+  the caller removes `tmp` if this raises.
+
+  Returns:
+    The stats written to stats.json.
+
+  Raises:
+    DataError: as `prepare` (one line each).
+    _WriteFailed: a write failed.
+  """
+  bad_rows.freeze()
+  features, labels, numeric = spec.features, spec.labels, spec.numeric
+  rows, positives = counted.rows, counted.positives
+  total = int(rows.sum())
+  _check_total(total, bad_rows)
+  expects_rows = getattr(split, "expects_rows", lambda s: True)
+  empty = [name for s, name in enumerate(SPLITS) if not rows[s] and expects_rows(s)]
+  if empty:
+    raise DataError(f"the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} would "
+                    f"be empty: none of the {total:,} usable rows falls in "
+                    f"{'them' if len(empty) > 1 else 'it'} under {split}")
+  counts = {name: counted.counts.get(name) or ValueCounts() for name in features}
+  empty = [name for name in features if not counts[name].kept(min_count)]
+  if empty:
+    raise DataError(f"no value of feature(s) {empty} is seen min_count={min_count} times in "
+                    "the train split: lower --min_count, or drop the feature")
+  moments = {name: counted.moments.get(name) or ExactMoments() for name in numeric}
+  flat = [name for name in numeric if not moments[name].varies()]
+  if flat:
+    raise DataError(f"numeric feature(s) {flat} hold no value, or a single one, in the train "
+                    "split: the model could not learn from them; drop them")
+  names = shard_names(spec)
+  with _writing():
+    for name in itertools.chain.from_iterable(names.values()):
+      if not os.path.exists(os.path.join(tmp, name)):
+        _RecordWriter(os.path.join(tmp, name)).close()
+    schema_features = _write_vocabularies(tmp, counts, min_count, spec.multivalent)
+  schema = Schema(features=schema_features, labels=labels, group_column=group_column,
+                  splits=names, rows_per_record=spec.rows_per_record, directory=tmp,
+                  numeric_features=[NumericFeature(name, *moments[name].mean_and_std(),
+                                                   log1p=name in spec.log1p)
+                                    for name in numeric])
+  stats = {
+      name: {"rows": int(rows[s]),
+             "positive_rate": {task: float(positives[s, t] / max(rows[s], 1))
+                               for t, task in enumerate(labels)},
+             # What a shard cut short by a copy or a full disk no longer holds: checked in
+             # O(1) a shard before training reads it (stem_tfrs.data.validate_shards).
+             SHARD_BYTES: {n: os.path.getsize(os.path.join(tmp, n)) for n in names[name]}}
+      for s, name in enumerate(SPLITS)}
+  with _writing():
+    schema.save(tmp)
+    for name, content in ((STATS_FILE, stats), (BAD_ROWS_FILE, bad_rows.to_json())):
+      write_json(os.path.join(tmp, name), content)
+  check_out(out_dir, overwrite, inputs)  # again: what is there now is what is replaced
+  with _writing():
+    _replace_dir(tmp, out_dir)
+  return stats
+
+
 def _check_total(total: int, bad_rows: BadRows) -> None:
   if total == 0:
     raise DataError("the raw input holds no usable rows" +
@@ -555,8 +635,10 @@ def _check_total(total: int, bad_rows: BadRows) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Spec:
-  """What `prepare` makes of each block."""
+class BlockSpec:
+  """What each block's rows become: the columns kept, the split's own check, the seed, the
+  shards. Made by `BlockSpec.of`; each driver's per-block steps (`validate_block`,
+  `place_block`, `record_columns`, `count_train`) take it."""
   features: List[str]
   labels: List[str]
   numeric: List[str]
@@ -572,10 +654,25 @@ class _Spec:
   def columns(self) -> List[str]:
     return self.features + self.numeric + self.labels
 
+  @classmethod
+  def of(cls, *, features: Sequence[str], labels: Sequence[str], numeric: Sequence[str] = (),
+         log1p: Sequence[str] = (), multivalent: Optional[Dict[str, str]] = None,
+         seed: int = 42, rows_per_record: int = ROWS_PER_RECORD,
+         num_shards: Optional[Dict[str, int]] = None, split=None,
+         timings: Optional["_Timings"] = None) -> "BlockSpec":
+    """The spec of `prepare`'s arguments of the same names (`num_shards` completed with
+    its defaults); `timings`: where the steps' seconds go (nowhere by default)."""
+    num_shards = {"train": 8, "valid": 2, "test": 2, **(num_shards or {})}
+    return cls(list(features), list(labels), list(numeric), set(log1p), dict(multivalent or {}),
+               seed, rows_per_record, [num_shards[s] for s in SPLITS],
+               getattr(split, "unplaceable", None),
+               timings if timings is not None else _Timings(None))
 
-def _numbered(items: Iterable, timed: "_Timings") -> Iterator[tuple]:
+
+def _numbered(items: Iterable, timed: "_Timings", bad_rows: BadRows) -> Iterator[tuple]:
   """(block or chunk, ordinal of its file's first row, ordinal of its first row): rows are
-  numbered in the order they come, a file's from where it starts."""
+  numbered in the order they come, a file's from where it starts (and registered with
+  `bad_rows` in that order)."""
   source, file_start, ordinal = None, 0, 0
   items = iter(items)
   with contextlib.closing(items) if hasattr(items, "close") else contextlib.nullcontext():
@@ -586,6 +683,7 @@ def _numbered(items: Iterable, timed: "_Timings") -> Iterator[tuple]:
         return
       if item.source != source:
         source, file_start = item.source, ordinal
+        bad_rows.register(source)
       yield item, file_start, ordinal
       ordinal += _rows(item)
 
@@ -665,7 +763,7 @@ def _run(items: Iterable, first: Callable, middle: Callable, second: Optional[Ca
 
 
 @dataclasses.dataclass
-class _Valid:
+class ValidRows:
   """A block's usable rows, validated."""
   table: pa.Table
   file_start: int  # the ordinal of its file's first row
@@ -679,7 +777,7 @@ class _Valid:
   shard_draws: np.ndarray
 
 
-def _count_rows(read_chunks, spec: _Spec, bad_rows: BadRows, workers: int,
+def _count_rows(read_chunks, spec: BlockSpec, bad_rows: BadRows, workers: int,
                 spill: str) -> Dict[Tuple[int, int], int]:
   """The first pass of a split that needs the row count: validates the rows, counts the usable
   ones per (ordinal group, file start), and keeps them in the Arrow stream file `spill`, which the
@@ -687,7 +785,7 @@ def _count_rows(read_chunks, spec: _Spec, bad_rows: BadRows, workers: int,
   group_rows: Dict[Tuple[int, int], int] = collections.Counter()
   writer = schema = None
 
-  def count(valid: _Valid) -> None:
+  def count(valid: ValidRows) -> None:
     nonlocal writer, schema
     _report(valid, bad_rows)
     if not len(valid.ordinals):
@@ -708,7 +806,7 @@ def _count_rows(read_chunks, spec: _Spec, bad_rows: BadRows, workers: int,
       writer.write_batch(batch.cast(schema) if batch.schema != schema else batch)
 
   try:
-    _run(_numbered(read_chunks(), spec.timed),
+    _run(_numbered(read_chunks(), spec.timed, bad_rows),
          spec.timed.wrap("validate", lambda item: _valid_rows(*item, spec, draws=False)),
          spec.timed.wrap("place", count), None, None, workers)
   finally:
@@ -741,23 +839,38 @@ def _spilled(spill: str, timed: "_Timings") -> Iterator[pa.RecordBatch]:
       yield batch
 
 
-def _unspilled(batch: pa.RecordBatch, spec: _Spec) -> _Valid:
+def _unspilled(batch: pa.RecordBatch, spec: BlockSpec) -> ValidRows:
   """A kept batch as the validated rows it was."""
   ordinals = batch.column("ordinal").to_numpy()
   file_start = int(batch.column("file_start")[0].as_py())
   table = pa.Table.from_batches([batch.select(spec.features)])
-  return _Valid(table, file_start, "", np.zeros(0, np.int64), ordinals,
+  return ValidRows(table, file_start, "", np.zeros(0, np.int64), ordinals,
                 {name: batch.column(name).to_numpy() for name in spec.labels},
                 {name: batch.column(name).to_numpy() for name in spec.numeric}, [],
                 row_draws(spec.seed, ordinals, 0), row_draws(spec.seed, ordinals, 1))
 
 
-def _report(valid: _Valid, bad_rows: BadRows) -> None:
+def _report(valid: ValidRows, bad_rows: BadRows) -> None:
   for line, kind, detail in valid.bad:
     bad_rows.add(kind, valid.source, line, detail)
 
 
-def _valid_rows(item, file_start: int, start: int, spec: _Spec, draws: bool = True) -> _Valid:
+def validate_block(item, file_start: int, start: int, spec: BlockSpec,
+                   draws: bool = True) -> ValidRows:
+  """A `Block`'s (or `Chunk`'s) usable rows (see `_valid_rows`), numbered from `start`, the
+  ordinal of its first row; `file_start` is that of its file's first row. Bad rows are in
+  `.bad`, to report (`report_bad_rows`) in block order. `draws`: whether to hash the rows'
+  split and shard draws (not needed to count rows)."""
+  return _valid_rows(item, file_start, start, spec, draws)
+
+
+def report_bad_rows(valid: ValidRows, bad_rows: BadRows) -> None:
+  """Reports the block's bad rows to `bad_rows`, in line order."""
+  _report(valid, bad_rows)
+
+
+def _valid_rows(item, file_start: int, start: int, spec: BlockSpec,
+                draws: bool = True) -> ValidRows:
   """A block's (or chunk's) usable rows: labels as int64 0/1, numeric columns as float64
   (NaN where missing or not finite); the others' line, kind and detail. `start` is the
   ordinal of its first row, `file_start` that of its file's first row.
@@ -787,7 +900,7 @@ def _valid_rows(item, file_start: int, start: int, spec: _Spec, draws: bool = Tr
     label_values = {n: v[keep] for n, v in label_values.items()}
     numbers = {n: v[keep] for n, v in numbers.items()}
   none = np.zeros(0)
-  return _Valid(table, file_start, source, lines, ordinals, label_values, numbers, bad,
+  return ValidRows(table, file_start, source, lines, ordinals, label_values, numbers, bad,
                 row_draws(spec.seed, ordinals, 0) if draws else none,
                 row_draws(spec.seed, ordinals, 1) if draws else none)
 
@@ -860,23 +973,42 @@ def _read_numeric(column: pa.Array, name: str,
 @dataclasses.dataclass
 class _Placed:
   """A block's rows with their split and shard (an index over all splits' shards)."""
-  valid: _Valid
+  valid: ValidRows
   splits: np.ndarray
   shards: np.ndarray
   head: np.ndarray  # per shard: rows that complete the record left open by earlier blocks
 
 
-def _place(valid: _Valid, spec: _Spec, placer, bad_rows: BadRows, done: "_Written") -> _Placed:
+def _place(valid: ValidRows, spec: BlockSpec, placer, bad_rows: BadRows, done: "_Written") -> _Placed:
   """Reports the block's bad rows and gives each usable row its split and shard (in order)."""
   _report(valid, bad_rows)
+  splits, shards = place_block(valid, spec, placer)
+  head = done.take_rows(shards, splits, valid.labels)
+  return _Placed(valid, splits, shards, head)
+
+
+def place_block(valid: ValidRows, spec: BlockSpec, placer) -> Tuple[np.ndarray, np.ndarray]:
+  """(split, shard) per usable row: the split from `placer.assign` (blocks in ordinal order,
+  see `prepare`'s `split`), the shard within it from the row's shard draw, as an index over
+  all splits' shards (`shard_names`' order)."""
   splits = np.asarray(placer.assign(SplitRows(valid.table, valid.file_start, valid.ordinals,
                                               valid.draws)), dtype=np.int64)
   per_split = np.asarray(spec.shards, dtype=np.int64)
   first = np.concatenate([[0], np.cumsum(per_split)[:-1]])
   shards = first[splits] + np.minimum((valid.shard_draws * per_split[splits]).astype(np.int64),
                                       per_split[splits] - 1)
-  head = done.take_rows(shards, splits, valid.labels)
-  return _Placed(valid, splits, shards, head)
+  return splits, shards
+
+
+def split_totals(splits: np.ndarray, labels: Dict[str, np.ndarray],
+                 spec: BlockSpec) -> Tuple[np.ndarray, np.ndarray]:
+  """(rows per split, positives per split and task) of a block's placed rows."""
+  rows = np.bincount(splits, minlength=len(SPLITS)).astype(np.int64)
+  positives = np.zeros((len(SPLITS), len(spec.labels)), dtype=np.int64)
+  for t, name in enumerate(spec.labels):
+    positives[:, t] = np.bincount(splits, weights=labels[name],
+                                  minlength=len(SPLITS)).astype(np.int64)
+  return rows, positives
 
 
 @dataclasses.dataclass
@@ -886,35 +1018,16 @@ class _Encoded:
   record_counts: np.ndarray  # per shard
   heads: Dict[int, Dict[str, object]]  # shard -> columns of the rows before its records
   tails: Dict[int, Dict[str, object]]  # shard -> columns of the rows after them
-  value_counts: Dict[str, pa.StructArray]  # feature -> value counts on the train rows
-  moments: Dict[str, "_ExactMoments"]
+  value_counts: Dict[str, "ValueCounts"]  # feature -> value counts on the train rows
+  moments: Dict[str, "ExactMoments"]
 
 
-def _encode(placed: _Placed, spec: _Spec) -> _Encoded:
+def _encode(placed: _Placed, spec: BlockSpec) -> _Encoded:
   """Counts the train rows' values and encodes the block's records (see `_Written`)."""
   valid, rpr = placed.valid, spec.rows_per_record
   counting = time.perf_counter()
-  columns: Dict[str, object] = {}
-  for name in spec.features:
-    values = _array(valid.table[name])
-    columns[name] = (_split_lists(values, spec.multivalent[name])
-                     if name in spec.multivalent else values)
-  columns.update(valid.numbers)
-  columns.update(valid.labels)
-
-  train = placed.splits == 0
-  in_train = pa.array(train)
-  value_counts = {}
-  for name in spec.features:
-    values = columns[name].filter(in_train)
-    if name in spec.multivalent:
-      values = pc.list_flatten(values)
-    value_counts[name] = pc.value_counts(values)
-  moments = {}
-  for name in spec.numeric:
-    values = valid.numbers[name][train]
-    moments[name] = _ExactMoments.of(_signed_log(values) if name in spec.log1p else values)
-
+  columns = record_columns(valid.table, valid.numbers, valid.labels, spec)
+  value_counts, moments = count_train(columns, placed.splits == 0, spec)
   spec.timed.add("count", time.perf_counter() - counting)
   encoding = time.perf_counter()
   order = np.argsort(placed.shards, kind="stable")
@@ -935,6 +1048,44 @@ def _encode(placed: _Placed, spec: _Spec) -> _Encoded:
   records = (encode_records(_take(columns, np.concatenate(middle)), rpr) if middle else [])
   spec.timed.add("encode", time.perf_counter() - encoding)
   return _Encoded(records, record_counts, heads, tails, value_counts, moments)
+
+
+def record_columns(table: pa.Table, numbers: Dict[str, np.ndarray],
+                   labels: Dict[str, np.ndarray], spec: BlockSpec) -> Dict[str, object]:
+  """Rows as the columns `encode_records` takes: `table`'s features as strings (lists of
+  strings if multivalent), then `numbers` (float64), then `labels` (int64), in
+  `spec.columns` order."""
+  columns: Dict[str, object] = {}
+  for name in spec.features:
+    values = _array(table[name])
+    if values.type != pa.string():
+      values = pc.cast(values, pa.string())
+    columns[name] = (_split_lists(values, spec.multivalent[name])
+                     if name in spec.multivalent else values)
+  for name in spec.numeric:
+    columns[name] = np.asarray(numbers[name], dtype=np.float64)
+  for name in spec.labels:
+    columns[name] = np.asarray(labels[name], dtype=np.int64)
+  return columns
+
+
+def count_train(columns: Dict[str, object], train: np.ndarray, spec: BlockSpec
+                ) -> Tuple[Dict[str, "ValueCounts"], Dict[str, "ExactMoments"]]:
+  """The value counts of each feature and the moments of each numeric feature (their signed
+  log for `log1p` ones) over the rows where `train` is True; `columns` as `record_columns`
+  gives them. Vocabularies are counted on the train split only."""
+  in_train = pa.array(np.asarray(train, dtype=bool))
+  value_counts = {}
+  for name in spec.features:
+    values = columns[name].filter(in_train)
+    if name in spec.multivalent:
+      values = pc.list_flatten(values)
+    value_counts[name] = ValueCounts.of(pc.value_counts(values))
+  moments = {}
+  for name in spec.numeric:
+    values = columns[name][train]
+    moments[name] = ExactMoments.of(_signed_log(values) if name in spec.log1p else values)
+  return value_counts, moments
 
 
 def _take(columns: Dict[str, object], rows: np.ndarray) -> Dict[str, object]:
@@ -968,23 +1119,22 @@ class _Written:
   order would write, however the input is cut.
   """
 
-  def __init__(self, spec: _Spec, writers: List["_RecordWriter"]):
+  def __init__(self, spec: BlockSpec, writers: List["_RecordWriter"]):
     self.spec, self.writers = spec, writers
     self.open_rows = np.zeros(len(writers), dtype=np.int64)  # rows of the open record, by take_rows
     self.pending: List[List[Dict[str, object]]] = [[] for _ in writers]
     self.rows = np.zeros(len(SPLITS), dtype=np.int64)
     self.positives = np.zeros((len(SPLITS), len(spec.labels)), dtype=np.int64)
-    self.counts = {name: _ValueCounts() for name in spec.features}
-    self.moments = {name: _ExactMoments() for name in spec.numeric}
+    self.counts = {name: ValueCounts() for name in spec.features}
+    self.moments = {name: ExactMoments() for name in spec.numeric}
 
   def take_rows(self, shards: np.ndarray, splits: np.ndarray,
                 labels: Dict[str, np.ndarray]) -> np.ndarray:
     """Counts a block's rows; returns per shard the rows that complete its open record."""
     rpr = self.spec.rows_per_record
-    self.rows += np.bincount(splits, minlength=len(SPLITS))
-    for t, name in enumerate(self.spec.labels):
-      self.positives[:, t] += np.bincount(splits, weights=labels[name],
-                                          minlength=len(SPLITS)).astype(np.int64)
+    rows, positives = split_totals(splits, labels, self.spec)
+    self.rows += rows
+    self.positives += positives
     head = (rpr - self.open_rows) % rpr
     self.open_rows = (self.open_rows + np.bincount(shards, minlength=len(self.writers))) % rpr
     return head
@@ -1003,7 +1153,7 @@ class _Written:
       if shard in encoded.tails:
         self.pending[shard].append(encoded.tails[shard])
     for name, counts in encoded.value_counts.items():
-      self.counts[name].add(counts)
+      self.counts[name].merge(counts)
     for name, moments in encoded.moments.items():
       self.moments[name].merge(moments)
 
@@ -1025,9 +1175,11 @@ def _length(columns: Dict[str, object]) -> int:
   return len(next(iter(columns.values())))
 
 
-class _ValueCounts:
-  """A feature's value counts, merged block by block: per-block `value_counts` results are
-  kept as they come and summed by a pyarrow group-by when they outgrow the merged table."""
+class ValueCounts:
+  """A feature's value counts, merged block by block (or worker by worker, as a Beam
+  combiner's accumulator): parts are kept as they come and summed by a pyarrow group-by
+  when they outgrow the merged table. Exact integer sums: the result does not depend on
+  the order of the merges."""
 
   def __init__(self):
     self._merged = pa.table({"values": pa.array([], pa.string()),
@@ -1036,15 +1188,44 @@ class _ValueCounts:
     self._part_rows = 0
     self._vocabulary: Tuple[Optional[int], List[str]] = (None, [])  # (min_count, values)
 
+  @classmethod
+  def of(cls, counts: pa.StructArray) -> "ValueCounts":
+    """The counts `pyarrow.compute.value_counts` returns."""
+    made = cls()
+    made.add(counts)
+    return made
+
   def add(self, counts: pa.StructArray) -> None:
+    """Adds a `pyarrow.compute.value_counts` result."""
+    self._add_table(pa.table({"values": counts.field("values").cast(pa.string()),
+                              "counts": counts.field("counts")}))
+
+  def merge(self, other: "ValueCounts") -> None:
+    """Adds `other`'s counts."""
+    self._add_table(other.table())
+
+  def table(self) -> pa.Table:
+    """The counts as a table of "values" (string) and "counts" (int64), one row a value."""
+    self._merge()
+    return self._merged
+
+  def at_least(self, min_count: int) -> "ValueCounts":
+    """The counts of the values seen at least `min_count` times."""
+    table = self.table()
+    kept = ValueCounts()
+    kept._add_table(table.filter(pc.greater_equal(table["counts"], min_count)))
+    return kept
+
+  def _add_table(self, table: pa.Table) -> None:
     self._vocabulary = (None, [])
-    self._parts.append(pa.table({"values": counts.field("values").cast(pa.string()),
-                                 "counts": counts.field("counts")}))
-    self._part_rows += len(counts)
+    self._parts.append(table)
+    self._part_rows += table.num_rows
     if self._part_rows > max(1 << 20, 2 * self._merged.num_rows):
       self._merge()
 
   def _merge(self) -> None:
+    if not self._parts:
+      return
     table = pa.concat_tables([self._merged, *self._parts])
     self._merged = table.group_by("values").aggregate([("counts", "sum")]).rename_columns(
         ["values", "counts"])
@@ -1067,7 +1248,7 @@ class _ValueCounts:
     return bool(self.vocabulary(min_count))
 
 
-class _ExactMoments:
+class ExactMoments:
   """Count, sum and sum of squares of a numeric column's finite values, summed exactly
   (integers scaled by 2^-1200), and their extremes: the mean and std do not depend on
   how the rows are cut into blocks."""
@@ -1079,7 +1260,7 @@ class _ExactMoments:
     self.count, self.total, self.squares, self.low, self.high = count, total, squares, low, high
 
   @classmethod
-  def of(cls, values: np.ndarray) -> "_ExactMoments":
+  def of(cls, values: np.ndarray) -> "ExactMoments":
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
     if not len(values):
@@ -1102,7 +1283,7 @@ class _ExactMoments:
       total += ((h << 26) + l) << (e - 53 + cls._SCALE)
     return total
 
-  def merge(self, other: "_ExactMoments") -> None:
+  def merge(self, other: "ExactMoments") -> None:
     self.count += other.count
     self.total += other.total
     self.squares += other.squares
@@ -1128,13 +1309,13 @@ def _signed_log(values: np.ndarray) -> np.ndarray:
   return np.sign(values) * np.log1p(np.abs(values))
 
 
-def _write_vocabularies(out_dir: str, counts: Dict[str, "_ValueCounts"],
+def _write_vocabularies(out_dir: str, counts: Dict[str, "ValueCounts"],
                         min_count: int, multivalent: Dict[str, str]) -> List[CategoricalFeature]:
   os.makedirs(os.path.join(out_dir, "vocab"))
   schema_features = []
   for name, counter in counts.items():
     # "" is a missing value: it shares the OOV row (and a vocabulary file
-    # cannot hold an empty line); `_ValueCounts.vocabulary` leaves it out.
+    # cannot hold an empty line); `ValueCounts.vocabulary` leaves it out.
     kept = counter.vocabulary(min_count)
     broken = next((v for v in kept if "\n" in v or "\r" in v), None)
     if broken is not None:

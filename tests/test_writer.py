@@ -530,3 +530,21 @@ def test_gzipped_parts_and_parquet_prepare_to_the_data_set_of_the_file_they_were
   assert sum(name.endswith(".tfrecord") for name in outputs["logs.csv"]) == 12
   assert outputs["logs-parts"] == outputs["logs.csv"]
   assert outputs["logs-parquet"] == outputs["logs.csv"]
+
+
+def test_bad_row_kinds_are_listed_by_their_earliest_row_whatever_the_workers(tmp_path):
+  from test_logs import write_logs
+  # A bad label on line 3, a short line a few blocks later: with two workers the reader meets
+  # the short line before the label's block is placed.
+  write_logs(tmp_path / "logs.csv", 300, seed=6,
+             extra=[(1, "u1,i1,a,20240101,1,7,x"), (12, "u2,i2"), (200, "u3,i3,b,20240101,1,9,x")])
+  written = {}
+  for processes in (1, 2):
+    out = tmp_path / f"out-{processes}"
+    bad = BadRows()
+    prepare_logs(str(tmp_path / "logs.csv"), str(out), features=["user_id", "item_id"],
+                 tasks=["click", "like"], bad_rows=bad, block_bytes=150, processes=processes)
+    written[processes] = (out / "bad_rows.json").read_bytes()
+    assert bad.summary().splitlines()[1].startswith("  label outside {0, 1}: 2 (first: ")
+  assert written[1] == written[2]
+  assert list(json.loads(written[2])["by_kind"]) == ["label outside {0, 1}", "wrong column count"]
