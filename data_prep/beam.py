@@ -51,7 +51,6 @@ from __future__ import annotations
 # error, the column checks), shared with `writer.prepare` as it is.
 # pylint: disable=protected-access
 
-import dataclasses
 import os
 import pickle
 import shlex
@@ -75,53 +74,27 @@ _ORDINAL = "__ordinal"
 _WRITE_FAILED = -1  # the position of an error that is a failed write, not a file's
 
 
-@dataclasses.dataclass(frozen=True)
-class Layout:
-  """What to read and what to make of it: the arguments a loader gives `writer.prepare`,
-  with `read_blocks`' instead of its reading function (a worker reads one file)."""
-  raw: Union[str, List[str]]  # what the loader gives `read_blocks`: a path, or a list of files
-  sep: str
-  columns: Optional[List[str]]
-  required: List[str]
-  features: List[str]
-  labels: List[str]
-  group_column: Optional[str]
-  split: object
-  multivalent: Dict[str, str] = dataclasses.field(default_factory=dict)
-  numeric: List[str] = dataclasses.field(default_factory=list)
-  log1p: List[str] = dataclasses.field(default_factory=list)
-  inputs: List[str] = dataclasses.field(default_factory=list)
-  min_count: int = 1
-  seed: int = 42
-  rows_per_record: int = writer.ROWS_PER_RECORD
-  num_shards: Dict[str, int] = dataclasses.field(
-      default_factory=lambda: {"train": 8, "valid": 2, "test": 2})
-  block_bytes: int = readers.BLOCK_BYTES
+Layout = writer.Layout  # what to read and what to make of it: the loaders' own
 
-  def writer_spec(self) -> writer.BlockSpec:
-    """The writer's per-block spec (made in each worker: it holds a lock)."""
-    return writer.BlockSpec.of(features=self.features, labels=self.labels, numeric=self.numeric,
-                               log1p=self.log1p, multivalent=self.multivalent, seed=self.seed,
-                               rows_per_record=self.rows_per_record, num_shards=self.num_shards,
-                               split=self.split)
 
-  @property
-  def shard_names(self) -> List[str]:
-    """Every shard's file name, split after split (a shard's global index is its position)."""
-    return [n for names in writer.shard_names(self.writer_spec()).values() for n in names]
+def _shard_names(layout: Layout) -> List[str]:
+  """Every shard's file name, split after split (a shard's global index is its position)."""
+  return [n for names in writer.shard_names(layout.spec()).values() for n in names]
 
 
 def loader_layout(name: str, raw: str, *, tasks: Optional[Sequence[str]] = None,
                   min_count: Optional[int] = None, seed: Optional[int] = None,
                   rows_per_record: int = writer.ROWS_PER_RECORD, **own) -> Layout:
-  """Loader `name`'s layout (one of `LOADERS`), as its local `prepare_<name>` reads `raw`.
+  """Loader `name`'s layout (one of `LOADERS`): its module's `layout(raw, ...)`, which its
+  local `prepare_<name>` reads too.
 
   Args:
     name: The loader.
     raw: Its input: a file, a directory or a glob of part files.
     tasks, min_count, seed, rows_per_record: As for the loader (its defaults
       when None).
-    **own: The flags of its own (`--dataset=logs`: features, sep, split, ...).
+    **own: The flags of its own (`--dataset=logs`: features, sep, split, ...;
+      `sep` and `multivalent` as the flags spell them).
 
   Raises:
     DataError: a loader that reads joined feature tables (kuairand, movielens).
@@ -132,65 +105,20 @@ def loader_layout(name: str, raw: str, *, tasks: Optional[Sequence[str]] = None,
                            "without --runner")
   if name == "logs":
     from data_prep import logs  # pylint: disable=g-import-not-at-top
-    made = _logs_layout(raw, tasks=tasks, **own)
-    defaults = logs
-  elif name == "tiktok":
-    from data_prep import tiktok as defaults  # pylint: disable=g-import-not-at-top
-    made = Layout(raw, "\t", list(defaults.COLUMNS), [], list(defaults.FEATURES),
-                  writer.check_tasks("TikTok", tasks or defaults.TASKS, defaults.TASKS), "uid",
-                  writer.ExactSplit(test=0.1, valid_of_rest=0.1), inputs=[raw])
+    if "sep" in own:
+      own["sep"] = logs.separator(own["sep"])
+    if own.get("multivalent") is not None and not isinstance(own["multivalent"], dict):
+      own["multivalent"] = logs.parse_multivalent(own["multivalent"])
+    return logs.layout(raw, tasks=tasks,
+                       min_count=logs.DEFAULT_MIN_COUNT if min_count is None else min_count,
+                       seed=logs.DEFAULT_SEED if seed is None else seed,
+                       rows_per_record=rows_per_record, **own)
+  if name == "tiktok":
+    from data_prep import tiktok as module  # pylint: disable=g-import-not-at-top
   else:
-    from data_prep import qkvideo as defaults  # pylint: disable=g-import-not-at-top
-    labels = writer.check_tasks("QK-Video", tasks or defaults.TASKS, defaults.LABEL_COLUMNS)
-    made = Layout(raw, ",", None, list(defaults.FEATURES) + labels, list(defaults.FEATURES),
-                  labels, "user_id", writer.ExactSplit(test=0.1, valid_of_rest=1 / 9),
-                  inputs=[raw])
-  return dataclasses.replace(
-      made, min_count=defaults.DEFAULT_MIN_COUNT if min_count is None else min_count,
-      seed=defaults.DEFAULT_SEED if seed is None else seed, rows_per_record=rows_per_record)
-
-
-def _logs_layout(raw: str, *, tasks, features, sep, multivalent, numeric=(), log1p=(),
-                 group_column=None, split_column=None, valid_from=None, test_from=None,
-                 test_fraction=0.1, valid_fraction=0.1) -> Layout:
-  """`data_prep.logs.prepare_logs`' arguments, checked as it checks them."""
-  from data_prep import logs  # pylint: disable=g-import-not-at-top
-  features, tasks = list(features or []), list(tasks or [])
-  if not features:
-    raise writer.DataError("--features is required: the categorical columns to embed")
-  if not tasks:
-    raise writer.DataError("--tasks is required: the 0/1 label columns, one per task")
-  sep = logs.separator(sep)
-  if not sep:
-    raise writer.DataError("--sep must not be empty")
-  multivalent = (logs.parse_multivalent(multivalent) if not isinstance(multivalent, dict)
-                 else dict(multivalent))
-  unknown = sorted(set(multivalent) - set(features))
-  if unknown:
-    raise writer.DataError(f"--multivalent names {unknown}, which are not among --features "
-                           f"{features}")
-  clash = sorted(name for name, value in multivalent.items() if value in sep or sep in value)
-  if clash:
-    raise writer.DataError(f"the list separator of {clash} overlaps the field separator "
-                           f"{sep!r}: a list is one field, its values split inside it")
-  time_split = [split_column, valid_from, test_from]
-  if any(v is not None for v in time_split) and not all(v is not None for v in time_split):
-    raise writer.DataError("a split by time takes --split_column, --valid_from and --test_from "
-                           "together")
-  if split_column is not None:
-    split = logs.TimeSplit(split_column, str(valid_from), str(test_from))
-  else:
-    if not (0.0 <= test_fraction < 1.0 and 0.0 <= valid_fraction < 1.0):
-      raise writer.DataError(f"--test_fraction and --valid_fraction must be in [0, 1), got "
-                             f"{test_fraction} and {valid_fraction}")
-    split = writer.RandomSplit(test=test_fraction, valid_of_rest=valid_fraction)
-  numeric = list(numeric or [])
-  required = list(dict.fromkeys(features + numeric + tasks
-                                + ([split_column] if split_column else [])))
-  files = logs.raw_files(raw)
-  return Layout(files, sep, None, required, features, tasks, group_column, split,
-                multivalent=multivalent, numeric=numeric, log1p=list(log1p or []),
-                inputs=[raw, *files])
+    from data_prep import qkvideo as module  # pylint: disable=g-import-not-at-top
+  return module.layout(raw, tasks=tasks, min_count=min_count, seed=seed,
+                       rows_per_record=rows_per_record)
 
 
 def prepare_on_beam(name: str, raw: str, out_dir: str, *, runner: str, beam_options: str = "",
@@ -332,13 +260,10 @@ class _FileDoFn(beam.DoFn):
     self._layout = layout
 
   def setup(self):
-    self._spec = self._layout.writer_spec()  # pylint: disable=attribute-defined-outside-init
+    self._spec = self._layout.spec()  # pylint: disable=attribute-defined-outside-init
 
   def _blocks(self, path, bad_rows: writer.BadRows) -> Iterator[readers.Block]:
-    layout = self._layout
-    return readers.read_blocks(path, sep=layout.sep, columns=layout.columns,
-                               required=layout.required, bad_rows=bad_rows,
-                               block_bytes=layout.block_bytes)
+    return self._layout.read(bad_rows, path)
 
 
 class _CountRows(_FileDoFn):
@@ -438,8 +363,8 @@ class _WriteShard(beam.DoFn):
     rows = pa.concat_tables(list(tables)).sort_by(_ORDINAL)
     columns = writer.record_columns(rows, {n: rows[n].to_numpy() for n in layout.numeric},
                                     {n: rows[n].to_numpy() for n in layout.labels},
-                                    layout.writer_spec())
-    name = layout.shard_names[shard]
+                                    layout.spec())
+    name = _shard_names(layout)[shard]
     try:
       records = encode_records(columns, layout.rows_per_record)
       out = writer._RecordWriter(os.path.join(self._tmp, name))
@@ -593,7 +518,7 @@ def _finish(layout: Layout, tmp: str, out_dir: str, bad_rows: writer.BadRows,
   counted = writer.Counted(totals[:, 0], totals[:, 1:], _load(tmp, "counts"),
                            _load(tmp, "moments"))
   shutil.rmtree(os.path.join(tmp, _RESULTS))
-  return writer.finish(tmp, out_dir, counted, layout.writer_spec(),
+  return writer.finish(tmp, out_dir, counted, layout.spec(),
                        group_column=layout.group_column, min_count=layout.min_count,
                        split=layout.split, bad_rows=bad_rows, overwrite=overwrite,
                        inputs=layout.inputs)

@@ -39,9 +39,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_prep.readers import BLOCK_BYTES, read_blocks
-from data_prep.writer import (ROWS_PER_RECORD, BadRows, DataError, RandomSplit, SplitRows,
-                              prepare)
+from data_prep.readers import BLOCK_BYTES
+from data_prep.writer import (ROWS_PER_RECORD, BadRows, DataError, Layout, RandomSplit,
+                              SplitRows, prepare)
 
 DEFAULT_MIN_COUNT = 5
 DEFAULT_SEED = 42
@@ -181,6 +181,31 @@ def prepare_logs(raw: str, out_dir: str, *, features: Sequence[str], tasks: Sequ
   Raises:
     DataError: what is missing or wrong, in one line; nothing is written.
   """
+  made = layout(raw, features=features, tasks=tasks, group_column=group_column, sep=sep,
+                multivalent=multivalent, numeric=numeric, log1p=log1p,
+                split_column=split_column, valid_from=valid_from, test_from=test_from,
+                test_fraction=test_fraction, valid_fraction=valid_fraction,
+                min_count=min_count, seed=seed, rows_per_record=rows_per_record,
+                block_bytes=block_bytes)
+  bad_rows = bad_rows if bad_rows is not None else BadRows()
+  return prepare(lambda: made.read(bad_rows), out_dir=out_dir, overwrite=overwrite,
+                 bad_rows=bad_rows, processes=processes, **made.prepare_args())
+
+
+def layout(raw: str, *, features: Sequence[str], tasks: Sequence[str],
+           group_column: Optional[str] = None, sep: str = ",",
+           multivalent: Optional[Dict[str, str]] = None, numeric: Sequence[str] = (),
+           log1p: Sequence[str] = (), split_column: Optional[str] = None,
+           valid_from: Optional[str] = None, test_from: Optional[str] = None,
+           test_fraction: float = 0.1, valid_fraction: float = 0.1,
+           min_count: int = DEFAULT_MIN_COUNT, seed: int = DEFAULT_SEED,
+           rows_per_record: int = ROWS_PER_RECORD, block_bytes: Optional[int] = None) -> Layout:
+  """The layout of the logs `raw` names, `prepare_logs`' arguments checked (the local path
+  and data_prep.beam read it).
+
+  Raises:
+    DataError: what is missing or wrong, in one line.
+  """
   features, tasks = list(features or []), list(tasks or [])
   if not features:
     raise DataError("--features is required: the categorical columns to embed")
@@ -209,19 +234,14 @@ def prepare_logs(raw: str, out_dir: str, *, features: Sequence[str], tasks: Sequ
                       f"{test_fraction} and {valid_fraction}")
     split = RandomSplit(test=test_fraction, valid_of_rest=valid_fraction)
   files = raw_files(raw)
-  bad_rows = bad_rows if bad_rows is not None else BadRows()
   numeric = list(numeric or [])
   required = list(dict.fromkeys(features + numeric + tasks
                                 + ([split_column] if split_column else [])))
-
   listed = files if files != [raw] else raw  # a file named itself: refused if empty
-  return prepare(lambda: read_blocks(listed, sep=sep, required=required, bad_rows=bad_rows,
-                                    block_bytes=block_bytes),
-                 features=features, labels=tasks, group_column=group_column,
-                 out_dir=out_dir, min_count=min_count, seed=seed, split=split,
-                 overwrite=overwrite, bad_rows=bad_rows, multivalent=multivalent,
-                 rows_per_record=rows_per_record, numeric=numeric, log1p=list(log1p or []),
-                 inputs=[raw, *files], processes=processes)
+  return Layout(listed, sep, None, required, features, tasks, group_column, split,
+                multivalent=multivalent, numeric=numeric, log1p=list(log1p or []),
+                inputs=[raw, *files], min_count=min_count, seed=seed,
+                rows_per_record=rows_per_record, block_bytes=block_bytes)
 
 
 if __name__ == "__main__":

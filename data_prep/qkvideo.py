@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from data_prep.readers import BLOCK_BYTES, read_blocks
-from data_prep.writer import ROWS_PER_RECORD, BadRows, ExactSplit, check_tasks, prepare
+from data_prep.readers import BLOCK_BYTES
+from data_prep.writer import ROWS_PER_RECORD, BadRows, ExactSplit, Layout, check_tasks, prepare
 
 FEATURES = ["user_id", "item_id", "video_category", "gender", "age"]
 LABEL_COLUMNS = ("click", "follow", "like", "share")
@@ -35,15 +35,24 @@ def prepare_qkvideo(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_COUN
                     block_bytes: int = BLOCK_BYTES, rows_per_record: int = ROWS_PER_RECORD,
                     processes: Optional[int] = None) -> dict:
   """Prepares `raw` (QK-video.csv) in `out_dir`; returns the stats."""
-  tasks = check_tasks("QK-Video", tasks or TASKS, LABEL_COLUMNS)
+  made = layout(raw, min_count=min_count, seed=seed, tasks=tasks,
+                rows_per_record=rows_per_record, block_bytes=block_bytes)
   bad_rows = bad_rows if bad_rows is not None else BadRows()
-  return prepare(
-      lambda: read_blocks(raw, sep=",", required=FEATURES + tasks, bad_rows=bad_rows,
-                          block_bytes=block_bytes),
-      features=FEATURES, labels=tasks, group_column="user_id", out_dir=out_dir,
-      min_count=min_count, seed=seed, split=ExactSplit(test=0.1, valid_of_rest=1 / 9),
-      overwrite=overwrite, bad_rows=bad_rows, rows_per_record=rows_per_record, inputs=[raw],
-      processes=processes)
+  return prepare(lambda: made.read(bad_rows), out_dir=out_dir, overwrite=overwrite,
+                 bad_rows=bad_rows, processes=processes, **made.prepare_args())
+
+
+def layout(raw: str, *, min_count: Optional[int] = None, seed: Optional[int] = None,
+           tasks: Optional[Sequence[str]] = None, rows_per_record: int = ROWS_PER_RECORD,
+           block_bytes: Optional[int] = None) -> Layout:
+  """QK-Video's layout of `raw` (the local path and data_prep.beam read it); None: the
+  defaults."""
+  tasks = check_tasks("QK-Video", tasks or TASKS, LABEL_COLUMNS)
+  return Layout(raw, ",", None, list(FEATURES) + tasks, list(FEATURES), tasks, "user_id",
+                ExactSplit(test=0.1, valid_of_rest=1 / 9), inputs=[raw],
+                min_count=DEFAULT_MIN_COUNT if min_count is None else min_count,
+                seed=DEFAULT_SEED if seed is None else seed, rows_per_record=rows_per_record,
+                block_bytes=block_bytes)
 
 
 if __name__ == "__main__":

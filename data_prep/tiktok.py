@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from data_prep.readers import BLOCK_BYTES, read_blocks
-from data_prep.writer import ROWS_PER_RECORD, BadRows, ExactSplit, check_tasks, prepare
+from data_prep.readers import BLOCK_BYTES
+from data_prep.writer import ROWS_PER_RECORD, BadRows, ExactSplit, Layout, check_tasks, prepare
 
 COLUMNS = ["uid", "user_city", "item_id", "author_id", "item_city", "channel", "finish", "like",
            "music_id", "device_id", "create_time", "video_duration"]
@@ -41,15 +41,24 @@ def prepare_tiktok(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_COUNT
                    block_bytes: int = BLOCK_BYTES, rows_per_record: int = ROWS_PER_RECORD,
                    processes: Optional[int] = None) -> dict:
   """Prepares `raw` (final_track1_train.txt) in `out_dir`; returns the stats."""
-  tasks = check_tasks("TikTok", tasks or TASKS, TASKS)
+  made = layout(raw, min_count=min_count, seed=seed, tasks=tasks,
+                rows_per_record=rows_per_record, block_bytes=block_bytes)
   bad_rows = bad_rows if bad_rows is not None else BadRows()
-  return prepare(
-      lambda: read_blocks(raw, sep="\t", columns=COLUMNS, bad_rows=bad_rows,
-                          block_bytes=block_bytes),
-      features=FEATURES, labels=tasks, group_column="uid", out_dir=out_dir,
-      min_count=min_count, seed=seed, split=ExactSplit(test=0.1, valid_of_rest=0.1),
-      overwrite=overwrite, bad_rows=bad_rows, rows_per_record=rows_per_record, inputs=[raw],
-      processes=processes)
+  return prepare(lambda: made.read(bad_rows), out_dir=out_dir, overwrite=overwrite,
+                 bad_rows=bad_rows, processes=processes, **made.prepare_args())
+
+
+def layout(raw: str, *, min_count: Optional[int] = None, seed: Optional[int] = None,
+           tasks: Optional[Sequence[str]] = None, rows_per_record: int = ROWS_PER_RECORD,
+           block_bytes: Optional[int] = None) -> Layout:
+  """TikTok's layout of `raw` (the local path and data_prep.beam read it); None: the
+  defaults."""
+  return Layout(raw, "\t", list(COLUMNS), [], list(FEATURES),
+                check_tasks("TikTok", tasks or TASKS, TASKS), "uid",
+                ExactSplit(test=0.1, valid_of_rest=0.1), inputs=[raw],
+                min_count=DEFAULT_MIN_COUNT if min_count is None else min_count,
+                seed=DEFAULT_SEED if seed is None else seed, rows_per_record=rows_per_record,
+                block_bytes=block_bytes)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -390,6 +390,64 @@ def row_draws(seed: int, ordinals: np.ndarray, stream: int) -> np.ndarray:
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     z = z ^ (z >> np.uint64(31))
   return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """A loader's input and what to make of it, stated once: its files, how to read them
+  (`data_prep.readers.read_blocks`' arguments) and `prepare`'s arguments. The loaders that
+  read their rows as they are (tiktok, qkvideo, logs) build one (`layout(raw, ...)` in each
+  module); the local path (`prepare_layout`, or the loader's `prepare_<name>`) and
+  `data_prep.beam` both read it.
+
+  Attributes:
+    raw: What `read_blocks` reads: a path (file, directory, glob) or a list of files.
+    sep, columns, required: `read_blocks`' arguments.
+    inputs: The raw files and directories: `out_dir` may hold none of them.
+    block_bytes: Bytes of text a block holds, about (None: the reader's default).
+    The others: `prepare`'s arguments of the same names.
+  """
+  raw: Union[str, List[str]]
+  sep: str
+  columns: Optional[List[str]]
+  required: List[str]
+  features: List[str]
+  labels: List[str]
+  group_column: Optional[str]
+  split: object
+  multivalent: Dict[str, str] = dataclasses.field(default_factory=dict)
+  numeric: List[str] = dataclasses.field(default_factory=list)
+  log1p: List[str] = dataclasses.field(default_factory=list)
+  inputs: List[str] = dataclasses.field(default_factory=list)
+  min_count: int = 1
+  seed: int = 42
+  rows_per_record: int = ROWS_PER_RECORD
+  num_shards: Dict[str, int] = dataclasses.field(
+      default_factory=lambda: {"train": 8, "valid": 2, "test": 2})
+  block_bytes: Optional[int] = None
+
+  def read(self, bad_rows: BadRows, raw: Union[str, List[str], None] = None) -> Iterator:
+    """The `Block`s of `raw` (by default all of `self.raw`; a worker passes its file)."""
+    from data_prep import readers  # pylint: disable=g-import-not-at-top; readers imports this
+    extra = {} if self.block_bytes is None else {"block_bytes": self.block_bytes}
+    return readers.read_blocks(self.raw if raw is None else raw, sep=self.sep,
+                               columns=self.columns, required=self.required,
+                               bad_rows=bad_rows, **extra)
+
+  def prepare_args(self) -> dict:
+    """`prepare`'s keyword arguments (but `out_dir` and how to run)."""
+    return dict(features=self.features, labels=self.labels, group_column=self.group_column,
+                min_count=self.min_count, seed=self.seed, split=self.split,
+                num_shards=self.num_shards, multivalent=self.multivalent,
+                rows_per_record=self.rows_per_record, numeric=self.numeric,
+                log1p=self.log1p, inputs=self.inputs)
+
+  def spec(self) -> "BlockSpec":
+    """The per-block spec (`BlockSpec.of` of the same arguments)."""
+    return BlockSpec.of(features=self.features, labels=self.labels, numeric=self.numeric,
+                        log1p=self.log1p, multivalent=self.multivalent, seed=self.seed,
+                        rows_per_record=self.rows_per_record, num_shards=self.num_shards,
+                        split=self.split)
 
 
 def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
