@@ -10,9 +10,11 @@ docs/beam.md.
 
 Design decision: a thin driver over the local path's core
 (`data_prep.writer`, `data_prep.readers`, `data_prep.records`), never a second
-implementation of parsing, validation, counting or encoding. One element per
-input file; a file's `read_blocks` stream is validated, split and counted
-block by block by the writer's own functions, and every decision is keyed on
+implementation of parsing, validation, counting or encoding. What to read is
+the loader's own `writer.Layout` (`tiktok.layout`, ...). One element per
+input file; a file's blocks are validated, split and counted by the writer's
+public per-block functions (`validate_block`, `place_block`, `count_train`,
+...), and every decision is keyed on
 the row's ordinal among all the input's rows (as the local path numbers them),
 never on which worker got which file:
 
@@ -31,9 +33,9 @@ never on which worker got which file:
 
 The pipeline saves its small results (vocabulary counts past `min_count`,
 moments, row counts, bad rows, errors) beside the shards; the driver then
-writes vocab/, schema.json, stats.json and bad_rows.json into the same
-temporary sibling of `--out` and renames it into place as the local path does
-(`writer.check_out`, `_temporary_sibling`, `_replace_dir`): a failed run leaves
+hands them to `writer.finish`, as the local path does: the checks, vocab/,
+schema.json, stats.json and bad_rows.json in the same temporary sibling of
+`--out`, and the rename into place: a failed run leaves
 no data set. So the input and `--out` must be paths that the workers and the
 driver see alike (a shared file system; the local disk with the DirectRunner).
 A bad input is still one line: a worker's `DataError` is saved, not raised,

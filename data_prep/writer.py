@@ -28,14 +28,20 @@ workers, nor on how the rows are cut into files (a directory of gzip'd part
 files, Parquet files, or the one file they were cut from): splits and shards
 are keyed on the row's ordinal, never on files, lines or arrival order (bad
 rows are still reported with file and line); a shard's rows are written in
-ordinal order and its
-records are `rows_per_record` consecutive rows of it (a record straddling two
-blocks is completed when the second one is written); counts are exact integer
-sums (numeric moments too: `ExactMoments`). So the row sets, the shards'
-bytes, the vocabularies, stats.json and schema.json are the same for any block
-size and any `processes`. Steps 1 and 3 are functions of one block; step 2
-keeps only running counts per line group and per shard: what another runner
-(Apache Beam) needs to reuse them. Vocabularies (and numeric moments) are
+ordinal order and its records are `rows_per_record` consecutive rows of it
+(a record straddling two blocks is completed when the second one is written);
+counts are exact integer sums (numeric moments too: `ExactMoments`). So the
+row sets, the shards' bytes, the vocabularies, stats.json and schema.json are
+the same for any block size, any `processes` and any cut into files.
+
+One core, two drivers: the steps are public functions of one block, which
+`prepare` (threads) and `data_prep.beam` (a Beam pipeline) both call --
+`BlockSpec.of`, `validate_block`, `report_bad_rows`, `place_block`,
+`split_totals`, `record_columns`, `count_train` -- their sums merge
+(`ValueCounts`, `ExactMoments`, `BadRows.add_kind`) into a `Counted`, and
+`finish` writes vocab/, schema.json, stats.json and bad_rows.json and renames
+the data set into place. The loaders that read rows as they are state their
+input once as a `Layout`, which both drivers read. Vocabularies (and numeric moments) are
 counted on the train split only, whatever the split: counting test rows
 would let the test split shape the model. The raw input is read once:
 `RandomSplit` and splits by a column's value place rows as they come;
