@@ -49,8 +49,8 @@ from __future__ import annotations
 
 # The per-block steps and the finish are data_prep.writer's public functions (validate_block,
 # place_block, split_totals, record_columns, count_train, ValueCounts, finish); what is still
-# private here is the atomic output's plumbing (a temporary sibling, a failed write as one
-# error, the column checks), shared with `writer.prepare` as it is.
+# private here is `_writing` (a failed write as one error) and the record writer, which
+# `writer.prepare` uses as they are.
 # pylint: disable=protected-access
 
 import os
@@ -66,7 +66,6 @@ import pyarrow as pa
 
 from data_prep import readers, writer
 from data_prep.records import encode_records
-from stem_tfrs.files import remove_abandoned
 from stem_tfrs.schema import SPLITS
 
 #: Loaders whose rows `read_blocks` reads as they are; the others join feature tables in pandas.
@@ -155,36 +154,21 @@ def run(layout: Layout, out_dir: str, *, runner: str = "DirectRunner", beam_opti
   """
   if not isinstance(runner, str) or not runner:
     raise ValueError(f"runner must name a Beam runner, got {runner!r}")
-  writer._check_columns(layout.features, layout.numeric, layout.labels, layout.group_column,
-                        layout.multivalent, layout.log1p)
-  if layout.min_count < 1:
-    raise ValueError(f"min_count must be >= 1, got {layout.min_count}")
-  if layout.rows_per_record < 1:
-    raise ValueError(f"rows_per_record must be >= 1, got {layout.rows_per_record}")
+  writer.check_arguments(features=layout.features, labels=layout.labels,
+                         numeric=layout.numeric, group_column=layout.group_column,
+                         multivalent=layout.multivalent, log1p=layout.log1p,
+                         min_count=layout.min_count, rows_per_record=layout.rows_per_record)
   options = PipelineOptions(shlex.split(beam_options or "") + [f"--runner={runner}"])
   bad_rows = bad_rows if bad_rows is not None else writer.BadRows(strict=True)
   paths = readers.list_inputs(layout.raw)  # as `read_blocks` lists them
   listed = not isinstance(layout.raw, str) or len(paths) != 1 or paths[0] != layout.raw
-  out_dir = writer.check_out(out_dir, overwrite, layout.inputs)
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  for kind in ("tmp", "old"):  # those of killed runs, as the local path does
-    remove_abandoned(parent, f".{os.path.basename(out_dir)}.{kind}-")
-  tmp = None
-  try:
+  with writer.temporary_output(out_dir, overwrite, layout.inputs) as (out_dir, tmp):
     with writer._writing():
-      tmp = writer._temporary_sibling(out_dir)
       os.makedirs(os.path.join(tmp, _RESULTS))
     files = [(position, [path] if listed else path) for position, path in enumerate(paths)]
     with beam.Pipeline(options=options) as pipeline:
       _build(pipeline, layout, files, tmp)
     stats = _finish(layout, tmp, out_dir, bad_rows, overwrite)
-  except BaseException as e:
-    if tmp:
-      shutil.rmtree(tmp, ignore_errors=True)
-    if isinstance(e, writer._WriteFailed):
-      raise OSError(f"cannot write {out_dir}: {e}") from None
-    raise
   return stats
 
 

@@ -530,33 +530,22 @@ def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
   """
   features, labels, numeric = list(features), list(labels), list(numeric)
   multivalent = dict(multivalent or {})
-  _check_columns(features, numeric, labels, group_column, multivalent, log1p)
+  check_arguments(features=features, labels=labels, numeric=numeric, group_column=group_column,
+                  multivalent=multivalent, log1p=log1p, min_count=min_count,
+                  rows_per_record=rows_per_record)
   num_shards = {"train": 8, "valid": 2, "test": 2, **(num_shards or {})}
   bad_rows = bad_rows if bad_rows is not None else BadRows(strict=True)
-  if min_count < 1:
-    raise ValueError(f"min_count must be >= 1, got {min_count}")
-  if rows_per_record < 1:
-    raise ValueError(f"rows_per_record must be >= 1, got {rows_per_record}")
   processes = (os.cpu_count() or 1) if processes is None else processes
   if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
     raise ValueError(f"processes must be a positive integer, got {processes!r}")
   if bad_rows.strict:
     processes = 1  # one block at a time: the earliest bad row raises, whoever reports it
-  out_dir = check_out(out_dir, overwrite, inputs)
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  for kind in ("tmp", "old"):  # those of killed runs (temp_prefix names the process)
-    remove_abandoned(parent, f".{os.path.basename(out_dir)}.{kind}-")
-
-  started = time.perf_counter()
-  timed = _Timings(timings)
-  spec = BlockSpec.of(features=features, labels=labels, numeric=numeric, log1p=log1p,
-                      multivalent=multivalent, seed=seed, rows_per_record=rows_per_record,
-                      num_shards=num_shards, split=split, timings=timed)
-  tmp = None
-  try:
-    with _writing():
-      tmp = _temporary_sibling(out_dir)
+  with temporary_output(out_dir, overwrite, inputs) as (out_dir, tmp):
+    started = time.perf_counter()
+    timed = _Timings(timings)
+    spec = BlockSpec.of(features=features, labels=labels, numeric=numeric, log1p=log1p,
+                        multivalent=multivalent, seed=seed, rows_per_record=rows_per_record,
+                        num_shards=num_shards, split=split, timings=timed)
     if getattr(split, "counts_rows_first", False):
       spill = os.path.join(tmp, ".usable-rows.arrow")
       group_rows = _count_rows(read_chunks, spec, bad_rows, processes, spill)
@@ -588,15 +577,49 @@ def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
     stats = finish(tmp, out_dir, Counted(done.rows, done.positives, done.counts, done.moments),
                    spec, group_column=group_column, min_count=min_count, split=split,
                    bad_rows=bad_rows, overwrite=overwrite, inputs=inputs)
+  timed.add("finish", time.perf_counter() - finishing)
+  timed.add("total", time.perf_counter() - started)
+  return stats
+
+
+def check_arguments(*, features: List[str], labels: List[str], numeric: List[str],
+                    group_column: Optional[str], multivalent: Dict[str, str],
+                    log1p: Sequence[str], min_count: int, rows_per_record: int) -> None:
+  """A one-line error for `prepare`'s arguments that cannot make a data set, before a row
+  is read (both drivers check them first)."""
+  _check_columns(features, numeric, labels, group_column, multivalent, log1p)
+  if min_count < 1:
+    raise ValueError(f"min_count must be >= 1, got {min_count}")
+  if rows_per_record < 1:
+    raise ValueError(f"rows_per_record must be >= 1, got {rows_per_record}")
+
+
+@contextlib.contextmanager
+def temporary_output(out_dir: str, overwrite: bool,
+                     inputs: Sequence[str]) -> Iterator[Tuple[str, str]]:
+  """(`out_dir` as an absolute path, a new temporary sibling of it) for the data set to be
+  written in, after `check_out`; the temporaries of killed runs are removed first.
+
+  If the block raises, the temporary directory is removed, and a failed write
+  (`_WriteFailed`) becomes one OSError naming `out_dir`. `finish` renames the
+  sibling into place.
+  """
+  out_dir = check_out(out_dir, overwrite, inputs)
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  for kind in ("tmp", "old"):  # those of killed runs (temp_prefix names the process)
+    remove_abandoned(parent, f".{os.path.basename(out_dir)}.{kind}-")
+  tmp = None
+  try:
+    with _writing():
+      tmp = _temporary_sibling(out_dir)
+    yield out_dir, tmp
   except BaseException as e:
     if tmp:
       shutil.rmtree(tmp, ignore_errors=True)
     if isinstance(e, _WriteFailed):
       raise OSError(f"cannot write {out_dir}: {e}") from None
     raise
-  timed.add("finish", time.perf_counter() - finishing)
-  timed.add("total", time.perf_counter() - started)
-  return stats
 
 
 @dataclasses.dataclass
