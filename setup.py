@@ -29,9 +29,10 @@ setup(
         "tensorflow-serving-api==2.21.0",
         "keras-tuner==1.4.8",  # python main.py tune
     ],
-    # The tests also execute the quickstart notebook in a Jupyter kernel, and
-    # run in two processes (pytest-xdist): alone they kept ~1.1 of 2 cores busy.
+    # The tests also execute the quickstart notebook in a Jupyter kernel, run in two
+    # processes (pytest-xdist: alone they kept ~1.1 of 2 cores busy), and run the Beam
+    # pipeline on the DirectRunner (so the test extra includes the beam one).
     extras_require={"test": ["pytest>=8,<10", "pytest-xdist==3.8.0", "nbclient==0.11.0",
-                             "nbformat==5.11.1", "ipykernel==7.4.0"],
+                             "nbformat==5.11.1", "ipykernel==7.4.0", "apache-beam>=2.77,<3"],
                     "beam": ["apache-beam>=2.77,<3"]},  # --runner (docs/beam.md)
 )
