@@ -94,8 +94,9 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="stem,mmoe")
   parser.add_argument("--configs", default="authors_4096,default_1024",
-                      help="Of authors_4096 (the authors' configuration, batch 4096) and "
-                           "default_1024 (the default one, batch 1024).")
+                      help="Of authors_4096 (the authors' configuration, batch 4096), "
+                           "default_1024 (the default one, batch 1024) and tiny_256 (a tiny "
+                           "model at batch 256: what the benchmark's own test runs).")
   parser.add_argument("--steps", type=int, default=20, help="Training steps per timed epoch.")
   parser.add_argument("--rows", type=int, default=200_000, help="Synthetic rows to read.")
   parser.add_argument("--output", default="benchmarks/results/train_throughput.json")
@@ -106,7 +107,10 @@ def main() -> None:
   args = parser.parse_args()
   timing = args.timing_seconds
   configs = {"authors_4096": (ModelConfig.reference(), 4096),
-             "default_1024": (ModelConfig(), 1024)}
+             "default_1024": (ModelConfig(), 1024),
+             "tiny_256": (ModelConfig(embedding_dim=4, num_shared_experts=2, num_specific_experts=1,
+                                      expert_hidden_units=(16,), gate_hidden_units=(8,),
+                                      tower_hidden_units=(8,)), 256)}
   unknown = set(args.configs.split(",")) - set(configs)
   if unknown:
     parser.error(f"unknown --configs {sorted(unknown)}; choose from {sorted(configs)}")
@@ -155,9 +159,9 @@ def main() -> None:
           run = {"model": name, "config": label, "batch": batch, "pipeline": pipeline,
                  "policy": policy,
                  "examples_per_second": round(rate),
-                 "forward_mflop_per_example": round(forward / 1e6, 2),
-                 "train_mflop_per_example": round(3 * forward / 1e6, 2),
-                 "achieved_gflops": round(achieved, 1),
+                 "forward_mflop_per_example": round(forward / 1e6, 6),
+                 "train_mflop_per_example": round(3 * forward / 1e6, 6),
+                 "achieved_gflops": round(achieved, 3),
                  "fp32_peak_after_gflops": round(peak_after, 1),
                  "fraction_of_fp32_peak_after": round(achieved / peak_after, 3),
                  "gemm_only_examples_per_second": round(gemm_only),

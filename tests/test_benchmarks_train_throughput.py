@@ -13,7 +13,7 @@ from conftest import REPO
 def test_train_throughput_reports_every_pipeline_and_policy(tmp_path):
   output = tmp_path / "train_throughput.json"
   result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "train_throughput.py"),
-                           "--models=stem", "--configs=default_1024", "--steps=2",
+                           "--models=stem", "--configs=tiny_256", "--steps=2",
                            "--rows=12000", "--timing_seconds=0.02", f"--output={output}"],
                           capture_output=True, text=True, cwd=REPO, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -25,7 +25,7 @@ def test_train_throughput_reports_every_pipeline_and_policy(tmp_path):
   # the GEMM-only ceiling in the precision the step's products ran in
   assert [r["gemm_only_dtype"] for r in runs] == ["float32"] * 3 + ["bfloat16"]
   for r in runs:
-    assert (r["model"], r["config"], r["batch"]) == ("stem", "default_1024", 1024)
+    assert (r["model"], r["config"], r["batch"]) == ("stem", "tiny_256", 256)
     assert r["examples_per_second"] > 0 and r["gemm_only_examples_per_second"] > 0
     assert r["achieved_gflops"] == pytest.approx(
         r["train_mflop_per_example"] * r["examples_per_second"] / 1e3, rel=0.01)
