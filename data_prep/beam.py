@@ -212,9 +212,10 @@ def _build(pipeline: beam.Pipeline, layout: Layout, files: List[Tuple[int, objec
   errors.append(written.errors)
 
   saves = {
-      "counts": (placed.counts | "SumCounts" >> beam.CombinePerKey(_SumCounts())
+      "counts": (placed.counts | "SumCounts" >> beam.CombinePerKey(_Merged(writer.ValueCounts))
                  | "MinCount" >> beam.Map(_at_least, layout.min_count)),
-      "moments": placed.moments | "SumMoments" >> beam.CombinePerKey(_SumMoments()),
+      "moments": (placed.moments
+                  | "SumMoments" >> beam.CombinePerKey(_Merged(writer.ExactMoments))),
       "totals": (placed.totals | "SumTotals" >> beam.CombineGlobally(_SumArrays())
                  | "TotalsKey" >> beam.Map(lambda total: ("all", total))),
       "bad": (placed.bad | "MergeBad" >> beam.CombineGlobally(_MergeBadRows())
@@ -379,14 +380,19 @@ class _WriteShard(beam.DoFn):
     yield shard, rows.num_rows
 
 
-class _SumCounts(beam.CombineFn):
-  """Value counts summed (`writer.ValueCounts.merge`)."""
+class _Merged(beam.CombineFn):
+  """Accumulators of the core merged in place: `writer.ValueCounts` (value counts, summed) or
+  `writer.ExactMoments` (numeric moments, merged exactly); `new` makes an empty one."""
+
+  def __init__(self, new):
+    super().__init__()
+    self._new = new
 
   def create_accumulator(self):
-    return writer.ValueCounts()
+    return self._new()
 
-  def add_input(self, accumulator, counts):
-    accumulator.merge(counts)
+  def add_input(self, accumulator, value):
+    accumulator.merge(value)
     return accumulator
 
   def merge_accumulators(self, accumulators):
@@ -404,26 +410,6 @@ def _at_least(item: Tuple[str, writer.ValueCounts], min_count: int
   """A feature's counts of the values kept at `min_count` (the driver orders them)."""
   name, counts = item
   return name, counts.at_least(min_count)
-
-
-class _SumMoments(beam.CombineFn):
-  """Numeric moments merged exactly (`writer.ExactMoments.merge`)."""
-
-  def create_accumulator(self):
-    return writer.ExactMoments()
-
-  def add_input(self, accumulator, moments):
-    accumulator.merge(moments)
-    return accumulator
-
-  def merge_accumulators(self, accumulators):
-    accumulators = list(accumulators)
-    for other in accumulators[1:]:
-      accumulators[0].merge(other)
-    return accumulators[0]
-
-  def extract_output(self, accumulator):
-    return accumulator
 
 
 class _SumArrays(beam.CombineFn):
