@@ -5,7 +5,7 @@ Commands:
   benchmark   Train every model with every seed on the same data; write comparison reports.
   export      Export a finished run's best checkpoint as a versioned SavedModel for TF Serving.
   predict     Score a CSV of raw features with a SavedModel, or with a model on TF Serving.
-  prepare     Turn a raw data set (TikTok, KuaiRand-1K, QK-Video, MovieLens) into a prepared one.
+  prepare     Turn a raw data set (TikTok, KuaiRand, QK-Video, MovieLens) into a prepared one.
   tune        Search the authors' hyper-parameters with KerasTuner; rerun to resume.
   server      Run a worker or parameter server of a parameter-server cluster (TF_CONFIG).
 

@@ -39,8 +39,8 @@ class BeamUnavailableError(ValueError):
 
 def loader(name: str, local: Any, runner: Optional[str] = None,
            beam_options: Optional[str] = None) -> Any:
-  """The loader `data_prep.cli.prepare` runs: `local` itself without a runner, else one
-  whose `prepare` runs loader `name`'s preparation on Beam with the same arguments.
+  """The loader `data_prep.cli.prepare_from_flags` runs: `local` itself without a runner, else
+  one whose `prepare` runs loader `name`'s preparation on Beam with the same arguments.
 
   Args:
     name: The loader's name (`data_prep.cli.loaders`).

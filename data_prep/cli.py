@@ -98,8 +98,11 @@ def _prepare_logs(raw: str, out_dir: str, *, multivalent, sep, processes=None,
                            sep=logs.separator(sep), processes=processes, **kwargs)
 
 
-def prepare(name: str, seed: Optional[int]) -> int:
-  """Runs loader `name` with the parsed flags; prints the outcome; returns the exit status."""
+def prepare_from_flags(name: str, seed: Optional[int]) -> int:
+  """Runs loader `name` with the parsed flags; prints the outcome; returns the exit status.
+
+  The command line's step; `data_prep.writer.prepare` is the library's, which
+  every loader calls with its layout."""
   FLAGS = flags.FLAGS
   loader = beam_flags.loader(name, loaders()[name])  # the local path without --runner
   if not FLAGS.raw or not FLAGS.out:
@@ -141,6 +144,6 @@ def run_module(name: str) -> None:
     if len(argv) > 1:
       print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
       return 2
-    return prepare(name, flags.FLAGS.seed)
+    return prepare_from_flags(name, flags.FLAGS.seed)
 
   app.run(main)

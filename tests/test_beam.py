@@ -137,8 +137,8 @@ def test_loaders_joining_feature_tables_are_refused_in_one_line(tmp_path):
 def test_without_apache_beam_runner_names_the_extra_and_writes_nothing(tmp_path, monkeypatch):
   raw = tmp_path / "raw.txt"
   write_raw(raw, rows=20)
-  # This interpreter as if the extra were not installed. (`data_prep.cli.prepare` prints
-  # the ValueError as its one "error: ..." line and exits 1.)
+  # This interpreter as if the extra were not installed. (`data_prep.cli.prepare_from_flags`
+  # prints the ValueError as its one "error: ..." line and exits 1.)
   monkeypatch.setitem(sys.modules, "apache_beam", None)
   monkeypatch.delitem(sys.modules, "data_prep.beam")
   monkeypatch.delattr(data_prep, "beam")

@@ -24,4 +24,5 @@ def run(argv: List[str]) -> int:
     return 2
   # `--seed` defaults to the training seed; a data set keeps its own split seed
   # unless the flag is given.
-  return data_prep_cli.prepare(FLAGS.dataset, FLAGS.seed if FLAGS["seed"].present else None)
+  return data_prep_cli.prepare_from_flags(FLAGS.dataset,
+                                          FLAGS.seed if FLAGS["seed"].present else None)
