@@ -63,7 +63,7 @@ import functools, json, sys
 from data_prep import tiktok, writer
 raw, out, processes, report = sys.argv[1:]
 timings = {}
-tiktok.prepare = functools.partial(writer.prepare, timings=timings)
+writer.prepare = functools.partial(writer.prepare, timings=timings)  # as prepare_layout calls it
 tiktok.prepare_tiktok(raw, out, processes=int(processes))
 with open(report, "w") as f:
   json.dump(timings, f)

@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 
 from data_prep.readers import BLOCK_BYTES
 from data_prep.writer import (ROWS_PER_RECORD, BadRows, DataError, Layout, RandomSplit,
-                              SplitRows, prepare)
+                              SplitRows, prepare_layout)
 
 DEFAULT_MIN_COUNT = 5
 DEFAULT_SEED = 42
@@ -187,9 +187,8 @@ def prepare_logs(raw: str, out_dir: str, *, features: Sequence[str], tasks: Sequ
                 test_fraction=test_fraction, valid_fraction=valid_fraction,
                 min_count=min_count, seed=seed, rows_per_record=rows_per_record,
                 block_bytes=block_bytes)
-  bad_rows = bad_rows if bad_rows is not None else BadRows()
-  return prepare(lambda: made.read(bad_rows), out_dir=out_dir, overwrite=overwrite,
-                 bad_rows=bad_rows, processes=processes, **made.prepare_args())
+  return prepare_layout(made, out_dir, bad_rows=bad_rows, overwrite=overwrite,
+                        processes=processes)
 
 
 def layout(raw: str, *, features: Sequence[str], tasks: Sequence[str],

@@ -24,7 +24,8 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from data_prep.readers import BLOCK_BYTES
-from data_prep.writer import ROWS_PER_RECORD, BadRows, ExactSplit, Layout, check_tasks, prepare
+from data_prep.writer import (ROWS_PER_RECORD, BadRows, ExactSplit, Layout, check_tasks,
+                              prepare_layout)
 
 COLUMNS = ["uid", "user_city", "item_id", "author_id", "item_city", "channel", "finish", "like",
            "music_id", "device_id", "create_time", "video_duration"]
@@ -43,9 +44,8 @@ def prepare_tiktok(raw: str, out_dir: str, *, min_count: int = DEFAULT_MIN_COUNT
   """Prepares `raw` (final_track1_train.txt) in `out_dir`; returns the stats."""
   made = layout(raw, min_count=min_count, seed=seed, tasks=tasks,
                 rows_per_record=rows_per_record, block_bytes=block_bytes)
-  bad_rows = bad_rows if bad_rows is not None else BadRows()
-  return prepare(lambda: made.read(bad_rows), out_dir=out_dir, overwrite=overwrite,
-                 bad_rows=bad_rows, processes=processes, **made.prepare_args())
+  return prepare_layout(made, out_dir, bad_rows=bad_rows, overwrite=overwrite,
+                        processes=processes)
 
 
 def layout(raw: str, *, min_count: Optional[int] = None, seed: Optional[int] = None,

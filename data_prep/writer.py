@@ -403,7 +403,7 @@ class Layout:
   """A loader's input and what to make of it, stated once: its files, how to read them
   (`data_prep.readers.read_blocks`' arguments) and `prepare`'s arguments. The loaders that
   read their rows as they are (tiktok, qkvideo, logs) build one (`layout(raw, ...)` in each
-  module); the local path (`prepare_layout`, or the loader's `prepare_<name>`) and
+  module); the local path (`prepare_layout`, which the loader's `prepare_<name>` calls) and
   `data_prep.beam` both read it.
 
   Attributes:
@@ -454,6 +454,18 @@ class Layout:
                         log1p=self.log1p, multivalent=self.multivalent, seed=self.seed,
                         rows_per_record=self.rows_per_record, num_shards=self.num_shards,
                         split=self.split)
+
+
+def prepare_layout(layout: Layout, out_dir: str, *, bad_rows: Optional[BadRows] = None,
+                   overwrite: bool = False, processes: Optional[int] = None) -> dict:
+  """`prepare` of the rows `layout` describes, into `out_dir`; returns the stats.
+
+  The local path of the loaders that state a layout (tiktok, qkvideo, logs). Bad
+  rows are skipped and counted unless `bad_rows` is strict (by default they are).
+  """
+  bad_rows = bad_rows if bad_rows is not None else BadRows()
+  return prepare(lambda: layout.read(bad_rows), out_dir=out_dir, overwrite=overwrite,
+                 bad_rows=bad_rows, processes=processes, **layout.prepare_args())
 
 
 def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
