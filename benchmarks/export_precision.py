@@ -4,7 +4,7 @@
                                           [--output FILE.json]
 
 Exports the run's best checkpoint once per precision of
-`stem_tfrs.export.EXPORT_PRECISIONS` into a temporary directory, loads each
+`stem_tfrs.serving.export.EXPORT_PRECISIONS` into a temporary directory, loads each
 SavedModel as TF Serving would, scores the valid and test splits through its
 `serving_default` signature, and reports logloss, AUC and gAUC per split and
 task, the change from float32, and how far the probabilities moved (largest
@@ -29,8 +29,8 @@ import tensorflow as tf  # noqa: E402
 
 from machine import describe  # noqa: E402  (benchmarks/)
 from stem_tfrs import evaluation, make_dataset  # noqa: E402
-from stem_tfrs.export import EXPORT_PRECISIONS, export_run  # noqa: E402
-from stem_tfrs.schema import Schema  # noqa: E402
+from stem_tfrs.serving.export import EXPORT_PRECISIONS, export_run  # noqa: E402
+from stem_tfrs.data.schema import Schema  # noqa: E402
 
 SPLITS = ("valid", "test")
 

@@ -9,14 +9,14 @@ categorical features uid, user_city, item_id, author_id, item_city, channel,
 music_id, device_id, video_duration as raw string ids, drawn with the skew and
 cardinalities of `benchmarks/data_prep.py`; tasks finish and like) straight
 into train shards of 64-row `tf.train.Example` blocks, the record format of
-`stem_tfrs/schema.py` (each shard's last block holds the rows left). Then
+`stem_tfrs/data/schema.py` (each shard's last block holds the rows left). Then
 times `make_dataset`'s training pipeline on it (shuffled, seeded, full
 batches of `--batch`, repeated) in a child process per core count: "1" pins
 the child to one CPU (`sched_setaffinity`) with tf.data's private threadpool
 of one thread, "all" gives it every CPU this process may use. Batches are
 pulled inside a `tf.function`, as Keras pulls them. Each interval of
 `--seconds` starts a fresh iterator and warms it past the first shuffle
-window; with `--compare_with`, the pipeline of `stem_tfrs/data.py` at that
+window; with `--compare_with`, the pipeline of `stem_tfrs/data/pipeline.py` at that
 git revision runs in turns with the checked-out one, so that both see the
 same phases of a shared machine. The report holds every interval's
 examples/s and examples per CPU-second of the child (every thread's CPU
@@ -59,7 +59,7 @@ def write_dataset(out_dir: str, rows: int, shards: int, seed: int = 0,
                   min_count: int = 10) -> None:
   """A prepared data set of `rows` generated TikTok rows: train shards, vocabularies, schema."""
   import tensorflow as tf
-  from stem_tfrs.schema import CategoricalFeature, Schema
+  from stem_tfrs.data.schema import CategoricalFeature, Schema
 
   cardinalities = _raw_data_module().CARDINALITIES
   rng = np.random.default_rng(seed)
@@ -98,15 +98,24 @@ def write_dataset(out_dir: str, rows: int, shards: int, seed: int = 0,
 
 
 def _data_module(revision: Optional[str], work: str):
-  """stem_tfrs.data as checked out, or as of git `revision` (its other imports: today's).
+  """stem_tfrs.data.pipeline as checked out, or as of git `revision` (its other imports: today's).
 
   The revision's file is written into `work`, which must outlive the module.
   """
   if revision is None:
-    from stem_tfrs import data
-    return data
-  source = subprocess.run(["git", "show", f"{revision}:stem_tfrs/data.py"], cwd=REPO,
-                          capture_output=True, text=True, check=True).stdout
+    from stem_tfrs.data import pipeline
+    return pipeline
+  for where in ("stem_tfrs/data/pipeline.py", "stem_tfrs/data.py"):  # the file before the move
+    shown = subprocess.run(["git", "show", f"{revision}:{where}"], cwd=REPO,
+                           capture_output=True, text=True)
+    if shown.returncode == 0:
+      break
+  else:
+    raise SystemExit(f"error: git revision {revision} has no tf.data pipeline: {shown.stderr.strip()}")
+  source = shown.stdout
+  # A revision before stem_tfrs/data/ existed imports the schema as stem_tfrs.schema.
+  from stem_tfrs.data import schema
+  sys.modules.setdefault("stem_tfrs.schema", schema)
   path = os.path.join(work, "data_at_revision.py")
   with open(path, "w") as f:
     f.write(source)
@@ -153,7 +162,7 @@ def _interval(data, schema, rows: int, batch: int, seconds: float,
 def measure(data_dir: str, batch: int, seconds: float, repeats: int, threads: int,
             revisions: List[Optional[str]]) -> Dict[str, dict]:
   """Each pipeline's intervals, in turns (one of each per round), in this process."""
-  from stem_tfrs.schema import Schema, load_stats
+  from stem_tfrs.data.schema import Schema, load_stats
 
   schema = Schema.load(data_dir)
   rows = load_stats(data_dir)["train"]["rows"]
@@ -208,7 +217,7 @@ def main() -> None:
                       "temporary directory, removed afterwards).")
   parser.add_argument("--output", default="benchmarks/results/input_pipeline.json")
   parser.add_argument("--compare_with", default=None,
-                      help="Also time stem_tfrs/data.py as of this git revision, in turns with "
+                      help="Also time stem_tfrs/data/pipeline.py as of this git revision, in turns with "
                            "the checked-out one (same data, same processes).")
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()

@@ -1,4 +1,4 @@
-"""Rows/s of shard record serialization: a `tf.train.Example` per record vs `data_prep.records`.
+"""Rows/s of shard record serialization: a `tf.train.Example` per record vs `stem_tfrs.data.records`.
 
     python benchmarks/record_encoding.py [--rows 1000000] [--rows_per_record 64]
                                          [--repeats 2] [--workdir DIR] [--output FILE.json]
@@ -11,7 +11,7 @@ times two stages of each path, best of `--repeats`:
 - "encode": columns -> serialized records. The message path takes the
   Python lists `data_prep.writer._ShardWriter` gets and builds one message a
   record as its `_write_record` does; the array path takes pyarrow/numpy
-  columns and calls `data_prep.records.encode_records`.
+  columns and calls `stem_tfrs.data.records.encode_records`.
 - "shard": the frame -> one shard file. The message path converts the columns
   as `data_prep.writer._write_shards` does and writes through the writer's
   own `_ShardWriter`; the array path converts with `pyarrow.array` and writes
@@ -43,7 +43,7 @@ import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from data_prep.records import encode_records  # noqa: E402
+from stem_tfrs.data.records import encode_records  # noqa: E402
 from data_prep.writer import _ShardWriter  # noqa: E402
 from machine import describe  # noqa: E402  (benchmarks/)
 
@@ -175,7 +175,7 @@ def main() -> None:
     json.dump(report, f, indent=2)
   for stage in ("encode", "shard"):
     print(f"{stage}: {rates[stage]['messages']:,} rows/s a message a record, "
-          f"{rates[stage]['arrays']:,} rows/s with data_prep.records "
+          f"{rates[stage]['arrays']:,} rows/s with stem_tfrs.data.records "
           f"({report['speedup'][stage]}x)")
   print(f"{args.rows:,} rows, {len(new):,} records of {args.rows_per_record} -> {args.output}")
 

@@ -48,8 +48,8 @@ from ceiling import dense_layers, forward_ceiling  # noqa: E402  (benchmarks/)
 from data_prep.synthetic import prepare_synthetic  # noqa: E402
 from machine import describe  # noqa: E402
 from stem_tfrs import ModelConfig, build_model  # noqa: E402
-from stem_tfrs.export import EXPORT_PRECISIONS, export_saved_model  # noqa: E402
-from stem_tfrs.schema import Schema  # noqa: E402
+from stem_tfrs.serving.export import EXPORT_PRECISIONS, export_saved_model  # noqa: E402
+from stem_tfrs.data.schema import Schema  # noqa: E402
 from stem_tfrs.serving.session import SavedModelSession  # noqa: E402
 
 

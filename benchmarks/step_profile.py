@@ -41,8 +41,8 @@ from ceiling import dense_layers  # noqa: E402  (benchmarks/)
 from data_prep.synthetic import prepare_synthetic  # noqa: E402
 from machine import describe  # noqa: E402
 from stem_tfrs import ModelConfig, build_model, make_dataset  # noqa: E402
-from stem_tfrs.optimizers import FusedAdam  # noqa: E402
-from stem_tfrs.schema import Schema  # noqa: E402
+from stem_tfrs.training.optimizers import FusedAdam  # noqa: E402
+from stem_tfrs.data.schema import Schema  # noqa: E402
 
 _EMBEDDING_OPS = ("Gather", "ResourceGather", "GatherV2", "UnsortedSegmentSum", "Unique",
                   "LookupTableFindV2", "SparseSegmentSum", "SparseSegmentMean")

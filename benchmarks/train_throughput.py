@@ -48,8 +48,8 @@ from ceiling import forward_flops, gemm_ceiling, gflops  # noqa: E402  (benchmar
 from machine import describe  # noqa: E402
 from stem_tfrs import ModelConfig, build_model, make_dataset  # noqa: E402
 from stem_tfrs.models import global_dtype_policy  # noqa: E402
-from stem_tfrs.optimizers import FusedAdam  # noqa: E402
-from stem_tfrs.schema import Schema  # noqa: E402
+from stem_tfrs.training.optimizers import FusedAdam  # noqa: E402
+from stem_tfrs.data.schema import Schema  # noqa: E402
 
 
 def train_examples_per_second(model, dataset, batch_size: int, steps: int,

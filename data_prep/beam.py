@@ -9,7 +9,7 @@ How to run it on Dataflow, Flink or Spark, and what limits its scaling:
 docs/beam.md.
 
 Design decision: a thin driver over the local path's core
-(`data_prep.writer`, `data_prep.readers`, `data_prep.records`), never a second
+(`data_prep.writer`, `data_prep.readers`, `stem_tfrs.data.records`), never a second
 implementation of parsing, validation, counting or encoding. What to read is
 the loader's own `writer.Layout` (`tiktok.layout`, ...). One element per
 input file; a file's blocks are validated, split and counted by the writer's
@@ -27,7 +27,7 @@ never on which worker got which file:
    per-block counts are summed with `CombinePerKey` (combiner lifting merges
    them on the workers first) and cut at `min_count`;
 4. write: the rows of each shard grouped by shard (`GroupByKey`), ordered by
-   ordinal, encoded by `data_prep.records.encode_records` and written
+   ordinal, encoded by `stem_tfrs.data.records.encode_records` and written
    to `<tmp>/<split>-XXXXX-of-YYYYY.tfrecord`: the records the local path
    writes, byte for byte.
 
@@ -66,8 +66,8 @@ import numpy as np
 import pyarrow as pa
 
 from data_prep import readers, writer
-from data_prep.records import encode_records
-from stem_tfrs.schema import SPLITS
+from stem_tfrs.data.records import encode_records
+from stem_tfrs.data.schema import SPLITS
 
 #: Loaders whose rows `read_blocks` reads as they are; the others join feature tables in pandas.
 LOADERS = ("tiktok", "qkvideo", "logs")

@@ -21,6 +21,7 @@ import dataclasses
 from typing import Any, Callable, Optional
 
 from absl import flags
+from stem_tfrs.errors import BeamUnavailableError  # noqa: F401  (raised here; defined with the others)
 
 #: Runners the docs cover; Beam's others (PortableRunner, PrismRunner, ...) are accepted too.
 RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")
@@ -31,10 +32,6 @@ flags.DEFINE_string("runner", None, "Run the preparation as an Apache Beam pipel
 flags.DEFINE_string("beam_options", "", "With --runner: Beam pipeline options, as one string "
                     "of Beam's own flags (\"--project=P --region=R --temp_location=gs://B/tmp\"; "
                     "\"--direct_num_workers=2 --direct_running_mode=multi_processing\").")
-
-
-class BeamUnavailableError(ValueError):
-  """`--runner` was given, but Apache Beam is not installed."""
 
 
 def loader(name: str, local: Any, runner: Optional[str] = None,

@@ -16,7 +16,7 @@ feature is categorical (an id, a bucket, a category): values seen fewer than
 `min_count` times in the train split share the OOV row; a multivalent one
 holds a list of values in one field, split on its separator. Numeric
 columns (`numeric`, optionally `log1p`) are fed standardized beside the
-embeddings (`stem_tfrs.schema.NumericFeature`).
+embeddings (`stem_tfrs.data.schema.NumericFeature`).
 
 The split is either random, seeded (`test_fraction` of all rows, then
 `valid_fraction` of the rest), or by time: with `split_column`, a row whose

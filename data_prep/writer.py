@@ -7,7 +7,7 @@ to a table once) -- and hands it to `prepare`. No Python runs per row or per
 value; each block goes through four steps:
 
 1. validate (parallel): labels "0"/"1" by pyarrow compute, numeric columns by
-   a pyarrow cast (`stem_tfrs.schema.read_numbers` for the rare fields the
+   a pyarrow cast (`stem_tfrs.data.schema.read_numbers` for the rare fields the
    cast refuses); other label spellings ("1.0") and bad values take a slow path
    for the offending rows only. Each row draws two uniform numbers from a
    counter-based hash (splitmix64) of (seed, ordinal): one for its split, one
@@ -20,7 +20,7 @@ value; each block goes through four steps:
    object, see `prepare`) and its shard within the split (from its hash).
 3. encode (parallel): count the train rows' feature values
    (`pyarrow.compute.value_counts`) and numeric moments, and serialize the
-   shard records with `data_prep.records.encode_records`.
+   shard records with `stem_tfrs.data.records.encode_records`.
 4. write (serial, in block order): merge the counts, write the records.
 
 Nothing depends on how the input is cut into blocks, nor on the number of
@@ -89,22 +89,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import tensorflow as tf
 
-from data_prep.records import encode_records
+from stem_tfrs.data.records import encode_records
 from stem_tfrs.errors import first_line
 from stem_tfrs.files import remove_abandoned, temp_prefix, write_json
-from stem_tfrs.schema import (SHARD_BYTES, SPLITS, STATS_FILE, CategoricalFeature,
+from stem_tfrs.data.schema import (SHARD_BYTES, SPLITS, STATS_FILE, CategoricalFeature,
                               NumericFeature, Schema, check_column_names, check_task_names,
                               read_numbers, row_lengths_key)
+from stem_tfrs.errors import DataError  # noqa: F401  (raised here; defined with the others)
 
 BAD_ROWS_FILE = "bad_rows.json"
-#: Rows a shard record holds by default: tf.data and the parser pay per record (stem_tfrs.schema).
+#: Rows a shard record holds by default: tf.data and the parser pay per record (stem_tfrs.data.schema).
 ROWS_PER_RECORD = 64
 #: Ordinals whose rows `ExactSplit` draws its split sizes for together (a group: ordinal // this).
 GROUP_ROWS = 1 << 16
-
-
-class DataError(ValueError):
-  """The raw data is unusable; the message says what and where."""
 
 
 def check_tasks(dataset: str, tasks: Sequence[str], label_columns: Sequence[str]) -> List[str]:
@@ -511,9 +508,9 @@ def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
     multivalent: Feature -> separator, for features holding a list of values
       in one raw field ("Action|Comedy"); an empty field is an empty list.
     rows_per_record: Rows a shard record holds, consecutive rows of a shard
-      (see stem_tfrs.schema); 1 writes one row a record.
+      (see stem_tfrs.data.schema); 1 writes one row a record.
     numeric: Numeric columns to keep, after the categorical ones (see
-      `stem_tfrs.schema.NumericFeature`). An empty field is a missing value
+      `stem_tfrs.data.schema.NumericFeature`). An empty field is a missing value
       (NaN in the shards), a field that is not a number a bad row; their
       mean and std are measured on the train split.
     log1p: Those of `numeric` the model takes the signed log of first.
@@ -713,7 +710,7 @@ def finish(tmp: str, out_dir: str, counted: Counted, spec: "BlockSpec", *,
              "positive_rate": {task: float(positives[s, t] / max(rows[s], 1))
                                for t, task in enumerate(labels)},
              # What a shard cut short by a copy or a full disk no longer holds: checked in
-             # O(1) a shard before training reads it (stem_tfrs.data.validate_shards).
+             # O(1) a shard before training reads it (stem_tfrs.data.pipeline.validate_shards).
              SHARD_BYTES: {n: os.path.getsize(os.path.join(tmp, n)) for n in names[name]}}
       for s, name in enumerate(SPLITS)}
   with _writing():
@@ -1543,7 +1540,7 @@ def _check_columns(features, numeric, labels, group_column, multivalent, log1p) 
 
 class _ShardWriter:
   """Writes rows to one TFRecord shard, `rows_per_record` rows a record, building each
-  `tf.train.Example` value by value: the reference `data_prep.records.encode_records` is
+  `tf.train.Example` value by value: the reference `stem_tfrs.data.records.encode_records` is
   tested against (tests/test_records.py, benchmarks/record_encoding.py); `prepare` writes
   `encode_records`' records with `_RecordWriter`."""
 

@@ -7,7 +7,7 @@ Importing TensorFlow before `stem_tfrs` in the same process keeps Keras 3 and
 fails loudly below instead of training with the wrong Keras.
 
 The public names below are loaded on first use (PEP 562 `__getattr__`), not
-here: `import stem_tfrs.schema` (as `data_prep` does, in every worker process)
+here: `import stem_tfrs.data.schema` (as `data_prep` does, in every worker process)
 must not pay for TensorFlow Recommenders, the models, training and export.
 `stem_tfrs.train`, `from stem_tfrs import train` and `dir(stem_tfrs)` work as
 before, and so does `stem_tfrs.<submodule>` after a bare `import stem_tfrs`.
@@ -32,19 +32,19 @@ __version__ = "0.1.0"
 
 #: Public name -> the module that defines it, imported when the name is first read.
 _EXPORTS = {
-    "Schema": "stem_tfrs.schema",
-    "CategoricalFeature": "stem_tfrs.schema",
-    "NumericFeature": "stem_tfrs.schema",
+    "Schema": "stem_tfrs.data.schema",
+    "CategoricalFeature": "stem_tfrs.data.schema",
+    "NumericFeature": "stem_tfrs.data.schema",
     "ModelConfig": "stem_tfrs.config",
     "TrainConfig": "stem_tfrs.config",
-    "make_dataset": "stem_tfrs.data",
+    "make_dataset": "stem_tfrs.data.pipeline",
     "build_model": "stem_tfrs.models",
     "MODEL_NAMES": "stem_tfrs.models",
-    "FusedAdam": "stem_tfrs.optimizers",
-    "LazyAdam": "stem_tfrs.optimizers",
-    "evaluate": "stem_tfrs.evaluation",
-    "export_saved_model": "stem_tfrs.export",
-    "train": "stem_tfrs.training",
+    "FusedAdam": "stem_tfrs.training.optimizers",
+    "LazyAdam": "stem_tfrs.training.optimizers",
+    "evaluate": "stem_tfrs.evaluation.metrics",
+    "export_saved_model": "stem_tfrs.serving.export",
+    "train": "stem_tfrs.training.trainer",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -11,10 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Optional, Sequence, Tuple
-
-
-class ConfigError(ValueError):
-  """A configuration value is out of range; the message names it as its flag (`--seed ...`)."""
+from stem_tfrs.errors import ConfigError  # noqa: F401  (raised here; defined with the others)
 
 
 def _positive_units(name: str, units: Sequence[int]) -> Tuple[int, ...]:
@@ -96,15 +93,15 @@ class ModelConfig:
 
 
 MIXED_PRECISION_POLICIES = ("", "mixed_bfloat16")
-#: What an export's weights can be stored and multiplied in (`stem_tfrs.export.with_precision`).
+#: What an export's weights can be stored and multiplied in (`stem_tfrs.serving.export.with_precision`).
 EXPORT_PRECISIONS = ("float32", "bfloat16")
 #: Optimizers `train` can use: Adam over every row of the embedding table each step (the
 #: paper's, `stem_tfrs.FusedAdam`), or over the rows the batch looked up (`stem_tfrs.LazyAdam`).
 OPTIMIZERS = ("adam", "lazy_adam")
-#: tf.distribute strategies `train` can run under (see `stem_tfrs.distributed`).
+#: tf.distribute strategies `train` can run under (see `stem_tfrs.training.distributed`).
 STRATEGIES = ("default", "mirrored", "multi_worker", "parameter_server")
 #: What `tune` maximizes (the tasks' mean validation AUC or gAUC), and its KerasTuner oracles.
-#: Here, not in stem_tfrs.tuning, so the CLI defines its flags without importing KerasTuner.
+#: Here, not in stem_tfrs.training.tuning, so the CLI defines its flags without importing KerasTuner.
 TUNE_OBJECTIVES = ("auc", "gauc")
 TUNERS = ("random", "bayesian")
 
@@ -142,7 +139,7 @@ class TrainConfig:
     deterministic: Make TensorFlow ops deterministic (same seed, same metrics).
     strategy: tf.distribute strategy: "default", "mirrored", "multi_worker"
       or "parameter_server" (the last two read TF_CONFIG; see
-      `stem_tfrs.distributed`).
+      `stem_tfrs.training.distributed`).
     mixed_precision: "" (float32) or "mixed_bfloat16": bf16 compute with
       float32 variables, losses and outputs.
     export_precision: What the export's weights are stored and multiplied

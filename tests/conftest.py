@@ -1,31 +1,22 @@
 """Shared fixtures: tiny prepared data sets and tiny models, built once per session."""
 
 import os
-import sys
 
 # Keras 2 for tf.keras in every process (stem_tfrs sets it too, on import). TensorFlow
 # itself is imported by the tests and fixtures, not here: pytest-xdist's controller
 # loads this file and runs no test.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytest  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-TINY_MODEL_FLAGS = ["--embedding_dim=4", "--num_shared_experts=2", "--num_specific_experts=1",
-                    "--expert_hidden_units=16", "--gate_hidden_units=8",
-                    "--tower_hidden_units=8"]
+from tests.support import tiny_model_config  # noqa: E402
 
 
-def tiny_model_config(**overrides):
-  """The model of TINY_MODEL_FLAGS, as a ModelConfig."""
-  from stem_tfrs import ModelConfig
-  values = dict(embedding_dim=4, num_shared_experts=2, num_specific_experts=1,
-                expert_hidden_units=(16,), gate_hidden_units=(8,), tower_hidden_units=(8,))
-  values.update(overrides)
-  return ModelConfig(**values)
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "slow: whole training runs, clusters, notebooks and subprocess drills; "
+                 "deselect with -m \"not slow\"")
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from typing import Dict, Optional, Sequence
 
-from conftest import REPO
+from tests.support import REPO
 
 MAIN = os.path.join(REPO, "main.py")
 KILL_POINT = os.path.join(REPO, "tests", "kill_point.py")

@@ -7,7 +7,7 @@ method as `Class.method`) is wrapped so that its N-th call (counting only calls
 whose arguments' repr holds TEXT, if given) sends SIGKILL to this very process
 before doing anything: no handler, no `finally`, no flush, as with `kill -9` or
 a machine that loses power at that moment. Patch the name where the code looks
-it up at call time (`stem_tfrs.training:write_json` for training's `from ...
+it up at call time (`stem_tfrs.training.trainer:write_json` for training's `from ...
 import write_json`; `os:replace` for every `os.replace` call;
 `tensorflow.io.gfile:rename@metrics.json` for the rename that puts a run's
 metrics.json in place).

@@ -1,16 +1,16 @@
-"""stem_tfrs.analysis: comparable-sample groups and gate shares."""
+"""stem_tfrs.evaluation.analysis: comparable-sample groups and gate shares."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from stem_tfrs import build_model
-from stem_tfrs.analysis import (EPSILON, assign_groups, comparable_report, mean_gate_shares,
+from stem_tfrs.evaluation.analysis import (EPSILON, assign_groups, comparable_report, mean_gate_shares,
                                 user_feedback_ratio)
-from stem_tfrs.schema import Schema
+from stem_tfrs.data.schema import Schema
 
-from conftest import tiny_model_config
-from test_data import good_row, write_shard
+from tests.support import tiny_model_config
+from tests.test_pipeline import good_row, write_shard
 
 
 def test_groups_follow_kappa_thresholds():

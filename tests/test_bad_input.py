@@ -20,9 +20,9 @@ import threading
 
 import pytest
 
-from conftest import REPO, TINY_MODEL_FLAGS
-from test_export import raw_batch
-from test_logs import write_logs
+from tests.support import REPO, TINY_MODEL_FLAGS
+from tests.test_export import raw_batch
+from tests.test_logs import write_logs
 
 LOGS = ["prepare", "--dataset=logs", "--features=user_id,item_id", "--tasks=click,like",
         "--min_count=1"]

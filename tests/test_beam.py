@@ -22,8 +22,8 @@ from data_prep.logs import prepare_logs  # noqa: E402
 from data_prep.tiktok import prepare_tiktok  # noqa: E402
 from data_prep.writer import BadRows, DataError  # noqa: E402
 
-from test_logs import write_logs  # noqa: E402
-from test_tiktok import write_raw  # noqa: E402
+from tests.test_logs import write_logs  # noqa: E402
+from tests.test_tiktok import write_raw  # noqa: E402
 
 MULTI_PROCESSING = "--direct_num_workers=2 --direct_running_mode=multi_processing"
 LOGS = dict(features=["user_id", "item_id", "tags"], tasks=["click", "like"],

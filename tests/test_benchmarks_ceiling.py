@@ -6,9 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import REPO
-
-# Loaded from its file: benchmarks/ on sys.path would shadow the data_prep package.
+from tests.support import REPO
 _spec = importlib.util.spec_from_file_location(
     "ceiling", os.path.join(REPO, "benchmarks", "ceiling.py"))
 ceiling = importlib.util.module_from_spec(_spec)
@@ -20,7 +18,7 @@ _spec.loader.exec_module(ceiling)
 def test_flop_model_counts_every_dense_kernel_of_the_model(name, config_name, tmp_path):
   from data_prep.synthetic import prepare_synthetic
   from stem_tfrs import ModelConfig, build_model
-  from stem_tfrs.schema import Schema
+  from stem_tfrs.data.schema import Schema
   prepare_synthetic(str(tmp_path / "data"), rows=2_000, min_count=1)
   schema = Schema.load(str(tmp_path / "data"))
   config = {"default": ModelConfig(), "reference": ModelConfig.reference(),

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from tests.support import REPO
 
 
 def test_data_prep_benchmark_reports_rows_per_second_and_peak_rss(tmp_path):

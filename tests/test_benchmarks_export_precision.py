@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from tests.support import REPO
 
 
 def test_export_precision_benchmark_scores_each_export_like_the_run(trained_run, tmp_path):

@@ -6,7 +6,7 @@ import statistics
 import subprocess
 import sys
 
-from conftest import REPO
+from tests.support import REPO
 
 
 def test_input_pipeline_benchmark_reports_examples_per_second_per_core(tmp_path):

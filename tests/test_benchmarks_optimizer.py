@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from tests.support import REPO
 
 
 def test_optimizer_benchmark_reports_every_optimizer(tmp_path):

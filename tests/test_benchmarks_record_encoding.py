@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from tests.support import REPO
 
 
 def test_record_encoding_benchmark_reports_rows_per_second_of_both_paths(tmp_path):

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from tests.support import REPO
 
 
 def test_serving_benchmark_reports_latency_per_batch(trained_run, tmp_path):

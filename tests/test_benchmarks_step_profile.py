@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from tests.support import REPO
 
 
 def test_step_profile_reports_where_the_step_time_goes(tmp_path):

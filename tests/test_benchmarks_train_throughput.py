@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from tests.support import REPO
 
 
 def test_train_throughput_reports_every_pipeline_and_policy(tmp_path):

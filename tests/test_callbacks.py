@@ -1,9 +1,9 @@
-"""stem_tfrs.callbacks: the state a resumed run carries over."""
+"""stem_tfrs.training.callbacks: the state a resumed run carries over."""
 
 import numpy as np
 import tensorflow as tf
 
-from stem_tfrs import callbacks
+from stem_tfrs.training import callbacks
 
 
 def test_resumed_callback_state_restores_only_the_epoch_it_follows(tmp_path):

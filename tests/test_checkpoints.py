@@ -1,13 +1,14 @@
-"""stem_tfrs.checkpoints: a run's weights restore, in the stacked layout or the earlier one."""
+"""stem_tfrs.training.checkpoints: a run's weights restore, in the stacked layout or the earlier one."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from stem_tfrs import build_model, checkpoints, make_dataset
-from stem_tfrs.schema import Schema
+from stem_tfrs import build_model, make_dataset
+from stem_tfrs.training import checkpoints
+from stem_tfrs.data.schema import Schema
 
-from conftest import tiny_model_config
+from tests.support import tiny_model_config
 
 _FIRST_LAYER = ("/kernel_0/.ATTRIBUTES/VARIABLE_VALUE", "/bias_0/.ATTRIBUTES/VARIABLE_VALUE")
 

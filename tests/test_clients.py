@@ -9,15 +9,15 @@ import pytest
 import tensorflow as tf
 
 from stem_tfrs import build_model
-from stem_tfrs.export import export_saved_model
+from stem_tfrs.serving.export import export_saved_model
 from stem_tfrs.serving.clients import (GrpcClient, RestClient, ServingError,
                                        parse_rest_response, rest_request)
 
-from conftest import tiny_model_config
-from standin_servers import Model, grpc_server, rest_server
-from test_export import raw_batch
-from cli_cases import run_here
-from test_main import assert_clean_error
+from tests.support import tiny_model_config
+from tests.standin_servers import Model, grpc_server, rest_server
+from tests.test_export import raw_batch
+from tests.cli_cases import run_here
+from tests.test_main import assert_clean_error
 
 
 @pytest.fixture(scope="module")

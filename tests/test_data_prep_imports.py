@@ -10,13 +10,13 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from tests.support import REPO
 
 DATA_PREP_MODULES = ["data_prep.tiktok", "data_prep.kuairand", "data_prep.qkvideo",
                      "data_prep.movielens", "data_prep.logs", "data_prep.synthetic",
                      "data_prep.writer", "data_prep.readers", "data_prep.cli"]
 TRAINING_STACK = ["tensorflow_recommenders", "keras_tuner", "stem_tfrs.training",
-                  "stem_tfrs.export", "stem_tfrs.models", "stem_tfrs.layers"]
+                  "stem_tfrs.serving.export", "stem_tfrs.models", "stem_tfrs.layers"]
 
 # Imports each data_prep module in turn, noting which training-stack modules each one
 # brought in; then reads stem_tfrs' public names the ways users do.
@@ -34,13 +34,13 @@ report["keras"] = tf.keras.__name__
 import stem_tfrs
 report["all"] = list(stem_tfrs.__all__)
 report["missing_from_dir"] = sorted(set(stem_tfrs.__all__) - set(dir(stem_tfrs)))
-report["train_is_training_train"] = stem_tfrs.train is sys.modules["stem_tfrs.training"].train
+report["train_is_training_train"] = stem_tfrs.train is sys.modules["stem_tfrs.training.trainer"].train
 from stem_tfrs import LazyAdam, build_model, export_saved_model
 report["from_import"] = [LazyAdam.__name__, build_model.__name__, export_saved_model.__name__]
 namespace = {}
 exec("from stem_tfrs import *", namespace)
 report["star_import_missing"] = sorted(set(stem_tfrs.__all__) - set(namespace))
-report["submodule_attribute"] = stem_tfrs.schema.__name__
+report["submodule_attribute"] = stem_tfrs.data.schema.__name__
 try:
   stem_tfrs.no_such_name
   report["unknown_name"] = "resolved"
@@ -77,5 +77,5 @@ def test_stem_tfrs_public_names_resolve_on_first_use(probe):
   assert probe["train_is_training_train"] is True
   assert probe["from_import"] == ["LazyAdam", "build_model", "export_saved_model"]
   assert probe["star_import_missing"] == []
-  assert probe["submodule_attribute"] == "stem_tfrs.schema"
+  assert probe["submodule_attribute"] == "stem_tfrs.data.schema"
   assert probe["unknown_name"] == "module 'stem_tfrs' has no attribute 'no_such_name'"

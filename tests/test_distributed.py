@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, TINY_MODEL_FLAGS
-from stem_tfrs import data
-from stem_tfrs.schema import Schema
+from tests.support import REPO, TINY_MODEL_FLAGS
+from stem_tfrs.data import pipeline
+from stem_tfrs.data.schema import Schema
 
 TIMEOUT = 420
 
@@ -103,7 +103,7 @@ def assert_serves_like_single_machine(export_path, trained_run, tiny_data):
           and all(loaded.structured_outputs[k].shape.as_list()
                   == reference.structured_outputs[k].shape.as_list()
                   for k in reference.structured_outputs))
-  features, _ = next(iter(data.make_dataset(Schema.load(tiny_data), "test", 64)))
+  features, _ = next(iter(pipeline.make_dataset(Schema.load(tiny_data), "test", 64)))
   outputs = loaded(**features)
   for task in ("finish", "like"):
     p = outputs[task].numpy()
@@ -208,7 +208,7 @@ def test_a_killed_worker_does_not_lose_the_parameter_server_run(
      r"task worker 1 is not in its cluster \(worker: 1\)"),
 ])
 def test_a_malformed_tf_config_is_named(monkeypatch, tf_config, message):
-  from stem_tfrs import distributed
+  from stem_tfrs.training import distributed
   from stem_tfrs.config import ConfigError
   monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
   with pytest.raises(ConfigError, match=message):
@@ -243,13 +243,14 @@ def test_a_worker_refuses_bad_flags_before_waiting_for_its_peers(
 
 
 def test_benchmark_and_tune_refuse_a_cluster_strategy(tiny_data, tmp_path):
-  from stem_tfrs import TrainConfig, benchmark, tuning
+  from stem_tfrs import TrainConfig
+  from stem_tfrs.training import comparison, tuning
   from stem_tfrs.config import ConfigError
-  from conftest import tiny_model_config
+  from tests.support import tiny_model_config
   config = TrainConfig(data_dir=tiny_data, strategy="multi_worker", run_dir=str(tmp_path))
   with pytest.raises(ConfigError, match=r"benchmark trains its runs one after another in one "
                                         r"process and cannot use --strategy=multi_worker"):
-    benchmark.run_benchmark(tiny_model_config(), config, benchmark.BenchmarkConfig(
+    comparison.run_benchmark(tiny_model_config(), config, comparison.BenchmarkConfig(
         models=("stem",), output_dir=str(tmp_path / "bench")))
   with pytest.raises(ConfigError, match=r"tune trains its runs .* --strategy=multi_worker"):
     tuning.tune(tiny_model_config(), config, str(tmp_path / "tune"))

@@ -7,7 +7,7 @@ import os
 import pytest
 from absl import flags
 
-from conftest import REPO
+from tests.support import REPO
 import stem_tfrs.cli  # noqa: F401  (defines every command's flags)
 from stem_tfrs.cli import train as train_cli
 from stem_tfrs.models import MODEL_NAMES

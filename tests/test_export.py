@@ -1,4 +1,4 @@
-"""stem_tfrs.export: TF Serving layout, the serving_default contract, and a fresh-process load."""
+"""stem_tfrs.serving.export: TF Serving layout, the serving_default contract, and a fresh-process load."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stem_tfrs.export import export_saved_model, versions, with_precision
+from stem_tfrs.serving.export import export_saved_model, versions, with_precision
 from stem_tfrs.models import MODEL_NAMES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -209,7 +209,7 @@ def test_exporting_keeps_the_model_s_own_precision_unless_told(trained_run, tmp_
 
 
 def test_export_run_takes_the_run_s_own_export_precision(trained_run, tmp_path):
-  from stem_tfrs.export import export_run
+  from stem_tfrs.serving.export import export_run
   run_dir = tmp_path / "run"
   shutil.copytree(os.path.join(trained_run.run_dir, "checkpoints"), run_dir / "checkpoints")
   with open(os.path.join(trained_run.run_dir, "config.json")) as f:
@@ -228,9 +228,9 @@ def test_export_run_takes_the_run_s_own_export_precision(trained_run, tmp_path):
                          + [("stem", True)])
 def test_every_architecture_has_a_bfloat16_copy_that_predicts_alike(tiny_data, name,
                                                                     batch_norm):
-  from conftest import tiny_model_config
+  from tests.support import tiny_model_config
   from stem_tfrs import build_model
-  from stem_tfrs.schema import Schema
+  from stem_tfrs.data.schema import Schema
   schema = Schema.load(tiny_data)
   tf.keras.utils.set_random_seed(0)
   model = build_model(name, schema, tiny_model_config(batch_norm=batch_norm))
@@ -262,7 +262,7 @@ def test_versions_outside_1_to_2_63_minus_1_are_refused(trained_run, tmp_path, v
 
 
 def test_the_default_version_ignores_versions_beyond_int64(tmp_path):
-  from stem_tfrs.export import _next_version
+  from stem_tfrs.serving.export import _next_version
   (tmp_path / "m" / "99999999999999999999").mkdir(parents=True)
   (tmp_path / "m" / "5").mkdir()
   version = _next_version(str(tmp_path / "m"))
@@ -273,8 +273,8 @@ def test_the_default_version_ignores_versions_beyond_int64(tmp_path):
 
 
 def test_export_command_refuses_a_version_beyond_int64_in_one_line(trained_run, tmp_path):
-  from cli_cases import run_here
-  from test_main import assert_clean_error
+  from tests.cli_cases import run_here
+  from tests.test_main import assert_clean_error
   result = run_here("export", f"--run_dir={trained_run.run_dir}", f"--export_dir={tmp_path}",
                     "--version=99999999999999999999", cwd=tmp_path)
   assert_clean_error(result, r"--version=99999999999999999999: .*1 to 9223372036854775807")

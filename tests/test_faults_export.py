@@ -3,10 +3,10 @@ load is left half-written, and the same command run again exports what an uninte
 
 import pytest
 
-from fault_drill import assert_killed, assert_succeeded, files, run, temporaries
+from tests.fault_drill import assert_killed, assert_succeeded, files, run, temporaries
 
 KILL_POINTS = {
-    "early, before the weights are restored": ("stem_tfrs.checkpoints:load_weights", 1),
+    "early, before the weights are restored": ("stem_tfrs.training.checkpoints:load_weights", 1),
     "mid-write, the SavedModel written, its warmup file not yet":
         ("stem_tfrs.serving.warmup:write_warmup", 1),
     "at the rename that puts the version in place": ("tensorflow.io.gfile:rename@.tmp-", 1),

@@ -4,8 +4,8 @@ left where the output goes, and the same command run again writes what an uninte
 import pandas as pd
 import pytest
 
-from fault_drill import assert_killed, assert_succeeded, run, temporaries
-from test_export import raw_batch
+from tests.fault_drill import assert_killed, assert_succeeded, run, temporaries
+from tests.test_export import raw_batch
 
 KILL_POINTS = {
     "early, before the first chunk is written": ("pandas:DataFrame.to_csv", 1),

@@ -7,8 +7,8 @@ the rerun.
 
 import pytest
 
-from fault_drill import assert_killed, assert_succeeded, files, run, temporaries
-from test_logs import write_logs
+from tests.fault_drill import assert_killed, assert_succeeded, files, run, temporaries
+from tests.test_logs import write_logs
 
 FLAGS = ["prepare", "--dataset=logs", "--raw=logs.csv", "--features=user_id,item_id,tags",
          "--tasks=click,like", "--group_column=user_id", "--multivalent=tags:|",

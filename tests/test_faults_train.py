@@ -5,15 +5,15 @@ import json
 
 import pytest
 
-from conftest import TINY_MODEL_FLAGS
-from fault_drill import assert_killed, assert_succeeded, run, temporaries
+from tests.support import TINY_MODEL_FLAGS
+from tests.fault_drill import assert_killed, assert_succeeded, run, temporaries
 
 KILL_POINTS = {
     # config.json is written; not a step trained.
-    "early, as the first dataset is made": ("stem_tfrs.data:make_dataset", 1),
+    "early, as the first dataset is made": ("stem_tfrs.data.pipeline:make_dataset", 1),
     # Epoch 1 finished: its checkpoint and backup are written.
     "mid-training, as the second epoch begins":
-        ("stem_tfrs.callbacks:ResumedCallbackState.on_epoch_begin", 2),
+        ("stem_tfrs.training.callbacks:ResumedCallbackState.on_epoch_begin", 2),
     # Trained and evaluated; training.json written, metrics.json not yet in place.
     "at the rename that puts metrics.json in place": ("tensorflow.io.gfile:rename@metrics.json", 1),
 }

@@ -12,13 +12,13 @@ import pytest
 import tensorflow as tf
 
 from stem_tfrs import TrainConfig, training
-from conftest import REPO, tiny_model_config
+from tests.support import REPO, tiny_model_config
 
 from data_prep.kuairand import (LABEL_COLUMNS, RELEASES, TASKS, USER_FEATURES, find_release,
                                 prepare_kuairand)
 from data_prep.writer import BadRows, DataError
-from stem_tfrs.data import parse_records
-from stem_tfrs.schema import Schema
+from stem_tfrs.data.records import parse_records
+from stem_tfrs.data.schema import Schema
 
 K1, PURE = RELEASES[:2]
 LOG_HEADER = ("user_id,video_id,date,hourmin,time_ms,is_click,is_like,is_follow,is_comment,"

@@ -6,9 +6,9 @@ import pytest
 from data_prep.logs import prepare_logs
 from data_prep.writer import BadRows, DataError
 from stem_tfrs import make_dataset
-from stem_tfrs.schema import Schema, SchemaError
+from stem_tfrs.data.schema import Schema, SchemaError
 
-from test_main import main_py
+from tests.test_main import main_py
 
 COLUMNS = ["user_id", "item_id", "tags", "day", "click", "like", "unused"]
 DAYS = ["20240101", "20240102", "20240103", "20240104"]

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from stem_tfrs.schema import Schema
+from stem_tfrs.data.schema import Schema
 
-from conftest import REPO, TINY_MODEL_FLAGS
-from test_data import good_row, write_shard
+from tests.support import REPO, TINY_MODEL_FLAGS
+from tests.test_pipeline import good_row, write_shard
 
 
 def main_py(*args, cwd):

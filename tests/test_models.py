@@ -6,10 +6,10 @@ import tensorflow as tf
 
 from stem_tfrs import build_model, export_saved_model, make_dataset
 from stem_tfrs.models import MODEL_NAMES, MODELS, MultiTaskRankingModel
-from stem_tfrs.schema import Schema
+from stem_tfrs.data.schema import Schema
 
-from conftest import tiny_model_config
-from test_stem import TASKS, make_batch, make_schema, task_gradients
+from tests.support import tiny_model_config
+from tests.test_stem import TASKS, make_batch, make_schema, task_gradients
 
 
 @pytest.fixture()

@@ -7,10 +7,10 @@ import tensorflow as tf
 from data_prep.movielens import GENRES, prepare_movielens
 from data_prep.writer import BadRows, DataError
 from stem_tfrs import TrainConfig, training
-from stem_tfrs.data import parse_records
-from stem_tfrs.schema import Schema
+from stem_tfrs.data.records import parse_records
+from stem_tfrs.data.schema import Schema
 
-from conftest import tiny_model_config
+from tests.support import tiny_model_config
 
 USERS, ITEMS = 30, 60
 

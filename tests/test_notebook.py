@@ -5,7 +5,7 @@ import os
 import nbformat
 from nbclient import NotebookClient
 
-from conftest import REPO
+from tests.support import REPO
 
 NOTEBOOK = os.path.join(REPO, "notebooks", "stem_tfrs_quickstart.ipynb")
 

@@ -9,12 +9,12 @@ from data_prep.writer import BadRows, Chunk, DataError, prepare
 from stem_tfrs import build_model, export_saved_model, make_dataset
 from stem_tfrs.layers import NumericInputs
 from stem_tfrs.models import global_dtype_policy
-from stem_tfrs.schema import NumericFeature, Schema, SchemaError
+from stem_tfrs.data.schema import NumericFeature, Schema, SchemaError
 from stem_tfrs.serving import warmup
 
-from conftest import tiny_model_config
-from cli_cases import run_here
-from test_main import assert_clean_error
+from tests.support import tiny_model_config
+from tests.cli_cases import run_here
+from tests.test_main import assert_clean_error
 
 ROWS = 1500
 
@@ -181,7 +181,7 @@ def test_logs_command_prepares_numeric_columns(tmp_path):
 def test_rest_and_grpc_clients_carry_numbers_and_missing_values(numeric_data, tmp_path):
   from stem_tfrs.serving.clients import GrpcClient, RestClient
   from stem_tfrs.serving.session import SavedModelSession
-  from standin_servers import Model, grpc_server, rest_server
+  from tests.standin_servers import Model, grpc_server, rest_server
   schema, _ = numeric_data
   model = build_model("mmoe", schema, tiny_model_config())
   path = export_saved_model(model, schema, str(tmp_path / "export"), "mmoe")
@@ -226,7 +226,7 @@ def test_raw_values_stay_float32_under_a_mixed_policy(numeric_data):
 
 
 def test_a_numeric_column_without_spread_or_beyond_float32_is_handled(tmp_path):
-  from stem_tfrs.schema import read_numbers
+  from stem_tfrs.data.schema import read_numbers
   values, bad = read_numbers(["1.5", "  ", "", "nan", "inf", "1e39", "-2e3", "1_000", "x"])
   np.testing.assert_array_equal(bad, [False] * 7 + [True, True])
   np.testing.assert_array_equal(values[[0, 6]], [1.5, -2000.0])

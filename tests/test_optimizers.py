@@ -1,4 +1,4 @@
-"""stem_tfrs.optimizers: FusedAdam takes the same steps as Keras' Adam; LazyAdam only the
+"""stem_tfrs.training.optimizers: FusedAdam takes the same steps as Keras' Adam; LazyAdam only the
 looked-up rows' steps."""
 
 import json
@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stem_tfrs.optimizers import FusedAdam, LazyAdam
+from stem_tfrs.training.optimizers import FusedAdam, LazyAdam
 
-from conftest import REPO
-
-# Row 49 is looked up in the first step only; rows 10-48 never.
+from tests.support import REPO
 _FIRST_IDS = [[1, 7, 7, 49], [0, 7, 49, 3], [5, 5, 5, 5]]
 _LATER_IDS = [[1, 7, 7, 3], [0, 7, 2, 3], [5, 5, 5, 5]]
 

@@ -12,11 +12,10 @@ import pytest
 
 from stem_tfrs.serving.batch import score_csv
 
-from conftest import REPO  # noqa: F401  (puts the repository on sys.path)
-from standin_servers import Model, grpc_server, rest_server
-from test_export import raw_batch
-from cli_cases import run_here
-from test_main import assert_clean_error
+from tests.standin_servers import Model, grpc_server, rest_server
+from tests.test_export import raw_batch
+from tests.cli_cases import run_here
+from tests.test_main import assert_clean_error
 
 SPECS = {"uid": (1, "string"), "tags": (2, "int64")}
 

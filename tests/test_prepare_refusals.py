@@ -15,11 +15,11 @@ import sys
 
 import pytest
 
-from conftest import REPO
-from test_logs import write_logs
-from cli_cases import run_here
-from test_main import assert_clean_error
-from test_movielens import write_original
+from tests.support import REPO
+from tests.test_logs import write_logs
+from tests.cli_cases import run_here
+from tests.test_main import assert_clean_error
+from tests.test_movielens import write_original
 
 LOGS_FLAGS = ["--features=user_id,item_id", "--tasks=click,like", "--min_count=1"]
 

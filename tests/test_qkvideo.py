@@ -6,9 +6,9 @@ import pytest
 from data_prep.qkvideo import prepare_qkvideo
 from data_prep.writer import BadRows, DataError
 from stem_tfrs import TrainConfig, training
-from stem_tfrs.schema import Schema
+from stem_tfrs.data.schema import Schema
 
-from conftest import tiny_model_config
+from tests.support import tiny_model_config
 
 HEADER = "user_id,item_id,click,follow,like,share,video_category,watching_times,gender,age"
 

@@ -1,4 +1,4 @@
-"""data_prep.records: shard records encoded as arrays, byte for byte the messages' serialization.
+"""stem_tfrs.data.records: shard records encoded as arrays, byte for byte the messages' serialization.
 
 Hand-checked records first, then random columns compared with a reference
 that builds each `tf.train.Example` as `data_prep.writer` does, then the
@@ -13,11 +13,11 @@ import pytest
 import tensorflow as tf
 from google.protobuf.internal import api_implementation
 
-from data_prep import records
-from data_prep.records import encode_records
+from stem_tfrs.data import records
+from stem_tfrs.data.records import encode_records
 from data_prep.writer import _ShardWriter
-from stem_tfrs.data import parse_records
-from stem_tfrs.schema import CategoricalFeature, NumericFeature, Schema, row_lengths_key
+from stem_tfrs.data.records import parse_records
+from stem_tfrs.data.schema import CategoricalFeature, NumericFeature, Schema, row_lengths_key
 
 
 def reference(columns, kinds, rows_per_record):

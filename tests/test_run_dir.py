@@ -14,13 +14,14 @@ import shutil
 
 import pytest
 
-from stem_tfrs import TrainConfig, callbacks, training
+from stem_tfrs import TrainConfig, training
+from stem_tfrs.training import callbacks
 from stem_tfrs.config import ConfigError
 
-from conftest import TINY_MODEL_FLAGS, tiny_model_config
-from cli_cases import run_here
-from test_main import assert_clean_error
-from test_training import _Interrupt
+from tests.support import TINY_MODEL_FLAGS, tiny_model_config
+from tests.cli_cases import run_here
+from tests.test_main import assert_clean_error
+from tests.test_training import _Interrupt
 
 
 def snapshot(root):
@@ -186,7 +187,7 @@ def test_a_backup_of_another_model_is_refused_naming_what_it_does_not_restore(
     interrupted_run, tiny_data, tmp_path):
   import tensorflow as tf
   from stem_tfrs import build_model
-  from stem_tfrs.schema import Schema
+  from stem_tfrs.data.schema import Schema
   run_dir = tmp_path / "run"
   shutil.copytree(interrupted_run, run_dir)
   model = build_model("stem", Schema.load(tiny_data), tiny_model_config(num_layers=2))

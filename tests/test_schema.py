@@ -1,11 +1,11 @@
-"""stem_tfrs.schema: round trip and the errors a user meets."""
+"""stem_tfrs.data.schema: round trip and the errors a user meets."""
 
 import json
 import re
 
 import pytest
 
-from stem_tfrs.schema import CategoricalFeature, Schema, SchemaError
+from stem_tfrs.data.schema import CategoricalFeature, Schema, SchemaError
 
 
 def test_round_trip(tmp_path):

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stem_tfrs.export import export_saved_model
+from stem_tfrs.serving.export import export_saved_model
 from stem_tfrs.serving.session import SavedModelSession
 from stem_tfrs.serving.warmup import WARMUP_FILE, read_warmup
 
-from conftest import REPO
-from test_export import raw_batch
-from cli_cases import run_here
-from test_main import assert_clean_error
+from tests.support import REPO
+from tests.test_export import raw_batch
+from tests.cli_cases import run_here
+from tests.test_main import assert_clean_error
 
 
 def saved_model_cli(*args):

@@ -14,9 +14,9 @@ import tensorflow as tf
 
 from stem_tfrs.layers import STEMLayer
 from stem_tfrs.models import MEMMoE, STEMNet
-from stem_tfrs.schema import CategoricalFeature, Schema
+from stem_tfrs.data.schema import CategoricalFeature, Schema
 
-from conftest import tiny_model_config
+from tests.support import tiny_model_config
 
 TASKS = ["finish", "like", "follow"]
 

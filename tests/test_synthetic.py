@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from data_prep.synthetic import FEATURES, LABELS, World, generate, prepare_synthetic
-from stem_tfrs.schema import Schema
+from stem_tfrs.data.schema import Schema
 
 
 def test_same_seed_gives_identical_files(tmp_path):

@@ -13,11 +13,11 @@ import tensorflow as tf
 
 from data_prep.tiktok import COLUMNS, prepare_tiktok
 from data_prep.writer import BadRows, DataError
-from stem_tfrs.data import parse_records
-from stem_tfrs.schema import Schema
+from stem_tfrs.data.records import parse_records
+from stem_tfrs.data.schema import Schema
 
-from conftest import REPO, TINY_MODEL_FLAGS
-from test_main import assert_clean_error, main_py
+from tests.support import REPO, TINY_MODEL_FLAGS
+from tests.test_main import assert_clean_error, main_py
 
 
 def write_raw(path, rows=400, seed=0, extra_lines=()):

@@ -1,4 +1,4 @@
-"""stem_tfrs.training: the run directory, metrics, determinism, and a loss that goes down."""
+"""stem_tfrs.training.trainer: the run directory, metrics, determinism, and a loss that goes down."""
 
 import dataclasses
 import json
@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stem_tfrs import ModelConfig, TrainConfig, build_model, callbacks, make_dataset, training
+from stem_tfrs import ModelConfig, TrainConfig, build_model, make_dataset, training
+from stem_tfrs.training import callbacks
 from stem_tfrs.config import ConfigError
-from stem_tfrs.schema import Schema, SchemaError
+from stem_tfrs.data.schema import Schema, SchemaError
 
-from conftest import tiny_model_config
+from tests.support import tiny_model_config
 
 
 def test_run_directory_holds_config_checkpoint_logs_and_metrics(trained_run):

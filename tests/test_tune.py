@@ -8,11 +8,12 @@ import shutil
 import pytest
 import tensorflow as tf
 
-from stem_tfrs import TrainConfig, training, tuning
+from stem_tfrs import TrainConfig
+from stem_tfrs.training import trainer, tuning
 from stem_tfrs.config import ConfigError
 
-from cli_cases import run_here
-from conftest import REPO, TINY_MODEL_FLAGS, tiny_model_config
+from tests.cli_cases import run_here
+from tests.support import REPO, TINY_MODEL_FLAGS, tiny_model_config
 
 
 def main_py(*args):
@@ -76,7 +77,7 @@ def test_a_gauc_search_needs_a_group_column(tiny_data, tmp_path):
 
 
 def test_diverged_trials_fail_one_line_each_and_stop_the_search_after_three(tiny_data, tmp_path):
-  from test_main import assert_clean_error
+  from tests.test_main import assert_clean_error
   out = tmp_path / "tuning"
   result = main_py("tune", f"--data_dir={tiny_data}", f"--output_dir={out}", "--epochs=1",
                    "--batch_size=512", "--eval_batch_size=4096", "--max_trials=5",
@@ -102,7 +103,7 @@ def test_any_failed_trial_is_named_and_a_stopped_search_says_why_again(tiny_data
   def out_of_memory(model_config, config, verbose=1):
     raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating [99]\ndetails")
 
-  monkeypatch.setattr(training, "train", out_of_memory)
+  monkeypatch.setattr(trainer, "train", out_of_memory)
   config = TrainConfig(data_dir=tiny_data, epochs=1)
   message = (rf"the search in {tmp_path} stopped: 3 trials in a row failed; the last, trial 2: "
              r"ResourceExhaustedError: OOM when allocating \[99\]$")
@@ -112,7 +113,7 @@ def test_any_failed_trial_is_named_and_a_stopped_search_says_why_again(tiny_data
   def no_training(*args, **kwargs):
     raise AssertionError("a stopped search trained again")
 
-  monkeypatch.setattr(training, "train", no_training)  # resumed: the saved trials say why
+  monkeypatch.setattr(trainer, "train", no_training)  # resumed: the saved trials say why
   with pytest.raises(tuning.SearchFailed, match=message):
     tuning.tune(tiny_model_config(), config, str(tmp_path), max_trials=5)
 

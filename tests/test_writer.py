@@ -15,8 +15,9 @@ from data_prep.logs import prepare_logs
 from data_prep.readers import read_blocks
 from data_prep.writer import (BadRows, Chunk, DataError, ExactSplit, RandomSplit, SplitRows,
                               prepare)
-from stem_tfrs.data import make_dataset, parse_records
-from stem_tfrs.schema import Schema, SchemaError
+from stem_tfrs.data.pipeline import make_dataset
+from stem_tfrs.data.records import parse_records
+from stem_tfrs.data.schema import Schema, SchemaError
 
 
 def frame(n=200, like=None, first_line=1):
@@ -494,7 +495,7 @@ def prepared_files(out):
 def test_gzipped_parts_and_parquet_prepare_to_the_data_set_of_the_file_they_were_cut_from(
     tmp_path, monkeypatch):
   from data_prep.tiktok import COLUMNS, prepare_tiktok
-  from test_tiktok import write_raw
+  from tests.test_tiktok import write_raw
   monkeypatch.setattr(writer, "GROUP_ROWS", 128)  # ExactSplit's groups straddle the parts
   # TikTok's layout (no header, tabs) with its exact split; a bad label stays a row of each.
   write_raw(tmp_path / "tiktok.txt", rows=900, seed=4,
@@ -514,7 +515,7 @@ def test_gzipped_parts_and_parquet_prepare_to_the_data_set_of_the_file_they_were
   assert outputs["tiktok-parquet"] == outputs["tiktok.txt"]
 
   # A logs file (a header, commas) with a random split.
-  from test_logs import write_logs
+  from tests.test_logs import write_logs
   write_logs(tmp_path / "logs.csv", 800, seed=5, extra=[(40, "u1,i1,a,20240101,1,7,x")])
   header, *lines = (tmp_path / "logs.csv").read_text().splitlines()
   cut_into_parts(lines, header, tmp_path / "logs-parts", [1, 399, 500])
@@ -533,7 +534,7 @@ def test_gzipped_parts_and_parquet_prepare_to_the_data_set_of_the_file_they_were
 
 
 def test_bad_row_kinds_are_listed_by_their_earliest_row_whatever_the_workers(tmp_path):
-  from test_logs import write_logs
+  from tests.test_logs import write_logs
   # A bad label on line 3, a short line a few blocks later: with two workers the reader meets
   # the short line before the label's block is placed.
   write_logs(tmp_path / "logs.csv", 300, seed=6,

@@ -7,7 +7,7 @@ from typing import List
 
 from absl import flags
 
-from stem_tfrs import benchmark
+from stem_tfrs.training import comparison
 from stem_tfrs.cli import train as train_cli
 from stem_tfrs.cli.errors import one_line_errors
 from stem_tfrs.config import ConfigError
@@ -35,14 +35,14 @@ def run(argv: List[str]) -> int:
   tasks = FLAGS.comparable_tasks
   if tasks is not None and len(tasks) != 2:
     raise ConfigError(f"--comparable_tasks takes two tasks, got {tasks}")
-  bench = benchmark.BenchmarkConfig(models=models, seeds=FLAGS.seeds,
+  bench = comparison.BenchmarkConfig(models=models, seeds=FLAGS.seeds,
                                     output_dir=FLAGS.output_dir, kappa=FLAGS.kappa,
                                     comparable_tasks=tuple(tasks) if tasks else None)
   model_config, train_config = train_cli.configs_from_flags()
   if not FLAGS["data_dir"].present:
     train_cli.ensure_embedded_data(train_config.data_dir, FLAGS.synthetic_rows)
-  report = benchmark.run_benchmark(model_config, train_config, bench, verbose=FLAGS.verbose)
-  print(benchmark.markdown(report.results, report.failed))
+  report = comparison.run_benchmark(model_config, train_config, bench, verbose=FLAGS.verbose)
+  print(comparison.markdown(report.results, report.failed))
   print(f"reports in {FLAGS.output_dir}/: {', '.join(report.files)}")
   if report.failed:
     print(f"error: {len(report.failed)} run(s) diverged and are left out of the reports "

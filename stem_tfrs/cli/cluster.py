@@ -1,5 +1,5 @@
 """The flag every command that starts TensorFlow's gRPC server needs: `server`, and `train`
-with --strategy=multi_worker or parameter_server (see stem_tfrs.distributed.run_server)."""
+with --strategy=multi_worker or parameter_server (see stem_tfrs.training.distributed.run_server)."""
 
 from absl import flags
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from stem_tfrs.config import ConfigError
 from stem_tfrs.errors import first_line
-from stem_tfrs.schema import SchemaError
+from stem_tfrs.data.schema import SchemaError
 from stem_tfrs.serving.clients import ServingError
 
 #: Errors that describe bad input (flags, files, data, a refused request), not a

@@ -6,7 +6,7 @@ from typing import List
 
 from absl import flags
 
-from stem_tfrs import export
+from stem_tfrs.serving import export
 from stem_tfrs.cli.errors import one_line_errors
 from stem_tfrs.config import ConfigError
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import List
 
-from stem_tfrs import distributed
+from stem_tfrs.training import distributed
 from stem_tfrs.cli.cluster import LISTEN_ON_ALL_INTERFACES
 from stem_tfrs.cli.errors import one_line_errors
 

@@ -7,13 +7,14 @@ from typing import List
 
 from absl import flags, logging
 
-from stem_tfrs import distributed, evaluation, training
+from stem_tfrs import evaluation
+from stem_tfrs.training import distributed, trainer
 from stem_tfrs.cli.cluster import LISTEN_ON_ALL_INTERFACES
 from stem_tfrs.cli.errors import one_line_errors
 from stem_tfrs.config import (EXPORT_PRECISIONS, OPTIMIZERS, STRATEGIES, ConfigError,
                               ModelConfig, TrainConfig)
 from stem_tfrs.models import MODEL_NAMES
-from stem_tfrs.schema import SCHEMA_FILE
+from stem_tfrs.data.schema import SCHEMA_FILE
 
 _M, _T = ModelConfig(), TrainConfig()  # the defaults live in the dataclasses
 EMBEDDED_DATA_DIR = _T.data_dir
@@ -175,12 +176,12 @@ def ensure_embedded_data(data_dir: str, rows: int) -> None:
 def run(argv: List[str]) -> int:
   del argv
   model_config, train_config = configs_from_flags()
-  training.check_settings(model_config, train_config)  # a cluster's rendezvous waits for all
+  trainer.check_settings(model_config, train_config)  # a cluster's rendezvous waits for all
   strategy = distributed.make_strategy(  # before any other op
       train_config.strategy, listen_on_all_interfaces=LISTEN_ON_ALL_INTERFACES.value)
   if not FLAGS["data_dir"].present:
     ensure_embedded_data(train_config.data_dir, FLAGS.synthetic_rows)
-  result = training.train(model_config, train_config, verbose=FLAGS.verbose,
+  result = trainer.train(model_config, train_config, verbose=FLAGS.verbose,
                           strategy=strategy)
   if result.model is None:
     print(f"worker done; the chief writes {result.run_dir}")

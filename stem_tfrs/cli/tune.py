@@ -4,7 +4,7 @@
     python main.py train --flagfile=tuning/stem/best.flags
 
 Every `train` flag sets the base configuration; the searched values
-(`stem_tfrs.tuning.SEARCH_SPACE`) replace theirs in each trial. Writes
+(`stem_tfrs.training.tuning.SEARCH_SPACE`) replace theirs in each trial. Writes
 results.csv (one row per trial) and best.flags (the best trial's full `train`
 configuration) into --output_dir; rerun the same command to resume.
 """
@@ -46,7 +46,7 @@ def _quiet_failed_trials() -> None:
 def run(argv: List[str]) -> int:
   del argv
   # KerasTuner is imported here, not with the CLI: every other command would pay its import.
-  from stem_tfrs import tuning  # pylint: disable=import-outside-toplevel
+  from stem_tfrs.training import tuning  # pylint: disable=import-outside-toplevel
   model_config, train_config = configs_from_flags()
   output_dir = (FLAGS.output_dir if FLAGS["output_dir"].present
                 else os.path.join("tuning", train_config.model))

@@ -6,7 +6,7 @@ from typing import Dict, List, Sequence
 
 import tensorflow as tf
 
-from stem_tfrs.schema import PADDING
+from stem_tfrs.data.schema import PADDING
 
 
 def _lookup_layer(feature: dict) -> tf.keras.layers.Layer:
@@ -66,7 +66,7 @@ class FieldEmbedding(tf.keras.layers.Layer):
   Args:
     features: One dict per field: `name`, `dtype` ("string" or "int64"),
       either `vocabulary_file` + `vocabulary_size` or `hash_buckets`, and
-      `multivalent` (the fields of `stem_tfrs.schema.CategoricalFeature`).
+      `multivalent` (the fields of `stem_tfrs.data.schema.CategoricalFeature`).
     table_names: Names of the tables, task tables first, "shared" last.
     embedding_dim: D.
     embedding_l2: Factor of the per-batch L2 penalty on the gathered rows.

@@ -24,7 +24,7 @@ class NumericInputs(tf.keras.layers.Layer):
 
   Args:
     features: One dict per column: `name`, `mean`, `std`, `log1p` (the
-      fields of `stem_tfrs.schema.NumericFeature`).
+      fields of `stem_tfrs.data.schema.NumericFeature`).
 
   Input: a dict holding each column as a [B] float tensor (other keys are
   ignored). Output: [B, N] in the layer's compute dtype.

@@ -21,7 +21,7 @@ from stem_tfrs.models.ple import MEPLE, PLE
 from stem_tfrs.models.shared_bottom import SharedBottom
 from stem_tfrs.models.single_task import SingleTask
 from stem_tfrs.models.stem import MEMMoE, STEMNet
-from stem_tfrs.schema import Schema
+from stem_tfrs.data.schema import Schema
 
 MODELS: Dict[str, Type[MultiTaskRankingModel]] = {
     "stem": STEMNet,

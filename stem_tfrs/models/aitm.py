@@ -10,7 +10,7 @@ from stem_tfrs.config import ModelConfig
 from stem_tfrs.layers import MLP
 from stem_tfrs.layers.ait import AITAttention
 from stem_tfrs.models.base import Labels, MultiTaskRankingModel
-from stem_tfrs.schema import Schema
+from stem_tfrs.data.schema import Schema
 
 
 class AITM(MultiTaskRankingModel):

@@ -10,7 +10,7 @@ import tensorflow_recommenders as tfrs
 
 from stem_tfrs.config import ModelConfig
 from stem_tfrs.layers import MLP, FieldEmbedding, NumericInputs
-from stem_tfrs.schema import Schema
+from stem_tfrs.data.schema import Schema
 
 Features = Dict[str, tf.Tensor]
 Labels = Dict[str, tf.Tensor]

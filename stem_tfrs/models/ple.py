@@ -9,7 +9,7 @@ import tensorflow as tf
 from stem_tfrs.config import ModelConfig
 from stem_tfrs.layers.moe import CGCLayer
 from stem_tfrs.models.base import MultiTaskRankingModel
-from stem_tfrs.schema import Schema
+from stem_tfrs.data.schema import Schema
 
 
 class PLE(MultiTaskRankingModel):

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from stem_tfrs.config import ModelConfig
 from stem_tfrs.models.base import MultiTaskRankingModel
-from stem_tfrs.schema import Schema
+from stem_tfrs.data.schema import Schema
 
 
 class SingleTask(MultiTaskRankingModel):

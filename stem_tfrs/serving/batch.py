@@ -15,7 +15,7 @@ from data_prep.readers import ENCODING, check_file, decode_error, read_delimited
 from data_prep.writer import BadRows
 from stem_tfrs import files
 from stem_tfrs.config import ConfigError
-from stem_tfrs.schema import PADDING, read_numbers
+from stem_tfrs.data.schema import PADDING, read_numbers
 
 LIST_SEPARATOR = "|"
 #: name -> (rank, dtype): rank 1 for one value per row, 2 for a padded list; dtype

@@ -21,28 +21,10 @@ import urllib.request
 from typing import Dict, Optional, Sequence
 
 import numpy as np
+from stem_tfrs.errors import ServingConnectionError, ServingError  # noqa: F401  (raised here; defined with the others)
 
 SIGNATURE = "serving_default"
 Features = Dict[str, Sequence]
-
-
-class ServingError(RuntimeError):
-  """The server refused or failed a request; the message is the server's."""
-
-
-class ServingConnectionError(ServingError):
-  """No answer to a request: nothing listens at the address, or it speaks another protocol.
-
-  Attributes:
-    refused: Nothing listens there (the connection was refused).
-    other_protocol: Something answered, but not in the client's protocol
-      (a REST client at a gRPC port, or a gRPC client at an HTTP/1.1 port).
-  """
-
-  def __init__(self, message: str, refused: bool = False, other_protocol: bool = False):
-    super().__init__(message)
-    self.refused = refused
-    self.other_protocol = other_protocol
 
 
 def rest_request(features: Features, row_format: bool = False) -> dict:

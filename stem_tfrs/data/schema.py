@@ -50,6 +50,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
+from stem_tfrs.errors import SchemaError  # noqa: F401  (raised here; defined with the others)
 
 SCHEMA_FILE = "schema.json"
 STATS_FILE = "stats.json"
@@ -67,10 +68,6 @@ def row_lengths_key(feature: str) -> str:
   '#' cannot appear in a column name that is also a SavedModel input name.
   """
   return f"{feature}#row_lengths"
-
-
-class SchemaError(ValueError):
-  """A schema, or the data it describes, is not usable; the message says why."""
 
 
 #: A column name: it names a SavedModel input or output, Keras layers and variables.

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from stem_tfrs.evaluation import auc, format_table, group_auc, logloss
+from stem_tfrs.evaluation.metrics import auc, format_table, group_auc, logloss
 
 
 def brute_force_auc(labels, scores):
@@ -82,25 +82,26 @@ def test_predict_traces_a_model_once_and_lets_it_go(tiny_data):
   import gc
   import weakref
   from stem_tfrs import Schema, build_model, evaluation, make_dataset
-  from conftest import tiny_model_config
+  from stem_tfrs.evaluation import metrics
+  from tests.support import tiny_model_config
   schema = Schema.load(tiny_data)
   model = build_model("stem", schema, tiny_model_config())
   for batch_size in (100, 333, 4096):  # full and partial batches of three sizes
     out = evaluation.predict(model, make_dataset(schema, "test", batch_size), schema.group_column)
     assert len(out["like"]) == len(out["label/like"]) == len(out["group"])
-  assert evaluation._INFERENCE[model].experimental_get_tracing_count() == 1
+  assert metrics._INFERENCE[model].experimental_get_tracing_count() == 1
   gc.collect()  # models of earlier tests in this process, unreachable but not yet collected
-  gone, cached = weakref.ref(model), len(evaluation._INFERENCE)
+  gone, cached = weakref.ref(model), len(metrics._INFERENCE)
   del model
   gc.collect()
   # The cache does not keep it alive, and drops its function with it.
-  assert gone() is None and len(evaluation._INFERENCE) == cached - 1
+  assert gone() is None and len(metrics._INFERENCE) == cached - 1
 
 
 def test_predict_keeps_string_group_ids_as_fixed_width_bytes(tiny_data):
   # One Python bytes object a row took ~50-110 bytes: gigabytes over a 10M-row test split.
   from stem_tfrs import Schema, build_model, evaluation, make_dataset
-  from conftest import tiny_model_config
+  from tests.support import tiny_model_config
   schema = Schema.load(tiny_data)
   model = build_model("stem", schema, tiny_model_config())
   out = evaluation.predict(model, make_dataset(schema, "test", 333), schema.group_column)
@@ -130,7 +131,7 @@ def test_predict_keeps_long_group_ids_as_python_bytes(tiny_data):
   # Every row of a fixed-width array takes the longest id's width.
   import tensorflow as tf
   from stem_tfrs import Schema, build_model, evaluation, make_dataset
-  from conftest import tiny_model_config
+  from tests.support import tiny_model_config
   schema = Schema.load(tiny_data)
   model = build_model("stem", schema, tiny_model_config())
   features, labels = next(iter(make_dataset(schema, "test", 3)))

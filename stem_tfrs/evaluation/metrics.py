@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from stem_tfrs.data import serving_input_signature
-from stem_tfrs.schema import Schema
+from stem_tfrs.data.records import serving_input_signature
+from stem_tfrs.data.schema import Schema
 
 Metrics = Dict[str, Dict[str, float]]
 

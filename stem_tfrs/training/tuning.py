@@ -1,4 +1,4 @@
-"""Hyper-parameter search with KerasTuner: each trial is one `training.train` run.
+"""Hyper-parameter search with KerasTuner: each trial is one `trainer.train` run.
 
     result = tuning.tune(ModelConfig(), TrainConfig(data_dir="data/tiktok"),
                          output_dir="tuning/stem", max_trials=20)
@@ -8,7 +8,7 @@ KerasTuner's oracle proposes the values (random search or Bayesian
 optimization over `SEARCH_SPACE`) and keeps the search's state in
 `<output_dir>/search/`; each trial trains a full run into
 `<output_dir>/trials/<trial id>/` and is scored on the validation split with
-the exact metrics of `stem_tfrs.evaluation` (mean over tasks of AUC or gAUC).
+the exact metrics of `stem_tfrs.evaluation.metrics` (mean over tasks of AUC or gAUC).
 Rerunning the same search in the same directory resumes it: finished trials are
 kept, and a trial cut short by an interruption is run again, resuming from its
 last finished epoch (its run directory keeps BackupAndRestore's state), or
@@ -31,12 +31,13 @@ from typing import Dict, List, Tuple
 from absl import logging
 import keras_tuner
 
-from stem_tfrs import training
+from stem_tfrs.training import trainer
 from stem_tfrs.config import TUNE_OBJECTIVES as OBJECTIVES
 from stem_tfrs.config import TUNERS, ConfigError, ModelConfig, TrainConfig
-from stem_tfrs.distributed import refuse_cluster_strategy
+from stem_tfrs.training.distributed import refuse_cluster_strategy
 from stem_tfrs.errors import first_line
 from stem_tfrs.files import write_json
+from stem_tfrs.errors import SearchFailed  # noqa: F401  (raised here; defined with the others)
 
 #: The search space: (config, field) -> candidate values. Our reading of the
 #: STEM-Net authors' search (expert counts, embedding L2, dropout, learning
@@ -53,10 +54,6 @@ SEARCH_SPACE: Dict[Tuple[str, str], list] = {
 #: before it saves the last trial, which a rerun would then train again.)
 FAILED_IN_A_ROW = 3
 _FAILED = keras_tuner.engine.trial.TrialStatus.FAILED
-
-
-class SearchFailed(ValueError):
-  """A search ended without a trial to report, or stopped on failed trials."""
 
 
 @dataclasses.dataclass
@@ -80,7 +77,7 @@ def configs_for(values: Dict[str, object], model_config: ModelConfig,
 
 
 class RunTuner(keras_tuner.Tuner):
-  """A KerasTuner `Tuner` whose trial is a whole `training.train` run."""
+  """A KerasTuner `Tuner` whose trial is a whole `trainer.train` run."""
 
   def __init__(self, oracle: keras_tuner.Oracle, model_config: ModelConfig,
                train_config: TrainConfig, trials_dir: str, **kwargs):
@@ -98,13 +95,13 @@ class RunTuner(keras_tuner.Tuner):
     train_config = dataclasses.replace(
         train_config, run_dir=os.path.join(self.trials_dir, trial.trial_id), export_dir="")
     try:
-      valid = training.train(model_config, train_config, verbose=0).metrics["valid"]
-    except training.RunFinished as e:  # trained, but the search stopped before recording it
+      valid = trainer.train(model_config, train_config, verbose=0).metrics["valid"]
+    except trainer.RunFinished as e:  # trained, but the search stopped before recording it
       logging.info("trial %s: %s holds its finished run: its metrics", trial.trial_id, e.run_dir)
       with open(os.path.join(e.run_dir, "metrics.json")) as f:
         valid = json.load(f)["valid"]
     except Exception as e:  # KerasTuner marks the trial failed, with the traceback in its state
-      diverged = isinstance(e, training.TrainingDiverged)
+      diverged = isinstance(e, trainer.TrainingDiverged)
       cause = str(e) if diverged else (
           f"{type(e).__name__}: {first_line(getattr(e, 'message', str(e)))}")
       failure = f"trial {trial.trial_id}: {cause}"
@@ -145,11 +142,11 @@ def tune(model_config: ModelConfig, train_config: TrainConfig, output_dir: str,
   if max_trials < 1:
     raise ConfigError(f"max_trials must be >= 1, got {max_trials}")
   refuse_cluster_strategy("tune", train_config)
-  schema = training.load_and_check(model_config, train_config)  # fail before any trial
+  schema = trainer.load_and_check(model_config, train_config)  # fail before any trial
   if objective == "gauc" and not schema.group_column:
     raise ConfigError(f"--objective=gauc needs a group column (the user id), and "
                       f"{schema.directory} has none: use --objective=auc")
-  base = training.settings_and_data(model_config, train_config, schema)
+  base = trainer.settings_and_data(model_config, train_config, schema)
   for config, field in SEARCH_SPACE:  # each trial sets its own
     del base[f"{config}_config"][field]
   _check_same_search(output_dir, dict(base, objective=objective, tuner=tuner))

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from stem_tfrs.errors import first_line
+from stem_tfrs.errors import CheckpointError  # noqa: F401  (raised here; defined with the others)
 
 #: Checkpoint keys of an expert group's first layer, the weights whose layout changed: before,
 #: one [in, K * H] kernel with the experts' blocks side by side and one [K * H] bias; now a
@@ -48,14 +49,6 @@ def without_optimizer(model: tf.keras.Model):
     yield
   finally:
     model.optimizer = optimizer
-
-
-class CheckpointError(ValueError):
-  """A checkpoint cannot be read, or does not restore exactly a model's variables.
-
-  The message, one line, names the checkpoint (its files, where it cannot be
-  read) and says what to do.
-  """
 
 
 #: What reading a damaged checkpoint raises: TensorFlow's DataLossError and

@@ -1,4 +1,4 @@
-"""stem_tfrs.data: batches, dtypes, shard validation and the label check."""
+"""stem_tfrs.data.pipeline: batches, dtypes, shard validation and the label check."""
 
 import os
 import shutil
@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stem_tfrs.data import make_dataset, validate_shards
-from stem_tfrs.schema import Schema, SchemaError, load_stats
+from stem_tfrs.data.pipeline import make_dataset
+from stem_tfrs.data.shards import validate_shards
+from stem_tfrs.data.schema import Schema, SchemaError, load_stats
 
 
 def test_batches_hold_raw_ids_and_float_labels(tiny_data):
@@ -220,7 +221,7 @@ def test_pipelines_turn_tf_data_autotuning_model_off(tiny_data):
 def test_find_damaged_shards_names_a_truncated_shard_and_the_offset_tensorflow_reports(
     tiny_data, tmp_path):
   import re
-  from stem_tfrs.data import find_damaged_shards
+  from stem_tfrs.data.shards import find_damaged_shards
   data = tmp_path / "data"
   shutil.copytree(tiny_data, data)
   schema = Schema.load(str(data))
@@ -242,7 +243,7 @@ def test_find_damaged_shards_names_a_truncated_shard_and_the_offset_tensorflow_r
 
 def test_find_damaged_shards_names_a_shard_cut_inside_a_header_or_with_a_corrupted_length(
     tiny_data, tmp_path):
-  from stem_tfrs.data import find_damaged_shards
+  from stem_tfrs.data.shards import find_damaged_shards
   data = tmp_path / "data"
   shutil.copytree(tiny_data, data)
   schema = Schema.load(str(data))

@@ -45,13 +45,17 @@ from absl import logging
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from stem_tfrs import callbacks, checkpoints, data, distributed, evaluation, export
+from stem_tfrs import evaluation
+from stem_tfrs.data import pipeline, shards
+from stem_tfrs.serving import export
+from stem_tfrs.training import callbacks, checkpoints, distributed
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
 from stem_tfrs.errors import first_line
 from stem_tfrs.files import write_json
 from stem_tfrs.models import MODELS, build_model, global_dtype_policy
-from stem_tfrs.optimizers import FusedAdam, LazyAdam
-from stem_tfrs.schema import Schema, SchemaError, load_stats
+from stem_tfrs.training.optimizers import FusedAdam, LazyAdam
+from stem_tfrs.data.schema import Schema, SchemaError, load_stats
+from stem_tfrs.errors import RunFinished, TrainingDiverged  # noqa: F401  (raised here; defined with the others)
 
 
 @dataclasses.dataclass
@@ -63,18 +67,6 @@ class TrainResult:
   history: Dict[str, List[float]]
   seconds: float
   model: Optional[tf.keras.Model]  # None on a non-chief worker
-
-
-class TrainingDiverged(ValueError):
-  """A loss became NaN or infinite: the run stops before evaluating or exporting."""
-
-
-class RunFinished(ConfigError):
-  """The run directory holds a finished run (metrics.json): `train` does not overwrite it."""
-
-  def __init__(self, message: str, run_dir: str):
-    super().__init__(message)
-    self.run_dir = run_dir
 
 
 def default_run_dir(model_name: str) -> str:
@@ -89,7 +81,7 @@ def load_and_check(model_config: ModelConfig, config: TrainConfig) -> Schema:
   """
   _check_model(model_config, config)
   schema = _checked_schema(model_config, config)
-  data.validate_shards(schema)
+  shards.validate_shards(schema)
   return schema
 
 
@@ -345,7 +337,7 @@ def train(model_config: ModelConfig, config: TrainConfig, verbose: int = 1,
 @contextlib.contextmanager
 def _damaged_shards_named(schema: Schema):
   """Turns the shard reader's DataLossError ("corrupted record at N", no file) into a
-  SchemaError naming each damaged shard and where (`data.find_damaged_shards`).
+  SchemaError naming each damaged shard and where (`shards.find_damaged_shards`).
 
   validate_shards names shards cut short before a run starts; this names the
   damage that keeps a shard's size, once the reader has met it.
@@ -353,7 +345,7 @@ def _damaged_shards_named(schema: Schema):
   try:
     yield
   except tf.errors.DataLossError as e:
-    damaged = data.find_damaged_shards(schema)
+    damaged = shards.find_damaged_shards(schema)
     if not damaged:
       raise
     raise SchemaError(f"{'; '.join(damaged)} (TensorFlow: {first_line(e.message)}); copy or "
@@ -383,7 +375,7 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
   backup.checked = True
   if chief:
     write_json(os.path.join(run_dir, "config.json"), run_config)
-  valid_ds = _known_length(data.make_dataset(schema, "valid", config.eval_batch_size),
+  valid_ds = _known_length(pipeline.make_dataset(schema, "valid", config.eval_batch_size),
                            valid_rows, config.eval_batch_size)
   fit_args = {}
   resumed_after = callbacks.epochs_done(run_dir)
@@ -391,7 +383,7 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
     train_input, fit_args["steps_per_epoch"] = _cluster_train_input(schema, config, train_rows)
   else:
     # With steps_per_epoch, one stream of passes in full batches (each pass in its own order).
-    train_input = data.make_dataset(
+    train_input = pipeline.make_dataset(
         schema, "train", config.batch_size, shuffle=True, seed=config.seed,
         shuffle_buffer=config.shuffle_buffer, in_memory=config.in_memory,
         drop_remainder=bool(config.steps_per_epoch))
@@ -437,7 +429,7 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
   checkpoints.load_weights(model, os.path.join(run_dir, "checkpoints", "best"))
 
   metrics = {split: evaluation.evaluate(
-                 model, schema, data.make_dataset(schema, split, config.eval_batch_size))
+                 model, schema, pipeline.make_dataset(schema, split, config.eval_batch_size))
              for split in ("valid", "test")}
   epochs_run = len(history.get("loss", []))
   if "steps_per_epoch" in fit_args:  # an epoch of a fixed number of steps
@@ -527,7 +519,7 @@ def _cluster_train_input(schema: Schema, config: TrainConfig, rows: int):
 
   def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
     batch = input_context.get_per_replica_batch_size(config.batch_size)
-    return data.make_dataset(schema, "train", batch, shuffle=True, seed=seed,
+    return pipeline.make_dataset(schema, "train", batch, shuffle=True, seed=seed,
                              shuffle_buffer=config.shuffle_buffer, drop_remainder=True,
                              input_context=input_context).repeat()
 
@@ -548,7 +540,7 @@ def _parameter_server_valid_input(schema: Schema, config: TrainConfig, rows: int
 
   def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
     del input_context  # every worker reads the whole split, in its own order
-    return data.make_dataset(schema, "valid", config.eval_batch_size, shuffle=True,
+    return pipeline.make_dataset(schema, "valid", config.eval_batch_size, shuffle=True,
                              seed=None, shuffle_buffer=config.shuffle_buffer).repeat()
 
   return tf.keras.utils.experimental.DatasetCreator(dataset_fn), steps

@@ -1,6 +1,6 @@
 """A fair, resumable comparison: every model x every seed on the same prepared data.
 
-Every model is trained by `training.train` with the same data, embeddings,
+Every model is trained by `trainer.train` with the same data, embeddings,
 towers, optimizer, stopping rule and metrics; only `--model` and the seed
 change. Output directory:
 
@@ -23,7 +23,7 @@ path, rows, vocabularies) match is reused, so re-invoking after a crash
 retrains only what had not finished, and data prepared again is trained on
 again. A run cut short resumes from its last finished epoch (or, cut after
 training, goes on from its best checkpoint and metrics.json). A run that
-diverges (`training.TrainingDiverged`) is recorded in its `failed.json` and
+diverges (`trainer.TrainingDiverged`) is recorded in its `failed.json` and
 reported as failed; the others are compared without it, and a rerun with
 the same settings does not train it again. Every (model, seed)
 configuration is checked before the first trains.
@@ -42,12 +42,15 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from stem_tfrs import analysis, callbacks, checkpoints, data, evaluation, training
+from stem_tfrs import evaluation
+from stem_tfrs.data import pipeline
+from stem_tfrs.evaluation import analysis
+from stem_tfrs.training import callbacks, checkpoints, trainer
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
-from stem_tfrs.distributed import refuse_cluster_strategy
+from stem_tfrs.training.distributed import refuse_cluster_strategy
 from stem_tfrs.files import write_json
 from stem_tfrs.models import MODEL_NAMES, MODELS, build_model, global_dtype_policy
-from stem_tfrs.schema import Schema
+from stem_tfrs.data.schema import Schema
 
 SUMMARY = "summary.json"
 FAILED = "failed.json"
@@ -80,7 +83,7 @@ class BenchmarkConfig:
     models: Registry names, in report order.
     seeds: Seeds per model: train_config.seed, seed + 1, ...
     output_dir: Where runs and reports go.
-    kappa: Comparable-sample threshold (see `stem_tfrs.analysis`).
+    kappa: Comparable-sample threshold (see `stem_tfrs.evaluation.analysis`).
     comparable_tasks: The tasks (A, B) of the comparable-sample analysis;
       default: the first two tasks.
   """
@@ -119,13 +122,13 @@ def _recorded(run_dir: str, name: str, expected: dict) -> Optional[dict]:
 
 
 def _trained(run_dir: str) -> bool:
-  """Whether `training.train` finished in `run_dir`: metrics.json, its last file, is there."""
+  """Whether `trainer.train` finished in `run_dir`: metrics.json, its last file, is there."""
   return all(os.path.isfile(os.path.join(run_dir, name))
              for name in ("training.json", "metrics.json", "checkpoints/best.index"))
 
 
 def _best_model(model_config: ModelConfig, config: TrainConfig, schema: Schema):
-  """The finished run's model, built as `training.train` builds it, with its best weights."""
+  """The finished run's model, built as `trainer.train` builds it, with its best weights."""
   with global_dtype_policy(config.mixed_precision):
     model = build_model(config.model, schema, model_config)
   checkpoints.load_weights(model, os.path.join(config.run_dir, "checkpoints", "best"))
@@ -140,7 +143,7 @@ def run_one(model_config: ModelConfig, config: TrainConfig, schema: Schema,
   instead, also written to its failed.json.
   """
   # Reused on the same settings and data, wherever the output directory lies.
-  expected = training.settings_and_data(model_config, config, schema)
+  expected = trainer.settings_and_data(model_config, config, schema)
   for name in (SUMMARY, FAILED):
     record = _recorded(config.run_dir, name, expected)
     if record is not None:
@@ -161,15 +164,15 @@ def run_one(model_config: ModelConfig, config: TrainConfig, schema: Schema,
       os.makedirs(config.run_dir)
       write_json(os.path.join(config.run_dir, STARTED), expected)
     try:
-      result = training.train(model_config, config, verbose=verbose)
-    except training.TrainingDiverged as e:
+      result = trainer.train(model_config, config, verbose=verbose)
+    except trainer.TrainingDiverged as e:
       failure = {"model": config.model, "seed": config.seed, "config": expected,
                  "failed": str(e)}
       write_json(os.path.join(config.run_dir, FAILED), failure)
       logging.warning("%s, seed %d: %s", config.model, config.seed, e)
       return failure
     model, metrics = result.model, result.metrics
-  test = data.make_dataset(schema, "test", config.eval_batch_size)
+  test = pipeline.make_dataset(schema, "test", config.eval_batch_size)
   predictions = evaluation.predict(model, test, schema.group_column)
   np.savez_compressed(os.path.join(config.run_dir, "predictions.npz"),
                       **{k: v.astype(bytes) if v.dtype == object else v
@@ -275,7 +278,7 @@ def _bar_chart(path: str, frame: pd.DataFrame, value: str, error: Optional[str],
 
 def _comparable(out: str, schema: Schema, predictions: Dict[str, List[dict]],
                 tasks: Tuple[str, str], kappa: float) -> None:
-  """Writes comparable.csv and .png: AUC by comparable-sample group (see `stem_tfrs.analysis`)."""
+  """Writes comparable.csv and .png: AUC by comparable-sample group (see `stem_tfrs.evaluation.analysis`)."""
   task_a, task_b = tasks
   first = next(iter(predictions.values()))[0]
   rho = analysis.user_feedback_ratio(schema, task_a, task_b)
@@ -311,10 +314,10 @@ def run_benchmark(model_config: ModelConfig, train_config: TrainConfig,
 
   Raises:
     ConfigError, SchemaError: before any run trains.
-    training.TrainingDiverged: every run diverged (each has its failed.json).
+    trainer.TrainingDiverged: every run diverged (each has its failed.json).
   """
   refuse_cluster_strategy("benchmark", train_config)
-  schema = training.load_and_check(model_config, train_config)
+  schema = trainer.load_and_check(model_config, train_config)
   comparable_tasks = bench.comparable_tasks
   if comparable_tasks is not None:
     if set(comparable_tasks) - set(schema.tasks) or not schema.group_column:
@@ -344,7 +347,7 @@ def run_benchmark(model_config: ModelConfig, train_config: TrainConfig,
       predictions.setdefault(config.model, []).append({k: npz[k] for k in npz.files})
   if not summaries:
     _remove_reports(out, keep=())  # an earlier benchmark's would pass for this one's
-    raise training.TrainingDiverged(
+    raise trainer.TrainingDiverged(
         f"every run of the benchmark diverged (the first: {failed[0]['model']}, "
         f"{failed[0]['failed']}); see failed.json under {os.path.join(out, 'runs')}")
 

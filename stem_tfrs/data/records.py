@@ -2,7 +2,7 @@
 
 `encode_records` turns N rows of columns into the serialized `tf.train.Example`
 blocks of `rows_per_record` rows that `data_prep.writer` writes to a shard
-(the record format is in `stem_tfrs.schema`), byte for byte what
+(the record format is in `stem_tfrs.data.schema`), byte for byte what
 `tf.train.Example.SerializeToString(deterministic=True)` gives for the same
 rows, without building a message or touching a Python object per value.
 
@@ -38,8 +38,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from google.protobuf.internal import api_implementation
+import tensorflow as tf
 
-from stem_tfrs.schema import row_lengths_key
+from stem_tfrs.data.schema import Schema, row_lengths_key
 
 Column = Union[pa.Array, pa.ChunkedArray, np.ndarray]
 
@@ -63,7 +64,7 @@ def encode_records(columns: Dict[str, Column], rows_per_record: int) -> List[byt
   - a pyarrow list of strings or binaries: a multivalent feature, the block's
     lists one after the other in a bytes_list (present even when empty) and,
     when `rows_per_record` > 1, their lengths in an int64_list under
-    `stem_tfrs.schema.row_lengths_key(name)`;
+    `stem_tfrs.data.schema.row_lengths_key(name)`;
   - a numpy floating array: a float_list of the values as float32 (NaN and
     infinities kept);
   - a numpy integer array: an int64_list of the values as int64.
@@ -333,3 +334,107 @@ def _strings(parts: Sequence[Union[bytes, Tuple[np.ndarray, np.ndarray]]],
         mask[:, columns] = np.arange(width) < part[1][:, None]
     column += width
   return (matrix.ravel() if mask is None else matrix[mask]), _starts(lengths)
+
+
+# Reading: the same records parsed back into rows, in tf.data pipelines.
+
+_TF_DTYPES = {"string": tf.string, "int64": tf.int64}
+
+
+def feature_spec(schema: Schema) -> dict:
+  """`tf.io.parse_example` spec of a shard record's features and labels.
+
+  One-row records (`rows_per_record` 1): a [] value per column, a ragged
+  list for a multivalent feature. Block records: every column a ragged
+  [records, rows] list, a multivalent feature [records, rows, values].
+  """
+  if schema.rows_per_record > 1:
+    def block_spec(f):
+      if not f.multivalent:
+        return tf.io.RaggedFeature(_TF_DTYPES[f.dtype])
+      lengths = tf.io.RaggedFeature.RowLengths(row_lengths_key(f.name))
+      return tf.io.RaggedFeature(_TF_DTYPES[f.dtype], value_key=f.name, partitions=[lengths])
+    spec = {f.name: block_spec(f) for f in schema.features}
+    spec.update({name: tf.io.RaggedFeature(tf.float32) for name in schema.numeric_names})
+    spec.update({label: tf.io.RaggedFeature(tf.int64) for label in schema.labels})
+    return spec
+  spec = {f.name: (tf.io.RaggedFeature(_TF_DTYPES[f.dtype]) if f.multivalent
+                   else tf.io.FixedLenFeature([], _TF_DTYPES[f.dtype]))
+          for f in schema.features}
+  spec.update({name: tf.io.FixedLenFeature([], tf.float32) for name in schema.numeric_names})
+  spec.update({label: tf.io.FixedLenFeature([], tf.int64) for label in schema.labels})
+  return spec
+
+
+def parse_records(schema: Schema, serialized: tf.Tensor, split: str = "") -> Dict[str, tf.Tensor]:
+  """Parses [N] serialized shard records into one tensor of rows per column.
+
+  Returns:
+    Column name -> [rows] values ([rows, None] ragged for a multivalent
+    feature), numeric features as float32, labels as int64. For block
+    records, the blocks' rows one after the other; a block whose columns
+    hold different numbers of rows stops the pipeline with an
+    `InvalidArgumentError` naming the split.
+  """
+  if schema.rows_per_record == 1:
+    return tf.io.parse_example(serialized, feature_spec(schema))
+  return _parse_ragged_blocks(schema, serialized, split)
+
+
+def _parse_ragged_blocks(schema: Schema, serialized: tf.Tensor,
+                         split: str) -> Dict[str, tf.Tensor]:
+  """[rows] columns of [N] block records, block after block (`parse_records`)."""
+  parsed = tf.io.parse_example(serialized, feature_spec(schema))
+  names = schema.input_names + schema.labels
+  rows = parsed[names[0]].row_lengths()
+  checks = [tf.debugging.assert_equal(
+      parsed[name].row_lengths(), rows,
+      message=f"a record of split {split} holds {names[0]} and {name} for different numbers "
+              "of rows") for name in names[1:]]
+  with tf.control_dependencies(checks):
+    return {name: tf.identity(value.flat_values) if value.ragged_rank == 1
+            else value.merge_dims(0, 1) for name, value in parsed.items()}
+
+
+def parse_blocks(schema: Schema, serialized: tf.Tensor, split: str) -> Dict[str, tf.Tensor]:
+  """Parses [N] block records into one tensor of rows per column, as `parse_records`.
+
+  When every record holds `rows_per_record` rows of the first label, and no
+  feature is multivalent, the columns are parsed as fixed-length lists
+  (`tf.io.FixedLenFeature`), which TensorFlow parses straight into a
+  [N, rows_per_record] tensor, with no ragged intermediate to copy from
+  (`benchmarks/input_pipeline.py` measures the difference). A record holding another number of rows
+  (a shard's last) sends the whole call to the ragged parse of
+  `parse_records`, with its check that every column holds as many rows; in
+  the fixed-length parse a column of another length stops the pipeline with
+  TensorFlow's InvalidArgumentError naming the column. Both give the same
+  rows in the same order.
+  """
+  if any(f.multivalent for f in schema.features):
+    return _parse_ragged_blocks(schema, serialized, split)
+  block = schema.rows_per_record
+  spec = feature_spec(schema)
+  first = schema.labels[0]
+  rows = tf.io.parse_example(serialized, {first: spec[first]})[first].row_lengths()
+  fixed = {name: tf.io.FixedLenFeature([block], value.dtype) for name, value in spec.items()}
+
+  def full():
+    return {name: tf.reshape(value, [-1])
+            for name, value in tf.io.parse_example(serialized, fixed).items()}
+
+  return tf.cond(tf.reduce_all(rows == block), full,
+                 lambda: _parse_ragged_blocks(schema, serialized, split))
+
+
+def serving_input_signature(schema: Schema) -> Dict[str, tf.TensorSpec]:
+  """One tensor per raw feature column, named and typed as in the schema.
+
+  Shape [None], or [None, None] padded with `PADDING` for a multivalent one;
+  a numeric feature's is a [None] float32 tensor (NaN: missing).
+  """
+  signature = {f.name: tf.TensorSpec([None, None] if f.multivalent else [None],
+                                     _TF_DTYPES[f.dtype], name=f.name)
+               for f in schema.features}
+  signature.update({name: tf.TensorSpec([None], tf.float32, name=name)
+                    for name in schema.numeric_names})
+  return signature

@@ -40,10 +40,12 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from stem_tfrs import checkpoints, data, files, models
+from stem_tfrs import files, models
+from stem_tfrs.data import pipeline
+from stem_tfrs.training import checkpoints
 from stem_tfrs.config import EXPORT_PRECISIONS, ModelConfig
-from stem_tfrs.data import serving_input_signature
-from stem_tfrs.schema import PADDING, Schema, SchemaError
+from stem_tfrs.data.records import serving_input_signature
+from stem_tfrs.data.schema import PADDING, Schema, SchemaError
 from stem_tfrs.serving import warmup
 
 
@@ -100,7 +102,7 @@ def sample_batches(schema: Schema, sizes=(1, 8, 64)) -> List[Dict[str, np.ndarra
   for split in ("test", "valid", "train"):
     if not schema.splits.get(split):
       continue
-    batches = [next(iter(data.make_dataset(schema, split, size)), None) for size in sizes]
+    batches = [next(iter(pipeline.make_dataset(schema, split, size)), None) for size in sizes]
     if None not in batches:
       return [{name: value.numpy() for name, value in features.items()}
               for features, _ in batches]

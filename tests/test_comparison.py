@@ -10,9 +10,9 @@ import pytest
 
 from stem_tfrs.models import MODEL_NAMES
 
-from conftest import TINY_MODEL_FLAGS
-from cli_cases import run_here
-from test_main import assert_clean_error
+from tests.support import TINY_MODEL_FLAGS
+from tests.cli_cases import run_here
+from tests.test_main import assert_clean_error
 
 FILES = ["results.csv", "results.json", "results.md", "auc.png", "comparable.csv",
          "comparable.png", "gates.csv", "gates.png"]
@@ -119,11 +119,12 @@ def test_one_task_data_is_benchmarked_without_the_comparable_analysis(tiny_data,
 
 
 def _bench(tmp_path, models, epochs=1):
-  from stem_tfrs import TrainConfig, benchmark
-  from conftest import tiny_model_config
+  from stem_tfrs import TrainConfig
+  from stem_tfrs.training import comparison
+  from tests.support import tiny_model_config
   return (tiny_model_config(),
           TrainConfig(batch_size=512, epochs=epochs, early_stop_patience=5, seed=11),
-          benchmark.BenchmarkConfig(models=tuple(models), output_dir=str(tmp_path / "out")))
+          comparison.BenchmarkConfig(models=tuple(models), output_dir=str(tmp_path / "out")))
 
 
 def _epochs_begun(begun, stop_at=None):
@@ -142,19 +143,19 @@ def _epochs_begun(begun, stop_at=None):
 def test_an_interrupted_run_resumes_from_its_last_finished_epoch(tiny_data, tmp_path,
                                                                  monkeypatch):
   import dataclasses
-  from stem_tfrs import benchmark, callbacks
+  from stem_tfrs.training import callbacks, comparison
   model_config, train_config, bench = _bench(tmp_path, ["stem"], epochs=2)
   train_config = dataclasses.replace(train_config, data_dir=tiny_data)
   for_run = callbacks.for_run
   first, second = [], []
   monkeypatch.setattr(callbacks, "for_run", lambda *a: for_run(*a) + [_epochs_begun(first, 1)])
   with pytest.raises(KeyboardInterrupt):
-    benchmark.run_benchmark(model_config, train_config, bench)
+    comparison.run_benchmark(model_config, train_config, bench)
   run_dir = tmp_path / "out" / "runs" / "stem" / "seed-11"
   assert json.load(open(run_dir / "backup" / "callbacks.json"))["epoch"] == 0
 
   monkeypatch.setattr(callbacks, "for_run", lambda *a: for_run(*a) + [_epochs_begun(second)])
-  report = benchmark.run_benchmark(model_config, train_config, bench)
+  report = comparison.run_benchmark(model_config, train_config, bench)
   assert first == [0, 1] and second == [1]   # epoch 0 was not trained again
   assert json.load(open(run_dir / "training.json"))["epochs_run"] == 2
   assert list(report.results["model"]) == ["stem", "stem"] and not report.failed
@@ -163,21 +164,22 @@ def test_an_interrupted_run_resumes_from_its_last_finished_epoch(tiny_data, tmp_
 def test_a_diverged_run_is_reported_kept_and_not_trained_again(tiny_data, tmp_path,
                                                                monkeypatch):
   import dataclasses
-  from stem_tfrs import benchmark, training
+  from stem_tfrs.training import trainer
+  from stem_tfrs.training import comparison
   model_config, train_config, bench = _bench(tmp_path, ["single_task", "mmoe"])
   train_config = dataclasses.replace(train_config, data_dir=tiny_data)
   out = tmp_path / "out"
   out.mkdir()
   (out / "gates.png").write_bytes(b"an earlier benchmark's")
-  train = training.train
+  train = trainer.train
 
   def mmoe_diverges(model_config, config, verbose=1):
     if config.model == "mmoe":
-      raise training.TrainingDiverged("training diverged: loss became nan at epoch 1, batch 3")
+      raise trainer.TrainingDiverged("training diverged: loss became nan at epoch 1, batch 3")
     return train(model_config, config, verbose=verbose)
 
-  monkeypatch.setattr(training, "train", mmoe_diverges)
-  report = benchmark.run_benchmark(model_config, train_config, bench)
+  monkeypatch.setattr(trainer, "train", mmoe_diverges)
+  report = comparison.run_benchmark(model_config, train_config, bench)
   assert [(f["model"], f["seed"]) for f in report.failed] == [("mmoe", 11)]
   assert set(report.results["model"]) == {"single_task"}
   failure = json.load(open(out / "runs" / "mmoe" / "seed-11" / "failed.json"))
@@ -191,8 +193,8 @@ def test_a_diverged_run_is_reported_kept_and_not_trained_again(tiny_data, tmp_pa
   def no_training(*args, **kwargs):
     raise AssertionError("a recorded run was trained again")
 
-  monkeypatch.setattr(training, "train", no_training)
-  again = benchmark.run_benchmark(model_config, train_config, bench)
+  monkeypatch.setattr(trainer, "train", no_training)
+  again = comparison.run_benchmark(model_config, train_config, bench)
   assert again.failed == report.failed
   pd.testing.assert_frame_equal(again.results, report.results)
 
@@ -212,18 +214,18 @@ def test_a_benchmark_whose_every_run_diverges_is_a_one_line_error(tiny_data, tmp
 
 
 def test_results_report_the_sample_std_over_seeds():
-  from stem_tfrs import benchmark
+  from stem_tfrs.training import comparison
   runs = [{"model": "stem", "params": 10, "train_seconds": 1.0, "examples_per_second": 5.0,
            "metrics": {"test": {"like": {"auc": auc, "gauc": 0.6, "logloss": 0.5}}}}
           for auc in (0.70, 0.72, 0.77)]
-  row = benchmark.aggregate(runs, ["like"]).iloc[0]
+  row = comparison.aggregate(runs, ["like"]).iloc[0]
   assert row.auc_mean == pytest.approx(0.73)
   assert row.auc_std == pytest.approx(0.036055, abs=1e-6)  # n - 1; population std: 0.029439
   assert row.gauc_std == 0.0
-  one = benchmark.aggregate(runs[:1], ["like"]).iloc[0]
+  one = comparison.aggregate(runs[:1], ["like"]).iloc[0]
   assert np.isnan(one.auc_std) and one.seeds == 1  # undefined for one value
-  table = benchmark.markdown(pd.concat([benchmark.aggregate(runs, ["like"]),
-                                        benchmark.aggregate(runs[:1], ["like"])]))
+  table = comparison.markdown(pd.concat([comparison.aggregate(runs, ["like"]),
+                                        comparison.aggregate(runs[:1], ["like"])]))
   assert "| stem | like | 3 | 0.7300 ± 0.0361 |" in table
   assert "| stem | like | 1 | 0.7000 | 0.6000 | 0.5000 |" in table
 
@@ -231,10 +233,11 @@ def test_results_report_the_sample_std_over_seeds():
 def test_a_run_stopped_after_training_is_summarized_from_its_checkpoint(tiny_data, tmp_path,
                                                                         monkeypatch):
   import dataclasses
-  from stem_tfrs import benchmark, training
+  from stem_tfrs.training import trainer
+  from stem_tfrs.training import comparison
   model_config, train_config, bench = _bench(tmp_path, ["stem"])
   train_config = dataclasses.replace(train_config, data_dir=tiny_data)
-  first = benchmark.run_benchmark(model_config, train_config, bench)
+  first = comparison.run_benchmark(model_config, train_config, bench)
   run_dir = tmp_path / "out" / "runs" / "stem" / "seed-11"
   predictions = dict(np.load(run_dir / "predictions.npz"))
   gates = json.load(open(run_dir / "summary.json"))["gates"]
@@ -244,8 +247,8 @@ def test_a_run_stopped_after_training_is_summarized_from_its_checkpoint(tiny_dat
   def no_training(*args, **kwargs):
     raise AssertionError("a trained run was trained again")
 
-  monkeypatch.setattr(training, "train", no_training)
-  again = benchmark.run_benchmark(model_config, train_config, bench)
+  monkeypatch.setattr(trainer, "train", no_training)
+  again = comparison.run_benchmark(model_config, train_config, bench)
   pd.testing.assert_frame_equal(again.results, first.results)
   with np.load(run_dir / "predictions.npz") as again_predictions:
     for key, value in predictions.items():

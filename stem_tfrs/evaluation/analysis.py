@@ -23,8 +23,9 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from stem_tfrs import data, evaluation
-from stem_tfrs.schema import Schema
+from stem_tfrs import evaluation
+from stem_tfrs.data import pipeline
+from stem_tfrs.data.schema import Schema
 
 EPSILON = 0.01
 GROUPS = ("comparable", "A-dominant", "B-dominant")
@@ -34,7 +35,7 @@ def user_feedback_ratio(schema: Schema, task_a: str, task_b: str, split: str = "
                         batch_size: int = 65_536) -> pd.Series:
   """rho_u per user (index: the raw group-column value as bytes), from `split`."""
   frames = []
-  for features, labels in data.make_dataset(schema, split, batch_size):
+  for features, labels in pipeline.make_dataset(schema, split, batch_size):
     frames.append(pd.DataFrame({"user": features[schema.group_column].numpy(),
                                 "a": labels[task_a].numpy(), "b": labels[task_b].numpy()}))
   frame = pd.concat(frames, ignore_index=True)

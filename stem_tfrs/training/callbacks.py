@@ -19,7 +19,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from stem_tfrs.checkpoints import (CheckpointError, checked_restore, unreadable,
+from stem_tfrs.training.checkpoints import (CheckpointError, checked_restore, unreadable,
                                    without_optimizer)
 from stem_tfrs.config import TrainConfig
 from stem_tfrs.files import write_json
