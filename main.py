@@ -11,19 +11,15 @@ Commands:
 
 `python main.py --help` lists the commands' flags (`--helpfull` TensorFlow's and
 absl's too); `--flagfile=FILE` reads flags from a file. The commands are thin
-shells over the `stem_tfrs` library.
+shells over the `stem_tfrs` library. `pip install -e .` also installs the same
+command line as `stem-tfrs <command> [--flags]`.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
 
-from absl import app, flags  # noqa: E402
-
-from stem_tfrs.cli import COMMANDS, main, parse_flags  # noqa: E402
+from stem_tfrs.cli import run  # noqa: E402
 
 if __name__ == "__main__":
-  for command in COMMANDS.values():  # --help lists the commands' flags
-    flags.adopt_module_key_flags(sys.modules[command.__module__])
-  app.run(main, flags_parser=parse_flags)
+  run()

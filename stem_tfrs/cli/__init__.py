@@ -1,4 +1,8 @@
-"""The `python main.py <command>` dispatcher; each command lives in its own module."""
+"""The `python main.py <command>` dispatcher; each command lives in its own module.
+
+`run` is the whole command line: `python main.py` calls it, and so does the
+`stem-tfrs` console script that pyproject.toml installs.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import os
 import sys
 from typing import Callable, Dict, List
 
-from absl import flags
+from absl import app, flags
 from absl import logging as absl_logging
 import tensorflow as tf
 
@@ -58,3 +62,13 @@ def main(argv: List[str]) -> int:
     print(f"error: unexpected arguments {argv[2:]}; flags start with --", file=sys.stderr)
     return 2
   return COMMANDS[argv[1]](argv[1:])
+
+
+def run() -> None:
+  """The command line: parses sys.argv, runs its command and exits with its status.
+
+  `python main.py` and the `stem-tfrs` console script both call this.
+  """
+  for command in COMMANDS.values():  # --help lists the commands' flags
+    flags.adopt_module_key_flags(sys.modules[command.__module__])
+  app.run(main, flags_parser=parse_flags)

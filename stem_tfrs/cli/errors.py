@@ -9,13 +9,13 @@ from typing import Callable, List
 import tensorflow as tf
 
 from stem_tfrs.config import ConfigError
-from stem_tfrs.errors import first_line
+from stem_tfrs.errors import MissingExtraError, first_line
 from stem_tfrs.data.schema import SchemaError
 from stem_tfrs.serving.clients import ServingError
 
-#: Errors that describe bad input (flags, files, data, a refused request), not a
-#: bug: no traceback.
-USER_ERRORS = (ConfigError, SchemaError, ServingError, ValueError, OSError)
+#: Errors that describe bad input (flags, files, data, a refused request) or a
+#: missing optional part (the extra to install), not a bug: no traceback.
+USER_ERRORS = (ConfigError, SchemaError, ServingError, MissingExtraError, ValueError, OSError)
 
 
 def one_line_errors(command: Callable[[List[str]], int]) -> Callable[[List[str]], int]:

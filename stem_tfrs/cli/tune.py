@@ -19,6 +19,7 @@ from absl import flags
 from stem_tfrs.cli.errors import one_line_errors
 from stem_tfrs.cli.train import configs_from_flags, ensure_embedded_data, flags_from_configs
 from stem_tfrs.config import TUNE_OBJECTIVES, TUNERS
+from stem_tfrs.extras import need
 
 flags.DEFINE_integer("max_trials", 10, "Trials in the whole search (tune).")
 flags.DEFINE_enum("objective", "auc", list(TUNE_OBJECTIVES),
@@ -45,7 +46,9 @@ def _quiet_failed_trials() -> None:
 @one_line_errors
 def run(argv: List[str]) -> int:
   del argv
-  # KerasTuner is imported here, not with the CLI: every other command would pay its import.
+  # KerasTuner (the `tune` extra) is imported here, not with the CLI: every other command
+  # would pay its import, and would need it installed.
+  need("keras_tuner", "tune", "python main.py tune")
   from stem_tfrs.training import tuning  # pylint: disable=import-outside-toplevel
   model_config, train_config = configs_from_flags()
   output_dir = (FLAGS.output_dir if FLAGS["output_dir"].present

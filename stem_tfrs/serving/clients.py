@@ -8,7 +8,8 @@ Both send raw feature columns to the `serving_default` signature and return one
 probability array per task. A request the server refuses raises `ServingError`
 with the server's own message (e.g. a missing input); one that gets no answer
 (nothing listens at the address, or a server of the other protocol does)
-raises `ServingConnectionError`, which says which.
+raises `ServingConnectionError`, which says which. The REST client needs
+nothing beyond the core; the gRPC one needs the `serving` extra.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import urllib.request
 from typing import Dict, Optional, Sequence
 
 import numpy as np
+
 from stem_tfrs.errors import ServingConnectionError, ServingError  # noqa: F401  (raised here; defined with the others)
+from stem_tfrs.extras import need
 
 SIGNATURE = "serving_default"
 Features = Dict[str, Sequence]
@@ -122,21 +125,27 @@ class RestClient:
 
 
 class GrpcClient:
-  """Calls tensorflow.serving.PredictionService/Predict at HOST:PORT."""
+  """Calls tensorflow.serving.PredictionService/Predict at HOST:PORT.
+
+  Needs the `serving` extra (the TF Serving API package, which brings grpcio);
+  without it, constructing one raises `MissingExtraError`, which says so.
+  """
 
   def __init__(self, server: str, model_name: str, timeout: float = 30.0):
-    import grpc
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
-    self._grpc = grpc
-    self.channel = grpc.insecure_channel(server)
-    self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+    purpose = "python main.py predict --protocol=grpc"
+    self._grpc = need("grpc", "serving", purpose)
+    self._predict_pb2 = need("tensorflow_serving.apis.predict_pb2", "serving", purpose)
+    stubs = need("tensorflow_serving.apis.prediction_service_pb2_grpc", "serving", purpose)
+    self.channel = self._grpc.insecure_channel(server)
+    self.stub = stubs.PredictionServiceStub(self.channel)
     self.model_name = model_name
     self.timeout = timeout
 
   def predict(self, features: Features) -> Dict[str, np.ndarray]:
     import tensorflow as tf
-    from stem_tfrs.serving.warmup import predict_request
-    request = predict_request({k: np.asarray(v) for k, v in features.items()}, self.model_name)
+    from stem_tfrs.serving.warmup import encode_predict_request
+    request = self._predict_pb2.PredictRequest.FromString(encode_predict_request(
+        {k: np.asarray(v) for k, v in features.items()}, self.model_name))
     try:
       response = self.stub.Predict(request, timeout=self.timeout)
     except self._grpc.RpcError as e:
