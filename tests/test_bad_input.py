@@ -24,6 +24,8 @@ from tests.support import REPO, TINY_MODEL_FLAGS
 from tests.test_export import raw_batch
 from tests.test_logs import write_logs
 
+pytestmark = pytest.mark.slow  # whole runs, clusters or subprocess drills: not in the fast tier
+
 LOGS = ["prepare", "--dataset=logs", "--features=user_id,item_id", "--tasks=click,like",
         "--min_count=1"]
 TRAIN = ["train", "--export_dir=", "--epochs=1", "--batch_size=512", "--verbose=0",

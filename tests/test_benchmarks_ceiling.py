@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from tests.support import REPO
+
+pytestmark = pytest.mark.slow  # whole runs, clusters or subprocess drills: not in the fast tier
 _spec = importlib.util.spec_from_file_location(
     "ceiling", os.path.join(REPO, "benchmarks", "ceiling.py"))
 ceiling = importlib.util.module_from_spec(_spec)

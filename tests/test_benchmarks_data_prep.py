@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.support import REPO
+
+pytestmark = pytest.mark.slow  # whole runs, clusters or subprocess drills: not in the fast tier
 
 
 def test_data_prep_benchmark_reports_rows_per_second_and_peak_rss(tmp_path):

@@ -10,6 +10,8 @@ import pytest
 
 from tests.support import REPO
 
+pytestmark = pytest.mark.slow  # whole runs, clusters or subprocess drills: not in the fast tier
+
 
 def test_export_precision_benchmark_scores_each_export_like_the_run(trained_run, tmp_path):
   output = tmp_path / "export_precision.json"

@@ -6,7 +6,11 @@ import statistics
 import subprocess
 import sys
 
+import pytest
+
 from tests.support import REPO
+
+pytestmark = pytest.mark.slow  # whole runs, clusters or subprocess drills: not in the fast tier
 
 
 def test_input_pipeline_benchmark_reports_examples_per_second_per_core(tmp_path):

@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.support import REPO
+
+pytestmark = pytest.mark.slow  # whole runs, clusters or subprocess drills: not in the fast tier
 
 
 def test_record_encoding_benchmark_reports_rows_per_second_of_both_paths(tmp_path):

@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.support import REPO
+
+pytestmark = pytest.mark.slow  # whole runs, clusters or subprocess drills: not in the fast tier
 
 
 def test_serving_benchmark_reports_latency_per_batch(trained_run, tmp_path):

@@ -9,6 +9,8 @@ import pytest
 
 from tests.support import REPO
 
+pytestmark = pytest.mark.slow  # whole runs, clusters or subprocess drills: not in the fast tier
+
 
 def test_step_profile_reports_where_the_step_time_goes(tmp_path):
   output = tmp_path / "step_profile.json"

@@ -9,6 +9,8 @@ import pytest
 
 from tests.support import REPO
 
+pytestmark = pytest.mark.slow  # whole runs, clusters or subprocess drills: not in the fast tier
+
 
 def test_train_throughput_reports_every_pipeline_and_policy(tmp_path):
   output = tmp_path / "train_throughput.json"

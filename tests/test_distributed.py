@@ -23,6 +23,8 @@ from tests.support import REPO, TINY_MODEL_FLAGS
 from stem_tfrs.data import pipeline
 from stem_tfrs.data.schema import Schema
 
+pytestmark = pytest.mark.slow  # whole runs, clusters or subprocess drills: not in the fast tier
+
 TIMEOUT = 420
 
 

@@ -5,6 +5,8 @@ import pytest
 
 from tests.fault_drill import assert_killed, assert_succeeded, files, run, temporaries
 
+pytestmark = pytest.mark.slow  # whole runs, clusters or subprocess drills: not in the fast tier
+
 KILL_POINTS = {
     "early, before the weights are restored": ("stem_tfrs.training.checkpoints:load_weights", 1),
     "mid-write, the SavedModel written, its warmup file not yet":

@@ -7,6 +7,8 @@ import pytest
 from tests.fault_drill import assert_killed, assert_succeeded, run, temporaries
 from tests.test_export import raw_batch
 
+pytestmark = pytest.mark.slow  # whole runs, clusters or subprocess drills: not in the fast tier
+
 KILL_POINTS = {
     "early, before the first chunk is written": ("pandas:DataFrame.to_csv", 1),
     "mid-write, two chunks written of five": ("pandas:DataFrame.to_csv", 3),

@@ -8,6 +8,8 @@ import pytest
 from tests.support import TINY_MODEL_FLAGS
 from tests.fault_drill import assert_killed, assert_succeeded, run, temporaries
 
+pytestmark = pytest.mark.slow  # whole runs, clusters or subprocess drills: not in the fast tier
+
 KILL_POINTS = {
     # config.json is written; not a step trained.
     "early, as the first dataset is made": ("stem_tfrs.data.pipeline:make_dataset", 1),

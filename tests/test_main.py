@@ -30,6 +30,7 @@ def assert_clean_error(result, pattern):
   assert re.search(pattern, last), last
 
 
+@pytest.mark.slow
 def test_train_with_default_data_prepares_trains_evaluates_and_exports(tmp_path):
   (tmp_path / "tiny.flags").write_text("\n".join(TINY_MODEL_FLAGS) + "\n")
   result = main_py("train", "--synthetic_rows=20000", "--epochs=1", "--batch_size=256",
@@ -73,6 +74,7 @@ def run_train(tmp_path, data_dir, *extra):
                  *extra, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_unknown_model_is_one_line(tmp_path, data_copy):
   result = run_train(tmp_path, data_copy, "--model=nope")
   assert_clean_error(result, r"--model=nope: value should be one of <stem\|single_task\|shared_bottom")
@@ -80,6 +82,7 @@ def test_unknown_model_is_one_line(tmp_path, data_copy):
   assert_nothing_written(tmp_path)
 
 
+@pytest.mark.slow
 def test_data_dir_without_schema_is_one_line(tmp_path):
   (tmp_path / "empty").mkdir()
   result = run_train(tmp_path, tmp_path / "empty")
@@ -88,6 +91,7 @@ def test_data_dir_without_schema_is_one_line(tmp_path):
   assert_nothing_written(tmp_path)
 
 
+@pytest.mark.slow
 def test_schema_column_missing_from_shards_is_one_line(tmp_path, data_copy):
   schema = json.load(open(data_copy / "schema.json"))
   schema["features"].append({"name": "region", "dtype": "string", "hash_buckets": 10})
@@ -99,6 +103,7 @@ def test_schema_column_missing_from_shards_is_one_line(tmp_path, data_copy):
   assert_nothing_written(tmp_path)
 
 
+@pytest.mark.slow
 def test_label_not_binary_in_shards_is_one_line_and_nothing_is_exported(tmp_path, data_copy):
   schema = Schema.load(str(data_copy))
   for path in schema.shard_paths("train"):
@@ -116,6 +121,7 @@ def test_label_not_binary_in_shards_is_one_line_and_nothing_is_exported(tmp_path
   assert_nothing_written(tmp_path)
 
 
+@pytest.mark.slow
 def test_bad_list_flag_is_one_line(tmp_path, data_copy):
   result = run_train(tmp_path, data_copy, "--expert_hidden_units=64,x")
   assert_clean_error(result, r"--expert_hidden_units must be comma-separated integers")

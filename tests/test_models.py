@@ -25,6 +25,7 @@ def present(grads, pattern):
   return {n for n in grads if pattern in n}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_training_lowers_the_loss_and_the_export_serves(name, tiny_data, tmp_path):
   tf.keras.utils.set_random_seed(0)

@@ -4,8 +4,11 @@ import os
 
 import nbformat
 from nbclient import NotebookClient
+import pytest
 
 from tests.support import REPO
+
+pytestmark = pytest.mark.slow  # whole runs, clusters or subprocess drills: not in the fast tier
 
 NOTEBOOK = os.path.join(REPO, "notebooks", "stem_tfrs_quickstart.ipynb")
 

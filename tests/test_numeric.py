@@ -78,6 +78,7 @@ def test_statistics_come_from_the_train_split_and_bad_values_are_bad_rows(numeri
   assert Schema.from_json(schema.to_json()).numeric_features == schema.numeric_features
 
 
+@pytest.mark.slow
 def test_one_row_records_and_memory_give_the_same_values(numeric_data, tmp_path):
   schema, _ = numeric_data
   prepare_numeric(tmp_path / "rows", rows_per_record=1)
@@ -112,6 +113,7 @@ def test_a_column_both_categorical_and_numeric_is_refused(tmp_path):
   assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["stem", "mmoe", "ple"])
 def test_models_learn_from_a_numeric_feature_and_serve_it(numeric_data, tmp_path, name):
   schema, _ = numeric_data
@@ -145,6 +147,7 @@ def test_models_learn_from_a_numeric_feature_and_serve_it(numeric_data, tmp_path
     serve(**dict(request, views=tf.constant(["1.0"] * int(request["views"].shape[0]))))
 
 
+@pytest.mark.slow
 def test_predict_command_reads_numbers_and_names_a_cell_that_is_not_one(numeric_data, tmp_path):
   schema, _ = numeric_data
   model = build_model("stem", schema, tiny_model_config())
@@ -178,6 +181,7 @@ def test_logs_command_prepares_numeric_columns(tmp_path):
                                                                   ("seconds", False)]
 
 
+@pytest.mark.slow
 def test_rest_and_grpc_clients_carry_numbers_and_missing_values(numeric_data, tmp_path):
   from stem_tfrs.serving.clients import GrpcClient, RestClient
   from stem_tfrs.serving.session import SavedModelSession

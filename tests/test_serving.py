@@ -30,6 +30,7 @@ def saved_model_cli(*args):
   return result.stdout
 
 
+@pytest.mark.slow
 def test_saved_model_cli_show_reports_the_serving_contract(trained_run):
   out = saved_model_cli("show", "--all", "--dir", trained_run.export_path)
   section = out.split("signature_def['serving_default']:")[1].split("signature_def[")[0]
@@ -44,6 +45,7 @@ def test_saved_model_cli_show_reports_the_serving_contract(trained_run):
   assert "inputs['finish']" not in section  # no label inputs
 
 
+@pytest.mark.slow
 def test_saved_model_cli_run_returns_the_models_probabilities(trained_run):
   batch = raw_batch(trained_run.model.schema, n=4)
   exprs = ";".join(f"{k}={v!r}" for k, v in batch.items())
@@ -69,6 +71,7 @@ def test_warmup_requests_replay_against_the_saved_model(trained_run):
       assert p.shape == (len(request["uid"]),) and ((p > 0) & (p < 1)).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("splits", ["valid_only", "none"])
 def test_a_warmup_file_without_test_rows(trained_run, tmp_path, splits):
   # From the first split with rows; with none, from missing values (the OOV rows).
@@ -90,6 +93,7 @@ def serve(trained_run):
   return tf.saved_model.load(trained_run.export_path).signatures["serving_default"]
 
 
+@pytest.mark.slow
 def test_unseen_ids_empty_batches_and_duplicate_rows_serve(trained_run, serve):
   names = trained_run.model.schema.feature_names
   unseen = serve(**{n: tf.constant(["never", "seen"]) for n in names})
@@ -126,6 +130,7 @@ def test_wrong_dtype_is_a_signature_error(trained_run, serve):
     serve(**inputs)
 
 
+@pytest.mark.slow
 def test_export_command_writes_the_version_asked_for(trained_run, tmp_path):
   result = run_here("export", f"--run_dir={trained_run.run_dir}", f"--export_dir={tmp_path}",
                     "--version=5", cwd=tmp_path)
@@ -139,6 +144,7 @@ def test_export_command_writes_the_version_asked_for(trained_run, tmp_path):
   assert_clean_error(missing, "is not a run directory: it has no config.json")
 
 
+@pytest.mark.slow
 def test_an_export_killed_midway_leaves_no_numeric_version(trained_run, tmp_path):
   base = tmp_path / "stem"
   process = subprocess.Popen(
@@ -188,6 +194,7 @@ def test_warmup_requests_replay_through_the_cpp_loader(trained_run):
       assert p.shape == (len(request["uid"]),) and ((p > 0) & (p < 1)).all()
 
 
+@pytest.mark.slow
 def test_a_bfloat16_export_loads_in_the_cpp_loader(trained_run, tmp_path):
   schema = trained_run.model.schema
   path = export_saved_model(trained_run.model, schema, str(tmp_path), "m", precision="bfloat16")
