@@ -24,8 +24,8 @@ def matmul_seconds(m: int, k: int, n: int, dtype=tf.float32, seconds: float = 1.
   flatter the figure. The same call without its products is timed in
   alternation (which of the two goes first alternates too) and its time
   subtracted: the median of the pairs' differences, so the call's own
-  overhead, about 0.2 ms on a 2-core VM, does not count as product time; at
-  batch 1 it would otherwise halve the ceiling. (The median is floored at a
+  overhead does not count as product time; at batch 1 it would otherwise
+  be a large share of the ceiling. (The median is floored at a
   tenth of the median call, against noise.)
   """
   reps = min(64, max(8, 2**24 // (m * k * n)))
@@ -137,8 +137,7 @@ def forward_ceiling(config, model: str, num_fields: int, num_tasks: int,
 
   One call runs the product of every dense layer ([B, in] x [in, out]), each
   on weights of its own as in the model, so the call reads as many weight
-  bytes as the model's forward pass (24.4 MB at the authors' STEM-Net
-  configuration in float32): at small batches these come from memory, not
+  bytes as the model's forward pass: at small batches these come from memory, not
   from cache, and bound the call as they bound the model's; at large ones the
   products' arithmetic does. Two simplifications can only make the ceiling
   higher: the products are independent of each other (in the model a layer

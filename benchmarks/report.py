@@ -40,6 +40,30 @@ hand (`python benchmarks/report.py --check` fails when this page is stale, and s
 reproduces it, the machine the committed figures come from, and the figures. The benchmarks
 measure and report; no test asserts a speed. Figures from different machines, or from one
 shared machine at different times, are not comparable: compare figures from one run.
+
+What the columns mean:
+
+- **fp32 peak**: GFLOP/s of a 2048x2048x2048 float32 product, the most the CPU does. It is read at
+  the start of a `train_throughput` run and again right after every training measurement, since
+  on a shared machine the readings of one run differ. "of peak max" divides by the highest
+  reading (the conservative figure); "of peak after" by the reading taken right after the
+  row's timed epoch.
+- **GEMM-only**: the examples/s a training step or a forward pass would reach if it did nothing
+  but its own matrix products: the ceiling the model's shapes allow, since smaller products run
+  below the peak. The same call without its products is timed in alternation and subtracted.
+  - *Training* (`benchmarks/ceiling.py: gemm_ceiling`): every product of the step (forward,
+    input gradient, weight gradient of every dense layer) timed alone at its own shape, read
+    right after each measurement in the precision the step's products run in (bfloat16 for
+    `mixed_bfloat16`).
+  - *Serving* (`benchmarks/ceiling.py: forward_ceiling`): the forward pass's products at the
+    batch's size, each on weights of its own, all in one call, so that a call reads as many
+    weight bytes as the model's; at batch 1 those bytes bound the call, at large batches the
+    arithmetic does. Read after each timed slice, in the export's precision; the median counts.
+- **Training FLOPs** are counted from the configuration's dense layers: 3x the forward pass.
+- **pipeline**: `records` reads and parses the TFRecord shards while training, `in_memory`
+  serves a parsed split from RAM (`--in_memory`), `excluded` repeats one batch from memory (the
+  model alone). "tf.data/step" is the shuffled training pipeline alone, timed right after the
+  step, over the step's examples/s.
 """
 
 

@@ -154,11 +154,10 @@ class FieldEmbedding(tf.keras.layers.Layer):
                             tf.float32))  # float32 beside the task losses, whatever the policy
     num_fields, num_tables = len(self.features), len(self.table_names)
     embedded = tf.reshape(embedded, [-1, num_fields, num_tables, self.embedding_dim])
-    # One split along the table axis (its gradient one concat). Strided slices
-    # there have a 3-6x slower gradient (batch 1024-4096); a transpose to
-    # table-major and an unstack, forward and backward, took 3.6 ms against the
-    # split's 2.2 at batch 4096 and 0.34 against 0.25 at 64 (authors' shapes);
-    # at serving, oneDNN's _MklTranspose waited on the busy thread pool.
+    # One split along the table axis (its gradient one concat): faster, forward
+    # and backward, than strided slices or a transpose to table-major and an
+    # unstack, whose oneDNN _MklTranspose waits on the busy thread pool at
+    # serving (benchmarks/train_throughput.py, benchmarks/serving.py).
     tables = tf.split(embedded, num_tables, axis=2)                   # T+1 x [B, F, 1, D]
     return [tf.reshape(table, [-1, num_fields * self.embedding_dim]) for table in tables]
 

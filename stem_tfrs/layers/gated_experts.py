@@ -16,12 +16,9 @@ def gate_softmax(logits: tf.Tensor) -> tf.Tensor:
 
   Not `tf.nn.softmax`: with TensorFlow's oneDNN optimizations (on by default
   on x86 CPUs) that becomes `_MklSoftmax`, which hands its few hundred numbers
-  to the thread pool the experts' products keep busy. Traced at batch 64 at
-  the authors' configuration, it took 150 us a call in float32 and 440 us in
-  bfloat16, for a [64, 10] input. (Serving exports at batch 64, in
-  alternation: the default configuration 64,453 against 60,361 examples/s,
-  the authors' 9,802 against 9,512, with bfloat16 weights 13,514 against
-  12,954; larger batches unchanged.) Half-precision logits are exponentiated
+  to the thread pool the experts' products keep busy and waits there; written
+  out, the exports serve small batches faster and large ones as fast
+  (`benchmarks/serving.py`). Half-precision logits are exponentiated
   and summed in float32, and the weights cast back. The max is only there
   against overflow and the softmax does not depend on it, so no gradient
   flows through it.
@@ -38,9 +35,10 @@ def mix(weights: tf.Tensor, candidates: Sequence[Union[tf.Tensor, Sequence[tf.Te
   `candidates` holds the experts in groups, in gate order: a group is a list
   of k [B, H] tensors, or one [B, k, H] tensor. A list is mixed expert by
   expert (N scaled copies summed by one add_n), a stacked group as one
-  batched product [B, 1, k] x [B, k, H]. (Measured on a 2-core CPU, forward
-  and backward, at 8 experts of [4096, 512] and 2 gates: the list 35 ms, the
-  stack and batched product 57 ms, an einsum over the stack slower still.)
+  batched product [B, 1, k] x [B, k, H]. The layers pass lists: forward and
+  backward, the list's scaled copies ran faster than the stack and batched
+  product, and than an einsum over the stack, in the training step that
+  `benchmarks/train_throughput.py` times.
   """
   parts, start = [], 0
   for group in candidates:

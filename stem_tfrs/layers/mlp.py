@@ -85,17 +85,15 @@ class ExpertGroup(tf.keras.layers.Layer):
       y_0^k = relu(x @ W_0^k + b_0^k)                         K x [B, H_0]
       y_l^k = relu(y_{l-1}^k @ W_l^k + b_l^k)                 K x [B, H_l]
 
-  (Measured on a 2-core CPU, in alternation in one process. One wide
-  first-layer product x @ [W_0^1 | ... | W_0^K], its output split into the
-  experts' blocks, ran the training step 5-7% slower at the authors' STEM
-  configuration (8 shared experts, 512 wide, batch 4096) and 10% slower at
-  the default one: the split copies [B, K * H_0] forward and concatenates it
-  backward. Keeping that side-by-side [in, K * H_0] kernel and splitting it
-  instead costs a copy of the kernel on every call: at batch 1, serving the
-  authors' configuration took 18% longer (p50 1.97 against 1.62 ms). One
-  batched product per layer, [K, B, H] x [K, H, H'], ran 5-8% slower than
-  per-expert products: its bias add and ReLU, and their gradients, are
-  separate passes over [K, B, H']. `einsum("bki,kio->bko")` was slower still.)
+  Per-expert products on stacked kernels were kept over the alternatives,
+  each slower in `benchmarks/train_throughput.py` or `benchmarks/serving.py`:
+  one wide first-layer product x @ [W_0^1 | ... | W_0^K] with its output split
+  into the experts' blocks (the split copies [B, K * H_0] forward and
+  concatenates it backward); a side-by-side [in, K * H_0] kernel split per
+  call (a copy of the kernel on every call, which batch-1 serving feels); one
+  batched product per layer, [K, B, H] x [K, H, H'] (its bias add and ReLU,
+  and their gradients, become separate passes over [K, B, H']); and
+  `einsum("bki,kio->bko")`.
 
   Each expert is initialized as a Glorot-uniform Dense layer of its own shape
   would be. With `batch_norm`, every expert keeps its own statistics.

@@ -73,14 +73,13 @@ def _checked_inputs(features: Dict[str, tf.Tensor], lists: Dict[str, bool]):
   TF Serving feeds a request's tensors whatever their shape, and the model
   would flatten a [2, 2] input into 4 rows. `tf.ensure_shape` checks at run
   time and names the input; a failed row check lists each input's rows.
-  (Two small ops per input. Batch-1 p50 at the authors' configuration on a
-  noisy 2-core CPU: 2.13 ms with the checks, 2.09 without.)
+  The checks are two small ops per input, within the noise of a batch-1
+  call (`benchmarks/serving.py`).
 
   The row check is the bare `Assert` op: `tf.debugging.Assert` puts it in a
   `tf.cond`, whose Switch and Merge move the whole graph onto TensorFlow's
-  slower control-flow executor. (The default configuration's export, in
-  alternation: batch-1 p50 0.526 and 0.630 ms against 0.539 and 0.650 with
-  the cond, batch 64 0.928 and 0.940 against 0.963 and 0.959.)
+  slower control-flow executor, which small batches feel
+  (`benchmarks/serving.py`).
   """
   checked = {name: tf.ensure_shape(x, [None, None] if lists[name] else [None])
              for name, x in features.items()}
@@ -125,10 +124,11 @@ def with_precision(model: tf.keras.Model, precision: Optional[str]) -> tf.keras.
   the policy `model` already has, returns `model` itself.
 
   Why bfloat16: serving a batch reads every weight once, so at small batches
-  a call costs the bytes of the weights (the authors' STEM-Net configuration:
-  24.4 MB in float32) and bfloat16 halves them; at large batches bfloat16
-  products run on the CPU's bf16 units. The probabilities move by about the
-  rounding of 8-bit mantissas; the README gives the measured AUC change.
+  a call costs the bytes of the weights, and bfloat16 halves them; at large
+  batches bfloat16 products run on the CPU's bf16 units. The probabilities
+  move by about the rounding of 8-bit mantissas;
+  `benchmarks/export_precision.py` measures the AUC change of a run's two
+  exports (docs/performance.md).
 
   Raises:
     ValueError: `precision` is not one of `EXPORT_PRECISIONS`.

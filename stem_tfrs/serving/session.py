@@ -13,8 +13,8 @@ which the TensorFlow wheel ships in `libtensorflow_cc.so.2`:
 
 So it proves that the C++ loader (not only Python's `tf.saved_model.load`)
 reads an export, and it times a model as the server runs it: a call is one
-C function, where a Python signature call adds 0.3-0.7 ms of Python and
-eager bookkeeping on a 2-core CPU. What the server adds on top, the request's
+C function, where a Python signature call adds Python and eager
+bookkeeping to every call (`benchmarks/serving.py` times both ways). What the server adds on top, the request's
 network trip and its protobuf conversion, it does not measure. Linux only.
 """
 
