@@ -69,3 +69,21 @@ def test_models_without_gates_have_no_gate_shares(tiny_data):
   schema = Schema.load(tiny_data)
   model = build_model("shared_bottom", schema, tiny_model_config())
   assert mean_gate_shares(model, make_dataset(schema, "valid", 512)) is None
+
+
+def test_comparable_gaps_carry_seed_and_bootstrap_intervals():
+  rng = np.random.default_rng(0)
+  labels = (rng.random(1200) < 0.3).astype(int)
+  groups = np.array(["comparable", "A-dominant", "B-dominant"] * 400, dtype=object)
+  run = lambda seed, signal: {"t": signal * labels + np.random.default_rng(seed).normal(
+      0, 1, 1200), "label/t": labels}
+  predictions = {"single_task": [run(1, 0.0), run(2, 0.0), run(3, 0.0)],
+                 "stem": [run(4, 1.5), run(5, 1.5), run(6, 1.5)]}
+  report = comparable_report(predictions, ["t"], groups, replicates=100, seed=3)
+  for row in report[report.model == "stem"].itertuples():
+    assert 0 < row.gap_seed_low < row.auc_vs_single_task < row.gap_seed_high
+    assert 0 < row.gap_boot_low < row.auc_vs_single_task < row.gap_boot_high
+    assert row.gap_verdict == "stem better"
+  assert (report[report.model == "single_task"].gap_verdict == "").all()
+  again = comparable_report(predictions, ["t"], groups, replicates=100, seed=3)
+  pd.testing.assert_frame_equal(report, again)

@@ -14,8 +14,8 @@ from tests.support import TINY_MODEL_FLAGS
 from tests.cli_cases import run_here
 from tests.test_main import assert_clean_error
 
-FILES = ["results.csv", "results.json", "results.md", "auc.png", "comparable.csv",
-         "comparable.png", "gates.csv", "gates.png"]
+FILES = ["results.csv", "results.json", "results.md", "intervals.csv", "auc.png",
+         "comparable.csv", "comparable.png", "gates.csv", "gates.png"]
 GATED = {"stem", "omoe", "mmoe", "ple", "me_mmoe", "me_ple"}
 
 
@@ -29,11 +29,13 @@ def benchmark_dir(tiny_data, tmp_path_factory):
   return out
 
 
+@pytest.mark.slow
 def test_every_report_file_is_written(benchmark_dir):
   for name in FILES:
     assert os.path.getsize(benchmark_dir / name) > 0, name
 
 
+@pytest.mark.slow
 def test_results_have_a_row_per_model_and_task(benchmark_dir):
   results = pd.read_csv(benchmark_dir / "results.csv")
   assert list(results.columns) == [
@@ -51,16 +53,46 @@ def test_results_have_a_row_per_model_and_task(benchmark_dir):
   assert all(f"| {m} | finish | 1 |" in table for m in MODEL_NAMES)
 
 
+@pytest.mark.slow
 def test_comparable_report_covers_groups_tasks_models(benchmark_dir):
   comparable = pd.read_csv(benchmark_dir / "comparable.csv")
   assert list(comparable.columns) == ["kappa", "task_a", "task_b", "group", "task", "model",
-                                      "samples", "auc_mean", "auc_std", "auc_vs_single_task"]
+                                      "samples", "auc_mean", "auc_std", "auc_vs_single_task",
+                                      "gap_seed_low", "gap_seed_high", "gap_boot_low",
+                                      "gap_boot_high", "gap_verdict"]
   assert len(comparable) == 3 * 2 * len(MODEL_NAMES)
   assert set(comparable.group) == {"comparable", "A-dominant", "B-dominant"}
   single = comparable[comparable.model == "single_task"]
-  assert (single.auc_vs_single_task == 0).all()
+  assert (single.auc_vs_single_task == 0).all() and single.gap_verdict.isna().all()
+  others = comparable[comparable.model != "single_task"]
+  # One seed: no seed interval; the bootstrap interval holds the gap.
+  assert others.gap_seed_low.isna().all()
+  assert (others.gap_boot_low <= others.auc_vs_single_task + 1e-9).all()
+  assert (others.auc_vs_single_task <= others.gap_boot_high + 1e-9).all()
+  assert others.gap_verdict.str.match(r"^(within noise|\w+ better)$").all()
 
 
+@pytest.mark.slow
+def test_intervals_compare_stem_with_every_other_model(benchmark_dir):
+  table = pd.read_csv(benchmark_dir / "intervals.csv")
+  every_row = table[table.group == "all"]
+  assert set(every_row.reference) == {"stem"}
+  assert {(b, t) for b, t in zip(every_row.baseline, every_row.task)} == {
+      (m, t) for m in MODEL_NAMES if m != "stem" for t in ("finish", "like")}
+  assert set(table.group) == {"all", "comparable", "A-dominant", "B-dominant"}
+  auc = every_row[every_row.metric == "auc"]
+  results = pd.read_csv(benchmark_dir / "results.csv").set_index(["model", "task"])
+  for r in auc.itertuples():  # the difference of the reported test AUCs
+    assert r.diff_mean == pytest.approx(results.loc[("stem", r.task), "auc_mean"]
+                                        - results.loc[(r.baseline, r.task), "auc_mean"])
+    assert r.boot_low < r.boot_high
+  as_json = json.load(open(benchmark_dir / "results.json"))
+  assert len(as_json["intervals"]) == len(table)
+  assert as_json["benchmark"]["reference"] == "stem"
+  assert "| stem - mmoe | like | auc | 1 |" in (benchmark_dir / "results.md").read_text()
+
+
+@pytest.mark.slow
 def test_gate_report_covers_gated_models(benchmark_dir):
   gates = pd.read_csv(benchmark_dir / "gates.csv")
   assert list(gates.columns) == ["model", "task", "own", "other_tasks", "shared"]
@@ -68,6 +100,7 @@ def test_gate_report_covers_gated_models(benchmark_dir):
       (m, t) for m in GATED for t in ("finish", "like")}
 
 
+@pytest.mark.slow
 def test_rerun_reuses_finished_runs_and_retrains_only_the_missing_one(benchmark_dir, tiny_data):
   runs = benchmark_dir / "runs"
   summary = lambda m: runs / m / "seed-2023" / "summary.json"
@@ -83,6 +116,7 @@ def test_rerun_reuses_finished_runs_and_retrains_only_the_missing_one(benchmark_
     assert changed == (m == "mmoe"), m
 
 
+@pytest.mark.slow
 def test_a_moved_output_directory_keeps_its_finished_runs(benchmark_dir, tiny_data, tmp_path):
   moved = tmp_path / "moved"
   shutil.copytree(benchmark_dir, moved)  # keeps the files' times
@@ -104,6 +138,7 @@ def test_every_models_flags_are_checked_before_the_first_trains(tiny_data, tmp_p
   assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_one_task_data_is_benchmarked_without_the_comparable_analysis(tiny_data, tmp_path):
   data = tmp_path / "data"
   shutil.copytree(tiny_data, data)
@@ -140,6 +175,7 @@ def _epochs_begun(begun, stop_at=None):
   return EpochsBegun()
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_from_its_last_finished_epoch(tiny_data, tmp_path,
                                                                  monkeypatch):
   import dataclasses
@@ -161,6 +197,7 @@ def test_an_interrupted_run_resumes_from_its_last_finished_epoch(tiny_data, tmp_
   assert list(report.results["model"]) == ["stem", "stem"] and not report.failed
 
 
+@pytest.mark.slow
 def test_a_diverged_run_is_reported_kept_and_not_trained_again(tiny_data, tmp_path,
                                                                monkeypatch):
   import dataclasses
@@ -199,6 +236,7 @@ def test_a_diverged_run_is_reported_kept_and_not_trained_again(tiny_data, tmp_pa
   pd.testing.assert_frame_equal(again.results, report.results)
 
 
+@pytest.mark.slow
 def test_a_benchmark_whose_every_run_diverges_is_a_one_line_error(tiny_data, tmp_path):
   (tmp_path / "out").mkdir()
   (tmp_path / "out" / "results.csv").write_text("an earlier benchmark's results\n")
@@ -230,6 +268,7 @@ def test_results_report_the_sample_std_over_seeds():
   assert "| stem | like | 1 | 0.7000 | 0.6000 | 0.5000 |" in table
 
 
+@pytest.mark.slow
 def test_a_run_stopped_after_training_is_summarized_from_its_checkpoint(tiny_data, tmp_path,
                                                                         monkeypatch):
   import dataclasses
@@ -259,3 +298,77 @@ def test_a_run_stopped_after_training_is_summarized_from_its_checkpoint(tiny_dat
   again_gates = json.load(open(run_dir / "summary.json"))["gates"]
   for task, shares in gates.items():
     assert again_gates[task] == pytest.approx(shares)
+
+
+def _flagfiles(directory, **per_model):
+  directory.mkdir()
+  for model, lines in per_model.items():
+    (directory / f"{model}.flags").write_text("# a comment\n" + "\n".join(lines) + "\n")
+  return directory
+
+
+@pytest.mark.slow
+def test_each_model_runs_with_its_own_flagfile_under_the_command_line(tiny_data, tmp_path):
+  flags_dir = _flagfiles(tmp_path / "flags",
+                         stem=["--model=stem", "--learning_rate=0.003", "--epochs=4",
+                               "--nobatch_norm"],
+                         mmoe=["--model=mmoe", "--learning_rate=0.0003", "--epochs=4",
+                               "--net_dropout=0.1"])
+  out = tmp_path / "out"
+  result = run_here("benchmark", f"--data_dir={tiny_data}", f"--model_flags_dir={flags_dir}",
+                    "--models=all", "--seeds=1", "--epochs=1", "--batch_size=512",
+                    "--verbose=0", "--bootstrap_replicates=50", f"--output_dir={out}",
+                    *TINY_MODEL_FLAGS, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  config = lambda m: json.load(open(out / "runs" / m / "seed-2023" / "config.json"))
+  stem, mmoe = config("stem"), config("mmoe")
+  assert stem["train_config"]["learning_rate"] == 0.003
+  assert mmoe["train_config"]["learning_rate"] == 0.0003
+  assert stem["model_config"]["net_dropout"] == 0.0 and mmoe["model_config"]["net_dropout"] == 0.1
+  for run in (stem, mmoe):  # the command line wins over every flagfile
+    assert run["train_config"]["epochs"] == 1 and run["model_config"]["embedding_dim"] == 4
+  assert sorted(os.listdir(out / "runs")) == ["mmoe", "stem"]  # all: the models with a file
+  settings = json.load(open(out / "results.json"))["settings"]
+  assert settings["stem"]["learning_rate"] == 0.003 and settings["mmoe"]["learning_rate"] == 0.0003
+  table = (out / "results.md").read_text()
+  assert "| model | learning_rate | net_dropout |" in table
+  assert "| mmoe | 0.0003 | 0.1 |" in table and "embedding_dim=4" in table
+
+
+@pytest.mark.parametrize("lines, message", [
+    (["--model=stem", "--output_dir=elsewhere"],
+     r"stem\.flags: --output_dir is not a flag a benchmark takes per model"),
+    (["--model=stem", "--verbose=2"], r"stem\.flags: --verbose is not a flag"),
+    (["--model=mmoe"], r"stem\.flags: --model=mmoe, but the file is stem's"),
+    (["--model=stem", "--learning_rate=fast"], r"stem\.flags: .*learning_rate"),
+])
+def test_a_flagfile_with_a_flag_the_benchmark_does_not_take_is_refused(lines, message,
+                                                                       tiny_data, tmp_path):
+  flags_dir = _flagfiles(tmp_path / "flags", stem=lines, mmoe=["--model=mmoe"])
+  result = run_here("benchmark", f"--data_dir={tiny_data}", f"--model_flags_dir={flags_dir}",
+                    "--models=mmoe,stem", "--epochs=1", f"--output_dir={tmp_path / 'out'}",
+                    *TINY_MODEL_FLAGS, cwd=tmp_path)
+  assert_clean_error(result, message)
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_model_without_a_flagfile_is_refused(tiny_data, tmp_path):
+  flags_dir = _flagfiles(tmp_path / "flags", stem=["--model=stem"])
+  result = run_here("benchmark", f"--data_dir={tiny_data}", f"--model_flags_dir={flags_dir}",
+                    "--models=stem,ple", "--epochs=1", f"--output_dir={tmp_path / 'out'}",
+                    cwd=tmp_path)
+  assert_clean_error(result, r"--model_flags_dir: no flagfile .*ple\.flags for model ple")
+  assert not (tmp_path / "out").exists()
+
+
+def test_the_kuairand_pure_flagfiles_are_each_models_and_accepted():
+  from stem_tfrs.cli import benchmark as benchmark_cli
+  from tests.support import REPO
+  directory = os.path.join(REPO, "experiments", "kuairand_pure")
+  for model in MODEL_NAMES:
+    values = benchmark_cli._flagfile_values(os.path.join(directory, f"{model}.flags"), model)
+    assert values["model"] == model
+  rates = {m: float(benchmark_cli._flagfile_values(os.path.join(directory, f"{m}.flags"),
+                                                   m)["learning_rate"])
+           for m in ("stem", "mmoe", "ple")}
+  assert rates == {"stem": 1e-3, "mmoe": 1e-4, "ple": 1e-4}  # the authors' per-model rates

@@ -26,6 +26,7 @@ import tensorflow as tf
 from stem_tfrs import evaluation
 from stem_tfrs.data import pipeline
 from stem_tfrs.data.schema import Schema
+from stem_tfrs.evaluation import intervals
 
 EPSILON = 0.01
 GROUPS = ("comparable", "A-dominant", "B-dominant")
@@ -64,7 +65,8 @@ def sample_std(values: Sequence[float]) -> float:
 
 
 def comparable_report(predictions: Dict[str, List[Dict[str, np.ndarray]]], tasks: Sequence[str],
-                      groups: np.ndarray, baseline: Optional[str] = "single_task") -> pd.DataFrame:
+                      groups: np.ndarray, baseline: Optional[str] = "single_task",
+                      replicates: int = 0, seed: int = 0) -> pd.DataFrame:
   """AUC per (group, task, model), mean and sample std over seeds, and its gap to `baseline`.
 
   Args:
@@ -73,10 +75,17 @@ def comparable_report(predictions: Dict[str, List[Dict[str, np.ndarray]]], tasks
     tasks: Tasks to report.
     groups: Group label per test sample (`assign_groups`).
     baseline: Model whose AUC the others are compared to (NaN gap if absent).
+    replicates: Bootstrap replicates of the gap's interval (0: seed interval
+      only; see `stem_tfrs.evaluation.intervals`).
+    seed: Seed of the bootstrap draws.
 
   Returns:
     Columns group, task, model, samples, auc_mean, auc_std, auc_vs_<baseline>
-    (negative = negative transfer relative to the baseline).
+    (negative = negative transfer relative to the baseline), then the gap's
+    95% intervals: gap_seed_low, gap_seed_high (paired by seed),
+    gap_boot_low, gap_boot_high (paired bootstrap over the group's test
+    rows) and gap_verdict ("<model> better", "<baseline> better" or
+    "within noise"; empty for the baseline itself).
   """
   rows = []
   for group in GROUPS:
@@ -88,12 +97,28 @@ def comparable_report(predictions: Dict[str, List[Dict[str, np.ndarray]]], tasks
                      "auc_mean": float(np.mean(aucs)), "auc_std": sample_std(aucs)})
   report = pd.DataFrame(rows)
   column = f"auc_vs_{baseline}"
-  if baseline in predictions:
-    base = report[report["model"] == baseline].set_index(["group", "task"])["auc_mean"]
-    report[column] = report["auc_mean"] - base.reindex(
-        pd.MultiIndex.from_frame(report[["group", "task"]])).to_numpy()
-  else:
-    report[column] = float("nan")
+  gap_columns = ["gap_seed_low", "gap_seed_high", "gap_boot_low", "gap_boot_high"]
+  report[column] = float("nan")
+  for name in gap_columns:
+    report[name] = float("nan")
+  report["gap_verdict"] = ""
+  if baseline not in predictions:
+    return report
+  base = report[report["model"] == baseline].set_index(["group", "task"])["auc_mean"]
+  report[column] = report["auc_mean"] - base.reindex(
+      pd.MultiIndex.from_frame(report[["group", "task"]])).to_numpy()
+  for group in GROUPS:
+    mask = groups == group
+    if not mask.any() or len(predictions) < 2:
+      continue
+    # baseline - model, once per group (the baseline's bootstrap is shared), then turned round.
+    table = intervals.compare(predictions, tasks, reference=baseline, replicates=replicates,
+                              seed=seed, mask=mask, gauc=False)
+    for r in table.itertuples():
+      at = (report["group"] == group) & (report["task"] == r.task) & (report["model"] == r.baseline)
+      report.loc[at, gap_columns] = [-r.seed_high, -r.seed_low, -r.boot_high, -r.boot_low]
+      report.loc[at, "gap_verdict"] = intervals.verdict(
+          r.baseline, baseline, [(-r.seed_high, -r.seed_low), (-r.boot_high, -r.boot_low)])
   return report
 
 

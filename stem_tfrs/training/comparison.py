@@ -1,8 +1,13 @@
 """A fair, resumable comparison: every model x every seed on the same prepared data.
 
-Every model is trained by `trainer.train` with the same data, embeddings,
-towers, optimizer, stopping rule and metrics; only `--model` and the seed
-change. Output directory:
+Every model is trained by `trainer.train` on the same data with the same
+metrics. By default every model also gets the same settings and only
+`--model` and the seed change; with per-model settings (`run_benchmark`'s
+`settings`, the CLI's `--model_flags_dir`) each model runs with its own, and
+the reports say which. The flow: `configure` (check everything before the
+first run trains), `train_and_predict` (each model and seed), `aggregate`,
+`analyses` (intervals, comparable samples, gates), `write_reports`.
+Output directory:
 
     <output_dir>/runs/<model>/seed-<seed>/   one training run each (config.json,
                                              metrics.json, ..., predictions.npz,
@@ -11,11 +16,19 @@ change. Output directory:
     <output_dir>/results.csv, .json, .md    per model and task: mean and sample std
                                              (n - 1) over seeds of test AUC, gAUC,
                                              logloss; parameters, training time,
-                                             examples/s; the runs that failed
+                                             examples/s; the runs that failed; each
+                                             model's settings; the intervals below
+                                             (results.json holds every analysis,
+                                             for `evaluation.results_page`)
+    <output_dir>/intervals.csv              the reference model (STEM) against each
+                                             baseline, per task and sample group:
+                                             difference, seed and bootstrap 95%
+                                             intervals, verdict (`evaluation.intervals`)
     <output_dir>/auc.png                    test AUC, models x tasks, error bars
     <output_dir>/comparable.csv, .png       AUC per comparable-sample group, and
-                                             the gap to single_task (with two tasks
-                                             and a group column)
+                                             the gap to single_task with its
+                                             intervals (with two tasks and a group
+                                             column)
     <output_dir>/gates.csv, .png            gate weight on own / other / shared experts
 
 A run whose `summary.json` exists and whose configuration and data (resolved
@@ -44,21 +57,25 @@ import tensorflow as tf
 
 from stem_tfrs import evaluation
 from stem_tfrs.data import pipeline
-from stem_tfrs.evaluation import analysis
+from stem_tfrs.evaluation import analysis, intervals, results_page
 from stem_tfrs.training import callbacks, checkpoints, trainer
 from stem_tfrs.config import ConfigError, ModelConfig, TrainConfig
 from stem_tfrs.training.distributed import refuse_cluster_strategy
 from stem_tfrs.files import write_json
 from stem_tfrs.models import MODEL_NAMES, MODELS, build_model, global_dtype_policy
-from stem_tfrs.data.schema import Schema
+from stem_tfrs.data.schema import Schema, load_stats
 
 SUMMARY = "summary.json"
 FAILED = "failed.json"
 STARTED = "settings.json"  # a run's settings and data, written before it trains
 METRICS = ("auc", "gauc", "logloss")
 #: Every report file, in the order the final message lists them.
-REPORT_FILES = ("results.csv", "results.json", "results.md", "auc.png", "comparable.csv",
-                "comparable.png", "gates.csv", "gates.png")
+REPORT_FILES = ("results.csv", "results.json", "results.md", "intervals.csv", "auc.png",
+                "comparable.csv", "comparable.png", "gates.csv", "gates.png")
+#: Settings a run of the benchmark sets itself, left out of the reported settings.
+_OWN_SETTINGS = ("model", "seed", "run_dir", "export_dir")
+#: One model's settings: model -> (ModelConfig, TrainConfig).
+Settings = Dict[str, Tuple[ModelConfig, TrainConfig]]
 
 
 @dataclasses.dataclass
@@ -69,10 +86,13 @@ class BenchmarkReport:
     results: One row per (model, task) over the runs that finished (see `aggregate`).
     failed: One entry per run that diverged: model, seed, run_dir, reason.
     files: The report files written in the output directory, by name.
+    intervals: The reference model against each baseline (`intervals.compare`
+      rows, with a group column: "all" test rows, or a comparable-sample group).
   """
   results: pd.DataFrame
   failed: List[dict]
   files: List[str]
+  intervals: Optional[pd.DataFrame] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,12 +106,17 @@ class BenchmarkConfig:
     kappa: Comparable-sample threshold (see `stem_tfrs.evaluation.analysis`).
     comparable_tasks: The tasks (A, B) of the comparable-sample analysis;
       default: the first two tasks.
+    reference: The model compared with every other, with intervals; default
+      stem if compared, else the first model.
+    replicates: Bootstrap replicates of the intervals (0: seed intervals only).
   """
   models: Tuple[str, ...]
   seeds: int = 1
   output_dir: str = "benchmark"
   kappa: float = 2.0
   comparable_tasks: Optional[Tuple[str, str]] = None
+  reference: Optional[str] = None
+  replicates: int = 1000
 
   def __post_init__(self):
     unknown = [m for m in self.models if m not in MODEL_NAMES]
@@ -102,6 +127,16 @@ class BenchmarkConfig:
       raise ConfigError(f"seeds must be >= 1, got {self.seeds}")
     if self.kappa < 1.0:
       raise ConfigError(f"kappa must be >= 1, got {self.kappa}")
+    if self.reference is not None and self.reference not in self.models:
+      raise ConfigError(f"reference model '{self.reference}' is not one of the compared "
+                        f"models {list(self.models)}")
+    if self.replicates < 0:
+      raise ConfigError(f"bootstrap replicates must be >= 0, got {self.replicates}")
+
+  @property
+  def reference_model(self) -> str:
+    """The model compared with every other: `reference`, else stem, else the first."""
+    return self.reference or ("stem" if "stem" in self.models else self.models[0])
 
 
 def _read(run_dir: str, name: str) -> Optional[dict]:
@@ -223,8 +258,10 @@ def gate_table(summaries: List[dict]) -> pd.DataFrame:
   return pd.DataFrame(rows, columns=["model", "task", "own", "other_tasks", "shared"])
 
 
-def markdown(results: pd.DataFrame, failed: Sequence[dict] = ()) -> str:
-  """results.md: the results table, then one line per failed run."""
+def markdown(results: pd.DataFrame, failed: Sequence[dict] = (),
+             settings: Optional[Dict[str, dict]] = None,
+             compared: Optional[pd.DataFrame] = None) -> str:
+  """results.md: the results table, one line per failed run, the settings, the intervals."""
   lines = ["| model | task | seeds | test AUC | test gAUC | test logloss | params | train s "
            "| examples/s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in results.itertuples():
@@ -237,6 +274,13 @@ def markdown(results: pd.DataFrame, failed: Sequence[dict] = ()) -> str:
   if failed:
     text += "\nFailed, left out of the table:\n\n" + "".join(
         f"- {f['model']}, seed {f['seed']}: {f['failed']}\n" for f in failed)
+  if settings:
+    text += "\n" + results_page.settings_table(settings)
+  if compared is not None and not compared.empty:
+    every_row = compared[compared["group"] == "all"]
+    text += ("\nDifferences on the test split, with 95% intervals: paired by seed (Student t) "
+             "and a paired bootstrap over test rows (stem_tfrs/evaluation/intervals.py). "
+             "\"within noise\": an interval contains 0.\n\n" + intervals.markdown(every_row))
   return text
 
 
@@ -244,61 +288,192 @@ def _mean_std(mean: float, std: float) -> str:
   return f"{mean:.4f} ± {std:.4f}" if np.isfinite(std) else f"{mean:.4f}"
 
 
-def _bar_chart(path: str, frame: pd.DataFrame, value: str, error: Optional[str], title: str,
-               ylabel: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt
-  groups = list(dict.fromkeys(frame["x"]))
-  series = list(dict.fromkeys(frame["series"]))
-  width = 0.8 / max(len(series), 1)
-  bars = len(groups) * max(len(series), 1)
-  fig, ax = plt.subplots(figsize=(min(16, max(7, 0.18 * bars + 3)), 4.5))
-  for i, name in enumerate(series):
-    part = frame[frame["series"] == name].set_index("x").reindex(groups)
-    positions = np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width
-    ax.bar(positions, part[value], width,
-           yerr=part[error] if error else None, capsize=2, label=str(name))
-  ax.set_xticks(np.arange(len(groups)))
-  ax.set_xticklabels(groups, rotation=30, ha="right")
-  ax.set_ylabel(ylabel)
-  ax.set_title(title)
-  ax.legend(fontsize="small", ncol=2 if len(series) > 5 else 1)
-  values = frame[value].to_numpy(dtype=float)
-  spread = frame[error].fillna(0.0).to_numpy(dtype=float) if error else 0.0
-  low, high = values - spread, values + spread
-  shown = np.isfinite(low) & np.isfinite(high)
-  if value.startswith("auc") and shown.any() and low[shown].min() > 0:
-    # AUCs differ in the second decimal: a zoomed axis, with every error bar inside it.
-    ax.set_ylim(max(0.0, low[shown].min() - 0.05), min(1.0, high[shown].max() + 0.03))
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+@dataclasses.dataclass
+class _Plan:
+  """What `configure` checked: the runs to train, and the analyses' parameters."""
+  schema: Schema
+  bench: BenchmarkConfig
+  runs: List[Tuple[ModelConfig, TrainConfig]]  # per model, per seed, in report order
+  settings: Dict[str, dict]                    # per model, as reported
+  comparable_tasks: Optional[Tuple[str, str]]
 
 
-def _comparable(out: str, schema: Schema, predictions: Dict[str, List[dict]],
-                tasks: Tuple[str, str], kappa: float) -> None:
-  """Writes comparable.csv and .png: AUC by comparable-sample group (see `stem_tfrs.evaluation.analysis`)."""
-  task_a, task_b = tasks
-  first = next(iter(predictions.values()))[0]
-  rho = analysis.user_feedback_ratio(schema, task_a, task_b)
-  groups = analysis.assign_groups(first["group"], rho, kappa)
-  comparable = analysis.comparable_report(predictions, schema.tasks, groups)
-  comparable.insert(0, "kappa", kappa)
-  comparable.insert(1, "task_a", task_a)
-  comparable.insert(2, "task_b", task_b)
-  comparable.to_csv(os.path.join(out, "comparable.csv"), index=False)
-  chart = comparable[comparable["model"] != "single_task"].copy()
-  if "single_task" in predictions and not chart.empty:
-    value, error, title, ylabel = ("auc_vs_single_task", None,
-                                   "Test AUC minus single_task's, by sample group",
-                                   "AUC gap (negative = negative transfer)")
-  else:  # no gap to show: each model's AUC per group
-    chart = comparable.copy()
-    value, error, title, ylabel = "auc_mean", "auc_std", "Test AUC by sample group", "AUC"
-  chart["x"] = chart["group"] + " / " + chart["task"]
-  _bar_chart(os.path.join(out, "comparable.png"), chart.rename(columns={"model": "series"}),
-             value, error, f"{title} (kappa={kappa:g})", ylabel)
+def _reported_settings(model_config: ModelConfig, config: TrainConfig) -> dict:
+  train = {k: v for k, v in dataclasses.asdict(config).items() if k not in _OWN_SETTINGS}
+  train["data_dir"] = os.path.realpath(config.data_dir)
+  return json.loads(json.dumps(dict(dataclasses.asdict(model_config), **train)))
+
+
+def configure(model_config: ModelConfig, train_config: TrainConfig, bench: BenchmarkConfig,
+              settings: Optional[Settings] = None) -> _Plan:
+  """Checks every (model, seed) and the data before the first run trains.
+
+  Args:
+    model_config, train_config: Every model's settings, unless `settings` has its own.
+    bench: What to compare.
+    settings: model -> its own (ModelConfig, TrainConfig); a model it lacks
+      runs with `model_config` and `train_config`. Every model must name the
+      same data.
+
+  Raises:
+    ConfigError, SchemaError: naming what is wrong.
+  """
+  settings = dict(settings or {})
+  own = {m: settings.get(m, (model_config, train_config)) for m in bench.models}
+  data = {m: os.path.realpath(c.data_dir) for m, (_, c) in own.items()}
+  if len(set(data.values())) > 1:
+    first = bench.models[0]
+    other = next(m for m in bench.models if data[m] != data[first])
+    raise ConfigError(f"every model of a benchmark trains on the same data: {first} has "
+                      f"data_dir {data[first]}, {other} has {data[other]}")
+  for model, (m_config, t_config) in own.items():
+    refuse_cluster_strategy("benchmark", t_config)
+    MODELS[model].check_config(m_config)
+  schema = trainer.load_and_check(*own[bench.models[0]])
+  for model in bench.models[1:]:
+    trainer.load_and_check(*own[model])
+  comparable_tasks = bench.comparable_tasks
+  if comparable_tasks is not None:
+    if set(comparable_tasks) - set(schema.tasks) or not schema.group_column:
+      raise ConfigError(f"comparable tasks {list(comparable_tasks)} must be two of the data's "
+                        f"tasks {schema.tasks}, and the data needs a group column")
+  elif len(schema.tasks) >= 2 and schema.group_column:
+    comparable_tasks = tuple(schema.tasks[:2])
+  runs = []
+  for model in bench.models:
+    m_config, t_config = own[model]
+    for offset in range(bench.seeds):
+      seed = t_config.seed + offset
+      runs.append((m_config, dataclasses.replace(
+          t_config, model=model, seed=seed, export_dir="",
+          run_dir=os.path.join(bench.output_dir, "runs", model, f"seed-{seed}"))))
+  return _Plan(schema=schema, bench=bench, runs=runs,
+               settings={m: _reported_settings(*own[m]) for m in bench.models},
+               comparable_tasks=comparable_tasks)
+
+
+def train_and_predict(plan: _Plan, verbose: int = 0) -> Tuple[List[dict], List[dict],
+                                                              Dict[str, List[dict]]]:
+  """Trains (or reuses) every run of `plan`.
+
+  Returns:
+    (summaries of the runs that finished, failures, model -> one test
+    prediction dict per finished seed).
+  """
+  os.makedirs(plan.bench.output_dir, exist_ok=True)
+  summaries, failed, predictions = [], [], {}
+  for model_config, config in plan.runs:
+    logging.info("benchmark: %s, seed %d", config.model, config.seed)
+    summary = run_one(model_config, config, plan.schema, verbose=verbose)
+    if "failed" in summary:
+      failed.append({"model": config.model, "seed": config.seed, "run_dir": config.run_dir,
+                     "failed": summary["failed"]})
+      continue
+    summaries.append(summary)
+    with np.load(os.path.join(config.run_dir, "predictions.npz"), allow_pickle=False) as npz:
+      predictions.setdefault(config.model, []).append({k: npz[k] for k in npz.files})
+  return summaries, failed, predictions
+
+
+def analyses(plan: _Plan, summaries: List[dict],
+             predictions: Dict[str, List[dict]]) -> Dict[str, Optional[pd.DataFrame]]:
+  """The reference model's intervals, the comparable-sample report and the gate shares.
+
+  Returns:
+    {"intervals": rows of `intervals.compare` with a group column ("all",
+    then each comparable-sample group), "comparable": `analysis.comparable_report`
+    with kappa, task_a, task_b columns (None without two tasks and a group
+    column), "gates": `gate_table`}.
+  """
+  bench, schema = plan.bench, plan.schema
+  reference = bench.reference_model
+  frames = []
+  groups = None
+  if plan.comparable_tasks is not None:
+    task_a, task_b = plan.comparable_tasks
+    first = next(iter(predictions.values()))[0]
+    rho = analysis.user_feedback_ratio(schema, task_a, task_b)
+    groups = analysis.assign_groups(first["group"], rho, bench.kappa)
+  if reference in predictions and len(predictions) > 1:
+    frames.append(intervals.compare(predictions, schema.tasks, reference,
+                                    replicates=bench.replicates, seed=0).assign(group="all"))
+    for group in analysis.GROUPS if groups is not None else ():
+      if (groups == group).any():
+        frames.append(intervals.compare(
+            predictions, schema.tasks, reference, replicates=bench.replicates, seed=0,
+            mask=groups == group, gauc=False).assign(group=group))
+  elif reference not in predictions:
+    logging.warning("no intervals: every run of the reference model %s failed", reference)
+  compared = (pd.concat(frames, ignore_index=True) if frames
+              else pd.DataFrame(columns=intervals.COLUMNS + ["group"]))
+  compared = compared[["group"] + intervals.COLUMNS]
+  comparable = None
+  if groups is None:
+    logging.info("no comparable-sample analysis: it needs two tasks and a group column")
+  else:
+    comparable = analysis.comparable_report(predictions, schema.tasks, groups,
+                                            replicates=bench.replicates, seed=0)
+    comparable.insert(0, "kappa", bench.kappa)
+    comparable.insert(1, "task_a", plan.comparable_tasks[0])
+    comparable.insert(2, "task_b", plan.comparable_tasks[1])
+  return {"intervals": compared, "comparable": comparable, "gates": gate_table(summaries)}
+
+
+def _data_description(schema: Schema) -> dict:
+  stats = load_stats(schema.directory)
+  return {"data_dir": os.path.realpath(schema.directory),
+          "name": os.path.basename(os.path.realpath(schema.directory)),
+          "tasks": list(schema.tasks),
+          "rows": {split: part.get("rows") for split, part in stats.items()
+                   if isinstance(part, dict) and "rows" in part}}
+
+
+def _records(frame: Optional[pd.DataFrame]) -> Optional[List[dict]]:
+  if frame is None:
+    return None
+  return json.loads(frame.to_json(orient="records"))  # NaN -> null
+
+
+def write_reports(plan: _Plan, results: pd.DataFrame, failed: List[dict], summaries: List[dict],
+                  tables: Dict[str, Optional[pd.DataFrame]]) -> List[str]:
+  """Writes the report files of `REPORT_FILES` that apply; removes an earlier run's others."""
+  out, bench = plan.bench.output_dir, plan.bench
+  compared, comparable, gates = tables["intervals"], tables["comparable"], tables["gates"]
+  results.to_csv(os.path.join(out, "results.csv"), index=False)
+  compared.to_csv(os.path.join(out, "intervals.csv"), index=False)
+  write_json(os.path.join(out, "results.json"), {
+      "results": results.to_dict(orient="records"),
+      "runs": [{k: s[k] for k in ("model", "seed", "metrics", "params", "train_seconds",
+                                  "examples_per_second")} for s in summaries],
+      "failed": failed,
+      "benchmark": {"models": list(bench.models), "seeds": bench.seeds, "kappa": bench.kappa,
+                    "comparable_tasks": (list(plan.comparable_tasks)
+                                         if plan.comparable_tasks else None),
+                    "reference": bench.reference_model, "replicates": bench.replicates,
+                    "confidence": intervals.LEVEL},
+      "data": _data_description(plan.schema),
+      "settings": plan.settings,
+      "intervals": _records(compared),
+      "comparable": _records(comparable),
+      "gates": _records(gates)})
+  with open(os.path.join(out, "results.md"), "w") as f:
+    f.write(markdown(results, failed, plan.settings, compared))
+  plots = results_page.plotting("python main.py benchmark")
+  results_page.bar_chart(plots, os.path.join(out, "auc.png"),
+                         results.rename(columns={"model": "x", "task": "series"}), "auc_mean",
+                         "auc_std", "Test AUC (mean ± std over seeds)", "AUC")
+  written = ["results.csv", "results.json", "results.md", "intervals.csv", "auc.png"]
+  if comparable is not None:
+    comparable.to_csv(os.path.join(out, "comparable.csv"), index=False)
+    results_page.comparable_chart(plots, os.path.join(out, "comparable.png"), comparable)
+    written += ["comparable.csv", "comparable.png"]
+  gates.to_csv(os.path.join(out, "gates.csv"), index=False)
+  written.append("gates.csv")
+  if not gates.empty:
+    results_page.gate_chart(plots, os.path.join(out, "gates.png"), gates)
+    written.append("gates.png")
+  _remove_reports(out, keep=written)  # an earlier benchmark's, now out of date
+  return [name for name in REPORT_FILES if name in written]
 
 
 def _remove_reports(out: str, keep: Sequence[str]) -> None:
@@ -309,78 +484,31 @@ def _remove_reports(out: str, keep: Sequence[str]) -> None:
 
 
 def run_benchmark(model_config: ModelConfig, train_config: TrainConfig,
-                  bench: BenchmarkConfig, verbose: int = 0) -> BenchmarkReport:
+                  bench: BenchmarkConfig, verbose: int = 0,
+                  settings: Optional[Settings] = None) -> BenchmarkReport:
   """Trains every (model, seed), then writes the reports over the runs that finished.
+
+  Args:
+    model_config, train_config: Every model's settings (run dir, export dir,
+      model and seed are the benchmark's), unless `settings` has its own.
+    bench: What to compare.
+    verbose: Keras fit verbosity.
+    settings: model -> its own (ModelConfig, TrainConfig) (see `configure`).
 
   Raises:
     ConfigError, SchemaError: before any run trains.
     trainer.TrainingDiverged: every run diverged (each has its failed.json).
   """
-  refuse_cluster_strategy("benchmark", train_config)
-  schema = trainer.load_and_check(model_config, train_config)
-  comparable_tasks = bench.comparable_tasks
-  if comparable_tasks is not None:
-    if set(comparable_tasks) - set(schema.tasks) or not schema.group_column:
-      raise ConfigError(f"comparable tasks {list(comparable_tasks)} must be two of the data's "
-                        f"tasks {schema.tasks}, and the data needs a group column")
-  elif len(schema.tasks) >= 2 and schema.group_column:
-    comparable_tasks = tuple(schema.tasks[:2])
-  out = bench.output_dir
-  # Every (model, seed) is checked before the first one trains.
-  for model in bench.models:
-    MODELS[model].check_config(model_config)
-  configs = [dataclasses.replace(train_config, model=model, seed=train_config.seed + offset,
-                                 export_dir="", run_dir=os.path.join(
-                                     out, "runs", model, f"seed-{train_config.seed + offset}"))
-             for model in bench.models for offset in range(bench.seeds)]
-  os.makedirs(out, exist_ok=True)
-  summaries, failed, predictions = [], [], {}
-  for config in configs:
-    logging.info("benchmark: %s, seed %d", config.model, config.seed)
-    summary = run_one(model_config, config, schema, verbose=verbose)
-    if "failed" in summary:
-      failed.append({"model": config.model, "seed": config.seed, "run_dir": config.run_dir,
-                     "failed": summary["failed"]})
-      continue
-    summaries.append(summary)
-    with np.load(os.path.join(config.run_dir, "predictions.npz"), allow_pickle=False) as npz:
-      predictions.setdefault(config.model, []).append({k: npz[k] for k in npz.files})
+  plan = configure(model_config, train_config, bench, settings)
+  summaries, failed, predictions = train_and_predict(plan, verbose=verbose)
   if not summaries:
-    _remove_reports(out, keep=())  # an earlier benchmark's would pass for this one's
+    _remove_reports(bench.output_dir, keep=())  # an earlier benchmark's would pass for this one's
     raise trainer.TrainingDiverged(
         f"every run of the benchmark diverged (the first: {failed[0]['model']}, "
-        f"{failed[0]['failed']}); see failed.json under {os.path.join(out, 'runs')}")
-
-  results = aggregate(summaries, schema.tasks)
-  results.to_csv(os.path.join(out, "results.csv"), index=False)
-  write_json(os.path.join(out, "results.json"), {
-      "results": results.to_dict(orient="records"),
-      "runs": [{k: s[k] for k in ("model", "seed", "metrics", "params", "train_seconds",
-                                  "examples_per_second")} for s in summaries],
-      "failed": failed})
-  with open(os.path.join(out, "results.md"), "w") as f:
-    f.write(markdown(results, failed))
-  _bar_chart(os.path.join(out, "auc.png"),
-             results.rename(columns={"model": "x", "task": "series"}), "auc_mean", "auc_std",
-             "Test AUC (mean ± std over seeds)", "AUC")
-  written = ["results.csv", "results.json", "results.md", "auc.png"]
-
-  if comparable_tasks is None:
-    logging.info("no comparable-sample analysis: it needs two tasks and a group column")
-  else:
-    _comparable(out, schema, predictions, comparable_tasks, bench.kappa)
-    written += ["comparable.csv", "comparable.png"]
-
-  gates = gate_table(summaries)
-  gates.to_csv(os.path.join(out, "gates.csv"), index=False)
-  written.append("gates.csv")
-  if not gates.empty:
-    long = gates.melt(id_vars=["model", "task"], var_name="series", value_name="weight")
-    long["x"] = long["model"] + " / " + long["task"]
-    _bar_chart(os.path.join(out, "gates.png"), long, "weight", None,
-               "Mean gate weight on own, other tasks' and shared experts (test split)",
-               "gate weight")
-    written.append("gates.png")
-  _remove_reports(out, keep=written)  # an earlier benchmark's, now out of date
-  return BenchmarkReport(results=results, failed=failed,
-                         files=[name for name in REPORT_FILES if name in written])
+        f"{failed[0]['failed']}); see failed.json under "
+        f"{os.path.join(bench.output_dir, 'runs')}")
+  results = aggregate(summaries, plan.schema.tasks)
+  tables = analyses(plan, summaries, predictions)
+  files = write_reports(plan, results, failed, summaries, tables)
+  return BenchmarkReport(results=results, failed=failed, files=files,
+                         intervals=tables["intervals"])
