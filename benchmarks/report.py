@@ -223,8 +223,8 @@ def _input_pipeline(r: dict) -> tuple[list[str], str]:
                    ", ".join(number(v) for v in p["examples_per_second"])])
   text = (f"{number(r['rows'])} rows in {r.get('shards', '-')} shards, "
           f"{r.get('rows_per_record', '-')} rows a record, batch {number(r['batch'])}; "
-          f"pipeline: {r.get('pipeline', '-')}. \"current\" is the checked-out pipeline, a "
-          "revision the pipeline of that git revision, timed in turns.\n\n")
+          f"pipeline: {r.get('pipeline', '-')}. \"current\" is the checked-out pipeline; a "
+          "commit hash the pipeline of that git revision, timed in turns with it.\n\n")
   return args, text + table(["cores", "pipeline", "median examples/s",
                              "median examples/s per core", "median examples per CPU-second",
                              "examples/s, each interval"], rows)
