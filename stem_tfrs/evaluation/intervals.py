@@ -228,8 +228,10 @@ COLUMNS = ["reference", "baseline", "task", "metric", "seeds", "reference_mean",
 
 
 def interval_text(low: float, high: float) -> str:
-  """"[l, h]" with signs, or "-" when undefined."""
-  return f"[{low:+.4f}, {high:+.4f}]" if np.isfinite(low) and np.isfinite(high) else "-"
+  """"[l, h]" with signs, or "-" when undefined (NaN, or None as JSON writes NaN)."""
+  if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
+    return "-"
+  return f"[{low:+.4f}, {high:+.4f}]"
 
 
 def markdown(table: pd.DataFrame) -> str:

@@ -108,6 +108,8 @@ def difference_chart(plt: ModuleType, path: str, compared: pd.DataFrame) -> None
                                                        ("boot_low", "boot_high", "bootstrap"))):
     lo, hi = rows[low].to_numpy(dtype=float), rows[high].to_numpy(dtype=float)
     shown = np.isfinite(lo) & np.isfinite(hi)
+    if not shown.any():  # one seed: no seed interval
+      continue
     ax.errorbar(rows["diff_mean"].to_numpy(dtype=float)[shown], y[shown] + offset,
                 xerr=[(rows["diff_mean"].to_numpy(dtype=float) - lo)[shown],
                       (hi - rows["diff_mean"].to_numpy(dtype=float))[shown]],
@@ -158,6 +160,16 @@ def _mean_std(mean, std) -> str:
   return f"{mean:.4f} ± {std:.4f}" if std is not None and np.isfinite(std) else f"{mean:.4f}"
 
 
+def _frame(records: Optional[List[dict]], columns: Optional[List[str]] = None) -> pd.DataFrame:
+  """Rows of results.json as a frame; a column of numbers and nulls (JSON's NaN) as floats."""
+  frame = pd.DataFrame(records or [], columns=columns)
+  for name in frame.columns:
+    if frame[name].dtype == object and all(v is None or isinstance(v, (int, float))
+                                           for v in frame[name]):
+      frame[name] = frame[name].astype(float)
+  return frame
+
+
 def _number(value) -> float:
   return float("nan") if value is None else float(value)
 
@@ -170,7 +182,7 @@ def reproduce_commands(report: dict, json_path: str, output: str) -> List[str]:
   if "kuairand" in data["name"].lower():
     out = "benchmark/kuairand_pure"
     return ["python main.py prepare --dataset=kuairand --raw=KuaiRand-Pure/data/ "
-            "--out=data/kuairand_pure --min_count=5",
+            "--out=data/kuairand_pure",
             f"python main.py benchmark --model_flags_dir=experiments/kuairand_pure "
             f"--data_dir=data/kuairand_pure --models={models} --seeds={bench['seeds']} "
             f"--output_dir={out}",
@@ -183,8 +195,8 @@ def render(report: dict, json_path: str, output: str) -> str:
   """The page's markdown for `report` (a benchmark's results.json); names its plots."""
   stem = os.path.splitext(os.path.basename(output))[0]
   bench, data = report["benchmark"], report["data"]
-  results = pd.DataFrame(report["results"])
-  compared = pd.DataFrame(report["intervals"] or [], columns=["group"] + intervals.COLUMNS)
+  results = _frame(report["results"])
+  compared = _frame(report["intervals"], ["group"] + intervals.COLUMNS)
   seeds = sorted({r["seed"] for r in report["runs"]})
   text = [f"# Results: {', '.join(bench['models'])} on {data['name']}\n",
           f"Generated from `{json_path}` by `{PAGE_COMMAND} --benchmark_json={json_path} "
@@ -224,7 +236,7 @@ def render(report: dict, json_path: str, output: str) -> str:
     text.append(f"![differences]({stem}_differences.png)\n")
 
   if report.get("comparable"):
-    comparable = pd.DataFrame(report["comparable"])
+    comparable = _frame(report["comparable"])
     first = comparable.iloc[0]
     text.append("## Comparable samples\n")
     text.append(f"Users grouped by the ratio of their feedback on {first.task_a} and "
@@ -287,23 +299,23 @@ def write_page(json_path: str, output: str) -> List[str]:
   plt = plotting(PAGE_COMMAND)
   os.makedirs(directory, exist_ok=True)
   written = []
-  results = pd.DataFrame(report["results"])
+  results = _frame(report["results"])
   path = os.path.join(directory, f"{stem}_auc.png")
   bar_chart(plt, path, results.rename(columns={"model": "x", "task": "series"}), "auc_mean",
             "auc_std", "Test AUC (mean ± std over seeds)", "AUC")
   written.append(path)
-  compared = pd.DataFrame(report["intervals"] or [], columns=["group"] + intervals.COLUMNS)
+  compared = _frame(report["intervals"], ["group"] + intervals.COLUMNS)
   if not compared[compared["group"] == "all"].empty:
     path = os.path.join(directory, f"{stem}_differences.png")
     difference_chart(plt, path, compared)
     written.append(path)
   if report.get("comparable"):
     path = os.path.join(directory, f"{stem}_comparable.png")
-    comparable_chart(plt, path, pd.DataFrame(report["comparable"]))
+    comparable_chart(plt, path, _frame(report["comparable"]))
     written.append(path)
   if report.get("gates"):
     path = os.path.join(directory, f"{stem}_gates.png")
-    gate_chart(plt, path, pd.DataFrame(report["gates"]))
+    gate_chart(plt, path, _frame(report["gates"]))
     written.append(path)
   partial = output + ".partial"
   with open(partial, "w") as f:
