@@ -23,7 +23,7 @@ from stem_tfrs.errors import MissingExtraError
 EXTRAS = {
     "tune": "KerasTuner (python main.py tune)",
     "plot": "matplotlib (the benchmark's plots)",
-    "serving": "the TF Serving API package (REST and gRPC clients: predict --server)",
+    "serving": "the TF Serving API package (the gRPC client: predict --protocol=grpc)",
     "beam": "Apache Beam (prepare --runner=...)",
     "test": "the test tools, and every extra above",
 }

@@ -120,8 +120,16 @@ def test_a_missing_extra_is_one_line_and_status_1(monkeypatch, tmp_path):
   assert os.listdir(tmp_path) == []
 
 
+def forget(monkeypatch, package: str) -> None:
+  """Drops `package` and its submodules from sys.modules until the test ends, so that
+  importing them imports again."""
+  for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+    monkeypatch.delitem(sys.modules, name)
+
+
 def test_the_grpc_client_names_the_serving_extra(monkeypatch):
   from stem_tfrs.serving.clients import GrpcClient, RestClient
+  forget(monkeypatch, "tensorflow_serving")
   monkeypatch.setitem(sys.modules, "tensorflow_serving", None)
   with pytest.raises(MissingExtraError, match=r"^python main.py predict --protocol=grpc needs "
                      r"tensorflow_serving, which is not installed: pip install "
@@ -132,6 +140,7 @@ def test_the_grpc_client_names_the_serving_extra(monkeypatch):
 
 def test_need_lets_a_broken_install_say_its_own_error(monkeypatch):
   # A package that is there but fails to import on a dependency of its own.
+  forget(monkeypatch, "tensorflow_serving.apis.prediction_service_pb2_grpc")
   monkeypatch.setitem(sys.modules, "grpc", None)
   with pytest.raises(ImportError, match="grpc") as raised:
     extras.need("tensorflow_serving.apis.prediction_service_pb2_grpc", "serving", "this")
@@ -181,6 +190,16 @@ def test_the_dependencies_cover_every_third_party_import(project):
       if name in modules and importer != optional_module:
         problems.append(f"{importer}: imports {name} (the optional part) at module level")
   assert not problems, "\n".join(problems)
+
+
+def test_tensorboard_is_required_where_tf_summary_is_written(project):
+  # TensorFlow implements tf.summary (the TensorBoard callback's writer) only with
+  # tensorboard installed, which it does not require: no import of ours shows it.
+  writers = [relative for relative, path in source_files()
+             if re.search(r"callbacks\.TensorBoard\b|tf\.summary\.",
+                          open(path, encoding="utf-8").read())]
+  assert writers, "nothing writes TensorBoard logs: drop tensorboard, and this test"
+  assert "tensorboard" in requirement_names(project["dependencies"]), writers
 
 
 def test_every_need_names_an_extra_that_installs_the_module(project):

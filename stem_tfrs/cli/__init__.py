@@ -17,6 +17,25 @@ import tensorflow as tf
 
 from stem_tfrs.cli import benchmark, export, predict, prepare, server, train, tune
 
+#: What `--help` prints first: absl prints __main__'s docstring, which `run` sets to this, so
+#: that `python main.py` and the console script print the same.
+USAGE = """Command line of stem_tfrs: `python main.py <command> [--flags]`.
+
+Commands:
+  train       Train a model (STEM-Net by default), evaluate it and export a SavedModel.
+  benchmark   Train every model with every seed on the same data; write comparison reports.
+  export      Export a finished run's best checkpoint as a versioned SavedModel for TF Serving.
+  predict     Score a CSV of raw features with a SavedModel, or with a model on TF Serving.
+  prepare     Turn a raw data set (TikTok, KuaiRand, QK-Video, MovieLens) into a prepared one.
+  tune        Search the authors' hyper-parameters with KerasTuner; rerun to resume.
+  server      Run a worker or parameter server of a parameter-server cluster (TF_CONFIG).
+
+`python main.py --help` lists the commands' flags (`--helpfull` TensorFlow's and
+absl's too); `--flagfile=FILE` reads flags from a file. The commands are thin
+shells over the `stem_tfrs` library; `pip install -e .` installs the same command line
+as `stem-tfrs <command> [--flags]`.
+"""
+
 COMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "train": train.run,
     "benchmark": benchmark.run,
@@ -69,6 +88,7 @@ def run() -> None:
 
   `python main.py` and the `stem-tfrs` console script both call this.
   """
+  sys.modules["__main__"].__doc__ = USAGE  # main.py, or the console script's wrapper
   for command in COMMANDS.values():  # --help lists the commands' flags
     flags.adopt_module_key_flags(sys.modules[command.__module__])
   app.run(main, flags_parser=parse_flags)

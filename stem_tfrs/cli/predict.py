@@ -22,7 +22,8 @@ flags.DEFINE_string("saved_model", None, "A SavedModel version directory to scor
                     "this process (no server).")
 flags.DEFINE_string("server", None, "HOST:PORT of a TF Serving server to score with instead "
                     "(REST 8501, gRPC 8500).")
-flags.DEFINE_enum("protocol", "grpc", ["grpc", "rest"], "How to talk to --server.")
+flags.DEFINE_enum("protocol", "grpc", ["grpc", "rest"], "How to talk to --server (grpc needs "
+                  "the serving extra: pip install \"stem_tfrs[serving]\").")
 flags.DEFINE_string("model_name", "stem", "The model's name on --server.")
 flags.DEFINE_string("schema", None, "With --server: the schema.json that says the model's "
                     "inputs (an export's assets.extra/schema.json).")

@@ -6,7 +6,8 @@
 Every `train` flag sets the base configuration; the searched values
 (`stem_tfrs.training.tuning.SEARCH_SPACE`) replace theirs in each trial. Writes
 results.csv (one row per trial) and best.flags (the best trial's full `train`
-configuration) into --output_dir; rerun the same command to resume.
+configuration) into --output_dir; rerun the same command to resume. Needs the
+`tune` extra (KerasTuner): without it, says so in one line and exits 1.
 """
 
 from __future__ import annotations
