@@ -168,6 +168,24 @@ def test_one_row_and_block_records_give_the_same_batches(tiny_data, tmp_path):
       make_dataset(blocks, "test", 100), blocks)
 
 
+@pytest.mark.slow
+def test_input_pipelines_each_read_their_own_rows_in_a_seeded_order(tiny_data, tmp_path):
+  # 8 train shards: 2 pipelines read their own shards, 16 their own records of every shard
+  from data_prep.synthetic import prepare_synthetic
+  prepare_synthetic(str(tmp_path / "rows"), rows=4000, seed=7, min_count=1, rows_per_record=1)
+  blocks, rows = Schema.load(tiny_data), Schema.load(str(tmp_path / "rows"))
+  uids = lambda dataset: np.concatenate([f["uid"].numpy() for f, _ in dataset])
+  for schema, kwargs in ((blocks, {}), (rows, {}), (blocks, dict(in_memory=True))):
+    everything = rows_of(make_dataset(schema, "train", 1000), schema)
+    for pipelines in (2, 16):
+      share = lambda index: make_dataset(
+          schema, "train", 1000, shuffle=True, seed=3, shuffle_buffer=500,
+          input_context=tf.distribute.InputContext(pipelines, index, 1), **kwargs)
+      parts = [rows_of(share(index), schema) for index in range(pipelines)]
+      assert all(parts) and sorted(sum(parts, [])) == everything, (kwargs, pipelines)
+      assert (uids(share(1)) == uids(share(1))).all(), (kwargs, pipelines)  # seeded
+
+
 def test_validate_shards_tells_block_records_from_one_row_records(tiny_data, tmp_path):
   data = tmp_path / "data"
   shutil.copytree(tiny_data, data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Dict, Optional, Tuple
 
@@ -18,33 +19,35 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
                  in_memory: bool = False) -> tf.data.Dataset:
   """Batches of (features, labels) from the shards of `split`.
 
-  Shards are read in parallel (interleave), shuffled (if asked) through a
-  buffer of `shuffle_buffer` rows' worth of blocks of 64 consecutive rows
-  of a shard (block records, or chunks of one-row records), parsed many
-  records at a time with one vectorized `parse_example`, cut into batches
-  and prefetched. Block records (`schema.rows_per_record` > 1) are parsed
-  before they are cut into batches, one-row records after. For the same
-  rows and seed, 64-row blocks give the same shuffled batches as one-row
-  records; unshuffled reads alternate between shards by block rather than
-  by row. The order is deterministic for a given seed, and new every epoch.
+  One of three pipelines, each its own function:
+  - `_block_batches`, block records (`schema.rows_per_record` > 1): shards
+    read in parallel (interleave), shuffled (if asked) through a buffer of
+    `shuffle_buffer` rows' worth of blocks, parsed many records at a time
+    with one vectorized `parse_example`, then cut into batches.
+  - `_row_batches`, one-row records: the same, with chunks of 64
+    consecutive records of a shard moving through the shuffle in place of
+    blocks, cut into batches before they are parsed.
+  - `_in_memory_batches` (`in_memory`): the split is read and parsed once,
+    when this function is called, into one tensor per column; every epoch
+    then draws a fresh permutation of all rows in one op (a full shuffle,
+    not a buffer) and gathers each batch from memory, with no parsing. It
+    needs the parsed split in RAM.
+  Every batch is then prefetched (`_finish`).
 
-  Decision: a batch is a run of whole shuffled blocks (64 blocks at batch
-  4096), not rows drawn from across a window of blocks. Spreading a block's
-  rows over several batches needs one more copy of every column of every
-  row after the parse, and TensorFlow copies string tensors element by
-  element: it costs about as much as the parse itself
-  (`benchmarks/input_pipeline.py` measures the records pipeline, and the one
-  of any git revision beside it). A batch's blocks come out of the same
-  buffer of `shuffle_buffer` rows' worth of blocks as before; what changed
-  is that a block's rows now stay together (a window of that many rows was
-  permuted before it was cut into batches).
+  For the same rows and seed, 64-row blocks give the same shuffled batches
+  as one-row records; unshuffled reads alternate between shards by block
+  rather than by row. The order is deterministic for a given seed, and new
+  every epoch.
 
-  With `in_memory`, the split is read and parsed once, when this function
-  is called, into one tensor per column; every epoch then draws a fresh
-  permutation of all rows in one op (a full shuffle, not a buffer) and
-  gathers each batch from memory, with no parsing. It needs the parsed
-  split in RAM (about 30-60 bytes a row per categorical column for short
-  string ids).
+  Decision: a batch is a run of whole shuffled blocks, not rows drawn from
+  across a window of blocks. Spreading a block's rows over several batches
+  needs one more copy of every column of every row after the parse, and
+  TensorFlow copies string tensors element by element: it costs about as
+  much as the parse itself (`benchmarks/input_pipeline.py` measures the
+  records pipeline, and the one of any git revision beside it). A batch's
+  blocks come out of the same buffer of `shuffle_buffer` rows' worth of
+  blocks as before; what changed is that a block's rows now stay together
+  (a window of that many rows was permuted before it was cut into batches).
 
   Every label must be 0 or 1: a batch holding another value stops the
   pipeline with an `InvalidArgumentError` that names the label.
@@ -69,49 +72,103 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
     of raw values (NaN: missing); labels maps each task to a [B] float32
     tensor of 0/1.
   """
-  labels = schema.labels
+  batching = _Batching(batch_size, shuffle, seed, shuffle_buffer, drop_remainder)
+  parsing = _Parsing(schema, split)
+  if in_memory:
+    batches = _in_memory_batches(parsing, batching, input_context)
+  elif schema.rows_per_record > 1:
+    batches = _block_batches(parsing, _shards(schema, split, batching, input_context), batching)
+  else:
+    batches = _row_batches(parsing, _shards(schema, split, batching, input_context), batching)
+  return _finish(batches)
 
-  def checked(columns: Dict[str, tf.Tensor]) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
+
+@dataclasses.dataclass(frozen=True)
+class _Batching:
+  """How `make_dataset` was asked to batch (its arguments of the same names)."""
+  batch_size: int
+  shuffle: bool
+  seed: Optional[int]
+  shuffle_buffer: int
+  drop_remainder: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shards:
+  """A pipeline's shard files and its share of them.
+
+  Attributes:
+    files: Shard paths, in this epoch's order (shuffled if asked), this
+      pipeline's shards only when each pipeline has its own.
+    count: How many shards the split has.
+    share: (pipelines, index) when there are fewer shards than pipelines:
+      keep only every pipelines-th record of each shard; else None.
+  """
+  files: tf.data.Dataset
+  count: int
+  share: Optional[Tuple[int, int]]
+
+
+class _Parsing:
+  """The parse and pad steps of one split's records: labels checked, lists padded."""
+
+  def __init__(self, schema: Schema, split: str):
+    self.schema = schema
+    self.split = split
+    self.multivalent = any(f.multivalent for f in schema.features)
+
+  def checked(self, columns: Dict[str, tf.Tensor]
+              ) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
     """Columns -> (features, labels): labels checked and cast to float32, lists ragged."""
+    labels = self.schema.labels
     checks = [tf.debugging.Assert(
         tf.reduce_all((columns[label] == 0) | (columns[label] == 1)),
-        [f"label {label} in split {split} must be 0 or 1; values in the batch:",
+        [f"label {label} in split {self.split} must be 0 or 1; values in the batch:",
          columns[label]], summarize=8) for label in labels]
     with tf.control_dependencies(checks):
       label_values = {label: tf.cast(columns[label], tf.float32) for label in labels}
-    return {name: columns[name] for name in schema.input_names}, label_values
+    return {name: columns[name] for name in self.schema.input_names}, label_values
 
-  def parse(serialized: tf.Tensor):
+  def parse(self, serialized: tf.Tensor):
     """Records -> (features, labels)."""
-    if schema.rows_per_record == 1:
-      return checked(parse_records(schema, serialized, split))
-    return checked(parse_blocks(schema, serialized, split))
+    if self.schema.rows_per_record == 1:
+      return self.checked(parse_records(self.schema, serialized, self.split))
+    return self.checked(parse_blocks(self.schema, serialized, self.split))
 
-  def pad(features, label_values):
+  def pad(self, features, label_values):
     """Multivalent features' ragged lists -> [B, L] padded with `PADDING`."""
     padded = dict(features)
     padded.update({f.name: features[f.name].to_tensor(default_value=PADDING[f.dtype])
-                   for f in schema.features if f.multivalent})
+                   for f in self.schema.features if f.multivalent})
     return padded, label_values
 
-  multivalent = any(f.multivalent for f in schema.features)
 
-  if in_memory:
-    columns = _read_columns(schema, split, parse)
-    first, step = 0, 1
-    if input_context is not None and input_context.num_input_pipelines > 1:
-      first, step = input_context.input_pipeline_id, input_context.num_input_pipelines
-    rows = tf.constant(columns[1][labels[0]].shape[0], tf.int64)
-    if shuffle:  # one permutation of this pipeline's rows per epoch, drawn in one op
-      epoch_seed = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-      indices = epoch_seed.take(1).map(lambda pair: tf.random.experimental.stateless_shuffle(
-          tf.range(first, rows, step, dtype=tf.int64), pair)).rebatch(
-              batch_size, drop_remainder=drop_remainder)
-    else:
-      indices = tf.data.Dataset.range(first, rows, step).batch(
-          batch_size, drop_remainder=drop_remainder)
-    return _finish(indices.map(lambda index: _gather(schema, columns, index),
-                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+def _in_memory_batches(parsing: _Parsing, batching: _Batching,
+                       input_context: Optional[tf.distribute.InputContext]) -> tf.data.Dataset:
+  """Batches gathered from the split parsed into memory now, in a new permutation of this
+  pipeline's rows every epoch when shuffled (every num_input_pipelines-th row)."""
+  schema = parsing.schema
+  columns = _read_columns(schema, parsing.split, parsing.parse)
+  first, step = 0, 1
+  if input_context is not None and input_context.num_input_pipelines > 1:
+    first, step = input_context.input_pipeline_id, input_context.num_input_pipelines
+  rows = tf.constant(columns[1][schema.labels[0]].shape[0], tf.int64)
+  if batching.shuffle:  # one permutation of this pipeline's rows per epoch, drawn in one op
+    epoch_seed = tf.data.Dataset.random(seed=batching.seed,
+                                        rerandomize_each_iteration=True).batch(2)
+    indices = epoch_seed.take(1).map(lambda pair: tf.random.experimental.stateless_shuffle(
+        tf.range(first, rows, step, dtype=tf.int64), pair)).rebatch(
+            batching.batch_size, drop_remainder=batching.drop_remainder)
+  else:
+    indices = tf.data.Dataset.range(first, rows, step).batch(
+        batching.batch_size, drop_remainder=batching.drop_remainder)
+  return indices.map(lambda index: _gather(schema, columns, index),
+                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _shards(schema: Schema, split: str, batching: _Batching,
+            input_context: Optional[tf.distribute.InputContext]) -> _Shards:
+  """This pipeline's shards of `split`, shuffled each epoch when asked."""
   paths = schema.shard_paths(split)
   files = tf.data.Dataset.from_tensor_slices(paths)
   pipelines = input_context.num_input_pipelines if input_context is not None else 1
@@ -120,30 +177,40 @@ def make_dataset(schema: Schema, split: str, batch_size: int, *,
   share = None
   if pipelines > len(paths):  # fewer shards than pipelines: each its own records
     share = (pipelines, input_context.input_pipeline_id)
-  if shuffle:
-    files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-  block = schema.rows_per_record
-  if block > 1:  # parse groups of whole blocks, then cut their rows into batches
-    records = _records(files, len(paths), share)
-    if shuffle:
-      records = records.shuffle(max(1, shuffle_buffer // block), seed=seed,
-                                reshuffle_each_iteration=True)
-    group = max(1, max(batch_size, _PARSE_ROWS) // block)
-    batches = records.batch(group).map(
-        parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).rebatch(
-            batch_size, drop_remainder=drop_remainder)
-    if multivalent:
-      batches = batches.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return _finish(batches)
-  if shuffle:
-    batches = _shuffled_batches(files, len(paths), batch_size, shuffle_buffer, seed,
-                                drop_remainder, share)
+  if batching.shuffle:
+    files = files.shuffle(len(paths), seed=batching.seed, reshuffle_each_iteration=True)
+  return _Shards(files, len(paths), share)
+
+
+def _block_batches(parsing: _Parsing, shards: _Shards, batching: _Batching) -> tf.data.Dataset:
+  """Batches of block records: groups of whole blocks parsed, then their rows cut into
+  batches (a batch is a run of whole blocks)."""
+  block = parsing.schema.rows_per_record
+  records = _records(shards)
+  if batching.shuffle:
+    records = records.shuffle(max(1, batching.shuffle_buffer // block), seed=batching.seed,
+                              reshuffle_each_iteration=True)
+  group = max(1, max(batching.batch_size, _PARSE_ROWS) // block)
+  batches = records.batch(group).map(
+      parsing.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).rebatch(
+          batching.batch_size, drop_remainder=batching.drop_remainder)
+  if parsing.multivalent:
+    batches = batches.map(parsing.pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return batches
+
+
+def _row_batches(parsing: _Parsing, shards: _Shards, batching: _Batching) -> tf.data.Dataset:
+  """Batches of one-row records: records cut into batches (in shuffled chunks when
+  shuffled), then each batch parsed."""
+  if batching.shuffle:
+    batches = _shuffled_batches(shards, batching)
   else:
-    batches = _records(files, len(paths), share).batch(
-        batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True)
-  return _finish(batches.map((lambda serialized: pad(*parse(serialized))) if multivalent else parse,
-                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+    batches = _records(shards).batch(
+        batching.batch_size, drop_remainder=batching.drop_remainder,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  parse = ((lambda serialized: parsing.pad(*parsing.parse(serialized))) if parsing.multivalent
+           else parsing.parse)
+  return batches.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _finish(batches: tf.data.Dataset) -> tf.data.Dataset:
@@ -167,15 +234,15 @@ def _without_autotune_model(options: tf.data.Options) -> tf.data.Options:
   up to a period that doubles from 10 ms to a minute as the iterator ages.
   Keras deletes the training and the validation iterator at every epoch's
   end, so each epoch of a long run could end with the CPU idle for up to a
-  minute (4.2 s before the third epoch of the README's run). With the model
-  off, `AUTOTUNE` means a fixed parallelism of one call per core (TensorFlow's
-  default without the model is min(16, cores)) and a prefetch buffer that
-  grows while the consumer waits; the pipeline alone measured as fast as
-  with the model (1.6-3.1M rows/s at batch 1024 and 4096, records and in
-  memory, 2 cores). Under `tf.distribute.MirroredStrategy`, the per-device
+  minute. With the model off, `AUTOTUNE` means a fixed parallelism of one
+  call per core (TensorFlow's default without the model is min(16, cores))
+  and a prefetch buffer that grows while the consumer waits.
+
+  Decision: the model stays off; the pipeline alone is as fast without it
+  (`benchmarks/input_pipeline.py` times `make_dataset`'s pipelines, which
+  turn it off). Under `tf.distribute.MirroredStrategy`, the per-device
   copies that Keras' `fit` makes of a dataset take default options, so the
-  model, and the pause, come back there (1.4-1.6 s an epoch, seen with one
-  CPU device).
+  model, and the pause, come back there.
   """
   options.autotune.enabled = False
   options.autotune.initial_parallelism = os.cpu_count() or 1
@@ -188,49 +255,48 @@ _CHUNK = 64
 _PARSE_ROWS = 16_384
 
 
-def _records(files: tf.data.Dataset, num_files: int,
-             share: Optional[Tuple[int, int]]) -> tf.data.Dataset:
+def _records(shards: _Shards) -> tf.data.Dataset:
   """The records of up to 8 shards at a time, interleaved one record from each in turn."""
+  share = shards.share
+
   def read(path):
     records = tf.data.TFRecordDataset(path)
     return records.shard(*share) if share is not None else records
-  return files.interleave(read, cycle_length=min(num_files, 8),
+  return shards.files.interleave(read, cycle_length=min(shards.count, 8),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def _shuffled_batches(files: tf.data.Dataset, num_files: int, batch_size: int, window: int,
-                      seed: Optional[int], drop_remainder: bool,
-                      share: Optional[Tuple[int, int]]) -> tf.data.Dataset:
+def _shuffled_batches(shards: _Shards, batching: _Batching) -> tf.data.Dataset:
   """Batches of serialized one-row records, in shuffled chunks of consecutive records.
 
   Each shard is read in chunks of `_CHUNK` consecutive records, the chunks
-  of up to 8 shards are interleaved and shuffled in a buffer of `window`
-  records' worth of chunks, and the shuffled chunks are cut into batches:
-  the order 64-row block records of the same rows give (`make_dataset`).
-  tf.data moves chunks, not records, through the shuffle.
+  of up to 8 shards are interleaved and shuffled in a buffer of
+  `batching.shuffle_buffer` records' worth of chunks, and the shuffled
+  chunks are cut into batches: the order 64-row block records of the same
+  rows give (`make_dataset`). tf.data moves chunks, not records, through
+  the shuffle.
 
   Args:
-    files: Shard paths, in this epoch's order.
-    num_files: How many.
-    batch_size: Records per batch.
-    window: Records in the shuffle buffer.
-    seed: Seed of the shuffle (None: unseeded).
-    drop_remainder: Drop the epoch's last partial batch.
-    share: (pipelines, index): keep only every pipelines-th record of each shard.
+    shards: This pipeline's shards, in this epoch's order, and its share of their records.
+    batching: Batch size, seed (None: unseeded), buffer and whether to drop the epoch's
+      last partial batch.
 
   Returns:
     A dataset of [batch_size] tf.string tensors.
   """
+  window = batching.shuffle_buffer
   chunk = max(1, min(_CHUNK, window))
+  share = shards.share
 
   def read(path):
     records = tf.data.TFRecordDataset(path)
     return (records.shard(*share) if share is not None else records).batch(chunk)
 
-  chunks = files.interleave(read, cycle_length=min(num_files, 8),
-                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return (chunks.shuffle(max(1, window // chunk), seed=seed, reshuffle_each_iteration=True)
-          .rebatch(batch_size, drop_remainder=drop_remainder))
+  chunks = shards.files.interleave(read, cycle_length=min(shards.count, 8),
+                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return (chunks.shuffle(max(1, window // chunk), seed=batching.seed,
+                         reshuffle_each_iteration=True)
+          .rebatch(batching.batch_size, drop_remainder=batching.drop_remainder))
 
 
 def _read_columns(schema: Schema, split: str, parse) -> Tuple[dict, dict]:
@@ -256,6 +322,7 @@ def _read_columns(schema: Schema, split: str, parse) -> Tuple[dict, dict]:
 
 
 def _gather(schema: Schema, columns: Tuple[dict, dict], index: tf.Tensor):
+  """The rows `index` [B] of `_read_columns`' columns as (features, labels), lists padded."""
   features, labels = columns
   batch = {}
   for f in schema.features:

@@ -16,8 +16,9 @@ multivalent feature holds the block's lists one after the other, and their
 lengths in `<name>#row_lengths`. With `rows_per_record` 1 (the default when
 schema.json does not say) a record is one row, and a multivalent feature
 holds its list with no lengths. Blocks make reading cheap: tf.data and the
-parser pay per record, not per row (about 3x the rows a second on 2 cores
-at 64 rows a record). A one-row record is also a valid block.
+parser pay per record, not per row, which is why data_prep writes 64 rows a
+record (`benchmarks/input_pipeline.py` times the pipeline over such blocks).
+A one-row record is also a valid block.
 
 The ids stay raw in the shards: the model maps them to rows itself, so the
 exported SavedModel takes the same raw ids a serving request carries.
