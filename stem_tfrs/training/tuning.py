@@ -35,6 +35,7 @@ from stem_tfrs.training import trainer
 from stem_tfrs.config import TUNE_OBJECTIVES as OBJECTIVES
 from stem_tfrs.config import TUNERS, ConfigError, ModelConfig, TrainConfig
 from stem_tfrs.training.distributed import refuse_cluster_strategy
+from stem_tfrs.data.schema import Schema
 from stem_tfrs.errors import first_line
 from stem_tfrs.files import write_json
 from stem_tfrs.errors import SearchFailed  # noqa: F401  (raised here; defined with the others)
@@ -117,6 +118,10 @@ def tune(model_config: ModelConfig, train_config: TrainConfig, output_dir: str,
          max_trials: int = 10, objective: str = "auc", tuner: str = "random") -> TuneResult:
   """Searches `SEARCH_SPACE` around the base configs; resumes a search in `output_dir`.
 
+  The steps: check the arguments and the data; record the search's base (or
+  check it against the one resumed); run the trials; pick the best and write
+  results.csv.
+
   Args:
     model_config: Everything not searched: architecture and sizes.
     train_config: Data, epochs, batch size... (run_dir and export_dir are
@@ -127,11 +132,28 @@ def tune(model_config: ModelConfig, train_config: TrainConfig, output_dir: str,
     objective: "auc" or "gauc": the tasks' mean on the validation split.
     tuner: "random" (RandomSearch) or "bayesian" (BayesianOptimization).
 
+  Returns:
+    The finished trials, the best trial's configs and the path of results.csv.
+
   Raises:
     ConfigError: a bad objective, tuner or trial count.
     SearchFailed: `FAILED_IN_A_ROW` trials in a row failed (then, or in the
       search resumed), or no trial finished.
   """
+  _check_search_arguments(train_config, max_trials, objective, tuner)
+  schema = trainer.load_and_check(model_config, train_config)  # fail before any trial
+  if objective == "gauc" and not schema.group_column:
+    raise ConfigError(f"--objective=gauc needs a group column (the user id), and "
+                      f"{schema.directory} has none: use --objective=auc")
+  _check_same_search(output_dir, _search_base(model_config, train_config, schema,
+                                              objective, tuner))
+  trials = _run_search(model_config, train_config, output_dir, max_trials, objective, tuner)
+  return _best_of(trials, model_config, train_config, output_dir, objective)
+
+
+def _check_search_arguments(train_config: TrainConfig, max_trials: int, objective: str,
+                            tuner: str) -> None:
+  """A ConfigError unless the search's own arguments, and the strategy, can run a search."""
   if objective not in OBJECTIVES:
     raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")
   if tuner not in TUNERS:
@@ -142,14 +164,20 @@ def tune(model_config: ModelConfig, train_config: TrainConfig, output_dir: str,
   if max_trials < 1:
     raise ConfigError(f"max_trials must be >= 1, got {max_trials}")
   refuse_cluster_strategy("tune", train_config)
-  schema = trainer.load_and_check(model_config, train_config)  # fail before any trial
-  if objective == "gauc" and not schema.group_column:
-    raise ConfigError(f"--objective=gauc needs a group column (the user id), and "
-                      f"{schema.directory} has none: use --objective=auc")
+
+
+def _search_base(model_config: ModelConfig, train_config: TrainConfig, schema: Schema,
+                 objective: str, tuner: str) -> dict:
+  """What the search's trials share, as search.json records it: settings, data, objective."""
   base = trainer.settings_and_data(model_config, train_config, schema)
   for config, field in SEARCH_SPACE:  # each trial sets its own
     del base[f"{config}_config"][field]
-  _check_same_search(output_dir, dict(base, objective=objective, tuner=tuner))
+  return dict(base, objective=objective, tuner=tuner)
+
+
+def _run_search(model_config: ModelConfig, train_config: TrainConfig, output_dir: str,
+                max_trials: int, objective: str, tuner: str) -> List[dict]:
+  """Runs (or resumes) the trials; the finished ones, or SearchFailed."""
   goal = keras_tuner.Objective(f"val_{objective}", direction="max")
   oracle_class = {"random": keras_tuner.oracles.RandomSearchOracle,
                   "bayesian": keras_tuner.oracles.BayesianOptimizationOracle}[tuner]
@@ -170,6 +198,12 @@ def tune(model_config: ModelConfig, train_config: TrainConfig, output_dir: str,
         f"no trial of the search in {output_dir} finished"
         + (f"; the last to fail, {_last_failure(search.oracle)}" if search.oracle.end_order
            else ""))
+  return trials
+
+
+def _best_of(trials: List[dict], model_config: ModelConfig, train_config: TrainConfig,
+             output_dir: str, objective: str) -> TuneResult:
+  """The best trial's configs, with results.csv written."""
   best = max(trials, key=lambda row: row[f"val_{objective}"])
   best_model, best_train = configs_for(
       {k: v for k, v in best.items() if "." in k}, model_config, train_config)
