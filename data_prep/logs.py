@@ -206,32 +206,9 @@ def layout(raw: str, *, features: Sequence[str], tasks: Sequence[str],
     DataError: what is missing or wrong, in one line.
   """
   features, tasks = list(features or []), list(tasks or [])
-  if not features:
-    raise DataError("--features is required: the categorical columns to embed")
-  if not tasks:
-    raise DataError("--tasks is required: the 0/1 label columns, one per task")
-  if group_column is not None and group_column not in features:
-    raise DataError(f"--group_column={group_column} must be one of --features {features}")
   multivalent = dict(multivalent or {})
-  unknown = sorted(set(multivalent) - set(features))
-  if unknown:
-    raise DataError(f"--multivalent names {unknown}, which are not among --features {features}")
-  if not sep:
-    raise DataError("--sep must not be empty")
-  clash = sorted(name for name, value in multivalent.items() if value in sep or sep in value)
-  if clash:
-    raise DataError(f"the list separator of {clash} overlaps the field separator {sep!r}: "
-                    "a list is one field, its values split inside it")
-  time_split = [split_column, valid_from, test_from]
-  if any(v is not None for v in time_split) and not all(v is not None for v in time_split):
-    raise DataError("a split by time takes --split_column, --valid_from and --test_from together")
-  if split_column is not None:
-    split = TimeSplit(split_column, str(valid_from), str(test_from))
-  else:
-    if not (0.0 <= test_fraction < 1.0 and 0.0 <= valid_fraction < 1.0):
-      raise DataError(f"--test_fraction and --valid_fraction must be in [0, 1), got "
-                      f"{test_fraction} and {valid_fraction}")
-    split = RandomSplit(test=test_fraction, valid_of_rest=valid_fraction)
+  _check_columns(features, tasks, group_column, multivalent, sep)
+  split = _split(split_column, valid_from, test_from, test_fraction, valid_fraction)
   files = raw_files(raw)
   numeric = list(numeric or [])
   required = list(dict.fromkeys(features + numeric + tasks
@@ -241,6 +218,50 @@ def layout(raw: str, *, features: Sequence[str], tasks: Sequence[str],
                 multivalent=multivalent, numeric=numeric, log1p=list(log1p or []),
                 inputs=[raw, *files], min_count=min_count, seed=seed,
                 rows_per_record=rows_per_record, block_bytes=block_bytes)
+
+
+def _check_columns(features: List[str], tasks: List[str], group_column: Optional[str],
+                   multivalent: Dict[str, str], sep: str) -> None:
+  """`layout`'s columns and separators checked: features and tasks given, the group column
+  and the multivalent ones among the features, list separators apart from `sep`.
+
+  Raises:
+    DataError: the first that is wrong, in one line.
+  """
+  if not features:
+    raise DataError("--features is required: the categorical columns to embed")
+  if not tasks:
+    raise DataError("--tasks is required: the 0/1 label columns, one per task")
+  if group_column is not None and group_column not in features:
+    raise DataError(f"--group_column={group_column} must be one of --features {features}")
+  unknown = sorted(set(multivalent) - set(features))
+  if unknown:
+    raise DataError(f"--multivalent names {unknown}, which are not among --features {features}")
+  if not sep:
+    raise DataError("--sep must not be empty")
+  clash = sorted(name for name, value in multivalent.items() if value in sep or sep in value)
+  if clash:
+    raise DataError(f"the list separator of {clash} overlaps the field separator {sep!r}: "
+                    "a list is one field, its values split inside it")
+
+
+def _split(split_column: Optional[str], valid_from: Optional[str], test_from: Optional[str],
+           test_fraction: float, valid_fraction: float):
+  """`layout`'s split: by time (`TimeSplit`) with `split_column`, else at random
+  (`RandomSplit`).
+
+  Raises:
+    DataError: a split by time given in part, or a fraction outside [0, 1).
+  """
+  time_split = [split_column, valid_from, test_from]
+  if any(v is not None for v in time_split) and not all(v is not None for v in time_split):
+    raise DataError("a split by time takes --split_column, --valid_from and --test_from together")
+  if split_column is not None:
+    return TimeSplit(split_column, str(valid_from), str(test_from))
+  if not (0.0 <= test_fraction < 1.0 and 0.0 <= valid_fraction < 1.0):
+    raise DataError(f"--test_fraction and --valid_fraction must be in [0, 1), got "
+                    f"{test_fraction} and {valid_fraction}")
+  return RandomSplit(test=test_fraction, valid_of_rest=valid_fraction)
 
 
 if __name__ == "__main__":

@@ -269,45 +269,60 @@ def read_delimited(path: str, *, sep: str, columns: Optional[Sequence[str]] = No
     raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
   check_file(path, compressed_ok=True)
   reading = _Reading(sep, columns, required, block_bytes, encoding)
-  names: List[str] = []
-  base = chunk_end = None
-  tables: List[pa.Table] = []
-  lines: List[np.ndarray] = []
-  bad: List[Tuple[str, int, str]] = []
-  end = None
-
-  def chunk() -> Chunk:
-    """The chunk of lines before `chunk_end`, its bad rows reported."""
-    nonlocal bad
-    at = bisect.bisect_left(bad, chunk_end, key=lambda report: report[1])
-    for kind, line, detail in bad[:at]:
-      bad_rows.add(kind, path, line, detail)
-    bad = bad[at:]
-    frame = _frame(tables, lines, names)
-    tables.clear()
-    lines.clear()
-    return Chunk(frame, source=path)
-
+  chunks = _LineChunks(path, chunk_rows, bad_rows)
   with contextlib.closing(_prefetched(lambda: reading.pieces(path, False))) as pieces:
     for piece in pieces:
-      if base is None:
-        base, names = piece.first, piece.table.column_names
-        chunk_end = base + chunk_rows
-      bad.extend(piece.bad)
-      end = piece.end
-      at = 0
-      while True:
-        cut = int(np.searchsorted(piece.lines, chunk_end))
-        if cut > at:
-          tables.append(piece.table.slice(at, cut - at))
-          lines.append(piece.lines[at:cut])
-          at = cut
-        if piece.end < chunk_end:
-          break
-        yield chunk()
-        chunk_end += chunk_rows
-  if end is not None and end > chunk_end - chunk_rows:
-    yield chunk()
+      yield from chunks.add(piece)
+  yield from chunks.rest()
+
+
+class _LineChunks:
+  """A file's pieces, in order, cut into `Chunk`s of `chunk_rows` consecutive lines (counted
+  from the first piece's first line), each yielded once its last line is read."""
+
+  def __init__(self, path: str, chunk_rows: int, bad_rows: BadRows):
+    self.path, self.chunk_rows, self.bad_rows = path, chunk_rows, bad_rows
+    self.names: List[str] = []
+    self.chunk_end: Optional[int] = None  # the line the open chunk ends before
+    self.tables: List[pa.Table] = []
+    self.lines: List[np.ndarray] = []
+    self.bad: List[Tuple[str, int, str]] = []
+    self.end: Optional[int] = None
+
+  def add(self, piece: _Piece) -> Iterator[Chunk]:
+    """The chunks `piece` completes; the rest of its rows stay in the open chunk."""
+    if self.chunk_end is None:
+      self.names = piece.table.column_names
+      self.chunk_end = piece.first + self.chunk_rows
+    self.bad.extend(piece.bad)
+    self.end = piece.end
+    at = 0
+    while True:
+      cut = int(np.searchsorted(piece.lines, self.chunk_end))
+      if cut > at:
+        self.tables.append(piece.table.slice(at, cut - at))
+        self.lines.append(piece.lines[at:cut])
+        at = cut
+      if piece.end < self.chunk_end:
+        break
+      yield self._chunk()
+      self.chunk_end += self.chunk_rows
+
+  def rest(self) -> Iterator[Chunk]:
+    """The last, partial chunk, if the file has lines after the last full one."""
+    if self.end is not None and self.end > self.chunk_end - self.chunk_rows:
+      yield self._chunk()
+
+  def _chunk(self) -> Chunk:
+    """The chunk of lines before `chunk_end`, its bad rows reported."""
+    at = bisect.bisect_left(self.bad, self.chunk_end, key=lambda report: report[1])
+    for kind, line, detail in self.bad[:at]:
+      self.bad_rows.add(kind, self.path, line, detail)
+    self.bad = self.bad[at:]
+    frame = _frame(self.tables, self.lines, self.names)
+    self.tables.clear()
+    self.lines.clear()
+    return Chunk(frame, source=self.path)
 
 
 def _frame(tables: List[pa.Table], lines: List[np.ndarray], names: List[str]) -> pd.DataFrame:

@@ -542,45 +542,15 @@ def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
   check_arguments(features=features, labels=labels, numeric=numeric, group_column=group_column,
                   multivalent=multivalent, log1p=log1p, min_count=min_count,
                   rows_per_record=rows_per_record)
-  num_shards = {"train": 8, "valid": 2, "test": 2, **(num_shards or {})}
   bad_rows = bad_rows if bad_rows is not None else BadRows(strict=True)
-  processes = (os.cpu_count() or 1) if processes is None else processes
-  if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
-    raise ValueError(f"processes must be a positive integer, got {processes!r}")
-  if bad_rows.strict:
-    processes = 1  # one block at a time: the earliest bad row raises, whoever reports it
+  processes = _workers(processes, bad_rows)
   with temporary_output(out_dir, overwrite, inputs) as (out_dir, tmp):
     started = time.perf_counter()
     timed = _Timings(timings)
     spec = BlockSpec.of(features=features, labels=labels, numeric=numeric, log1p=log1p,
                         multivalent=multivalent, seed=seed, rows_per_record=rows_per_record,
                         num_shards=num_shards, split=split, timings=timed)
-    if getattr(split, "counts_rows_first", False):
-      spill = os.path.join(tmp, ".usable-rows.arrow")
-      group_rows = _count_rows(read_chunks, spec, bad_rows, processes, spill)
-      bad_rows.freeze()
-      _check_total(sum(group_rows.values()), bad_rows)
-      placer = split.plan(group_rows, seed)
-      items = _spilled(spill, timed)
-      first = timed.wrap("validate", lambda batch: _unspilled(batch, spec))
-    else:
-      placer = split if hasattr(split, "assign") else _PandasSplit(split, seed)
-      spill = None
-      items = _numbered(read_chunks(), timed, bad_rows)
-      first = timed.wrap("validate", lambda item: _valid_rows(*item, spec))
-    names = shard_names(spec)
-    writers = [_RecordWriter(os.path.join(tmp, n)) for s in SPLITS for n in names[s]]
-    try:
-      done = _Written(spec, writers)
-      place = lambda valid: _place(valid, spec, placer, bad_rows, done)
-      _run(items, first, timed.wrap("place", place), lambda placed: _encode(placed, spec),
-           timed.wrap("write", done.add), processes)
-      with timed("write"):
-        done.flush()
-    finally:
-      _close_all(writers)
-      if spill and os.path.exists(spill):
-        os.remove(spill)
+    done = _write_shards(read_chunks, spec, split, bad_rows, processes, tmp)
     bad_rows.freeze()
     finishing = time.perf_counter()
     stats = finish(tmp, out_dir, Counted(done.rows, done.positives, done.counts, done.moments),
@@ -589,6 +559,55 @@ def prepare(read_chunks: Callable[[], Iterable], *, features: Sequence[str],
   timed.add("finish", time.perf_counter() - finishing)
   timed.add("total", time.perf_counter() - started)
   return stats
+
+
+def _workers(processes: Optional[int], bad_rows: BadRows) -> int:
+  """The worker threads `prepare` runs: `processes` checked (default the machine's cores),
+  one for a strict `bad_rows`."""
+  processes = (os.cpu_count() or 1) if processes is None else processes
+  if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+    raise ValueError(f"processes must be a positive integer, got {processes!r}")
+  if bad_rows.strict:
+    return 1  # one block at a time: the earliest bad row raises, whoever reports it
+  return processes
+
+
+def _write_shards(read_chunks: Callable[[], Iterable], spec: "BlockSpec", split,
+                  bad_rows: BadRows, workers: int, tmp: str) -> "_Written":
+  """`prepare`'s pass over the rows: each block validated, placed in a split and a shard,
+  encoded and written to the shards in `tmp`, in block order; returns what they add up to.
+
+  A split that counts the rows first (`counts_rows_first`) gets a first pass
+  (`_count_rows`) that keeps the validated rows in a spill file, which this
+  pass then reads in place of the raw input.
+  """
+  timed, spill = spec.timed, None
+  if getattr(split, "counts_rows_first", False):
+    spill = os.path.join(tmp, ".usable-rows.arrow")
+    group_rows = _count_rows(read_chunks, spec, bad_rows, workers, spill)
+    bad_rows.freeze()
+    _check_total(sum(group_rows.values()), bad_rows)
+    placer = split.plan(group_rows, spec.seed)
+    items = _spilled(spill, timed)
+    first = timed.wrap("validate", lambda batch: _unspilled(batch, spec))
+  else:
+    placer = split if hasattr(split, "assign") else _PandasSplit(split, spec.seed)
+    items = _numbered(read_chunks(), timed, bad_rows)
+    first = timed.wrap("validate", lambda item: _valid_rows(*item, spec))
+  names = shard_names(spec)
+  writers = [_RecordWriter(os.path.join(tmp, n)) for s in SPLITS for n in names[s]]
+  try:
+    done = _Written(spec, writers)
+    place = lambda valid: _place(valid, spec, placer, bad_rows, done)
+    _run(items, first, timed.wrap("place", place), lambda placed: _encode(placed, spec),
+         timed.wrap("write", done.add), workers)
+    with timed("write"):
+      done.flush()
+  finally:
+    _close_all(writers)
+    if spill and os.path.exists(spill):
+      os.remove(spill)
+  return done
 
 
 def check_arguments(*, features: List[str], labels: List[str], numeric: List[str],
@@ -674,45 +693,19 @@ def finish(tmp: str, out_dir: str, counted: Counted, spec: "BlockSpec", *,
     _WriteFailed: a write failed.
   """
   bad_rows.freeze()
-  features, labels, numeric = spec.features, spec.labels, spec.numeric
-  rows, positives = counted.rows, counted.positives
-  total = int(rows.sum())
-  _check_total(total, bad_rows)
-  expects_rows = getattr(split, "expects_rows", lambda s: True)
-  empty = [name for s, name in enumerate(SPLITS) if not rows[s] and expects_rows(s)]
-  if empty:
-    raise DataError(f"the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} would "
-                    f"be empty: none of the {total:,} usable rows falls in "
-                    f"{'them' if len(empty) > 1 else 'it'} under {split}")
-  counts = {name: counted.counts.get(name) or ValueCounts() for name in features}
-  empty = [name for name in features if not counts[name].kept(min_count)]
-  if empty:
-    raise DataError(f"no value of feature(s) {empty} is seen min_count={min_count} times in "
-                    "the train split: lower --min_count, or drop the feature")
-  moments = {name: counted.moments.get(name) or ExactMoments() for name in numeric}
-  flat = [name for name in numeric if not moments[name].varies()]
-  if flat:
-    raise DataError(f"numeric feature(s) {flat} hold no value, or a single one, in the train "
-                    "split: the model could not learn from them; drop them")
+  counts, moments = _checked_totals(counted, spec, split, min_count, bad_rows)
   names = shard_names(spec)
   with _writing():
     for name in itertools.chain.from_iterable(names.values()):
       if not os.path.exists(os.path.join(tmp, name)):
         _RecordWriter(os.path.join(tmp, name)).close()
     schema_features = _write_vocabularies(tmp, counts, min_count, spec.multivalent)
-  schema = Schema(features=schema_features, labels=labels, group_column=group_column,
+  schema = Schema(features=schema_features, labels=spec.labels, group_column=group_column,
                   splits=names, rows_per_record=spec.rows_per_record, directory=tmp,
                   numeric_features=[NumericFeature(name, *moments[name].mean_and_std(),
                                                    log1p=name in spec.log1p)
-                                    for name in numeric])
-  stats = {
-      name: {"rows": int(rows[s]),
-             "positive_rate": {task: float(positives[s, t] / max(rows[s], 1))
-                               for t, task in enumerate(labels)},
-             # What a shard cut short by a copy or a full disk no longer holds: checked in
-             # O(1) a shard before training reads it (stem_tfrs.data.pipeline.validate_shards).
-             SHARD_BYTES: {n: os.path.getsize(os.path.join(tmp, n)) for n in names[name]}}
-      for s, name in enumerate(SPLITS)}
+                                    for name in spec.numeric])
+  stats = _stats(tmp, names, counted, spec.labels)
   with _writing():
     schema.save(tmp)
     for name, content in ((STATS_FILE, stats), (BAD_ROWS_FILE, bad_rows.to_json())):
@@ -721,6 +714,52 @@ def finish(tmp: str, out_dir: str, counted: Counted, spec: "BlockSpec", *,
   with _writing():
     _replace_dir(tmp, out_dir)
   return stats
+
+
+def _checked_totals(counted: Counted, spec: "BlockSpec", split, min_count: int,
+                    bad_rows: BadRows) -> Tuple[Dict[str, "ValueCounts"],
+                                                Dict[str, "ExactMoments"]]:
+  """(value counts per feature, moments per numeric feature) of a whole data set, once it
+  has usable rows, each split that expects rows has some, each feature keeps a value and
+  each numeric feature varies.
+
+  Raises:
+    DataError: the first of those that fails, in one line.
+  """
+  rows = counted.rows
+  total = int(rows.sum())
+  _check_total(total, bad_rows)
+  expects_rows = getattr(split, "expects_rows", lambda s: True)
+  empty = [name for s, name in enumerate(SPLITS) if not rows[s] and expects_rows(s)]
+  if empty:
+    raise DataError(f"the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} would "
+                    f"be empty: none of the {total:,} usable rows falls in "
+                    f"{'them' if len(empty) > 1 else 'it'} under {split}")
+  counts = {name: counted.counts.get(name) or ValueCounts() for name in spec.features}
+  empty = [name for name in spec.features if not counts[name].kept(min_count)]
+  if empty:
+    raise DataError(f"no value of feature(s) {empty} is seen min_count={min_count} times in "
+                    "the train split: lower --min_count, or drop the feature")
+  moments = {name: counted.moments.get(name) or ExactMoments() for name in spec.numeric}
+  flat = [name for name in spec.numeric if not moments[name].varies()]
+  if flat:
+    raise DataError(f"numeric feature(s) {flat} hold no value, or a single one, in the train "
+                    "split: the model could not learn from them; drop them")
+  return counts, moments
+
+
+def _stats(tmp: str, names: Dict[str, List[str]], counted: Counted,
+           labels: List[str]) -> dict:
+  """stats.json's content: per split its rows, positive rate per task and shard sizes."""
+  rows, positives = counted.rows, counted.positives
+  return {
+      name: {"rows": int(rows[s]),
+             "positive_rate": {task: float(positives[s, t] / max(rows[s], 1))
+                               for t, task in enumerate(labels)},
+             # What a shard cut short by a copy or a full disk no longer holds: checked in
+             # O(1) a shard before training reads it (stem_tfrs.data.shards.validate_shards).
+             SHARD_BYTES: {n: os.path.getsize(os.path.join(tmp, n)) for n in names[name]}}
+      for s, name in enumerate(SPLITS)}
 
 
 def _check_total(total: int, bad_rows: BadRows) -> None:
