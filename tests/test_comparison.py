@@ -331,8 +331,8 @@ def test_each_model_runs_with_its_own_flagfile_under_the_command_line(tiny_data,
   settings = json.load(open(out / "results.json"))["settings"]
   assert settings["stem"]["learning_rate"] == 0.003 and settings["mmoe"]["learning_rate"] == 0.0003
   table = (out / "results.md").read_text()
-  assert "| model | learning_rate | net_dropout |" in table
-  assert "| mmoe | 0.0003 | 0.1 |" in table and "embedding_dim=4" in table
+  assert "| model | net_dropout | learning_rate |" in table
+  assert "| mmoe | 0.1 | 0.0003 |" in table and "embedding_dim=4" in table
 
 
 @pytest.mark.parametrize("lines, message", [

@@ -289,12 +289,20 @@ def _mean_std(mean: float, std: float) -> str:
 
 
 @dataclasses.dataclass
-class _Plan:
-  """What `configure` checked: the runs to train, and the analyses' parameters."""
+class BenchmarkPlan:
+  """What `configure` checked: the runs to train, and the analyses' parameters.
+
+  Attributes:
+    schema: The data every model trains on.
+    bench: What to compare.
+    runs: (ModelConfig, TrainConfig) per model and seed, in report order.
+    settings: Per model, the settings it runs with, as the reports show them.
+    comparable_tasks: Tasks (A, B) of the comparable-sample analysis, or None.
+  """
   schema: Schema
   bench: BenchmarkConfig
-  runs: List[Tuple[ModelConfig, TrainConfig]]  # per model, per seed, in report order
-  settings: Dict[str, dict]                    # per model, as reported
+  runs: List[Tuple[ModelConfig, TrainConfig]]
+  settings: Dict[str, dict]
   comparable_tasks: Optional[Tuple[str, str]]
 
 
@@ -305,7 +313,7 @@ def _reported_settings(model_config: ModelConfig, config: TrainConfig) -> dict:
 
 
 def configure(model_config: ModelConfig, train_config: TrainConfig, bench: BenchmarkConfig,
-              settings: Optional[Settings] = None) -> _Plan:
+              settings: Optional[Settings] = None) -> BenchmarkPlan:
   """Checks every (model, seed) and the data before the first run trains.
 
   Args:
@@ -347,12 +355,12 @@ def configure(model_config: ModelConfig, train_config: TrainConfig, bench: Bench
       runs.append((m_config, dataclasses.replace(
           t_config, model=model, seed=seed, export_dir="",
           run_dir=os.path.join(bench.output_dir, "runs", model, f"seed-{seed}"))))
-  return _Plan(schema=schema, bench=bench, runs=runs,
+  return BenchmarkPlan(schema=schema, bench=bench, runs=runs,
                settings={m: _reported_settings(*own[m]) for m in bench.models},
                comparable_tasks=comparable_tasks)
 
 
-def train_and_predict(plan: _Plan, verbose: int = 0) -> Tuple[List[dict], List[dict],
+def train_and_predict(plan: BenchmarkPlan, verbose: int = 0) -> Tuple[List[dict], List[dict],
                                                               Dict[str, List[dict]]]:
   """Trains (or reuses) every run of `plan`.
 
@@ -375,7 +383,7 @@ def train_and_predict(plan: _Plan, verbose: int = 0) -> Tuple[List[dict], List[d
   return summaries, failed, predictions
 
 
-def analyses(plan: _Plan, summaries: List[dict],
+def analyses(plan: BenchmarkPlan, summaries: List[dict],
              predictions: Dict[str, List[dict]]) -> Dict[str, Optional[pd.DataFrame]]:
   """The reference model's intervals, the comparable-sample report and the gate shares.
 
@@ -434,7 +442,7 @@ def _records(frame: Optional[pd.DataFrame]) -> Optional[List[dict]]:
   return json.loads(frame.to_json(orient="records"))  # NaN -> null
 
 
-def write_reports(plan: _Plan, results: pd.DataFrame, failed: List[dict], summaries: List[dict],
+def write_reports(plan: BenchmarkPlan, results: pd.DataFrame, failed: List[dict], summaries: List[dict],
                   tables: Dict[str, Optional[pd.DataFrame]]) -> List[str]:
   """Writes the report files of `REPORT_FILES` that apply; removes an earlier run's others."""
   out, bench = plan.bench.output_dir, plan.bench
