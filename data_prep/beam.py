@@ -190,8 +190,21 @@ def _runner(name: str):
 def _build(pipeline: beam.Pipeline, layout: Layout, files: List[Tuple[int, object]],
            tmp: str) -> None:
   """The pipeline's stages (see the module docstring); results saved under `tmp`."""
-  results = os.path.join(tmp, _RESULTS)
   inputs = (pipeline | "Files" >> beam.Create(files) | "Spread" >> beam.Reshuffle())
+  starts, group_rows, errors = _counted(inputs, layout)
+  placed = inputs | "Place" >> beam.ParDo(_PlaceBlocks(layout), starts, group_rows).with_outputs(
+      "counts", "moments", "totals", "bad", "errors", main="rows")
+  errors.append(placed.errors)
+  written = (placed.rows | "ByShard" >> beam.GroupByKey()
+             | "Write" >> beam.ParDo(_WriteShard(layout, tmp)).with_outputs("errors", main="done"))
+  errors.append(written.errors)
+  _save(placed, written, errors, layout, os.path.join(tmp, _RESULTS))
+
+
+def _counted(inputs: beam.PCollection, layout: Layout) -> Tuple[object, object, list]:
+  """The counting stages over the files `inputs`: (each file's first row ordinal, as a side
+  input; usable rows per (ordinal group, file start) for a split that counts them first,
+  else None; the error collections so far)."""
   counted_rows = inputs | "Rows" >> beam.ParDo(_CountRows(layout)).with_outputs(
       "errors", main="rows")
   starts = beam.pvalue.AsSingleton(
@@ -204,13 +217,12 @@ def _build(pipeline: beam.Pipeline, layout: Layout, files: List[Tuple[int, objec
         "errors", main="groups")
     group_rows = beam.pvalue.AsDict(counted.groups | "SumGroups" >> beam.CombinePerKey(sum))
     errors.append(counted.errors)
-  placed = inputs | "Place" >> beam.ParDo(_PlaceBlocks(layout), starts, group_rows).with_outputs(
-      "counts", "moments", "totals", "bad", "errors", main="rows")
-  errors.append(placed.errors)
-  written = (placed.rows | "ByShard" >> beam.GroupByKey()
-             | "Write" >> beam.ParDo(_WriteShard(layout, tmp)).with_outputs("errors", main="done"))
-  errors.append(written.errors)
+  return starts, group_rows, errors
 
+
+def _save(placed, written, errors: list, layout: Layout, results: str) -> None:
+  """The stages that merge what the blocks and shards add up to and save it under `results`
+  (`_finish` reads it)."""
   saves = {
       "counts": (placed.counts | "SumCounts" >> beam.CombinePerKey(_Merged(writer.ValueCounts))
                  | "MinCount" >> beam.Map(_at_least, layout.min_count)),
