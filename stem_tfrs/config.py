@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Optional, Sequence, Tuple
 from stem_tfrs.errors import ConfigError  # noqa: F401  (raised here; defined with the others)
 
@@ -124,6 +125,11 @@ class TrainConfig:
     batch_size: Examples per training step.
     eval_batch_size: Examples per evaluation step.
     learning_rate: Adam learning rate.
+    gradient_clip_norm: Clip the global norm of every step's gradients, all
+      variables' together, at this value, as the authors' trainer does
+      (FuxiCTR's `max_gradient_norm`, 10); 0 turns clipping off. Under a
+      synchronous strategy the norm is that of the step's gradient summed
+      over the replicas; a parameter-server worker clips its own steps'.
     optimizer: "adam" (the paper's: every embedding row's moments decay, and
       the row moves, every step) or "lazy_adam" (only the rows the batch
       looked up: a step's cost then grows with the batch, not with the
@@ -160,6 +166,7 @@ class TrainConfig:
   batch_size: int = 1024
   eval_batch_size: int = 8192
   learning_rate: float = 1e-3
+  gradient_clip_norm: float = 10.0
   optimizer: str = "adam"
   seed: int = 2023
   early_stop_patience: int = 1
@@ -195,6 +202,11 @@ class TrainConfig:
                         f"got {self.steps_per_epoch}")
     if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
       raise ConfigError(f"--learning_rate must be a number > 0, got {self.learning_rate}")
+    if not (isinstance(self.gradient_clip_norm, numbers.Real)
+            and math.isfinite(self.gradient_clip_norm) and self.gradient_clip_norm >= 0):
+      raise ConfigError(f"--gradient_clip_norm must be a finite number >= 0 (0: no clipping), "
+                        f"got {self.gradient_clip_norm!r}")
+    object.__setattr__(self, "gradient_clip_norm", float(self.gradient_clip_norm))  # (frozen)
     if not 0 <= self.seed < 2**32:
       raise ConfigError(f"--seed must be in [0, 2**32), got {self.seed}")
     if self.early_stop_patience < 0:

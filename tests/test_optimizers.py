@@ -118,16 +118,20 @@ import tensorflow as tf
 [cpu] = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 halves = [[1, 7, 7, 3], [7, 2, 2, 9]]  # rows 7 and 2 repeat, row 7 on both replicas
+optimizer_class, kwargs, loss_scale = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
 
 
 def train(strategy, replica_ids):
   with strategy.scope():
     table = tf.Variable(tf.reshape(tf.range(40.0), [10, 4]) / 40)
-    optimizer = stem_tfrs.LazyAdam(0.05)
+    optimizer = getattr(stem_tfrs, optimizer_class)(0.05, **kwargs)
 
   def replica_step(ids):
     with tf.GradientTape() as tape:
-      loss = tf.reduce_sum(tf.square(tf.gather(table, ids) - 1.0))
+      # Each lookup weighs by its id: the replicas' losses differ in scale, and clipping each
+      # replica's gradient would weigh them otherwise than clipping their sum.
+      weight = tf.cast(ids + 1, tf.float32)[:, None]
+      loss = loss_scale * tf.reduce_sum(weight * tf.square(tf.gather(table, ids) - 1.0))
     optimizer.apply_gradients([(tape.gradient(loss, table), table)])
 
   @tf.function
@@ -148,11 +152,19 @@ json.dump({"replicas": mirrored.num_replicas_in_sync, "mirrored": train(mirrored
 """
 
 
-def test_lazy_adam_under_a_mirrored_strategy_takes_the_one_device_steps(tmp_path):
+@pytest.mark.parametrize("cls, kwargs, loss_scale", [
+    ("LazyAdam", {}, 1.0),
+    # Clipped after the replicas' gradients are summed: the global norm of the step's gradient.
+    pytest.param("LazyAdam", {"global_clipnorm": 1.0}, 1e3, marks=pytest.mark.slow),
+    pytest.param("FusedAdam", {"global_clipnorm": 1.0}, 1e3, marks=pytest.mark.slow),
+])
+def test_optimizers_under_a_mirrored_strategy_take_the_one_device_steps(tmp_path, cls, kwargs,
+                                                                        loss_scale):
   # Two replicas' sparse gradients, with rows in common, sum into one update per row.
   script = tmp_path / "mirrored.py"
   script.write_text(_MIRRORED)
-  result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+  result = subprocess.run([sys.executable, str(script), cls, json.dumps(kwargs),
+                           str(loss_scale)], capture_output=True, text=True,
                           cwd=REPO, timeout=300,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO))
   assert result.returncode == 0, result.stderr[-3000:]
@@ -162,4 +174,68 @@ def test_lazy_adam_under_a_mirrored_strategy_takes_the_one_device_steps(tmp_path
   np.testing.assert_allclose(mirrored, one, rtol=0, atol=1e-6)
   start = np.arange(40, dtype=np.float32).reshape(10, 4) / np.float32(40)
   moved = np.flatnonzero(np.any(mirrored != start, axis=1))
-  np.testing.assert_array_equal(moved, [1, 2, 3, 7, 9])
+  if cls == "LazyAdam":
+    np.testing.assert_array_equal(moved, [1, 2, 3, 7, 9])
+
+
+class _Recording:
+  """An optimizer class's subclass that keeps the gradients its update steps receive."""
+
+  def __init__(self, cls, **kwargs):
+    applied = self.applied = {}
+
+    class Recording(cls):
+      def update_step(self, gradient, variable):
+        applied[variable.name] = tf.convert_to_tensor(gradient)  # sparse rows summed, as dense
+        return super().update_step(gradient, variable)
+
+    self.optimizer = Recording(1e-3, **kwargs)
+
+
+def _huge_gradients(recording, mixed=False):
+  """One step on an embedding table looked up with repeated ids and a dense layer, of a loss
+  scaled up: (the raw gradients, as dense tensors, by variable name; the applied ones)."""
+  tf.keras.utils.set_random_seed(4)
+  table = tf.Variable(tf.random.normal([20, 4]), name="table")
+  kernel = tf.Variable(tf.random.normal([4, 2]), name="kernel")
+  variables = [table, kernel]
+  ids = tf.constant([5, 5, 5, 5, 5, 5, 2, 9])  # row 5's lookups push the same way
+  with tf.GradientTape() as tape:
+    rows = tf.gather(table, ids)
+    if mixed:  # bfloat16 compute of float32 variables, as Keras' mixed_bfloat16 policy runs it
+      out = tf.cast(tf.matmul(tf.cast(rows, tf.bfloat16), tf.cast(kernel, tf.bfloat16)),
+                    tf.float32)
+    else:
+      out = tf.matmul(rows, kernel)
+    loss = 1e4 * tf.reduce_sum(tf.square(out - 3.0))
+  gradients = tape.gradient(loss, variables)
+  assert isinstance(gradients[0], tf.IndexedSlices)
+  recording.optimizer.apply_gradients(zip(gradients, variables))
+  raw = {v.name: tf.convert_to_tensor(g) for g, v in zip(gradients, variables)}
+  return raw, recording.applied
+
+
+def _global_norm(gradients):
+  return float(tf.linalg.global_norm(list(gradients.values())))
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+@pytest.mark.parametrize("cls", [FusedAdam, LazyAdam])
+def test_global_clipping_bounds_the_norm_of_the_gradients_applied(cls, mixed):
+  raw, applied = _huge_gradients(_Recording(cls, global_clipnorm=10.0), mixed)
+  assert _global_norm(raw) > 1e4
+  assert sorted(applied) == sorted(raw)
+  # The whole step's gradient, the embedding table's repeated rows summed, is scaled down
+  # to norm 10: its direction is kept, every variable by the same factor.
+  np.testing.assert_allclose(_global_norm(applied), 10.0, rtol=1e-5)
+  scale = 10.0 / _global_norm(raw)
+  for name, gradient in raw.items():
+    np.testing.assert_allclose(applied[name], gradient.numpy() * scale, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("cls", [FusedAdam, LazyAdam])
+def test_without_clipping_the_gradients_are_applied_as_they_are(cls):
+  raw, applied = _huge_gradients(_Recording(cls))
+  assert _global_norm(applied) > 1e4
+  for name, gradient in raw.items():
+    np.testing.assert_array_equal(applied[name], gradient)

@@ -183,6 +183,26 @@ def test_resuming_from_a_damaged_backup_is_one_line_and_writes_nothing(
   assert snapshot(run_dir) == before
 
 
+def test_resuming_under_other_gradient_clipping_is_refused_and_writes_nothing(
+    interrupted_run, tiny_data, tmp_path):
+  run_dir = tmp_path / "run"
+  shutil.copytree(interrupted_run, run_dir)
+  before = snapshot(run_dir)
+  result = train_into(run_dir, tiny_data, "--epochs=2", "--seed=5", "--gradient_clip_norm=0")
+  assert_clean_error(result, rf"{run_dir} holds an interrupted run \(backup/\) of other settings "
+                             r"\(gradient_clip_norm 10.0 -> 0.0\): resume it with its own, or "
+                             r"use another --run_dir")
+  assert snapshot(run_dir) == before
+  # A run from before the setting existed did not clip: the default is refused too.
+  config = json.loads((run_dir / "config.json").read_text())
+  del config["train_config"]["gradient_clip_norm"]
+  (run_dir / "config.json").write_text(json.dumps(config))
+  before = snapshot(run_dir)
+  result = train_into(run_dir, tiny_data, "--epochs=2", "--seed=5")
+  assert_clean_error(result, r"of other settings \(gradient_clip_norm 0.0 -> 10.0\)")
+  assert snapshot(run_dir) == before
+
+
 def test_a_backup_of_another_model_is_refused_naming_what_it_does_not_restore(
     interrupted_run, tiny_data, tmp_path):
   import tensorflow as tf
@@ -210,6 +230,15 @@ def test_an_export_dir_that_is_a_file_is_refused_before_training(tiny_data, tmp_
                              r"a file, not a directory")
   assert not (tmp_path / "run").exists()
   assert (tmp_path / "exports").read_text() == "not a directory\n"
+
+
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_a_bad_gradient_clip_norm_names_its_flag_and_value(tiny_data, tmp_path, value):
+  result = run_here("train", f"--data_dir={tiny_data}", f"--run_dir={tmp_path / 'run'}",
+                    f"--gradient_clip_norm={value}", "--epochs=1", *TINY_MODEL_FLAGS, cwd=tmp_path)
+  assert_clean_error(result, rf"--gradient_clip_norm must be a finite number >= 0 \(0: no "
+                             rf"clipping\), got {float(value)}")
+  assert not (tmp_path / "run").exists()
 
 
 def test_a_negative_seed_names_its_flag(tiny_data, tmp_path):

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from stem_tfrs import ModelConfig, TrainConfig, build_model, make_dataset, training
 from stem_tfrs.training import callbacks
+from stem_tfrs.training.trainer import make_optimizer
 from stem_tfrs.config import ConfigError
 from stem_tfrs.data.schema import Schema, SchemaError
 
@@ -146,10 +147,23 @@ def test_model_config_validation(kwargs, message):
     (dict(optimizer="sgd"), "unknown optimizer 'sgd'; choose one of: adam, lazy_adam"),
     (dict(steps_per_epoch=-1), r"steps_per_epoch must be >= 0 \(0: one pass over the train "
                                r"split\), got -1"),
+    (dict(gradient_clip_norm=-1.0), r"--gradient_clip_norm must be a finite number >= 0 "
+                                    r"\(0: no clipping\), got -1.0"),
+    (dict(gradient_clip_norm=float("nan")), r"--gradient_clip_norm must be .*, got nan"),
+    (dict(gradient_clip_norm=float("inf")), r"--gradient_clip_norm must be .*, got inf"),
 ])
 def test_train_config_validation(kwargs, message):
   with pytest.raises(ConfigError, match=message):
     TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lazy_adam"])
+def test_the_run_s_optimizer_clips_the_global_norm_at_the_configured_value(optimizer):
+  clipped = make_optimizer(TrainConfig(optimizer=optimizer))
+  assert clipped.global_clipnorm == 10.0 and clipped.clipnorm is None
+  assert TrainConfig(gradient_clip_norm=3).gradient_clip_norm == 3.0
+  off = make_optimizer(TrainConfig(optimizer=optimizer, gradient_clip_norm=0))
+  assert off.global_clipnorm is None and off.clipnorm is None and off.clipvalue is None
 
 
 def test_reference_configuration_is_the_authors():

@@ -42,6 +42,10 @@ flags.DEFINE_integer("steps_per_epoch", _T.steps_per_epoch,
 flags.DEFINE_integer("batch_size", _T.batch_size, "Training examples per step.")
 flags.DEFINE_integer("eval_batch_size", _T.eval_batch_size, "Evaluation examples per step.")
 flags.DEFINE_float("learning_rate", _T.learning_rate, "Adam learning rate.")
+flags.DEFINE_float("gradient_clip_norm", _T.gradient_clip_norm,
+                   "Clip the global norm of every step's gradients, all variables' "
+                   "together, at this value, as the authors' trainer does (default "
+                   f"{_T.gradient_clip_norm:g}; 0: off). A resumed run must keep its own.")
 flags.DEFINE_enum("optimizer", _T.optimizer, list(OPTIMIZERS),
                   "adam: every embedding row's moments decay and the row moves every step, as "
                   "in the paper; lazy_adam: only the rows the batch looked up (a step then "
@@ -124,6 +128,7 @@ def configs_from_flags() -> tuple:
       export_dir=FLAGS.export_dir, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch,
       batch_size=FLAGS.batch_size,
       eval_batch_size=FLAGS.eval_batch_size, learning_rate=FLAGS.learning_rate,
+      gradient_clip_norm=FLAGS.gradient_clip_norm,
       optimizer=FLAGS.optimizer, seed=FLAGS.seed, early_stop_patience=FLAGS.early_stop_patience,
       in_memory=FLAGS.in_memory, deterministic=FLAGS.deterministic, strategy=FLAGS.strategy,
       mixed_precision=FLAGS.mixed_precision, export_precision=FLAGS.export_precision,
@@ -153,7 +158,7 @@ def flags_from_configs(model_config: ModelConfig, train_config: TrainConfig) -> 
   lines += [f"--epochs={t.epochs}", f"--steps_per_epoch={t.steps_per_epoch}",
             f"--batch_size={t.batch_size}",
             f"--eval_batch_size={t.eval_batch_size}", f"--learning_rate={t.learning_rate!r}",
-            f"--optimizer={t.optimizer}",
+            f"--gradient_clip_norm={t.gradient_clip_norm!r}", f"--optimizer={t.optimizer}",
             f"--seed={t.seed}", f"--early_stop_patience={t.early_stop_patience}",
             f"--{'' if t.in_memory else 'no'}in_memory",
             f"--{'' if t.deterministic else 'no'}deterministic",

@@ -22,15 +22,32 @@ class FusedAdam(tf.keras.optimizers.Adam):
   dense gradient goes to one `ResourceApplyAdam` kernel, and a sparse one
   (whose repeated rows Keras has already summed) is scattered into a dense
   tensor first: rows absent from the batch get g = 0, which is what Keras'
-  sparse update does to them too. Measured on a 2-core CPU
-  (`benchmarks/optimizer.py`): the update of a [2M, 48] table from a batch
-  of 32K ids took 380-430 ms with Keras' Adam and 175-184 ms with this one;
-  the results agree to float32 round-off.
+  sparse update does to them too. The results agree with Keras' Adam to
+  float32 round-off; the fused update is the faster one on a CPU, by the
+  measurements of `benchmarks/optimizer.py`.
 
-  `amsgrad` falls back to Keras' own update. Weight decay, clipping,
-  learning-rate schedules and distribution strategies are Keras' own code,
-  unchanged.
+  `amsgrad` falls back to Keras' own update. Weight decay, learning-rate
+  schedules and distribution strategies are Keras' own code, unchanged.
+  Clipping (`clipnorm`, `global_clipnorm`, `clipvalue`) is Keras' too, of a
+  sparse gradient whose repeated rows are summed first (`_clip_gradients`).
   """
+
+  def _clip_gradients(self, grads):
+    """Keras' clipping, of the gradients as the update sees them.
+
+    Keras clips a step's gradients before it sums the repeated rows of a
+    sparse one (an embedding table's `IndexedSlices`: one row per lookup),
+    and takes the norm of those unsummed rows, which is not the gradient's:
+    n lookups of one row pushing the same way count sqrt(n) times less than
+    the row's gradient. Summed first, the global norm clipped is that of the
+    whole gradient, as PyTorch's `clip_grad_norm_` takes it. Keras' second
+    summation then finds every row once and changes nothing. Under a
+    distribution strategy this runs after the replicas' gradients are
+    summed, so the norm is the global step's.
+    """
+    if self.clipnorm or self.global_clipnorm or self.clipvalue:
+      grads = self._deduplicate_sparse_grad(grads)
+    return super()._clip_gradients(grads)
 
   def _coefficients(self, dtype):
     """(lr, beta_1, beta_2, beta_1^t, beta_2^t, epsilon) of this step, in `dtype`."""
@@ -70,12 +87,11 @@ class LazyAdam(FusedAdam):
       v[rows] += (g^2 - v[rows]) * (1 - beta_2)
       w[rows] -= alpha * m[rows] / (sqrt(v[rows]) + epsilon)
 
-  so a step costs what its batch looks up, not what the table holds (the
-  [2M, 48] table of `benchmarks/optimizer.py`: 5.7-5.9 ms an update, against
-  `FusedAdam`'s 175-184 ms). Adam, as `FusedAdam`, Keras and PyTorch run
-  it, decays the moments of every row every step, and a row keeps moving on
-  its momentum after the batches stop looking it up; here it rests until it
-  is looked up again. This is the "lazy" Adam of TF1's `LazyAdamOptimizer`
+  so a step costs what its batch looks up, not what the table holds
+  (`benchmarks/optimizer.py` times both on a large table). Adam, as
+  `FusedAdam`, Keras and PyTorch run it, decays the moments of every row
+  every step, and a row keeps moving on its momentum after the batches stop
+  looking it up; here it rests until it is looked up again. This is the "lazy" Adam of TF1's `LazyAdamOptimizer`
   and TF Addons, and the usual choice for tables of millions of ids. A row
   looked up in every step takes exactly Adam's steps, and dense gradients
   (every other variable) take `FusedAdam`'s. Keras sums a sparse gradient's

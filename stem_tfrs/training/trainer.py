@@ -15,9 +15,11 @@ into a given `run_dir` (`check_run_dir`, before anything is written):
   - starts a run where there is none (no directory, or one without any of
     config.json, checkpoints/, backup/, training.json, metrics.json);
   - resumes an interrupted run (backup/) of the same settings: the same
-    model, model configuration, tasks, schema path and features (names,
-    vocabulary sizes, numeric statistics); training settings (epochs, batch
-    size, learning rate, ...) may change, and config.json then records them;
+    model, model configuration, tasks, schema path, features (names,
+    vocabulary sizes, numeric statistics) and gradient clipping (a run whose
+    config.json does not name it did not clip); the other training settings
+    (epochs, batch size, learning rate, ...) may change, and config.json
+    then records them;
   - starts over a run of the same settings killed before its first backup
     (config.json, maybe checkpoints and logs, but neither backup/ nor
     metrics.json), as if it had never run;
@@ -212,7 +214,8 @@ def check_run_dir(run_dir: str, run_config: dict) -> None:
   architecture, or of vocabularies of other sizes (the data prepared again),
   would fail to load deep in Keras, and a run that stopped before its
   backup would leave its checkpoint beside another run's config.json.
-  Training settings (epochs, batch size, ...) may change.
+  Training settings (epochs, batch size, ...) may change, gradient clipping
+  not.
 
   Raises:
     RunFinished: `run_dir` holds a finished run (metrics.json, no backup/)
@@ -254,7 +257,8 @@ def check_run_dir(run_dir: str, run_config: dict) -> None:
 
 def _changed_settings(before: dict, run_config: dict) -> List[str]:
   """What differs between a run dir's config.json and `run_config`, in the settings that
-  decide the model's variables: "key old -> new" each (empty: the same run)."""
+  decide the model's variables, and gradient clipping: "key old -> new" each (empty: the
+  same run)."""
   now = json.loads(json.dumps(run_config))  # tuples as lists, as read back
   changes = [f"{key} {before.get(key)} -> {now[key]}" for key in ("model", "tasks")
              if before.get(key) != now[key]]
@@ -269,6 +273,12 @@ def _changed_settings(before: dict, run_config: dict) -> List[str]:
     changes.append(f"features {', '.join(names)}: the data was prepared again")
   if before.get("numeric_features", []) != now["numeric_features"]:
     changes.append("numeric features: the data was prepared again")
+  # Clipping decides every step's update: a resume under another norm would mix two
+  # optimizations. A run from before the setting existed did not clip.
+  clip_before = before.get("train_config", {}).get("gradient_clip_norm", 0.0)
+  clip_now = now["train_config"]["gradient_clip_norm"]
+  if clip_before != clip_now:
+    changes.append(f"gradient_clip_norm {clip_before} -> {clip_now}")
   return changes
 
 
@@ -355,58 +365,135 @@ def _damaged_shards_named(schema: Schema):
 def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_dir: str,
            run_config: dict, verbose: int, strategy: tf.distribute.Strategy,
            chief: bool) -> TrainResult:
+  """One run, step by step: build and compile; inputs; fit; evaluate, report and export."""
   stats = run_config["data_stats"]
+  model = _build_and_compile(schema, model_config, config, strategy,
+                             _steps_per_execution(schema, config, stats))
+  run_callbacks = _callbacks_with_checked_backup(model, schema, config, run_dir, chief)
+  if chief:  # the backup, if any, suits this run: config.json may name it
+    write_json(os.path.join(run_dir, "config.json"), run_config)
+  inputs = _inputs(schema, config, stats, run_dir)
+  fitted = _fit(model, schema, inputs, config, run_callbacks, verbose, run_dir)
+  if not chief:
+    return TrainResult(run_dir=run_dir, metrics={}, export_path=None, history=fitted.history,
+                       seconds=time.time() - fitted.start, model=None)
+  sharded = distributed.variable_devices(model)
+  model = _best_model(model, schema, model_config, config, strategy, run_dir)
+  metrics = _evaluate(model, schema, config)
+  _write_reports(run_dir, metrics, fitted, inputs, config, strategy, sharded)
+  export_path = _export(model, schema, config, run_config)
+  return TrainResult(run_dir=run_dir, metrics=metrics, export_path=export_path,
+                     history=fitted.history, seconds=time.time() - fitted.start, model=model)
+
+
+def _steps_per_execution(schema: Schema, config: TrainConfig, stats: dict) -> int:
+  """`config.steps_per_execution`, or 1 where stats.json gives no row counts to size epochs by."""
   train_rows, valid_rows = _split_rows(stats, "train"), _split_rows(stats, "valid")
-  steps_per_execution = config.steps_per_execution
-  if steps_per_execution > 1 and not ((train_rows or config.steps_per_epoch) and valid_rows):
+  if config.steps_per_execution > 1 and not (
+      (train_rows or config.steps_per_epoch) and valid_rows):
     logging.warning("%s/stats.json gives no row count of the train or valid split: "
                     "one step per execution", schema.directory)
-    steps_per_execution = 1
+    return 1
+  return config.steps_per_execution
+
+
+def make_optimizer(config: TrainConfig) -> tf.keras.optimizers.Optimizer:
+  """The optimizer `config` names, its learning rate and gradient clipping set.
+
+  `config.gradient_clip_norm` > 0 clips the global norm of every step's
+  gradients, all variables' together, as the authors' trainer (FuxiCTR's
+  `max_gradient_norm`) does; 0 leaves them as they are. Keras' optimizer
+  clips after a distribution strategy has summed the replicas' gradients,
+  so the norm is that of the whole step's gradient (`FusedAdam` docstring).
+  """
+  optimizer = LazyAdam if config.optimizer == "lazy_adam" else FusedAdam
+  return optimizer(config.learning_rate, global_clipnorm=config.gradient_clip_norm or None)
+
+
+def _build_and_compile(schema: Schema, model_config: ModelConfig, config: TrainConfig,
+                       strategy: tf.distribute.Strategy,
+                       steps_per_execution: int) -> tf.keras.Model:
+  """The model, its variables placed by `strategy`, compiled with the run's optimizer."""
   with strategy.scope():
     model = build_model(config.model, schema, model_config)
-    optimizer = LazyAdam if config.optimizer == "lazy_adam" else FusedAdam
-    model.compile(optimizer=optimizer(config.learning_rate),
-                  steps_per_execution=steps_per_execution)
+    model.compile(optimizer=make_optimizer(config), steps_per_execution=steps_per_execution)
+  return model
+
+
+def _callbacks_with_checked_backup(model: tf.keras.Model, schema: Schema, config: TrainConfig,
+                                   run_dir: str, chief: bool) -> List[tf.keras.callbacks.Callback]:
+  """The run's callbacks, once a backup to resume has been checked against `model`.
+
+  The check comes before anything of the run is written (TensorBoard writes
+  as `fit` begins): the backup must restore every variable of the model and
+  optimizer.
+  """
   run_callbacks = callbacks.for_run(config, schema.tasks, run_dir, chief)
-  # A backup to resume is checked before anything of the run is written (TensorBoard
-  # writes as `fit` begins): it must restore every variable of the model and optimizer.
   backup = next(c for c in run_callbacks if isinstance(c, callbacks.CheckedBackupAndRestore))
   callbacks.restore_backup(model, backup.backup_dir)
   backup.checked = True
-  if chief:
-    write_json(os.path.join(run_dir, "config.json"), run_config)
-  valid_ds = _known_length(pipeline.make_dataset(schema, "valid", config.eval_batch_size),
-                           valid_rows, config.eval_batch_size)
+  return run_callbacks
+
+
+@dataclasses.dataclass
+class _Inputs:
+  """What `model.fit` reads, and the arguments of `fit` that go with it."""
+  train: object  # a tf.data.Dataset, or a DatasetCreator on a cluster
+  valid: object
+  fit_args: Dict[str, int]  # steps_per_epoch, validation_steps where `fit` needs them
+  epoch_rows: int  # training examples of an epoch (0: stats.json does not say)
+
+
+def _inputs(schema: Schema, config: TrainConfig, stats: dict, run_dir: str) -> _Inputs:
+  """The train and valid inputs; a resumed run's train input goes on where the run stopped."""
+  train_rows, valid_rows = _split_rows(stats, "train"), _split_rows(stats, "valid")
+  valid = _known_length(pipeline.make_dataset(schema, "valid", config.eval_batch_size),
+                        valid_rows, config.eval_batch_size)
   fit_args = {}
   resumed_after = callbacks.epochs_done(run_dir)
   if config.strategy in distributed.CLUSTER_STRATEGIES:
-    train_input, fit_args["steps_per_epoch"] = _cluster_train_input(schema, config, train_rows)
+    train, fit_args["steps_per_epoch"] = _cluster_train_input(schema, config, train_rows)
   else:
     # With steps_per_epoch, one stream of passes in full batches (each pass in its own order).
-    train_input = pipeline.make_dataset(
+    train = pipeline.make_dataset(
         schema, "train", config.batch_size, shuffle=True, seed=config.seed,
         shuffle_buffer=config.shuffle_buffer, in_memory=config.in_memory,
         drop_remainder=bool(config.steps_per_epoch))
     if config.steps_per_epoch:
-      train_input = _stream(train_input, resumed_after * config.steps_per_epoch,
-                            train_rows // config.batch_size)
+      train = _stream(train, resumed_after * config.steps_per_epoch,
+                      train_rows // config.batch_size)
       fit_args["steps_per_epoch"] = config.steps_per_epoch
     else:
       if resumed_after:
-        _skip_epochs(train_input, resumed_after)
-      train_input = _known_length(train_input, train_rows, config.batch_size)
+        _skip_epochs(train, resumed_after)
+      train = _known_length(train, train_rows, config.batch_size)
   if config.strategy == "parameter_server":
-    valid_ds, fit_args["validation_steps"] = _parameter_server_valid_input(
+    valid, fit_args["validation_steps"] = _parameter_server_valid_input(
         schema, config, valid_rows)
+  epoch_rows = (fit_args["steps_per_epoch"] * config.batch_size  # an epoch of fixed steps
+                if "steps_per_epoch" in fit_args else train_rows)
+  return _Inputs(train=train, valid=valid, fit_args=fit_args, epoch_rows=epoch_rows)
 
+
+@dataclasses.dataclass
+class _Fitted:
+  """What `fit` left: every epoch's logs and training time, those before a resume included."""
+  history: Dict[str, List[float]]
+  train_seconds: float
+  start: float  # time.time() as this session's fit began
+
+
+def _fit(model: tf.keras.Model, schema: Schema, inputs: _Inputs, config: TrainConfig,
+         run_callbacks: List[tf.keras.callbacks.Callback], verbose: int,
+         run_dir: str) -> _Fitted:
+  """`model.fit`, then the backup's removal; TrainingDiverged if a loss became non-finite."""
   logging.info("training %s on %s into %s", config.model, schema.directory, run_dir)
   start = time.time()
-  model.fit(train_input, validation_data=valid_ds, epochs=config.epochs,
-            callbacks=run_callbacks, verbose=verbose, **fit_args)
-  # Every epoch's logs and training time, those before a resume included.
+  model.fit(inputs.train, validation_data=inputs.valid, epochs=config.epochs,
+            callbacks=run_callbacks, verbose=verbose, **inputs.fit_args)
   resumed = next(c for c in run_callbacks if isinstance(c, callbacks.ResumedCallbackState))
-  history = resumed.history
-  train_seconds = resumed.earlier_seconds + time.time() - start
+  fitted = _Fitted(history=resumed.history,
+                   train_seconds=resumed.earlier_seconds + time.time() - start, start=start)
   # After a finished fit every worker's BackupAndRestore has removed its own
   # part of backup/; whichever worker gets here last removes the directory.
   try:
@@ -417,44 +504,62 @@ def _train(schema: Schema, model_config: ModelConfig, config: TrainConfig, run_d
   if divergence.diverged:
     raise TrainingDiverged(f"training diverged: {divergence.diverged}; no metrics or export "
                            f"were written (try a lower --learning_rate)")
-  if not chief:
-    return TrainResult(run_dir=run_dir, metrics={}, export_path=None,
-                       history=history, seconds=time.time() - start, model=None)
-  sharded = distributed.variable_devices(model)
+  return fitted
+
+
+def _best_model(model: tf.keras.Model, schema: Schema, model_config: ModelConfig,
+                config: TrainConfig, strategy: tf.distribute.Strategy,
+                run_dir: str) -> tf.keras.Model:
+  """The model with the best checkpoint's weights, on one machine.
+
+  Under a strategy other than the default one, a model built anew outside
+  it: no variable is mirrored, sharded or remote, and the SavedModel does
+  not depend on the cluster.
+  """
   if strategy is not tf.distribute.get_strategy():
-    # Evaluate and export a single-machine model: no variable is mirrored,
-    # sharded or remote, and the SavedModel does not depend on the cluster.
     with tf.distribute.get_strategy().scope():
       model = build_model(config.model, schema, model_config)
   checkpoints.load_weights(model, os.path.join(run_dir, "checkpoints", "best"))
+  return model
 
-  metrics = {split: evaluation.evaluate(
-                 model, schema, pipeline.make_dataset(schema, split, config.eval_batch_size))
-             for split in ("valid", "test")}
-  epochs_run = len(history.get("loss", []))
-  if "steps_per_epoch" in fit_args:  # an epoch of a fixed number of steps
-    train_rows = fit_args["steps_per_epoch"] * config.batch_size
+
+def _evaluate(model: tf.keras.Model, schema: Schema, config: TrainConfig) -> evaluation.Metrics:
+  """Exact metrics of the valid and test splits."""
+  return {split: evaluation.evaluate(
+              model, schema, pipeline.make_dataset(schema, split, config.eval_batch_size))
+          for split in ("valid", "test")}
+
+
+def _write_reports(run_dir: str, metrics: evaluation.Metrics, fitted: _Fitted, inputs: _Inputs,
+                   config: TrainConfig, strategy: tf.distribute.Strategy,
+                   sharded: dict) -> None:
+  """training.json (history, wall time, examples/s) and metrics.json."""
+  epochs_run = len(fitted.history.get("loss", []))
+  train_seconds = fitted.train_seconds
   write_json(os.path.join(run_dir, "training.json"), {
       "strategy": config.strategy,
       "replicas": strategy.num_replicas_in_sync,
       "sharded_variables": sharded,
       "epochs_run": epochs_run,
       "train_seconds": train_seconds,  # every session's, with each epoch's validation
-      "train_examples_per_second": (train_rows * epochs_run / train_seconds
-                                    if train_rows and epochs_run and train_seconds > 0
+      "train_examples_per_second": (inputs.epoch_rows * epochs_run / train_seconds
+                                    if inputs.epoch_rows and epochs_run and train_seconds > 0
                                     else None),
-      "history": history,
+      "history": fitted.history,
   })
   write_json(os.path.join(run_dir, "metrics.json"), metrics)
 
-  export_path = None
-  if config.export_dir:
-    export_path = export.export_saved_model(
-        model, schema, config.export_dir, config.model,
-        extra_files={"config.json": run_config}, precision=config.export_precision)
-    logging.info("exported %s", export_path)
-  return TrainResult(run_dir=run_dir, metrics=metrics, export_path=export_path,
-                     history=history, seconds=time.time() - start, model=model)
+
+def _export(model: tf.keras.Model, schema: Schema, config: TrainConfig,
+            run_config: dict) -> Optional[str]:
+  """The SavedModel's path under `config.export_dir`, or None where it is empty."""
+  if not config.export_dir:
+    return None
+  export_path = export.export_saved_model(
+      model, schema, config.export_dir, config.model,
+      extra_files={"config.json": run_config}, precision=config.export_precision)
+  logging.info("exported %s", export_path)
+  return export_path
 
 
 def _skip_epochs(dataset: tf.data.Dataset, epochs: int) -> None:
