@@ -1,5 +1,5 @@
 """stem_tfrs.training.optimizers: FusedAdam takes the same steps as Keras' Adam; LazyAdam only the
-looked-up rows' steps."""
+looked-up rows' steps; both clip the global norm of the gradient, a sparse one's rows summed."""
 
 import json
 import os
