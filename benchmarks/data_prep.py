@@ -1,7 +1,7 @@
 """Throughput and peak memory of the TikTok loader on a generated raw file, per worker count.
 
     python benchmarks/data_prep.py [--rows 10000000[,30000000]] [--processes 1,2]
-        [--workdir DIR] [--output FILE.json]
+        [--cardinality_scale 1] [--workdir DIR] [--output FILE.json]
 
 Writes a raw `final_track1_train.txt` of `--rows` rows in the ICME 2019 layout
 (12 tab-separated columns, ids drawn with Zipf-like skew), then prepares it as
@@ -12,8 +12,12 @@ CPU seconds and peak resident memory (ru_maxrss; both from wait4; on a shared
 machine the CPU seconds say what the wall time cannot), and where `prepare`'s time went
 (`data_prep.writer.prepare`'s `timings`: waiting for the reader, validating,
 placing, counting, encoding, writing; the parallel steps summed over workers),
-as JSON and as lines of text. Several `--rows` show whether memory grows with
-the input.
+as JSON and as lines of text, with the number of distinct ids the file holds.
+Several `--rows` show whether memory grows with the input. With the file's
+cardinalities, more rows also see more distinct ids (the Zipf tail), and the
+value counts behind an exact vocabulary grow with those; `--cardinality_scale`
+small enough that the first `--rows` see every id separates the two: rows are
+added, the vocabulary is not.
 """
 
 from __future__ import annotations
@@ -41,20 +45,26 @@ COLUMNS = ["uid", "user_city", "item_id", "author_id", "item_city", "channel", "
            "music_id", "device_id", "create_time", "video_duration"]
 
 
-def write_raw(path: str, rows: int, seed: int = 0, chunk: int = 1_000_000) -> None:
+def write_raw(path: str, rows: int, seed: int = 0, chunk: int = 1_000_000,
+              cardinality_scale: float = 1.0) -> int:
+  """Writes the raw file; returns how many distinct ids it holds (all id columns together)."""
   rng = np.random.default_rng(seed)
+  cardinalities = {c: max(1, round(n * cardinality_scale)) for c, n in CARDINALITIES.items()}
+  seen = {c: np.zeros(n, bool) for c, n in cardinalities.items()}
   with open(path, "w") as f:
     for start in range(0, rows, chunk):
       n = min(chunk, rows - start)
       frame = {}
       for column in COLUMNS:
-        if column in CARDINALITIES:
-          frame[column] = (rng.zipf(1.3, n) - 1) % CARDINALITIES[column]
+        if column in cardinalities:
+          frame[column] = (rng.zipf(1.3, n) - 1) % cardinalities[column]
+          seen[column][frame[column]] = True
         elif column == "create_time":
           frame[column] = 53_000_000 + start + np.arange(n)
         else:
           frame[column] = (rng.random(n) < (0.3 if column == "finish" else 0.01)).astype(int)
       pd.DataFrame(frame, columns=COLUMNS).to_csv(f, sep="\t", header=False, index=False)
+  return int(sum(mask.sum() for mask in seen.values()))
 
 
 # The child: data_prep.tiktok's own preparation, with the writer's step timings kept.
@@ -108,6 +118,10 @@ def main() -> None:
                       help="Worker counts to prepare with (comma-separated).")
   parser.add_argument("--workdir", default=None, help="Where the raw file and output go "
                       "(default: a temporary directory, removed afterwards).")
+  parser.add_argument("--cardinality_scale", type=float, default=1.0,
+                      help="Scales every id column's cardinality (default 1: the ICME 2019 "
+                      "file's). A small scale (0.005) makes 10M rows see every id, so that "
+                      "a larger --rows adds rows but no vocabulary: memory per row, alone.")
   parser.add_argument("--output", default="benchmarks/results/data_prep.json")
   args = parser.parse_args()
 
@@ -116,13 +130,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
       raw = os.path.join(work, "final_track1_train.txt")
       start = time.time()
-      write_raw(raw, rows)
+      distinct_ids = write_raw(raw, rows, cardinality_scale=args.cardinality_scale)
       generate_seconds = time.time() - start
       for processes in args.processes:
         done = prepare(raw, os.path.join(work, "prepared"), processes, work)
         prepare_seconds = done["timings"]["total"]
         run = {
             "rows": rows, "raw_bytes": os.path.getsize(raw), "processes": processes,
+            "cardinality_scale": args.cardinality_scale, "distinct_ids": distinct_ids,
             "generate_seconds": round(generate_seconds, 1),
             "seconds": round(done["seconds"], 1),
             "cpu_seconds": round(done["cpu_seconds"], 1),
@@ -140,7 +155,7 @@ def main() -> None:
               f"({run['cpu_seconds']} s CPU), "
               f"{run['rows_per_second']:,} rows/s ({run['prepare_rows_per_second']:,} in "
               f"prepare), {run['rows_per_second_per_process']:,} rows/s per process, peak RSS "
-              f"{run['peak_rss_mib']:,} MiB; seconds per step: {steps}")
+              f"{run['peak_rss_mib']:,} MiB ({distinct_ids:,} distinct ids); seconds per step: {steps}")
   best = max(runs, key=lambda r: (r["rows"] == args.rows[0], r["rows_per_second"]))
   report = {**{k: best[k] for k in ("rows", "raw_bytes", "processes", "seconds",
                                     "rows_per_second", "peak_rss_mib", "split_rows")},

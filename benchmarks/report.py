@@ -27,10 +27,11 @@ DEFAULT_OUTPUT = os.path.join(REPO, "docs", "performance.md")
 
 #: The order of the sections; files not listed follow in name order.
 ORDER = ("train_throughput", "step_profile", "serving", "export_precision", "optimizer",
-         "input_pipeline", "record_encoding", "data_prep", "data_prep_30m")
+         "input_pipeline", "record_encoding", "data_prep", "data_prep_30m",
+         "data_prep_fixed_vocabulary")
 
 #: The script that writes a results file whose name is not the script's own.
-SCRIPTS = {"data_prep_30m": "data_prep"}
+SCRIPTS = {"data_prep_30m": "data_prep", "data_prep_fixed_vocabulary": "data_prep"}
 
 HEADER = """# Performance
 
@@ -248,13 +249,17 @@ def _data_prep(r: dict) -> tuple[list[str], str]:
   rows_arg = ",".join(str(n) for n in dict.fromkeys(run["rows"] for run in runs))
   procs = ",".join(str(n) for n in dict.fromkeys(run["processes"] for run in runs))
   args = [f"--rows {rows_arg}", f"--processes {procs}"] if runs else []
+  scales = {run.get("cardinality_scale", 1.0) for run in runs}
+  if scales != {1.0}:
+    args.append(f"--cardinality_scale {','.join(str(v) for v in sorted(scales))}")
   rows = [[number(run["rows"]), run["processes"], number(run["seconds"]),
            number(run.get("cpu_seconds")), number(run["rows_per_second"]),
            number(run.get("rows_per_second_per_process")),
-           number(run.get("prepare_rows_per_second")), number(run.get("peak_rss_mib"))]
+           number(run.get("prepare_rows_per_second")), number(run.get("peak_rss_mib")),
+           number(run.get("distinct_ids"))]
           for run in runs]
   text = table(["rows", "workers", "seconds", "CPU seconds", "rows/s", "rows/s per worker",
-                "rows/s of prepare alone", "peak memory MiB"], rows)
+                "rows/s of prepare alone", "peak memory MiB", "distinct ids"], rows)
   steps = list(dict.fromkeys(k for run in runs for k in run.get("step_seconds", {})))
   if steps:
     text += ("\nWhere `prepare`'s time went (seconds; parallel steps summed over workers):\n\n" +
