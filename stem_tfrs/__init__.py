@@ -16,8 +16,14 @@ before, and so does `stem_tfrs.<submodule>` after a bare `import stem_tfrs`.
 import importlib
 import importlib.util
 import os
+import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+# The `stem-tfrs` console script is the command line, which keeps TensorFlow's C++ start-up
+# lines off stderr as main.py does; its entry point can only run after this file has
+# imported TensorFlow, so the setting is made here, for that script alone.
+if os.path.basename(sys.argv[0] if sys.argv else "") == "stem-tfrs":
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf  # noqa: E402  (must follow the environment variable)
 

@@ -13,12 +13,6 @@ import pytest  # noqa: E402
 from tests.support import tiny_model_config  # noqa: E402
 
 
-def pytest_configure(config):
-  config.addinivalue_line(
-      "markers", "slow: whole training runs, clusters, notebooks and subprocess drills; "
-                 "deselect with -m \"not slow\"")
-
-
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> str:
   """A 20,000-row synthetic data set (train ~16,000 rows)."""
