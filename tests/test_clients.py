@@ -121,6 +121,7 @@ def test_predict_command_scores_a_csv_with_the_saved_model(trained_run, batch, e
   assert not (tmp_path / "bad_scores.csv").exists()
 
 
+@pytest.mark.slow
 def test_predict_command_names_a_one_task_models_output_over_rest(trained_run, tmp_path):
   schema = dataclasses.replace(trained_run.model.schema, labels=["like"])
   one_task = build_model("stem", schema, tiny_model_config())

@@ -24,6 +24,7 @@ def benchmark_dir(tiny_data, tmp_path_factory):
   out = tmp_path_factory.mktemp("bench") / "out"
   result = run_here("benchmark", f"--data_dir={tiny_data}", "--models=all", "--seeds=1",
                     "--epochs=1", "--batch_size=512", "--verbose=0", f"--output_dir={out}",
+                    "--bootstrap_replicates=100",
                     *TINY_MODEL_FLAGS, cwd=out.parent)
   assert result.returncode == 0, result.stderr[-3000:]
   return out
@@ -146,7 +147,7 @@ def test_one_task_data_is_benchmarked_without_the_comparable_analysis(tiny_data,
   (data / "schema.json").write_text(json.dumps(dict(schema, labels=["like"])))
   result = run_here("benchmark", f"--data_dir={data}", "--models=stem,single_task", "--epochs=1",
                     "--batch_size=512", "--verbose=0", f"--output_dir={tmp_path / 'out'}",
-                    *TINY_MODEL_FLAGS, cwd=tmp_path)
+                    "--bootstrap_replicates=100", *TINY_MODEL_FLAGS, cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   written = set(os.listdir(tmp_path / "out"))
   assert {"results.csv", "auc.png"} <= written and "comparable.csv" not in written
@@ -159,7 +160,8 @@ def _bench(tmp_path, models, epochs=1):
   from tests.support import tiny_model_config
   return (tiny_model_config(),
           TrainConfig(batch_size=512, epochs=epochs, early_stop_patience=5, seed=11),
-          comparison.BenchmarkConfig(models=tuple(models), output_dir=str(tmp_path / "out")))
+          comparison.BenchmarkConfig(models=tuple(models), output_dir=str(tmp_path / "out"),
+                                     replicates=100))
 
 
 def _epochs_begun(begun, stop_at=None):

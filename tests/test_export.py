@@ -78,6 +78,7 @@ def test_the_serving_graph_has_no_control_flow(trained_run):
   assert not ops & {"If", "StatelessIf", "While", "StatelessWhile", "Switch", "Merge"}
 
 
+@pytest.mark.slow
 def test_fresh_tensorflow_only_process_serves_same_probabilities(trained_run, tmp_path):
   schema = trained_run.model.schema
   batch = raw_batch(schema)
@@ -96,6 +97,7 @@ def test_fresh_tensorflow_only_process_serves_same_probabilities(trained_run, tm
     np.testing.assert_allclose(got, expected[task].numpy(), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_versions_are_integers_never_reused(trained_run, tmp_path):
   model, schema = trained_run.model, trained_run.model.schema
   first = export_saved_model(model, schema, str(tmp_path), "m", version=7)
@@ -108,6 +110,7 @@ def test_versions_are_integers_never_reused(trained_run, tmp_path):
       [os.path.basename(first), os.path.basename(second)])
 
 
+@pytest.mark.slow
 def test_an_export_whose_version_is_taken_meanwhile_takes_the_next_one(trained_run, tmp_path,
                                                                       monkeypatch):
   # Another export finishes with the same (time-based) version while this one writes.
@@ -131,6 +134,7 @@ def test_an_export_whose_version_is_taken_meanwhile_takes_the_next_one(trained_r
   assert sorted(os.listdir(tmp_path / "m")) == sorted([str(other), os.path.basename(path)])
 
 
+@pytest.mark.slow
 def test_the_saved_model_holds_no_optimizer_state_and_the_model_keeps_its_optimizer(
     trained_run, tmp_path):
   # A trained model is compiled: its optimizer's slots are two more copies of every weight.
@@ -162,6 +166,7 @@ def stored_weights(path):
           if key.startswith("model/variables/")}
 
 
+@pytest.mark.slow
 def test_export_command_writes_bfloat16_weights_that_serve_float32_probabilities(
     trained_run, tmp_path):
   result = subprocess.run(
@@ -198,6 +203,7 @@ def test_export_command_writes_bfloat16_weights_that_serve_float32_probabilities
     np.testing.assert_allclose(got, want, rtol=0, atol=0.01)
 
 
+@pytest.mark.slow
 def test_exporting_keeps_the_model_s_own_precision_unless_told(trained_run, tmp_path):
   model, schema = trained_run.model, trained_run.model.schema
   same = export_saved_model(model, schema, str(tmp_path), "m", warmup_batches=[],
@@ -208,6 +214,7 @@ def test_exporting_keeps_the_model_s_own_precision_unless_told(trained_run, tmp_
   assert versions(str(tmp_path / "m")) == [int(os.path.basename(same))]
 
 
+@pytest.mark.slow
 def test_export_run_takes_the_run_s_own_export_precision(trained_run, tmp_path):
   from stem_tfrs.serving.export import export_run
   run_dir = tmp_path / "run"
@@ -287,6 +294,7 @@ def dead_pid():
   return process.pid
 
 
+@pytest.mark.slow
 def test_an_export_removes_temporaries_of_dead_exports_and_keeps_live_ones(trained_run,
                                                                          tmp_path):
   import socket

@@ -29,6 +29,7 @@ def whole(tmp_path_factory):
   return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_prepare_killed_then_rerun_gives_the_uninterrupted_data_set(whole, tmp_path, point):
   raw = (whole / "logs.csv").read_bytes()
@@ -44,6 +45,7 @@ def test_prepare_killed_then_rerun_gives_the_uninterrupted_data_set(whole, tmp_p
   assert (tmp_path / "logs.csv").read_bytes() == raw
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nth", [1, 2], ids=["moving the old set aside", "moving the new in"])
 def test_an_overwrite_killed_at_either_rename_keeps_one_whole_data_set(whole, tmp_path, nth):
   (tmp_path / "logs.csv").write_bytes((whole / "logs.csv").read_bytes())

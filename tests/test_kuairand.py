@@ -115,6 +115,7 @@ def test_feature_tables_and_dates_that_would_corrupt_the_join_or_split(tmp_path)
   assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".o", "o"))) == []
 
 
+@pytest.mark.slow
 def test_trains_on_the_prepared_data_without_further_flags(tmp_path):
   write_raw(tmp_path, rows_per_log=600)
   prepare_kuairand(str(tmp_path), str(tmp_path / "out"), min_count=1)
@@ -161,6 +162,7 @@ def test_a_partial_release_prepares_the_logs_there_and_names_them(tmp_path, capl
   assert "KuaiRand-Pure's log_standard_4_08_to_4_21_pure.csv not there" in caplog.text
 
 
+@pytest.mark.slow
 def test_the_command_names_the_release_it_found(tmp_path):
   write_raw(tmp_path, rows_per_log=40, release=PURE)
   (tmp_path / PURE.standard_logs[0]).unlink()
@@ -209,6 +211,7 @@ def test_a_directory_mixing_releases_or_holding_none_is_refused(tmp_path):
   assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(SLICE), reason=f"no KuaiRand-Pure slice at {SLICE}")
 def test_the_real_kuairand_pure_slice_prepares_to_its_readme_figures(tmp_path):
   # Figures from the slice's README.md: 228,329 rows, the last day (05-08) 15,747 rows,

@@ -136,6 +136,7 @@ def test_a_bad_request_is_one_line_and_writes_nothing(tmp_path, kwargs, message)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["logs.csv"]
 
 
+@pytest.mark.slow
 def test_prepare_command_reads_your_logs_and_refuses_their_flags_for_other_data_sets(tmp_path):
   write_logs(tmp_path / "logs.tsv", 300, seed=4, sep="\t")
   result = main_py("prepare", "--dataset=logs", f"--raw={tmp_path / 'logs.tsv'}",

@@ -78,6 +78,7 @@ def test_format_table_has_a_row_per_split_and_task():
   assert lines[2].split() == ["test", "like", "0.2000", "0.8000", "0.7200"]
 
 
+@pytest.mark.slow
 def test_predict_traces_a_model_once_and_lets_it_go(tiny_data):
   import gc
   import weakref

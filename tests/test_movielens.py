@@ -163,6 +163,7 @@ def test_the_one_million_layout(tmp_path):
   assert set((tmp_path / "out" / "vocab" / "age.txt").read_text().split()) == {"18", "25", "35"}
 
 
+@pytest.mark.slow
 def test_multivalent_genres_train_and_serve_padded(tmp_path):
   raw = tmp_path / "raw"
   raw.mkdir()

@@ -158,6 +158,7 @@ json.dump({"replicas": mirrored.num_replicas_in_sync, "mirrored": train(mirrored
     pytest.param("LazyAdam", {"global_clipnorm": 1.0}, 1e3, marks=pytest.mark.slow),
     pytest.param("FusedAdam", {"global_clipnorm": 1.0}, 1e3, marks=pytest.mark.slow),
 ])
+@pytest.mark.slow
 def test_optimizers_under_a_mirrored_strategy_take_the_one_device_steps(tmp_path, cls, kwargs,
                                                                         loss_scale):
   # Two replicas' sparse gradients, with rows in common, sum into one update per row.

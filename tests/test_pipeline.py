@@ -21,6 +21,7 @@ def test_batches_hold_raw_ids_and_float_labels(tiny_data):
   assert all(v.dtype == tf.float32 for v in labels.values())
 
 
+@pytest.mark.slow
 def test_one_pass_reads_every_row_once_in_a_seeded_order(tiny_data):
   schema = Schema.load(tiny_data)
   rows = load_stats(tiny_data)["valid"]["rows"]
@@ -114,6 +115,7 @@ def rows_of(dataset, schema):
   return sorted(rows)
 
 
+@pytest.mark.slow
 def test_shuffled_records_hold_every_row_once_in_a_new_order_each_epoch(tiny_data):
   schema = Schema.load(tiny_data)
   # a buffer smaller than the split: several chunk buffers and permuted windows per epoch
@@ -132,6 +134,7 @@ def test_shuffled_records_hold_every_row_once_in_a_new_order_each_epoch(tiny_dat
   assert set(sizes) == {100} and len(sizes) == half // 100
 
 
+@pytest.mark.slow
 def test_in_memory_serves_the_same_rows_as_the_records_reshuffled_each_epoch(tiny_data):
   schema = Schema.load(tiny_data)
   in_memory = lambda seed: make_dataset(schema, "train", 256, shuffle=True, seed=seed,
@@ -152,6 +155,7 @@ def test_in_memory_checks_labels_when_it_reads_the_split(tiny_data, tmp_path):
     make_dataset(schema, "train", 4, in_memory=True)
 
 
+@pytest.mark.slow
 def test_one_row_and_block_records_give_the_same_batches(tiny_data, tmp_path):
   from data_prep.synthetic import prepare_synthetic
   prepare_synthetic(str(tmp_path / "rows"), rows=20_000, seed=7, min_count=1, rows_per_record=1)
@@ -211,6 +215,7 @@ def test_block_record_with_columns_of_different_lengths_is_an_error(tiny_data, t
     list(make_dataset(schema, "train", 4))
 
 
+@pytest.mark.slow
 def test_batches_keep_their_size_under_a_strategy(tiny_data):
   # tf.distribute's auto-sharding would rewrite the pipeline's rebatch steps (one worker too)
   schema = Schema.load(tiny_data)

@@ -78,6 +78,7 @@ def write_rows(path, schema, n=6, extra=None):
   return list(batch)
 
 
+@pytest.mark.slow
 def test_predict_command_reports_bad_rows_at_the_end_and_strict_stops_at_the_first(
     trained_run, tmp_path):
   write_rows(tmp_path / "rows.csv", trained_run.model.schema)

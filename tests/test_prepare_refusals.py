@@ -125,6 +125,7 @@ def limit_file_size(size):
   return limit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [100, 1000])  # fails in a vocabulary; in a shard
 def test_a_failed_write_is_one_line_naming_the_output_and_leaves_nothing(tmp_path, size):
   raw = tmp_path / "logs.csv"

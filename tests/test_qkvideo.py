@@ -59,6 +59,7 @@ def test_missing_required_column_is_named(tmp_path):
     prepare_qkvideo(str(tmp_path / "QK-video.csv"), str(tmp_path / "out"))
 
 
+@pytest.mark.slow
 def test_trains_on_the_prepared_data_without_further_flags(tmp_path):
   write_raw(tmp_path / "QK-video.csv", rows=2000)
   prepare_qkvideo(str(tmp_path / "QK-video.csv"), str(tmp_path / "out"), min_count=1)

@@ -108,6 +108,7 @@ def test_train_refuses_checkpoints_without_a_config_json(run_copy, tiny_data):
   assert snapshot(run_copy) == before
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_first_backup_is_refused_to_others_and_restarts_as_itself(
     tiny_data, tmp_path, monkeypatch):
   config = TrainConfig(data_dir=tiny_data, run_dir=str(tmp_path / "run"), export_dir="",

@@ -149,6 +149,7 @@ def test_a_byte_order_mark_is_not_part_of_the_first_id(tmp_path):
   assert good[0][0] in uids and not any(u.startswith("\ufeff") for u in uids)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_byte_identical_data_sets_in_separate_processes(tmp_path):
   write_raw(tmp_path / "raw.txt", rows=600)
   for out in ("a", "b"):
@@ -163,6 +164,7 @@ def test_same_seed_gives_byte_identical_data_sets_in_separate_processes(tmp_path
       assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_module_cli_strict_and_main_prepare_then_train(tmp_path):
   write_raw(tmp_path / "raw.txt", rows=3000, extra_lines=MALFORMED)
   strict = subprocess.run([sys.executable, "-m", "data_prep.tiktok", "--raw=raw.txt",

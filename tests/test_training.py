@@ -47,6 +47,7 @@ def test_run_directory_holds_config_checkpoint_logs_and_metrics(trained_run):
   assert history["epochs_run"] >= 1 and history["train_examples_per_second"] > 0
 
 
+@pytest.mark.slow
 def test_same_seed_gives_same_metrics(tiny_data, tmp_path):
   def run(name):
     config = TrainConfig(data_dir=tiny_data, run_dir=str(tmp_path / name), export_dir="",
@@ -55,6 +56,7 @@ def test_same_seed_gives_same_metrics(tiny_data, tmp_path):
   assert run("a") == run("b")
 
 
+@pytest.mark.slow
 def test_many_steps_per_execution_train_exactly_as_one(tiny_data, tmp_path):
   # ~16,000 train rows in batches of 700: 23 steps an epoch, one execution of 16 and one
   # of 7; ~2,000 valid rows in one batch, fewer than an execution.
@@ -69,6 +71,7 @@ def test_many_steps_per_execution_train_exactly_as_one(tiny_data, tmp_path):
   assert (history, metrics) == run("one", 1)
 
 
+@pytest.mark.slow
 def test_a_few_training_steps_lower_the_loss(tiny_data):
   tf.keras.utils.set_random_seed(0)
   schema = Schema.load(tiny_data)
@@ -113,6 +116,7 @@ def test_bad_configuration_is_refused_before_anything_is_written(tiny_data, tmp_
   assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_and_writes_no_metrics_or_export(tiny_data, tmp_path):
   config = TrainConfig(data_dir=tiny_data, run_dir=str(tmp_path / "run"),
                        export_dir=str(tmp_path / "export"), epochs=2, batch_size=256,
@@ -173,6 +177,7 @@ def test_reference_configuration_is_the_authors():
   assert ref.gate_hidden_units == (128, 64) and ref.tower_hidden_units == (128, 64)
 
 
+@pytest.mark.slow
 def test_mixed_bfloat16_trains_exports_float32_and_restores_the_policy(tiny_data, tmp_path):
   def run(name, policy, export_precision="float32"):
     config = TrainConfig(data_dir=tiny_data, run_dir=str(tmp_path / name),
@@ -222,6 +227,7 @@ def test_tensorboard_logs_per_task_losses_aucs_and_learning_rate(trained_run):
   assert train["epoch_lr"] == epochs and valid["epoch_auc"] == epochs  # mean validation AUC
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_trains_and_exports_a_single_machine_model(tiny_data, tmp_path):
   config = TrainConfig(data_dir=tiny_data, run_dir=str(tmp_path / "run"),
                        export_dir=str(tmp_path / "export"), epochs=1, batch_size=512,
@@ -263,6 +269,7 @@ class _FinalWeights(tf.keras.callbacks.Callback):
     self.weights = self.model.get_weights()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("in_memory", [False, True])
 def test_epochs_of_a_few_steps_are_slices_of_one_stream_of_passes(tiny_data, tmp_path,
                                                                    monkeypatch, in_memory):
@@ -288,6 +295,7 @@ def test_epochs_of_a_few_steps_are_slices_of_one_stream_of_passes(tiny_data, tmp
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("in_memory, steps_per_epoch", [(False, 0), (True, 0), (False, 40)])
 def test_a_resumed_run_is_the_run_an_interruption_never_hit(tiny_data, tmp_path, monkeypatch,
                                                             in_memory, steps_per_epoch):
@@ -327,6 +335,7 @@ def test_a_resumed_run_is_the_run_an_interruption_never_hit(tiny_data, tmp_path,
   assert not (tmp_path / "run" / "backup").exists()
 
 
+@pytest.mark.slow
 def test_resuming_on_data_prepared_again_is_refused_and_with_no_epoch_left_keeps_the_history(
     tmp_path, monkeypatch):
   from data_prep.synthetic import prepare_synthetic
@@ -359,6 +368,7 @@ def test_resuming_on_data_prepared_again_is_refused_and_with_no_epoch_left_keeps
   assert set(done.metrics) == {"valid", "test"} and not (tmp_path / "run" / "backup").exists()
 
 
+@pytest.mark.slow
 def test_an_epoch_s_logged_loss_is_the_mean_over_its_batches(tiny_data, tmp_path):
   # ~16,000 train rows in batches of 512: 31 full batches and a partial one. The tasks'
   # losses are Keras means over the epoch's examples; the epoch's loss (their weighted
@@ -377,6 +387,7 @@ def test_an_epoch_s_logged_loss_is_the_mean_over_its_batches(tiny_data, tmp_path
     assert history["regularization_loss"][epoch] == 0.0
 
 
+@pytest.mark.slow
 def test_a_shard_damaged_in_place_stops_training_naming_the_shard(tiny_data, tmp_path):
   # A garbled record header keeps the shard's size (stats.json's check passes): TensorFlow's
   # reader stops with "corrupted record at N" and no file; the error names the shard.

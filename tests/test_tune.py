@@ -21,6 +21,7 @@ def main_py(*args):
   return run_here(*args, cwd=REPO)
 
 
+@pytest.mark.slow
 def test_tune_writes_results_and_a_best_flagfile_that_train_accepts_and_resumes(
     tiny_data, tmp_path):
   out = tmp_path / "tuning"
@@ -76,6 +77,7 @@ def test_a_gauc_search_needs_a_group_column(tiny_data, tmp_path):
   assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_diverged_trials_fail_one_line_each_and_stop_the_search_after_three(tiny_data, tmp_path):
   from tests.test_main import assert_clean_error
   out = tmp_path / "tuning"

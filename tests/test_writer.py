@@ -394,6 +394,7 @@ def rows_by_split(out):
   return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split", ["random", "exact", "date"])
 def test_the_data_set_is_the_same_for_any_block_size_and_processes(tmp_path, monkeypatch, split):
   monkeypatch.setattr(writer, "GROUP_ROWS", 128)  # ExactSplit's groups: several per file
