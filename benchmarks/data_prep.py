@@ -35,7 +35,7 @@ from typing import List
 import numpy as np
 import pandas as pd
 
-from machine import describe  # benchmarks/machine.py
+from machine import describe, write_report  # benchmarks/machine.py
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CARDINALITIES = {"uid": 70_000, "user_city": 400, "item_id": 4_000_000, "author_id": 850_000,
@@ -160,9 +160,7 @@ def main() -> None:
   report = {**{k: best[k] for k in ("rows", "raw_bytes", "processes", "seconds",
                                     "rows_per_second", "peak_rss_mib", "split_rows")},
             "runs": runs, "machine": describe()}
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump(report, f, indent=2)
+  write_report(args.output, report)
   print(f"-> {args.output}")
 
 

@@ -27,7 +27,7 @@ import stem_tfrs  # noqa: E402,F401  (Keras 2 first)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from machine import describe  # noqa: E402  (benchmarks/)
+from machine import describe, write_report  # noqa: E402  (benchmarks/)
 from stem_tfrs import evaluation, make_dataset  # noqa: E402
 from stem_tfrs.serving.export import EXPORT_PRECISIONS, export_run  # noqa: E402
 from stem_tfrs.data.schema import Schema  # noqa: E402
@@ -73,9 +73,7 @@ def main() -> None:
                       for key in ("logloss", "auc", "gauc")})
         entry.update(max_probability_change=float(moved.max()),
                      mean_probability_change=float(moved.mean()))
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump(report, f, indent=2)
+  write_report(args.output, report)
   print(f"{'precision':<10} {'split':<6} {'task':<12} {'logloss':>8} {'AUC':>7} {'gAUC':>7} "
         f"{'dAUC':>8} {'dgAUC':>8} {'max |dp|':>9}")
   for precision, splits in report["precisions"].items():

@@ -243,7 +243,7 @@ def main() -> None:
 
   sys.path.insert(0, REPO)
   import stem_tfrs  # noqa: F401
-  from machine import describe  # benchmarks/machine.py
+  from machine import describe, write_report  # benchmarks/machine.py
 
   with tempfile.TemporaryDirectory(dir=args.workdir) as work:
     data_dir = os.path.join(work, "tiktok")
@@ -269,9 +269,7 @@ def main() -> None:
             "compare_with": revision,
             "seconds_per_interval": args.seconds, "write_seconds": round(write_seconds, 1),
             "runs": runs, "machine": describe()}
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump(report, f, indent=2)
+  write_report(args.output, report)
   print(f"-> {args.output}")
 
 

@@ -1,7 +1,8 @@
-"""What machine a benchmark ran on, recorded beside its figures."""
+"""What machine a benchmark ran on, recorded beside its figures, and the file they go to."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 
@@ -37,3 +38,10 @@ def describe() -> dict:
   except ImportError:
     pass
   return description
+
+
+def write_report(path: str, report: dict) -> None:
+  """Writes a benchmark's `report` as indented JSON to `path`, making its directory."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(report, f, indent=2)

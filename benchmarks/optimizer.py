@@ -17,7 +17,6 @@ machine description.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -29,7 +28,7 @@ import stem_tfrs  # noqa: E402  (Keras 2 first)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from machine import describe  # noqa: E402  (benchmarks/)
+from machine import describe, write_report  # noqa: E402  (benchmarks/)
 
 
 def update_function(optimizer, rows: int, width: int, ids: np.ndarray):
@@ -75,9 +74,7 @@ def main() -> None:
             "lazy_best_speedup_over_fused": round(min(blocks["fused_adam"])
                                                   / min(blocks["lazy_adam"]), 1),
             "machine": describe()}
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump(report, f, indent=2)
+  write_report(args.output, report)
   for name, times in blocks.items():
     print(f"{name:<11} [{args.rows:,} x {args.width}] ms per update: "
           + ", ".join(f"{t:.1f}" for t in times))

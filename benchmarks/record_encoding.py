@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import itertools
-import json
 import os
 import sys
 import tempfile
@@ -45,7 +43,7 @@ import tensorflow as tf  # noqa: E402
 
 from stem_tfrs.data.records import encode_records  # noqa: E402
 from data_prep.writer import _ShardWriter  # noqa: E402
-from machine import describe  # noqa: E402  (benchmarks/)
+from machine import describe, write_report  # noqa: E402  (benchmarks/)
 
 FEATURES = ["uid", "user_city", "item_id", "author_id", "item_city", "channel", "music_id",
             "device_id", "video_duration"]
@@ -170,9 +168,7 @@ def main() -> None:
                   for stage in ("encode", "shard")},
       "machine": describe(),
   }
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump(report, f, indent=2)
+  write_report(args.output, report)
   for stage in ("encode", "shard"):
     print(f"{stage}: {rates[stage]['messages']:,} rows/s a message a record, "
           f"{rates[stage]['arrays']:,} rows/s with stem_tfrs.data.records "

@@ -46,7 +46,7 @@ import tensorflow as tf  # noqa: E402
 
 from ceiling import dense_layers, forward_ceiling  # noqa: E402  (benchmarks/)
 from data_prep.synthetic import prepare_synthetic  # noqa: E402
-from machine import describe  # noqa: E402
+from machine import describe, write_report  # noqa: E402
 from stem_tfrs import ModelConfig, build_model  # noqa: E402
 from stem_tfrs.serving.export import EXPORT_PRECISIONS, export_saved_model  # noqa: E402
 from stem_tfrs.data.schema import Schema  # noqa: E402
@@ -219,9 +219,7 @@ def main() -> None:
       report["exports"].append({"name": name, "saved_model": path,
                                 "dtype_policy": dtype_policy(path),
                                 "results": benchmark(path, batches, args.seconds, args.rounds)})
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump(report, f, indent=2)
+  write_report(args.output, report)
   print(f"{'':<29}{'C++ session (as TF Serving)':^44}  {'Python signature':^31}")
   print(f"{'model':<21} {'batch':>6} {'p50 ms':>9} {'p99 ms':>9} {'examples/s':>11} "
         f"{'of GEMM-only':>12}  {'p50 ms':>9} {'p99 ms':>9} {'examples/s':>11}")

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import json
 import os
 import sys
 import tempfile
@@ -39,7 +38,7 @@ import tensorflow as tf  # noqa: E402
 
 from ceiling import dense_layers  # noqa: E402  (benchmarks/)
 from data_prep.synthetic import prepare_synthetic  # noqa: E402
-from machine import describe  # noqa: E402
+from machine import describe, write_report  # noqa: E402
 from stem_tfrs import ModelConfig, build_model, make_dataset  # noqa: E402
 from stem_tfrs.training.optimizers import FusedAdam  # noqa: E402
 from stem_tfrs.data.schema import Schema  # noqa: E402
@@ -147,9 +146,7 @@ def main() -> None:
     result = profile_step(args.model, schema, config, batch, args.steps,
                           os.path.join(work, "profile"))
   report = {"machine": describe(), "config": args.config, **result}
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump(report, f, indent=2)
+  write_report(args.output, report)
   print(f"{args.model}, {args.config} configuration, batch {batch}: "
         f"{result['examples_per_second_unprofiled']:,} examples/s "
         f"({result['examples_per_second_profiled']:,} profiled), "

@@ -45,7 +45,7 @@ import tensorflow as tf  # noqa: E402
 
 from data_prep.synthetic import prepare_synthetic  # noqa: E402
 from ceiling import forward_flops, gemm_ceiling, gflops  # noqa: E402  (benchmarks/)
-from machine import describe  # noqa: E402
+from machine import describe, write_report  # noqa: E402
 from stem_tfrs import ModelConfig, build_model, make_dataset  # noqa: E402
 from stem_tfrs.models import global_dtype_policy  # noqa: E402
 from stem_tfrs.training.optimizers import FusedAdam  # noqa: E402
@@ -180,9 +180,7 @@ def main() -> None:
   for run in runs:
     run["fraction_of_fp32_peak_max"] = round(run["achieved_gflops"] / peak, 3)
   report["runs"] = runs
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump(report, f, indent=2)
+  write_report(args.output, report)
   print(f"ceiling GFLOP/s at the start: {report['ceiling_gflops']}")
   print(f"fp32 peak readings, GFLOP/s: {report['fp32_peak_readings_gflops']} "
         f"(max {report['fp32_peak_max_gflops']})")
