@@ -11,9 +11,7 @@ import os
 
 import pytest
 
-from tests.support import REPO
-
-SLICE = os.path.join(REPO, "..", "shared", "data", "kuairand_pure_slice")
+from tests.test_kuairand import SLICE
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not os.path.isdir(SLICE),
