@@ -17,6 +17,13 @@ Generative story. A world of users and items is drawn once from the seed:
   give the two tasks consistent feedback; users with alpha_u near 0 finish and
   like different items. Users also have a bias per task, again a mix of a
   shared and a task-specific part.
+* The knob `task_divergence` D in [0, 1] scales how far users' tasks drift
+  apart: alpha_u = 1 - D * (1 - a_u) with a_u ~ Beta(0.6, 0.6). At D = 0 every
+  user's two tasks share one taste and one bias (the tasks still differ in
+  their item-side effects below); at D = 1, the default, alpha_u = a_u. The
+  world's other draws do not depend on D, so data sets that differ only in D
+  hold the same users, items and impressions.
+  `benchmarks/task_divergence.py` trains the models at several D.
 
 Each row is one impression: a user drawn by activity and an item by popularity;
 
@@ -54,6 +61,11 @@ _LATENT = 8
 _TARGET_RATES = {"finish": 0.30, "like": 0.07}
 
 
+def _check_divergence(value) -> None:
+  if not 0.0 <= value <= 1.0:  # also refuses NaN
+    raise ValueError(f"task_divergence must be in [0, 1], got {value}")
+
+
 def _zipf_probs(n: int, exponent: float) -> np.ndarray:
   p = 1.0 / np.arange(1, n + 1) ** exponent
   return p / p.sum()
@@ -70,8 +82,10 @@ class World:
   seed: int
   num_users: int
   num_items: int
+  task_divergence: float = 1.0
 
   def __post_init__(self):
+    _check_divergence(self.task_divergence)
     rng = np.random.default_rng([self.seed, 0])
     u, i = self.num_users, self.num_items
     self.user_p = rng.permutation(_zipf_probs(u, 1.0))
@@ -79,6 +93,8 @@ class World:
     self.user_city = rng.integers(0, 60, u)
     self.user_device = rng.integers(0, max(u // 3, 1), u)
     alpha = rng.beta(0.6, 0.6, u)[:, None]
+    if self.task_divergence != 1.0:  # at 1 the draws stay as they are, bit for bit
+      alpha = 1.0 - self.task_divergence * (1.0 - alpha)
     shared, own = _unit_rows(rng, u), {t: _unit_rows(rng, u) for t in LABELS}
     self.taste = {t: np.sqrt(alpha) * shared + np.sqrt(1 - alpha) * own[t] for t in LABELS}
     shared_bias = rng.normal(0, 0.9, u)
@@ -141,9 +157,10 @@ class World:
     return frame
 
 
-def generate(rows: int, seed: int) -> Iterator[Chunk]:
+def generate(rows: int, seed: int, task_divergence: float = 1.0) -> Iterator[Chunk]:
   """Yields the synthetic log as chunks; the same rows for the same arguments."""
-  world = World(seed=seed, num_users=max(rows // 80, 50), num_items=max(rows // 40, 100))
+  world = World(seed=seed, num_users=max(rows // 80, 50), num_items=max(rows // 40, 100),
+                task_divergence=task_divergence)
   for k, start in enumerate(range(0, rows, CHUNK_ROWS)):
     n = min(CHUNK_ROWS, rows - start)
     frame = world.rows(k, n)
@@ -154,11 +171,17 @@ def generate(rows: int, seed: int) -> Iterator[Chunk]:
 def prepare_synthetic(out_dir: str, rows: int = 400_000, seed: int = 2023,
                       min_count: int = 2, overwrite: bool = False,
                       rows_per_record: int = ROWS_PER_RECORD,
-                      processes: Optional[int] = None) -> dict:
-  """Generates and prepares the synthetic data set in `out_dir`; returns its stats."""
+                      processes: Optional[int] = None,
+                      task_divergence: float = 1.0) -> dict:
+  """Generates and prepares the synthetic data set in `out_dir`; returns its stats.
+
+  `task_divergence` (in [0, 1]) scales how far each user's tasks drift apart; see the
+  module's docstring.
+  """
   if rows < 1:
     raise ValueError(f"rows must be >= 1, got {rows}")
-  return prepare(lambda: generate(rows, seed), features=FEATURES, labels=LABELS,
+  _check_divergence(task_divergence)
+  return prepare(lambda: generate(rows, seed, task_divergence), features=FEATURES, labels=LABELS,
                  group_column=GROUP_COLUMN, out_dir=out_dir, min_count=min_count,
                  seed=seed, overwrite=overwrite, rows_per_record=rows_per_record,
                  processes=processes)
@@ -173,6 +196,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("rows", 400_000, "Rows to generate (all splits together).")
   flags.DEFINE_integer("seed", 2023, "Seed of the world, the rows and the split.")
   flags.DEFINE_integer("min_count", 2, "Values seen fewer times in train map to OOV.")
+  flags.DEFINE_float("task_divergence", 1.0, "How far each user's tasks drift apart, in [0, 1]: "
+                     "0 gives every user one taste and bias for both tasks, 1 (the embedded "
+                     "data) a per-user mix.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing --out directory.")
   flags.DEFINE_integer("rows_per_record", ROWS_PER_RECORD,
                        "Rows a TFRecord record holds; 1 writes one tf.train.Example per row.",
@@ -188,7 +214,8 @@ def main(argv):
   try:
     stats = prepare_synthetic(FLAGS.out, rows=FLAGS.rows, seed=FLAGS.seed,
                               min_count=FLAGS.min_count, overwrite=FLAGS.overwrite,
-                              rows_per_record=FLAGS.rows_per_record, processes=FLAGS.processes)
+                              rows_per_record=FLAGS.rows_per_record, processes=FLAGS.processes,
+                              task_divergence=FLAGS.task_divergence)
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

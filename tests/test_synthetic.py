@@ -51,3 +51,39 @@ def test_chunks_are_reproducible_and_labels_binary():
   for x, y in zip(first, again):
     assert x.equals(y)
   assert set(np.unique(first[0][LABELS].to_numpy())) == {0, 1}
+
+
+def test_task_divergence_zero_gives_each_user_one_taste_and_the_same_world():
+  one = World(seed=4, num_users=500, num_items=300)
+  zero = World(seed=4, num_users=500, num_items=300, task_divergence=0.0)
+  np.testing.assert_allclose(zero.taste["finish"], zero.taste["like"])
+  np.testing.assert_allclose(zero.user_bias["finish"], zero.user_bias["like"])
+  assert not np.allclose(one.taste["finish"], one.taste["like"])
+  for name in ("user_p", "item_p", "item_vec", "item_author", "author_like", "item_bias"):
+    a, b = getattr(one, name), getattr(zero, name)
+    for x, y in (zip(a.values(), b.values()) if isinstance(a, dict) else [(a, b)]):
+      np.testing.assert_array_equal(x, y)  # only the users' mix depends on the knob
+
+
+def test_task_divergence_lowers_the_agreement_of_each_users_tasks_step_by_step():
+  def mean_cosine(d):
+    world = World(seed=0, num_users=2000, num_items=100, task_divergence=d)
+    a, b = world.taste["finish"], world.taste["like"]
+    return ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).mean()
+  cosines = [mean_cosine(d) for d in (0.0, 0.25, 0.5, 0.75, 1.0)]
+  assert cosines[0] > 0.999 and all(x > y for x, y in zip(cosines, cosines[1:]))
+
+
+def test_task_divergence_one_is_the_default_data(tmp_path):
+  default = next(generate(5000, seed=6)).frame
+  explicit = next(generate(5000, seed=6, task_divergence=1.0)).frame
+  assert default.equals(explicit)
+  assert not default.equals(next(generate(5000, seed=6, task_divergence=0.5)).frame)
+
+
+def test_a_task_divergence_outside_zero_to_one_is_refused(tmp_path):
+  import pytest
+  for bad in (-0.1, 1.5, float("nan")):
+    with pytest.raises(ValueError, match=r"task_divergence must be in \[0, 1\], got"):
+      prepare_synthetic(str(tmp_path / "d"), rows=100, task_divergence=bad)
+  assert not (tmp_path / "d").exists()
