@@ -28,7 +28,7 @@ DEFAULT_OUTPUT = os.path.join(REPO, "docs", "performance.md")
 #: The order of the sections; files not listed follow in name order.
 ORDER = ("train_throughput", "step_profile", "serving", "export_precision", "optimizer",
          "input_pipeline", "record_encoding", "data_prep", "data_prep_30m",
-         "data_prep_fixed_vocabulary")
+         "data_prep_fixed_vocabulary", "task_divergence")
 
 #: The script that writes a results file whose name is not the script's own.
 SCRIPTS = {"data_prep_30m": "data_prep", "data_prep_fixed_vocabulary": "data_prep"}
@@ -287,6 +287,55 @@ def _step_profile(r: dict) -> tuple[list[str], str]:
   return args, text
 
 
+def _signed(value) -> str:
+  return "-" if value is None else f"{value:+.4f}"
+
+
+def _interval(low, high) -> str:
+  return "-" if low is None or high is None else f"[{low:+.4f}, {high:+.4f}]"
+
+
+def _task_divergence(r: dict) -> tuple[list[str], str]:
+  args = [f"--divergences {','.join(f'{d:g}' for d in r['divergences'])}",
+          f"--rows {r['rows']}", f"--models {','.join(r['models'])}", f"--seeds {r['seeds']}",
+          f"--epochs {r['epochs']}"]
+  if r.get("model_flags"):
+    args.append(f"--model_flags '{r['model_flags']}'")
+  points = r.get("points", [])
+  tasks = list(dict.fromkeys(row["task"] for p in points for row in p["results"]))
+  rows = []
+  for model in r["models"]:
+    cells = [model]
+    for task in tasks:
+      for p in points:
+        row = next((x for x in p["results"] if (x["model"], x["task"]) == (model, task)), None)
+        cells.append("failed" if row is None else
+                     number(row["auc_mean"], 4) + ("" if row["auc_std"] is None
+                                                   else f" ± {row['auc_std']:.4f}"))
+    rows.append(cells)
+  header = ["model"] + [f"{task} AUC, D={p['task_divergence']:g}" for task in tasks
+                        for p in points]
+  text = (f"Test AUC, mean ± sample std over {r['seeds']} seed(s), {number(r['rows'])} rows, "
+          f"{r['epochs']} epoch(s) at most; D is `task_divergence`.\n\n" + table(header, rows))
+  diffs = []
+  for p in points:
+    for x in p["intervals"]:
+      diffs.append([f"{p['task_divergence']:g}", x["group"], f"{x['reference']} - {x['baseline']}",
+                    x["task"], _signed(x["diff_mean"]), _interval(x["seed_low"], x["seed_high"]),
+                    _interval(x["boot_low"], x["boot_high"]), x["verdict"] or "-"])
+  if diffs:
+    text += ("\nSTEM-Net minus each baseline, test AUC, on all test rows and on the comparable "
+             "and task-dominant samples: the 95% interval paired by seed, the paired bootstrap "
+             "interval over test rows, and the verdict (`stem_tfrs/evaluation/intervals.py`).\n\n"
+             + table(["D", "test rows", "difference", "task", "mean", "seed interval",
+                      "bootstrap interval", "verdict"], diffs))
+  failed = [f"{p['task_divergence']:g}: {f['model']}, seed {f['seed']}"
+            for p in points for f in p.get("failed", [])]
+  if failed:
+    text += "\nRuns that diverged: " + "; ".join(failed) + ".\n"
+  return args, text
+
+
 def _generic(r: dict) -> tuple[list[str], str]:
   rows = []
 
@@ -305,7 +354,8 @@ RENDERERS: dict[str, Callable[[dict], tuple[list[str], str]]] = {
     "train_throughput": _train_throughput, "serving": _serving,
     "export_precision": _export_precision, "optimizer": _optimizer,
     "input_pipeline": _input_pipeline, "record_encoding": _record_encoding,
-    "data_prep": _data_prep, "step_profile": _step_profile}
+    "data_prep": _data_prep, "step_profile": _step_profile,
+    "task_divergence": _task_divergence}
 
 
 def section(name: str, report: dict) -> str:
