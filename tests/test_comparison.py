@@ -19,13 +19,35 @@ FILES = ["results.csv", "results.json", "results.md", "intervals.csv", "auc.png"
 GATED = {"stem", "omoe", "mmoe", "ple", "me_mmoe", "me_ple"}
 
 
+#: Each model's flagfile in the shared benchmark: two with settings of their own.
+PER_MODEL = {"stem": ["--model=stem", "--learning_rate=0.003", "--epochs=4", "--nobatch_norm"],
+             "mmoe": ["--model=mmoe", "--learning_rate=0.0003", "--epochs=4",
+                      "--net_dropout=0.1"]}
+
+
+def _flagfiles(directory, **per_model):
+  directory.mkdir()
+  for model, lines in per_model.items():
+    (directory / f"{model}.flags").write_text("# a comment\n" + "\n".join(lines) + "\n")
+  return directory
+
+
+def _benchmark(data, out, cwd, *extra):
+  """`main.py benchmark` of every model, one seed, each with its flagfile under out's parent."""
+  return run_here("benchmark", f"--data_dir={data}", "--models=all", "--seeds=1", "--epochs=1",
+                  "--batch_size=512", "--verbose=0", f"--output_dir={out}",
+                  f"--model_flags_dir={out.parent / 'flags'}", *extra, *TINY_MODEL_FLAGS,
+                  cwd=cwd)
+
+
 @pytest.fixture(scope="module")
 def benchmark_dir(tiny_data, tmp_path_factory):
+  """Every model trained once, each with its own flagfile (stem's and mmoe's set their own
+  learning rate, epochs and dropout) under the command line's flags."""
   out = tmp_path_factory.mktemp("bench") / "out"
-  result = run_here("benchmark", f"--data_dir={tiny_data}", "--models=all", "--seeds=1",
-                    "--epochs=1", "--batch_size=512", "--verbose=0", f"--output_dir={out}",
-                    "--bootstrap_replicates=100",
-                    *TINY_MODEL_FLAGS, cwd=out.parent)
+  _flagfiles(out.parent / "flags", **{m: PER_MODEL.get(m, [f"--model={m}"])
+                                      for m in MODEL_NAMES})
+  result = _benchmark(tiny_data, out, out.parent, "--bootstrap_replicates=100")
   assert result.returncode == 0, result.stderr[-3000:]
   return out
 
@@ -107,10 +129,7 @@ def test_rerun_reuses_finished_runs_and_retrains_only_the_missing_one(benchmark_
   summary = lambda m: runs / m / "seed-2023" / "summary.json"
   stamps = {m: os.path.getmtime(summary(m)) for m in MODEL_NAMES}
   os.remove(summary("mmoe"))  # as if the benchmark had crashed while training mmoe
-  result = run_here("benchmark", f"--data_dir={tiny_data}", "--models=all", "--seeds=1",
-                    "--epochs=1", "--batch_size=512", "--verbose=0",
-                    f"--output_dir={benchmark_dir}", *TINY_MODEL_FLAGS,
-                    cwd=benchmark_dir.parent)
+  result = _benchmark(tiny_data, benchmark_dir, benchmark_dir.parent)
   assert result.returncode == 0, result.stderr[-3000:]
   for m in MODEL_NAMES:
     changed = os.path.getmtime(summary(m)) != stamps.get(m)
@@ -121,11 +140,10 @@ def test_rerun_reuses_finished_runs_and_retrains_only_the_missing_one(benchmark_
 def test_a_moved_output_directory_keeps_its_finished_runs(benchmark_dir, tiny_data, tmp_path):
   moved = tmp_path / "moved"
   shutil.copytree(benchmark_dir, moved)  # keeps the files' times
+  shutil.copytree(benchmark_dir.parent / "flags", tmp_path / "flags")
   summaries = sorted(moved.glob("runs/*/seed-2023/summary.json"))
   stamps = [os.path.getmtime(p) for p in summaries]
-  result = run_here("benchmark", f"--data_dir={tiny_data}", "--models=all", "--seeds=1",
-                    "--epochs=1", "--batch_size=512", "--verbose=0", "--output_dir=moved",
-                    *TINY_MODEL_FLAGS, cwd=tmp_path)
+  result = _benchmark(tiny_data, moved, tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert len(summaries) == len(MODEL_NAMES)
   assert [os.path.getmtime(p) for p in summaries] == stamps  # nothing trained again
@@ -302,39 +320,31 @@ def test_a_run_stopped_after_training_is_summarized_from_its_checkpoint(tiny_dat
     assert again_gates[task] == pytest.approx(shares)
 
 
-def _flagfiles(directory, **per_model):
-  directory.mkdir()
-  for model, lines in per_model.items():
-    (directory / f"{model}.flags").write_text("# a comment\n" + "\n".join(lines) + "\n")
-  return directory
-
-
 @pytest.mark.slow
-def test_each_model_runs_with_its_own_flagfile_under_the_command_line(tiny_data, tmp_path):
-  flags_dir = _flagfiles(tmp_path / "flags",
-                         stem=["--model=stem", "--learning_rate=0.003", "--epochs=4",
-                               "--nobatch_norm"],
-                         mmoe=["--model=mmoe", "--learning_rate=0.0003", "--epochs=4",
-                               "--net_dropout=0.1"])
-  out = tmp_path / "out"
-  result = run_here("benchmark", f"--data_dir={tiny_data}", f"--model_flags_dir={flags_dir}",
-                    "--models=all", "--seeds=1", "--epochs=1", "--batch_size=512",
-                    "--verbose=0", "--bootstrap_replicates=50", f"--output_dir={out}",
-                    *TINY_MODEL_FLAGS, cwd=tmp_path)
-  assert result.returncode == 0, result.stderr[-3000:]
-  config = lambda m: json.load(open(out / "runs" / m / "seed-2023" / "config.json"))
-  stem, mmoe = config("stem"), config("mmoe")
+def test_each_model_runs_with_its_own_flagfile_under_the_command_line(benchmark_dir):
+  config = lambda m: json.load(open(benchmark_dir / "runs" / m / "seed-2023" / "config.json"))
+  stem, mmoe, ple = config("stem"), config("mmoe"), config("ple")
   assert stem["train_config"]["learning_rate"] == 0.003
   assert mmoe["train_config"]["learning_rate"] == 0.0003
+  assert ple["train_config"]["learning_rate"] == 1e-3  # no rate in its file: the default
   assert stem["model_config"]["net_dropout"] == 0.0 and mmoe["model_config"]["net_dropout"] == 0.1
   for run in (stem, mmoe):  # the command line wins over every flagfile
     assert run["train_config"]["epochs"] == 1 and run["model_config"]["embedding_dim"] == 4
-  assert sorted(os.listdir(out / "runs")) == ["mmoe", "stem"]  # all: the models with a file
-  settings = json.load(open(out / "results.json"))["settings"]
+  settings = json.load(open(benchmark_dir / "results.json"))["settings"]
   assert settings["stem"]["learning_rate"] == 0.003 and settings["mmoe"]["learning_rate"] == 0.0003
-  table = (out / "results.md").read_text()
-  assert "| model | net_dropout | learning_rate |" in table
+  table = (benchmark_dir / "results.md").read_text()
   assert "| mmoe | 0.1 | 0.0003 |" in table and "embedding_dim=4" in table
+
+
+def test_all_means_every_model_or_with_flagfiles_the_models_with_one(tmp_path):
+  from stem_tfrs.cli import benchmark as benchmark_cli
+  from stem_tfrs.config import ConfigError
+  flags_dir = _flagfiles(tmp_path / "flags", stem=["--model=stem"], mmoe=["--model=mmoe"])
+  assert benchmark_cli._models(["all"], str(flags_dir)) == ("stem", "mmoe")
+  assert benchmark_cli._models(["all"], None) == MODEL_NAMES
+  assert benchmark_cli._models(["ple", "stem"], str(flags_dir)) == ("ple", "stem")
+  with pytest.raises(ConfigError, match=r"holds no <model>\.flags file"):
+    benchmark_cli._models(["all"], str(tmp_path))
 
 
 @pytest.mark.parametrize("lines, message", [

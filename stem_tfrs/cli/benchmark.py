@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from absl import flags
 
@@ -90,15 +90,16 @@ def _model_settings(directory: str, models: Tuple[str, ...]) -> Dict[str, tuple]
   return settings
 
 
-def _models() -> Tuple[str, ...]:
-  if FLAGS.models != ["all"]:
-    return tuple(FLAGS.models)
-  if FLAGS.model_flags_dir is None:
+def _models(models: List[str], model_flags_dir: Optional[str]) -> Tuple[str, ...]:
+  """--models, where "all" is every model, or with `model_flags_dir` every model with a file."""
+  if models != ["all"]:
+    return tuple(models)
+  if model_flags_dir is None:
     return MODEL_NAMES
   found = tuple(m for m in MODEL_NAMES
-                if os.path.isfile(os.path.join(FLAGS.model_flags_dir, f"{m}.flags")))
+                if os.path.isfile(os.path.join(model_flags_dir, f"{m}.flags")))
   if not found:
-    raise ConfigError(f"--model_flags_dir={FLAGS.model_flags_dir} holds no <model>.flags "
+    raise ConfigError(f"--model_flags_dir={model_flags_dir} holds no <model>.flags "
                       f"file (models: {', '.join(MODEL_NAMES)})")
   return found
 
@@ -106,7 +107,7 @@ def _models() -> Tuple[str, ...]:
 @one_line_errors
 def run(argv: List[str]) -> int:
   del argv
-  models = _models()
+  models = _models(FLAGS.models, FLAGS.model_flags_dir)
   tasks = FLAGS.comparable_tasks
   if tasks is not None and len(tasks) != 2:
     raise ConfigError(f"--comparable_tasks takes two tasks, got {tasks}")
