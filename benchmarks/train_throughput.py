@@ -53,7 +53,7 @@ from stem_tfrs.data.schema import Schema  # noqa: E402
 
 
 def train_examples_per_second(model, dataset, batch_size: int, steps: int,
-                              peak_seconds: float = 1.0) -> tuple:
+                              peak_seconds: float = 1.0, peak_size: int = 2048) -> tuple:
   """(examples/s of the best timed epoch, fp32 peak GFLOP/s measured right after that epoch).
 
   Epoch 1 traces the step and is not timed; after each later epoch the
@@ -70,7 +70,8 @@ def train_examples_per_second(model, dataset, batch_size: int, steps: int,
       seconds = time.perf_counter() - self.start
       if epoch > 0:
         epochs.append((batch_size * steps / seconds,
-                       gflops(2048, 2048, 2048, tf.float32, seconds=peak_seconds)))
+                       gflops(peak_size, peak_size, peak_size, tf.float32,
+                              seconds=peak_seconds)))
 
   model.fit(dataset, epochs=3, steps_per_epoch=steps, callbacks=[Timer()], verbose=0)
   return max(epochs)
@@ -104,8 +105,12 @@ def main() -> None:
                       help="Least seconds each ceiling reading is timed for (the products of a "
                            "configuration get 0.3 of it, the input pipeline 3x); a smoke test "
                            "passes a small value.")
+  parser.add_argument("--peak_size", type=int, default=2048,
+                      help="n of the n x n x n products that read the peak GFLOP/s (large "
+                           "enough that the CPU runs at its most; a smoke test passes a small "
+                           "one).")
   args = parser.parse_args()
-  timing = args.timing_seconds
+  timing, n = args.timing_seconds, args.peak_size
   configs = {"authors_4096": (ModelConfig.reference(), 4096),
              "default_1024": (ModelConfig(), 1024),
              "tiny_256": (ModelConfig(embedding_dim=4, num_shared_experts=2, num_specific_experts=1,
@@ -121,13 +126,13 @@ def main() -> None:
                  "architectures with a FLOP count)")
 
   report = {"machine": describe()}
-  ceiling = {"fp32_square_2048": gflops(2048, 2048, 2048, tf.float32, seconds=timing),
-             "bf16_square_2048": gflops(2048, 2048, 2048, tf.bfloat16, seconds=timing),
+  ceiling = {f"fp32_square_{n}": gflops(n, n, n, tf.float32, seconds=timing),
+             f"bf16_square_{n}": gflops(n, n, n, tf.bfloat16, seconds=timing),
              "fp32_4096x128x512": gflops(4096, 128, 512, tf.float32, seconds=timing),
              "fp32_4096x512x512": gflops(4096, 512, 512, tf.float32, seconds=timing),
              "fp32_512x4096x512": gflops(512, 4096, 512, tf.float32, seconds=timing)}
   report["ceiling_gflops"] = {k: round(v, 1) for k, v in ceiling.items()}
-  peaks = [ceiling["fp32_square_2048"]]  # every fp32 peak reading of the run
+  peaks = [ceiling[f"fp32_square_{n}"]]  # every fp32 peak reading of the run
 
   with tempfile.TemporaryDirectory() as work:
     prepare_synthetic(os.path.join(work, "data"), rows=args.rows)
@@ -149,7 +154,7 @@ def main() -> None:
             if pipeline == "excluded":
               data = tf.data.Dataset.from_tensors(next(iter(data))).repeat()
             rate, peak_after = train_examples_per_second(model, data, batch, args.steps,
-                                                         peak_seconds=timing)
+                                                         peak_seconds=timing, peak_size=n)
           peaks.append(peak_after)
           # read again after every measurement: one reading per configuration could
           # fall in a slow phase and flatter every run of it

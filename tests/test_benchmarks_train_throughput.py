@@ -16,7 +16,8 @@ def test_train_throughput_reports_every_pipeline_and_policy(tmp_path):
   output = tmp_path / "train_throughput.json"
   result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "train_throughput.py"),
                            "--models=stem", "--configs=tiny_256", "--steps=2",
-                           "--rows=12000", "--timing_seconds=0.02", f"--output={output}"],
+                           "--rows=12000", "--timing_seconds=0.02", "--peak_size=256",
+                           f"--output={output}"],
                           capture_output=True, text=True, cwd=REPO, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(output.read_text())
@@ -36,6 +37,7 @@ def test_train_throughput_reports_every_pipeline_and_policy(tmp_path):
   # one fp32 peak reading at the start and one after each measurement
   assert len(report["fp32_peak_readings_gflops"]) == 1 + len(runs)
   assert report["fp32_peak_max_gflops"] == max(report["fp32_peak_readings_gflops"])
+  assert {"fp32_square_256", "bf16_square_256"} <= set(report["ceiling_gflops"])
   # the input pipeline alone is timed after the fp32 runs that read it
   assert ["pipeline_over_step" in r for r in runs] == [True, True, False, False]
 
