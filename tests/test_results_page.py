@@ -28,18 +28,22 @@ def tiny_benchmark(tiny_data, tmp_path_factory):
   return root / "bench" / "results.json"
 
 
-def _page(json_path, output):
+def _page(json_path, output, *extra):
   return subprocess.run([sys.executable, "-m", "stem_tfrs.evaluation.results_page",
-                         f"--benchmark_json={json_path}", f"--output={output}"],
+                         f"--benchmark_json={json_path}", f"--output={output}", *extra],
                         cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
 def test_the_page_is_generated_from_the_benchmark_json(tiny_benchmark, tmp_path):
   output = tmp_path / "docs" / "results.md"
-  result = _page(tiny_benchmark, output)
+  about = tmp_path / "about.md"
+  about.write_text("Why this study ran at learning rate 1e-3.\n")
+  result = _page(tiny_benchmark, output, f"--about={about}")
   assert result.returncode == 0, result.stderr[-3000:]
   page = output.read_text()
+  assert f"## About this study\n\nFrom `{about}`.\n\nWhy this study ran at learning rate 1e-3.\n" in page
+  assert page.count(f"--about={about}") == 2  # in the header and in the commands to reproduce
   report = json.loads(tiny_benchmark.read_text())
   for row in report["results"]:  # every model and task, with its seed std
     assert f"| {row['model']} | {row['task']} | 2 | {row['auc_mean']:.4f} ± " in page
@@ -91,3 +95,6 @@ def test_a_file_that_is_not_a_benchmark_json_is_refused(tiny_benchmark, tmp_path
   assert not output.exists()
   missing = _page(tmp_path / "none.json", output)
   assert missing.returncode == 1 and "No such file" in missing.stderr.splitlines()[-1]
+  no_about = _page(tiny_benchmark, output, f"--about={tmp_path / 'none.md'}")
+  assert no_about.returncode == 1 and "none.md" in no_about.stderr.splitlines()[-1]
+  assert not output.exists()

@@ -10,7 +10,10 @@ gAUC with their seed std; the reference model (STEM) against each baseline
 with the paired seed and bootstrap intervals and a verdict
 (`stem_tfrs.evaluation.intervals`); the comparable-sample analysis; the gate
 shares; each model's settings; and the commands that reproduce the page.
-Nothing on the page is typed by hand: edit this module, not the page.
+Nothing on the page is typed by hand: edit this module, not the page. With
+`--about=FILE`, the page also carries FILE's markdown, as it is, under "About
+this study" (what a study changed from the authors' configuration, and why):
+prose kept in the repository beside the experiment, not figures.
 
 The plotting helpers here also draw the benchmark's own plots
 (`stem_tfrs.training.comparison`).
@@ -174,11 +177,17 @@ def _number(value) -> float:
   return float("nan") if value is None else float(value)
 
 
-def reproduce_commands(report: dict, json_path: str, output: str) -> List[str]:
+def _page_command(json_path: str, output: str, about: Optional[str]) -> str:
+  return (f"{PAGE_COMMAND} --benchmark_json={json_path} --output={output}"
+          + (f" --about={about}" if about else ""))
+
+
+def reproduce_commands(report: dict, json_path: str, output: str,
+                       about: Optional[str] = None) -> List[str]:
   """The commands that rebuild the page, on the full release where the data set is known."""
   bench, data = report["benchmark"], report["data"]
   models = ",".join(bench["models"])
-  page = f"{PAGE_COMMAND} --benchmark_json={json_path} --output={output}"
+  page = _page_command(json_path, output, about)
   if "kuairand" in data["name"].lower():
     out = "benchmark/kuairand_pure"
     return ["python main.py prepare --dataset=kuairand --raw=KuaiRand-Pure/data/ "
@@ -186,21 +195,26 @@ def reproduce_commands(report: dict, json_path: str, output: str) -> List[str]:
             f"python main.py benchmark --model_flags_dir=experiments/kuairand_pure "
             f"--data_dir=data/kuairand_pure --models={models} --seeds={bench['seeds']} "
             f"--output_dir={out}",
-            f"{PAGE_COMMAND} --benchmark_json={out}/results.json --output={output}"]
+            _page_command(f"{out}/results.json", output, about)]
   return [f"python main.py benchmark --data_dir={data['data_dir']} --models={models} "
           f"--seeds={bench['seeds']} --output_dir=...", page]
 
 
-def render(report: dict, json_path: str, output: str) -> str:
-  """The page's markdown for `report` (a benchmark's results.json); names its plots."""
+def render(report: dict, json_path: str, output: str, about: Optional[str] = None,
+           about_text: str = "") -> str:
+  """The page's markdown for `report` (a benchmark's results.json); names its plots.
+
+  `about` is the path of the markdown `about_text` came from (placed under "About this
+  study").
+  """
   stem = os.path.splitext(os.path.basename(output))[0]
   bench, data = report["benchmark"], report["data"]
   results = _frame(report["results"])
   compared = _frame(report["intervals"], ["group"] + intervals.COLUMNS)
   seeds = sorted({r["seed"] for r in report["runs"]})
   text = [f"# Results: {', '.join(bench['models'])} on {data['name']}\n",
-          f"Generated from `{json_path}` by `{PAGE_COMMAND} --benchmark_json={json_path} "
-          f"--output={output}`; do not edit by hand.\n"]
+          f"Generated from `{json_path}` by `{_page_command(json_path, output, about)}`; "
+          "do not edit by hand.\n"]
   rows = ", ".join(f"{split} {n:,}" for split, n in data["rows"].items() if n is not None)
   text.append(f"Data: `{data['name']}` ({rows} rows; tasks {', '.join(data['tasks'])}). "
               f"Seeds {', '.join(map(str, seeds))} ({bench['seeds']} per model).\n")
@@ -210,7 +224,10 @@ def render(report: dict, json_path: str, output: str) -> str:
                 "split, which the intervals below measure.**\n")
   text.append("To reproduce on the full KuaiRand-Pure release:\n" if "kuairand"
               in data["name"].lower() else "To reproduce:\n")
-  text.append("```\n" + "\n".join(reproduce_commands(report, json_path, output)) + "\n```\n")
+  text.append("```\n" + "\n".join(reproduce_commands(report, json_path, output, about))
+              + "\n```\n")
+  if about:
+    text.append(f"## About this study\n\nFrom `{about}`.\n\n{about_text.strip()}\n")
 
   text.append("## Test metrics per model and task\n")
   text.append("Mean ± sample std (n - 1) over seeds.\n")
@@ -277,8 +294,10 @@ def render(report: dict, json_path: str, output: str) -> str:
   return "\n".join(text)
 
 
-def write_page(json_path: str, output: str) -> List[str]:
+def write_page(json_path: str, output: str, about: Optional[str] = None) -> List[str]:
   """Writes the page and its plots; returns the paths written.
+
+  `about`: a markdown file whose text the page carries under "About this study".
 
   Raises:
     ValueError: `json_path` is not a benchmark's results.json (names what is missing).
@@ -293,7 +312,11 @@ def write_page(json_path: str, output: str) -> List[str]:
   if missing:
     raise ValueError(f"{json_path} is not the results.json of a benchmark of this version "
                      f"(no {', '.join(missing)}); run python main.py benchmark again")
-  text = render(report, json_path, output)
+  about_text = ""
+  if about:
+    with open(about, encoding="utf-8") as f:
+      about_text = f.read()
+  text = render(report, json_path, output, about, about_text)
   directory = os.path.dirname(os.path.abspath(output))
   stem = os.path.splitext(os.path.basename(output))[0]
   plt = plotting(PAGE_COMMAND)
@@ -330,9 +353,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="results.json of a `python main.py benchmark` output directory")
   parser.add_argument("--output", required=True,
                       help="the markdown page to write; its plots go beside it")
+  parser.add_argument("--about", default=None,
+                      help="a markdown file the page carries under 'About this study' (what "
+                           "the study changed from the authors' configuration, and why)")
   args = parser.parse_args(argv)
   try:
-    written = write_page(args.benchmark_json, args.output)
+    written = write_page(args.benchmark_json, args.output, args.about)
   except (OSError, ValueError, KeyError, MissingExtraError) as e:
     message = e if not isinstance(e, KeyError) else f"{args.benchmark_json} lacks {e}"
     print(f"error: {message}".splitlines()[0], file=sys.stderr)
