@@ -22,6 +22,11 @@ def _positive_units(name: str, units: Sequence[int]) -> Tuple[int, ...]:
   return units
 
 
+#: How `ModelConfig.initialization` can start the weights: Keras' defaults, or as the
+#: authors' FuxiCTR code does (`stem_tfrs.layers.initializers` maps each to its initializers).
+INITIALIZATIONS = ("keras", "fuxictr")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Architecture hyper-parameters shared by every model in the registry.
@@ -38,6 +43,12 @@ class ModelConfig:
     batch_norm: Batch normalization after every hidden layer.
     embedding_l2: L2 factor on the embedding rows used in a batch (per example).
     loss_weights: One weight per task; None means 1 for every task.
+    initialization: How the weights start: "keras" (embedding tables
+      truncated normal with stddev 0.05, dense kernels Glorot uniform) or
+      "fuxictr", as the authors' PyTorch code (FuxiCTR) does (embedding
+      tables normal with stddev 1e-4, dense kernels Xavier normal). Biases
+      start at zero either way; every expert's kernel is initialized for
+      its own fans (`stem_tfrs.layers.initializers`).
   """
   embedding_dim: int = 16
   num_layers: int = 1
@@ -50,6 +61,7 @@ class ModelConfig:
   batch_norm: bool = False
   embedding_l2: float = 1e-6
   loss_weights: Optional[Tuple[float, ...]] = None
+  initialization: str = "keras"
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)  # frozen dataclass
@@ -73,6 +85,9 @@ class ModelConfig:
       if not all(math.isfinite(w) and w >= 0 for w in weights):
         raise ConfigError(f"--loss_weights must be numbers >= 0, got {list(weights)}")
       set_("loss_weights", weights)
+    if self.initialization not in INITIALIZATIONS:
+      raise ConfigError(f"unknown initialization '{self.initialization}'; choose one of: "
+                        f"{', '.join(INITIALIZATIONS)}")
 
   def task_loss_weights(self, tasks: Sequence[str]) -> Tuple[float, ...]:
     """One weight per task, checked against the number of tasks."""

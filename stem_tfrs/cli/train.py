@@ -11,8 +11,8 @@ from stem_tfrs import evaluation
 from stem_tfrs.training import distributed, trainer
 from stem_tfrs.cli.cluster import LISTEN_ON_ALL_INTERFACES
 from stem_tfrs.cli.errors import one_line_errors
-from stem_tfrs.config import (EXPORT_PRECISIONS, OPTIMIZERS, STRATEGIES, ConfigError,
-                              ModelConfig, TrainConfig)
+from stem_tfrs.config import (EXPORT_PRECISIONS, INITIALIZATIONS, OPTIMIZERS, STRATEGIES,
+                              ConfigError, ModelConfig, TrainConfig)
 from stem_tfrs.models import MODEL_NAMES
 from stem_tfrs.data.schema import SCHEMA_FILE
 
@@ -89,6 +89,10 @@ flags.DEFINE_float("net_dropout", _M.net_dropout, "Dropout rate in experts, gate
 flags.DEFINE_bool("batch_norm", _M.batch_norm, "Batch normalization in hidden layers.")
 flags.DEFINE_float("embedding_l2", _M.embedding_l2,
                    "L2 factor on the embedding rows used in each batch (per example).")
+flags.DEFINE_enum("initialization", _M.initialization, list(INITIALIZATIONS),
+                  "How the weights start: 'keras' (embeddings truncated normal, kernels Glorot "
+                  "uniform) or 'fuxictr', as the authors' code (embeddings normal with stddev "
+                  "1e-4, kernels Xavier normal). Biases start at zero.")
 flags.DEFINE_list("loss_weights", None,
                   "One loss weight per task, comma-separated, in schema task order. "
                   "Default: 1 for every task.")
@@ -122,7 +126,8 @@ def configs_from_flags() -> tuple:
       gate_hidden_units=_ints("gate_hidden_units"),
       tower_hidden_units=_ints("tower_hidden_units"),
       net_dropout=FLAGS.net_dropout, batch_norm=FLAGS.batch_norm,
-      embedding_l2=FLAGS.embedding_l2, loss_weights=loss_weights)
+      embedding_l2=FLAGS.embedding_l2, loss_weights=loss_weights,
+      initialization=FLAGS.initialization)
   train_config = TrainConfig(
       model=FLAGS.model, data_dir=FLAGS.data_dir, run_dir=FLAGS.run_dir,
       export_dir=FLAGS.export_dir, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch,
@@ -152,7 +157,7 @@ def flags_from_configs(model_config: ModelConfig, train_config: TrainConfig) -> 
            f"--gate_hidden_units={units(m.gate_hidden_units)}",
            f"--tower_hidden_units={units(m.tower_hidden_units)}",
            f"--net_dropout={m.net_dropout!r}", f"--{'' if m.batch_norm else 'no'}batch_norm",
-           f"--embedding_l2={m.embedding_l2!r}"]
+           f"--embedding_l2={m.embedding_l2!r}", f"--initialization={m.initialization}"]
   if m.loss_weights:
     lines.append(f"--loss_weights={units(m.loss_weights)}")
   lines += [f"--epochs={t.epochs}", f"--steps_per_epoch={t.steps_per_epoch}",

@@ -6,6 +6,8 @@ import math
 
 import tensorflow as tf
 
+from stem_tfrs.layers.initializers import fresh
+
 
 @tf.keras.utils.register_keras_serializable(package="stem_tfrs")
 class AITAttention(tf.keras.layers.Layer):
@@ -21,20 +23,23 @@ class AITAttention(tf.keras.layers.Layer):
 
   Args:
     units: H, the projection width.
+    kernel_initializer: Initializer of each projection's kernel (each gets its
+      own copy).
 
   Input: (p, q), each [B, d]. Output: z [B, H].
   """
 
-  def __init__(self, units: int, **kwargs):
+  def __init__(self, units: int, kernel_initializer="glorot_uniform", **kwargs):
     super().__init__(**kwargs)
     if units < 1:
       raise ValueError(f"units must be >= 1, got {units}")
     self.units = int(units)
+    self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
 
   def build(self, input_shape):
-    self.values = tf.keras.layers.Dense(self.units, use_bias=False, name="values")
-    self.keys = tf.keras.layers.Dense(self.units, use_bias=False, name="keys")
-    self.queries = tf.keras.layers.Dense(self.units, use_bias=False, name="queries")
+    dense = lambda name: tf.keras.layers.Dense(
+        self.units, use_bias=False, kernel_initializer=fresh(self.kernel_initializer), name=name)
+    self.values, self.keys, self.queries = dense("values"), dense("keys"), dense("queries")
     super().build(input_shape)
 
   def call(self, inputs) -> tf.Tensor:
@@ -46,5 +51,6 @@ class AITAttention(tf.keras.layers.Layer):
 
   def get_config(self):
     config = super().get_config()
-    config.update(units=self.units)
+    config.update(units=self.units,
+                  kernel_initializer=tf.keras.initializers.serialize(self.kernel_initializer))
     return config

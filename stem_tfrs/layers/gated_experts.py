@@ -74,6 +74,8 @@ class GatedTaskExperts(tf.keras.layers.Layer):
     dropout: Dropout rate in experts and gates.
     batch_norm: Batch normalization in experts and gates.
     output_shared: Also compute h_S (needed if another layer follows).
+    kernel_initializer: Initializer of the experts' and gates' kernels (per
+      expert, as `ExpertGroup` takes it).
 
   Input: list of T+1 tensors [B, d] (task inputs in task order, shared last).
   Output: list of T tensors [B, H] (+ h_S last if `output_shared`).
@@ -82,7 +84,8 @@ class GatedTaskExperts(tf.keras.layers.Layer):
   def __init__(self, task_names: Sequence[str], num_shared_experts: int,
                num_specific_experts: int, expert_hidden_units: Sequence[int],
                gate_hidden_units: Sequence[int] = (), dropout: float = 0.0,
-               batch_norm: bool = False, output_shared: bool = True, **kwargs):
+               batch_norm: bool = False, output_shared: bool = True,
+               kernel_initializer="glorot_uniform", **kwargs):
     super().__init__(**kwargs)
     if not task_names:
       raise ValueError(f"{type(self).__name__} needs at least one task")
@@ -98,6 +101,7 @@ class GatedTaskExperts(tf.keras.layers.Layer):
     self.dropout = float(dropout)
     self.batch_norm = bool(batch_norm)
     self.output_shared = bool(output_shared)
+    self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
 
   @property
   def num_experts(self) -> int:
@@ -127,9 +131,9 @@ class GatedTaskExperts(tf.keras.layers.Layer):
           f"{type(self).__name__} over {len(self.task_names)} tasks takes "
           f"{len(self.task_names) + 1} inputs (tasks, then shared), got {len(input_shape)}")
     expert = dict(hidden_units=self.expert_hidden_units, dropout=self.dropout,
-                  batch_norm=self.batch_norm)
+                  batch_norm=self.batch_norm, kernel_initializer=self.kernel_initializer)
     gate = dict(hidden_units=self.gate_hidden_units, dropout=self.dropout,
-                batch_norm=self.batch_norm)
+                batch_norm=self.batch_norm, kernel_initializer=self.kernel_initializer)
     self.task_experts = [ExpertGroup(self.num_specific_experts, name=f"expert_{t}", **expert)
                          for t in self.task_names]
     self.shared_experts = (ExpertGroup(self.num_shared_experts, name="expert_shared", **expert)
@@ -175,5 +179,6 @@ class GatedTaskExperts(tf.keras.layers.Layer):
         num_specific_experts=self.num_specific_experts,
         expert_hidden_units=self.expert_hidden_units,
         gate_hidden_units=self.gate_hidden_units, dropout=self.dropout,
-        batch_norm=self.batch_norm, output_shared=self.output_shared)
+        batch_norm=self.batch_norm, output_shared=self.output_shared,
+        kernel_initializer=tf.keras.initializers.serialize(self.kernel_initializer))
     return config

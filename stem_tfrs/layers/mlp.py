@@ -6,6 +6,8 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
+from stem_tfrs.layers.initializers import fresh
+
 
 def _hidden_block_config(units, dropout, batch_norm):
   units = [int(u) for u in units]
@@ -30,13 +32,17 @@ class MLP(tf.keras.layers.Layer):
     output_units: If set, a final linear Dense of this width (no activation).
     dropout: Dropout rate after each hidden activation.
     batch_norm: Batch normalization before each hidden activation.
+    kernel_initializer: Initializer of every Dense kernel (each gets its own
+      copy); biases start at zero.
 
   Input shape: [B, d_in]. Output shape: [B, output_units or hidden_units[-1]].
   """
 
   def __init__(self, hidden_units: Sequence[int], output_units: Optional[int] = None,
-               dropout: float = 0.0, batch_norm: bool = False, **kwargs):
+               dropout: float = 0.0, batch_norm: bool = False,
+               kernel_initializer="glorot_uniform", **kwargs):
     super().__init__(**kwargs)
+    self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
     self.hidden_units, self.dropout, self.batch_norm = _hidden_block_config(
         hidden_units, dropout, batch_norm)
     if output_units is not None and output_units < 1:
@@ -49,6 +55,7 @@ class MLP(tf.keras.layers.Layer):
     self._blocks = []
     for i, units in enumerate(self.hidden_units):
       block = [tf.keras.layers.Dense(units, use_bias=not self.batch_norm,
+                                     kernel_initializer=fresh(self.kernel_initializer),
                                      name=f"dense_{i}")]
       if self.batch_norm:
         block.append(tf.keras.layers.BatchNormalization(name=f"batch_norm_{i}"))
@@ -57,7 +64,8 @@ class MLP(tf.keras.layers.Layer):
         block.append(tf.keras.layers.Dropout(self.dropout))
       self._blocks.extend(block)
     if self.output_units is not None:
-      self._blocks.append(tf.keras.layers.Dense(self.output_units, name="output"))
+      self._blocks.append(tf.keras.layers.Dense(
+          self.output_units, kernel_initializer=fresh(self.kernel_initializer), name="output"))
     super().build(input_shape)
 
   def call(self, inputs: tf.Tensor, training: Optional[bool] = None) -> tf.Tensor:
@@ -69,7 +77,8 @@ class MLP(tf.keras.layers.Layer):
   def get_config(self):
     config = super().get_config()
     config.update(hidden_units=self.hidden_units, output_units=self.output_units,
-                  dropout=self.dropout, batch_norm=self.batch_norm)
+                  dropout=self.dropout, batch_norm=self.batch_norm,
+                  kernel_initializer=tf.keras.initializers.serialize(self.kernel_initializer))
     return config
 
 
@@ -95,14 +104,20 @@ class ExpertGroup(tf.keras.layers.Layer):
   and their gradients, become separate passes over [K, B, H']); and
   `einsum("bki,kio->bko")`.
 
-  Each expert is initialized as a Glorot-uniform Dense layer of its own shape
-  would be. With `batch_norm`, every expert keeps its own statistics.
+  Each expert's kernels are initialized as `kernel_initializer` would
+  initialize a Dense layer of that expert's shape (Glorot uniform by
+  default), and its biases at zero. With `batch_norm`, every expert keeps its
+  own statistics.
 
   Args:
     num_experts: K.
     hidden_units: Expert widths; the output width is `hidden_units[-1]`.
     dropout: Dropout rate after each hidden activation.
     batch_norm: Batch normalization before each hidden activation.
+    kernel_initializer: Initializer of one expert's kernel, as for a Dense
+      layer. A `VarianceScaling` one (Glorot and Xavier included) gets its
+      scale multiplied by K: the stacked [K, in, out] kernel's fans are K
+      times an expert's. Others are used as they are.
 
   Input shape: [B, d_in]. Output shape: [B, K, hidden_units[-1]], or with
   `call(..., stacked=False)` a list of K [B, hidden_units[-1]] tensors (what
@@ -110,8 +125,10 @@ class ExpertGroup(tf.keras.layers.Layer):
   """
 
   def __init__(self, num_experts: int, hidden_units: Sequence[int],
-               dropout: float = 0.0, batch_norm: bool = False, **kwargs):
+               dropout: float = 0.0, batch_norm: bool = False,
+               kernel_initializer="glorot_uniform", **kwargs):
     super().__init__(**kwargs)
+    self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
     if num_experts < 1:
       raise ValueError(f"num_experts must be >= 1, got {num_experts}")
     self.num_experts = int(num_experts)
@@ -125,12 +142,8 @@ class ExpertGroup(tf.keras.layers.Layer):
     fan_in = int(input_shape[-1])
     self.kernels, self.biases, self.norms = [], [], []
     for i, units in enumerate(self.hidden_units):
-      # Fans over [K, in, out] are K times an expert's; scale=K restores them.
-      # (One initializer instance per weight: an unseeded instance repeats its values.)
-      initializer = tf.keras.initializers.VarianceScaling(
-          scale=float(k), mode="fan_avg", distribution="uniform")
       self.kernels.append(self.add_weight(
-          name=f"kernel_{i}", shape=[k, fan_in, units], initializer=initializer))
+          name=f"kernel_{i}", shape=[k, fan_in, units], initializer=self._expert_initializer()))
       if self.batch_norm:
         # Statistics per expert and unit: each layer normalizes [B, K, H_i].
         self.norms.append(tf.keras.layers.BatchNormalization(
@@ -141,6 +154,17 @@ class ExpertGroup(tf.keras.layers.Layer):
       fan_in = units
     self._dropout = tf.keras.layers.Dropout(self.dropout) if self.dropout else None
     super().build(input_shape)
+
+  def _expert_initializer(self) -> tf.keras.initializers.Initializer:
+    """A new instance (one per weight: an unseeded instance repeats its values) of the
+    kernel initializer, for the stacked [K, in, out] kernel."""
+    initializer = fresh(self.kernel_initializer)
+    if not isinstance(initializer, tf.keras.initializers.VarianceScaling):
+      return initializer
+    # Fans over [K, in, out] are K times an expert's; a K times larger scale restores them.
+    return tf.keras.initializers.VarianceScaling(
+        scale=initializer.scale * self.num_experts, mode=initializer.mode,
+        distribution=initializer.distribution, seed=initializer.seed)
 
   def call(self, inputs: tf.Tensor, training: Optional[bool] = None, stacked: bool = True):
     experts = [inputs] * self.num_experts
@@ -162,5 +186,6 @@ class ExpertGroup(tf.keras.layers.Layer):
   def get_config(self):
     config = super().get_config()
     config.update(num_experts=self.num_experts, hidden_units=self.hidden_units,
-                  dropout=self.dropout, batch_norm=self.batch_norm)
+                  dropout=self.dropout, batch_norm=self.batch_norm,
+                  kernel_initializer=tf.keras.initializers.serialize(self.kernel_initializer))
     return config

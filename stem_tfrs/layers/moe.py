@@ -28,6 +28,8 @@ class MMoELayer(tf.keras.layers.Layer):
     gate_hidden_units: Gate hidden widths before the K-way softmax.
     dropout, batch_norm: As in `MLP`, for experts and gates.
     one_gate: OMoE: one gate (`gate_shared`) for all tasks.
+    kernel_initializer: Initializer of the experts' and gates' kernels (per
+      expert, as `ExpertGroup` takes it).
 
   Input: [B, d]. Output: list of T tensors [B, H].
   """
@@ -35,7 +37,7 @@ class MMoELayer(tf.keras.layers.Layer):
   def __init__(self, task_names: Sequence[str], num_experts: int,
                expert_hidden_units: Sequence[int], gate_hidden_units: Sequence[int] = (),
                dropout: float = 0.0, batch_norm: bool = False, one_gate: bool = False,
-               **kwargs):
+               kernel_initializer="glorot_uniform", **kwargs):
     super().__init__(**kwargs)
     if num_experts < 1:
       raise ValueError(f"num_experts must be >= 1, got {num_experts}")
@@ -44,12 +46,15 @@ class MMoELayer(tf.keras.layers.Layer):
     self.expert_hidden_units = [int(u) for u in expert_hidden_units]
     self.gate_hidden_units = [int(u) for u in gate_hidden_units]
     self.dropout, self.batch_norm, self.one_gate = float(dropout), bool(batch_norm), bool(one_gate)
+    self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
 
   def build(self, input_shape):
     self.experts = ExpertGroup(self.num_experts, self.expert_hidden_units, dropout=self.dropout,
-                               batch_norm=self.batch_norm, name="expert_shared")
+                               batch_norm=self.batch_norm,
+                               kernel_initializer=self.kernel_initializer, name="expert_shared")
     gate = dict(hidden_units=self.gate_hidden_units, output_units=self.num_experts,
-                dropout=self.dropout, batch_norm=self.batch_norm)
+                dropout=self.dropout, batch_norm=self.batch_norm,
+                kernel_initializer=self.kernel_initializer)
     names = ["shared"] if self.one_gate else self.task_names
     self.gates = [MLP(name=f"gate_{n}", **gate) for n in names]
     super().build(input_shape)
@@ -67,7 +72,8 @@ class MMoELayer(tf.keras.layers.Layer):
     config.update(task_names=self.task_names, num_experts=self.num_experts,
                   expert_hidden_units=self.expert_hidden_units,
                   gate_hidden_units=self.gate_hidden_units, dropout=self.dropout,
-                  batch_norm=self.batch_norm, one_gate=self.one_gate)
+                  batch_norm=self.batch_norm, one_gate=self.one_gate,
+                  kernel_initializer=tf.keras.initializers.serialize(self.kernel_initializer))
     return config
 
 

@@ -57,6 +57,8 @@ class STEMLayer(GatedTaskExperts):
     aftb: True (STEM): other tasks' experts pass through tf.stop_gradient into
       task t's gate. False gives the ME-MMoE baseline's layer: the same
       experts and gates, all forward and all backward.
+    kernel_initializer: Initializer of the experts' and gates' kernels (per
+      expert, as `ExpertGroup` takes it).
 
   Input: list of T+1 tensors [B, d] (task inputs in task order, shared last).
   Output: list of T tensors [B, H] (+ h_S last if `output_shared`).
@@ -66,10 +68,11 @@ class STEMLayer(GatedTaskExperts):
                num_specific_experts: int, expert_hidden_units: Sequence[int],
                gate_hidden_units: Sequence[int] = (), dropout: float = 0.0,
                batch_norm: bool = False, output_shared: bool = True, aftb: bool = True,
-               **kwargs):
+               kernel_initializer="glorot_uniform", **kwargs):
     super().__init__(task_names, num_shared_experts, num_specific_experts,
                      expert_hidden_units, gate_hidden_units, dropout=dropout,
-                     batch_norm=batch_norm, output_shared=output_shared, **kwargs)
+                     batch_norm=batch_norm, output_shared=output_shared,
+                     kernel_initializer=kernel_initializer, **kwargs)
     self.aftb = bool(aftb)
 
   @property

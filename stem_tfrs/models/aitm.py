@@ -36,8 +36,11 @@ class AITM(MultiTaskRankingModel):
     super().__init__(schema, config, name=name)
     width = config.expert_hidden_units[-1]
     self.bottoms = self.task_bottoms()
-    self.transfers = [MLP([width], name=f"transfer_{task}") for task in self.task_names[1:]]
-    self.attentions = [AITAttention(width, name=f"ait_{task}") for task in self.task_names[1:]]
+    kernel = self.weight_initializers.kernel
+    self.transfers = [MLP([width], kernel_initializer=kernel, name=f"transfer_{task}")
+                      for task in self.task_names[1:]]
+    self.attentions = [AITAttention(width, kernel_initializer=kernel, name=f"ait_{task}")
+                       for task in self.task_names[1:]]
 
   def backbone(self, embeddings: List[tf.Tensor],
                training: Optional[bool] = None) -> List[tf.Tensor]:

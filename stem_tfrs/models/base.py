@@ -10,6 +10,7 @@ import tensorflow_recommenders as tfrs
 
 from stem_tfrs.config import ModelConfig
 from stem_tfrs.layers import MLP, FieldEmbedding, NumericInputs
+from stem_tfrs.layers.initializers import Initializers, initializers
 from stem_tfrs.data.schema import Schema
 
 Features = Dict[str, tf.Tensor]
@@ -71,11 +72,13 @@ class MultiTaskRankingModel(tfrs.Model):
               "tasks": list(self.task_names)}[self.embedding_tables]
     self.embedding = FieldEmbedding(
         features, table_names=tables, embedding_dim=config.embedding_dim,
-        embedding_l2=config.embedding_l2, name="embedding")
+        embedding_l2=config.embedding_l2,
+        embeddings_initializer=self.weight_initializers.embeddings, name="embedding")
     self.numeric = (NumericInputs([dataclasses.asdict(f) for f in schema.numeric_features],
                                   name="numeric") if schema.numeric_features else None)
     self.towers = [MLP(config.tower_hidden_units, output_units=1,
                        dropout=config.net_dropout, batch_norm=config.batch_norm,
+                       kernel_initializer=self.weight_initializers.kernel,
                        name=f"tower_{task}") for task in self.task_names]
     self.ranking_tasks = [
         tfrs.tasks.Ranking(
@@ -153,10 +156,16 @@ class MultiTaskRankingModel(tfrs.Model):
             for upper, lower in zip(tasks, tasks[1:])
             if positive_rates.get(lower, 0.0) > positive_rates.get(upper, 1.0)]
 
+  @property
+  def weight_initializers(self) -> Initializers:
+    """The embedding and kernel initializers of `config.initialization`, for the layers."""
+    return initializers(self.config.initialization)
+
   def task_bottoms(self) -> List[MLP]:
     """One bottom MLP per task (`bottom_<task>`) with the experts' widths."""
     return [MLP(self.config.expert_hidden_units, dropout=self.config.net_dropout,
-                batch_norm=self.config.batch_norm, name=f"bottom_{task}")
+                batch_norm=self.config.batch_norm,
+                kernel_initializer=self.weight_initializers.kernel, name=f"bottom_{task}")
             for task in self.task_names]
 
   def get_config(self) -> dict:

@@ -25,7 +25,8 @@ class MMoE(MultiTaskRankingModel):
                          expert_hidden_units=config.expert_hidden_units,
                          gate_hidden_units=config.gate_hidden_units,
                          dropout=config.net_dropout, batch_norm=config.batch_norm,
-                         one_gate=self.one_gate, name="mmoe_layer")
+                         one_gate=self.one_gate,
+                         kernel_initializer=self.weight_initializers.kernel, name="mmoe_layer")
 
   @classmethod
   def check_config(cls, config: ModelConfig) -> None:

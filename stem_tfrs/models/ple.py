@@ -28,7 +28,8 @@ class PLE(MultiTaskRankingModel):
                  num_specific_experts=config.num_specific_experts,
                  expert_hidden_units=config.expert_hidden_units,
                  gate_hidden_units=config.gate_hidden_units, dropout=config.net_dropout,
-                 batch_norm=config.batch_norm, output_shared=i < last, name=f"cgc_layer_{i}")
+                 batch_norm=config.batch_norm, output_shared=i < last,
+                 kernel_initializer=self.weight_initializers.kernel, name=f"cgc_layer_{i}")
         for i in range(config.num_layers)]
 
   def first_level_inputs(self, embeddings: List[tf.Tensor]) -> List[tf.Tensor]:

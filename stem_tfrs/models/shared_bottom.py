@@ -21,7 +21,8 @@ class SharedBottom(MultiTaskRankingModel):
   def __init__(self, schema: Schema, config: ModelConfig, name: Optional[str] = "shared_bottom"):
     super().__init__(schema, config, name=name)
     self.bottom = MLP(config.expert_hidden_units, dropout=config.net_dropout,
-                      batch_norm=config.batch_norm, name="bottom_shared")
+                      batch_norm=config.batch_norm,
+                      kernel_initializer=self.weight_initializers.kernel, name="bottom_shared")
 
   def backbone(self, embeddings: List[tf.Tensor],
                training: Optional[bool] = None) -> List[tf.Tensor]:

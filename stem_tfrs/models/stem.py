@@ -35,7 +35,8 @@ class STEMNet(MultiTaskRankingModel):
                   expert_hidden_units=config.expert_hidden_units,
                   gate_hidden_units=config.gate_hidden_units,
                   dropout=config.net_dropout, batch_norm=config.batch_norm,
-                  output_shared=i < last, aftb=self.aftb, name=f"stem_layer_{i}")
+                  output_shared=i < last, aftb=self.aftb,
+                  kernel_initializer=self.weight_initializers.kernel, name=f"stem_layer_{i}")
         for i in range(config.num_layers)]
 
   def backbone(self, embeddings: List[tf.Tensor],
