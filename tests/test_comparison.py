@@ -271,6 +271,21 @@ def test_a_benchmark_whose_every_run_diverges_is_a_one_line_error(tiny_data, tmp
   assert not (tmp_path / "out" / "results.csv").exists()  # no stale report passes for this one
 
 
+def test_a_run_recorded_before_a_setting_existed_counts_with_what_it_ran_with(tmp_path):
+  from stem_tfrs.training import comparison
+  expected = {"model_config": {"embedding_dim": 4, "initialization": "keras"},
+              "train_config": {"seed": 1, "gradient_clip_norm": 10.0}, "data": {"rows": 3}}
+  old = {"model_config": {"embedding_dim": 4}, "train_config": {"seed": 1}, "data": {"rows": 3}}
+  (tmp_path / "summary.json").write_text(json.dumps({"config": old, "metrics": {}}))
+  # It did not clip: not the run of today's default, which clips at 10.
+  assert comparison._recorded(str(tmp_path), "summary.json", expected) is None
+  old["train_config"]["gradient_clip_norm"] = 10.0
+  (tmp_path / "summary.json").write_text(json.dumps({"config": old, "metrics": {}}))
+  assert comparison._recorded(str(tmp_path), "summary.json", expected)["config"] == old
+  fuxictr = dict(expected, model_config={"embedding_dim": 4, "initialization": "fuxictr"})
+  assert comparison._recorded(str(tmp_path), "summary.json", fuxictr) is None
+
+
 def test_results_report_the_sample_std_over_seeds():
   from stem_tfrs.training import comparison
   runs = [{"model": "stem", "params": 10, "train_seconds": 1.0, "examples_per_second": 5.0,

@@ -204,6 +204,19 @@ def test_resuming_under_other_gradient_clipping_is_refused_and_writes_nothing(
   assert snapshot(run_dir) == before
 
 
+def test_a_run_from_before_initialization_existed_ran_keras_initializers(
+    interrupted_run, tiny_data, tmp_path):
+  run_dir = tmp_path / "run"
+  shutil.copytree(interrupted_run, run_dir)
+  config = json.loads((run_dir / "config.json").read_text())
+  del config["model_config"]["initialization"]
+  (run_dir / "config.json").write_text(json.dumps(config))
+  before = snapshot(run_dir)
+  result = train_into(run_dir, tiny_data, "--epochs=2", "--seed=5", "--initialization=fuxictr")
+  assert_clean_error(result, r"of other settings \(initialization keras -> fuxictr\)")
+  assert snapshot(run_dir) == before
+
+
 def test_a_backup_of_another_model_is_refused_naming_what_it_does_not_restore(
     interrupted_run, tiny_data, tmp_path):
   import tensorflow as tf

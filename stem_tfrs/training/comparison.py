@@ -151,9 +151,12 @@ def _read(run_dir: str, name: str) -> Optional[dict]:
 
 
 def _recorded(run_dir: str, name: str, expected: dict) -> Optional[dict]:
-  """The run's `name` file (summary or failure) if it was written under `expected`."""
+  """The run's `name` file (summary or failure) if it was written under `expected` (a run
+  recorded before a setting existed counts with what it ran with)."""
   record = _read(run_dir, name)
-  return record if record is not None and record.get("config") == expected else None
+  if record is None or not isinstance(record.get("config"), dict):
+    return None
+  return record if trainer.with_predating_settings(record["config"]) == expected else None
 
 
 def _trained(run_dir: str) -> bool:

@@ -255,10 +255,27 @@ def check_run_dir(run_dir: str, run_config: dict) -> None:
                       "--run_dir", run_dir)
 
 
+#: Settings added after runs were first recorded: what a run recorded before each existed
+#: ran with. (Not always today's default: runs before --gradient_clip_norm did not clip.)
+PREDATING_SETTINGS = {"model_config": {"initialization": "keras"},
+                      "train_config": {"gradient_clip_norm": 0.0}}
+
+
+def with_predating_settings(recorded: dict) -> dict:
+  """`recorded` (a config.json, or `settings_and_data` as recorded) with every setting it
+  predates filled in with what the run ran with, so that it compares with today's."""
+  completed = dict(recorded)
+  for section, settings in PREDATING_SETTINGS.items():
+    if isinstance(recorded.get(section), dict):
+      completed[section] = {**settings, **recorded[section]}
+  return completed
+
+
 def _changed_settings(before: dict, run_config: dict) -> List[str]:
   """What differs between a run dir's config.json and `run_config`, in the settings that
-  decide the model's variables, and gradient clipping: "key old -> new" each (empty: the
-  same run)."""
+  decide the model's variables and their values, and gradient clipping: "key old -> new"
+  each (empty: the same run)."""
+  before = with_predating_settings(before)
   now = json.loads(json.dumps(run_config))  # tuples as lists, as read back
   changes = [f"{key} {before.get(key)} -> {now[key]}" for key in ("model", "tasks")
              if before.get(key) != now[key]]
@@ -274,8 +291,8 @@ def _changed_settings(before: dict, run_config: dict) -> List[str]:
   if before.get("numeric_features", []) != now["numeric_features"]:
     changes.append("numeric features: the data was prepared again")
   # Clipping decides every step's update: a resume under another norm would mix two
-  # optimizations. A run from before the setting existed did not clip.
-  clip_before = before.get("train_config", {}).get("gradient_clip_norm", 0.0)
+  # optimizations.
+  clip_before = before.get("train_config", {}).get("gradient_clip_norm")
   clip_now = now["train_config"]["gradient_clip_norm"]
   if clip_before != clip_now:
     changes.append(f"gradient_clip_norm {clip_before} -> {clip_now}")
