@@ -28,7 +28,7 @@ DEFAULT_OUTPUT = os.path.join(REPO, "docs", "performance.md")
 #: The order of the sections; files not listed follow in name order.
 ORDER = ("train_throughput", "step_profile", "serving", "export_precision", "optimizer",
          "input_pipeline", "record_encoding", "data_prep", "data_prep_30m",
-         "data_prep_fixed_vocabulary", "task_divergence")
+         "data_prep_fixed_vocabulary", "training_details", "task_divergence")
 
 #: The script that writes a results file whose name is not the script's own.
 SCRIPTS = {"data_prep_30m": "data_prep", "data_prep_fixed_vocabulary": "data_prep"}
@@ -336,6 +336,29 @@ def _task_divergence(r: dict) -> tuple[list[str], str]:
   return args, text
 
 
+def _training_details(r: dict) -> tuple[list[str], str]:
+  args = [f"--variants {','.join(r['variants'])}", f"--models {','.join(r['models'])}",
+          f"--seeds {r['seeds']}"]
+  if r.get("flags"):
+    args.append(f"--flags '{r['flags']}'")
+  rows = []
+  for x in r["rows"]:
+    interval = (_interval(x.get("diff_low"), x.get("diff_high")) if "diff_mean" in x else "-")
+    verdict = "-"
+    if x.get("diff_low") is not None and x.get("diff_high") is not None:
+      verdict = ("within noise" if x["diff_low"] <= 0 <= x["diff_high"]
+                 else "higher" if x["diff_low"] > 0 else "lower")
+    rows.append([x["variant"], " ".join(x["flags"]) or "-", x["model"], x["task"],
+                 number(x["auc_mean"], 4) + ("" if x["auc_std"] is None
+                                             else f" ± {x['auc_std']:.4f}"),
+                 _signed(x.get("diff_mean")), interval, verdict])
+  text = (f"Data `{r['data']}`; test AUC, mean ± sample std over {r['seeds']} seeds; the "
+          f"change from `{r['variants'][0]}` with its 95% interval paired by seed. The study's "
+          f"flags: `{' '.join(r['study_flags'])}`.\n\n")
+  return args, text + table(["variant", "its change", "model", "task", "test AUC",
+                             f"change from {r['variants'][0]}", "95% interval", "verdict"], rows)
+
+
 def _generic(r: dict) -> tuple[list[str], str]:
   rows = []
 
@@ -355,7 +378,7 @@ RENDERERS: dict[str, Callable[[dict], tuple[list[str], str]]] = {
     "export_precision": _export_precision, "optimizer": _optimizer,
     "input_pipeline": _input_pipeline, "record_encoding": _record_encoding,
     "data_prep": _data_prep, "step_profile": _step_profile,
-    "task_divergence": _task_divergence}
+    "task_divergence": _task_divergence, "training_details": _training_details}
 
 
 def section(name: str, report: dict) -> str:
