@@ -4,6 +4,10 @@ Each test_faults_<command>.py runs one writing command three ways: whole; killed
 at a point (tests/kill_point.py); and then again, whole, with the same flags.
 The rerun must leave exactly what the uninterrupted run left, and nothing of the
 killed run may remain: no half-written output, no temporary sibling.
+
+Only the killed run needs a `main.py` process of its own (`run` with `kill_at`);
+the whole runs go through the same command line in the test's process
+(`run_whole`), which has TensorFlow imported already.
 """
 
 import os
@@ -13,6 +17,7 @@ import subprocess
 import sys
 from typing import Dict, Optional, Sequence
 
+from tests.cli_cases import run_here
 from tests.support import REPO
 
 MAIN = os.path.join(REPO, "main.py")
@@ -29,6 +34,12 @@ def run(args: Sequence[str], cwd, kill_at: Optional[str] = None, nth: int = 1):
     command = [sys.executable, KILL_POINT, kill_at, str(nth), *command[1:]]
   return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600,
                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+
+def run_whole(args: Sequence[str], cwd):
+  """`python main.py ARGS` in `cwd`, run to its end in this process (`cli_cases.run_here`):
+  the same command line, flags and exit status, without a new process's TensorFlow import."""
+  return run_here(*args, cwd=cwd)
 
 
 def assert_succeeded(result) -> None:

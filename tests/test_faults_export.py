@@ -3,7 +3,8 @@ load is left half-written, and the same command run again exports what an uninte
 
 import pytest
 
-from tests.fault_drill import assert_killed, assert_succeeded, files, run, temporaries
+from tests.fault_drill import (assert_killed, assert_succeeded, files, run, run_whole,
+                               temporaries)
 
 pytestmark = pytest.mark.slow  # whole runs, clusters or subprocess drills: not in the fast tier
 
@@ -24,7 +25,7 @@ def flags(run_dir):
 @pytest.fixture(scope="module")
 def whole(trained_run, tmp_path_factory):
   root = tmp_path_factory.mktemp("whole")
-  assert_succeeded(run(flags(trained_run.run_dir), cwd=root))
+  assert_succeeded(run_whole(flags(trained_run.run_dir), cwd=root))
   return files(root / "exports", skip=SAME)
 
 
@@ -37,7 +38,7 @@ def test_export_killed_then_rerun_gives_the_uninterrupted_export(trained_run, wh
   base = tmp_path / "exports" / "stem"
   assert not base.exists() or not [n.name for n in base.iterdir() if n.name.isdigit()]
 
-  assert_succeeded(run(flags(trained_run.run_dir), cwd=tmp_path))
+  assert_succeeded(run_whole(flags(trained_run.run_dir), cwd=tmp_path))
   assert files(tmp_path / "exports", skip=SAME) == whole
   assert temporaries(tmp_path) == []
   assert files(trained_run.run_dir) == run_dir_before  # an export only reads the run

@@ -4,7 +4,7 @@ left where the output goes, and the same command run again writes what an uninte
 import pandas as pd
 import pytest
 
-from tests.fault_drill import assert_killed, assert_succeeded, run, temporaries
+from tests.fault_drill import assert_killed, assert_succeeded, run, run_whole, temporaries
 from tests.test_export import raw_batch
 
 pytestmark = pytest.mark.slow  # whole runs, clusters or subprocess drills: not in the fast tier
@@ -26,7 +26,7 @@ def rows(trained_run, tmp_path_factory):
   """500 rows of raw features (every fourth id unseen), and the scores an uninterrupted run writes."""
   root = tmp_path_factory.mktemp("whole")
   pd.DataFrame(raw_batch(trained_run.model.schema, n=500)).to_csv(root / "rows.csv", index=False)
-  assert_succeeded(run(flags(trained_run.export_path), cwd=root))
+  assert_succeeded(run_whole(flags(trained_run.export_path), cwd=root))
   return (root / "rows.csv").read_bytes(), (root / "scores.csv").read_bytes()
 
 
@@ -39,7 +39,7 @@ def test_predict_killed_then_rerun_gives_the_uninterrupted_scores(trained_run, r
   assert_killed(run(flags(trained_run.export_path), cwd=tmp_path, kill_at=target, nth=nth))
   assert not (tmp_path / "scores.csv").exists()
 
-  assert_succeeded(run(flags(trained_run.export_path), cwd=tmp_path))
+  assert_succeeded(run_whole(flags(trained_run.export_path), cwd=tmp_path))
   assert (tmp_path / "scores.csv").read_bytes() == scores
   assert (tmp_path / "rows.csv").read_bytes() == features
   assert temporaries(tmp_path) == []

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from tests.support import TINY_MODEL_FLAGS
-from tests.fault_drill import assert_killed, assert_succeeded, run, temporaries
+from tests.fault_drill import assert_killed, assert_succeeded, run, run_whole, temporaries
 
 pytestmark = pytest.mark.slow  # whole runs, clusters or subprocess drills: not in the fast tier
 
@@ -37,7 +37,7 @@ def outcome(run_dir):
 @pytest.fixture(scope="module")
 def whole(tiny_data, tmp_path_factory):
   root = tmp_path_factory.mktemp("whole")
-  assert_succeeded(run(flags(tiny_data), cwd=root))
+  assert_succeeded(run_whole(flags(tiny_data), cwd=root))
   return outcome(root / "run")
 
 
@@ -48,7 +48,7 @@ def test_train_killed_then_rerun_finishes_the_uninterrupted_run(tiny_data, whole
   assert_killed(run(flags(tiny_data), cwd=tmp_path, kill_at=target, nth=nth))
   assert not (tmp_path / "run" / "metrics.json").exists()
 
-  assert_succeeded(run(flags(tiny_data), cwd=tmp_path))
+  assert_succeeded(run_whole(flags(tiny_data), cwd=tmp_path))
   assert outcome(tmp_path / "run") == whole
   assert temporaries(tmp_path) == []
   assert not (tmp_path / "run" / "backup").exists()
