@@ -151,7 +151,8 @@ def test_models_learn_from_a_numeric_feature_and_serve_it(numeric_data, tmp_path
 def test_predict_command_reads_numbers_and_names_a_cell_that_is_not_one(numeric_data, tmp_path):
   schema, _ = numeric_data
   model = build_model("stem", schema, tiny_model_config())
-  path = export_saved_model(model, schema, str(tmp_path / "export"), "stem")
+  path = export_saved_model(model, schema, str(tmp_path / "export"), "stem",
+                            warmup_batches=[])  # no warmup file: read by no request here
   (tmp_path / "rows.csv").write_text("uid,item,views,seconds\nu1,i1,12.5,30\nu2,i3,,\n")
   result = run_here("predict", f"--saved_model={path}", "--input=rows.csv",
                     "--output=scores.csv", cwd=tmp_path)
@@ -188,7 +189,8 @@ def test_rest_and_grpc_clients_carry_numbers_and_missing_values(numeric_data, tm
   from tests.standin_servers import Model, grpc_server, rest_server
   schema, _ = numeric_data
   model = build_model("mmoe", schema, tiny_model_config())
-  path = export_saved_model(model, schema, str(tmp_path / "export"), "mmoe")
+  path = export_saved_model(model, schema, str(tmp_path / "export"), "mmoe",
+                            warmup_batches=[])  # no warmup file: read by no request here
   batch = {"uid": np.array(["u1", "u2", "u3"], dtype=object),
            "item": np.array(["i1", "i2", "i9"], dtype=object),
            "views": np.array([3.0, np.nan, 1e6], np.float32),
