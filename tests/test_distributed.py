@@ -217,7 +217,7 @@ def test_a_malformed_tf_config_is_named(monkeypatch, tf_config, message):
     distributed.cluster_resolver()
 
 
-@pytest.mark.parametrize("flags, message", [
+BAD_WORKER_FLAGS = [
     ([], r"--strategy=multi_worker needs --run_dir"),
     (["--run_dir=RUN", "--batch_size=511"],
      r"--batch_size=511 does not divide over the 2 workers of TF_CONFIG"),
@@ -225,23 +225,52 @@ def test_a_malformed_tf_config_is_named(monkeypatch, tf_config, message):
      r"MMoE mixes shared experts only"),
     (["--run_dir=RUN", "--data_dir=DATA", "--batch_size=100000"],
      r"--batch_size=100000 is larger than the train split"),
-])
-def test_a_worker_refuses_bad_flags_before_waiting_for_its_peers(
-    tiny_data, tmp_path, cluster_factory, flags, message):
-  # Worker 1 never starts: creating the strategy would wait for it forever.
-  cluster = cluster_factory({"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]})
-  flags = [f.replace("RUN", str(tmp_path / "run")).replace("DATA", tiny_data) for f in flags]
-  process = cluster.start("worker", 0, ["train", "--strategy=multi_worker", "--epochs=1",
-                                        "--listen_on_all_interfaces", f"--data_dir={tiny_data}",
-                                        *TINY_MODEL_FLAGS, *flags])
+]
+
+
+@pytest.fixture(scope="module")
+def refusals(tiny_data, tmp_path_factory):
+  """Worker 0 of a 2-worker TF_CONFIG run with each of BAD_WORKER_FLAGS: one directory per
+  case, and {case index: cli_cases result (code, stdout, stderr)}.
+
+  Worker 1 never starts: creating the strategy would wait for it forever. The cases run
+  as `main.py` runs each, one after another in one `tests/cli_cases.py` process (TensorFlow
+  imported once), which is killed if a worker still waits after the timeout.
+  """
+  root = tmp_path_factory.mktemp("refusals")
+  tf_config = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]},
+                          "task": {"type": "worker", "index": 0}})
+  cases = []
+  for i, (flags, _) in enumerate(BAD_WORKER_FLAGS):
+    cwd = root / str(i)
+    cwd.mkdir()
+    flags = [f.replace("RUN", str(cwd / "run")).replace("DATA", tiny_data) for f in flags]
+    cases.append({"id": str(i), "cwd": str(cwd), "env": {"TF_CONFIG": tf_config},
+                  "argv": ["train", "--strategy=multi_worker", "--epochs=1",
+                           "--listen_on_all_interfaces", f"--data_dir={tiny_data}",
+                           *TINY_MODEL_FLAGS, *flags]})
+  (root / "cases.json").write_text(json.dumps(cases))
   try:
-    code = process.wait(timeout=90)
-  except subprocess.TimeoutExpired:
-    pytest.fail(f"worker 0 still waiting for its peer:\n{cluster.log('worker0')}")
-  assert code == 1
-  last = cluster.log("worker0").strip().splitlines()[-1]
+    done = subprocess.run([sys.executable, os.path.join(REPO, "tests", "cli_cases.py"),
+                           str(root / "cases.json"), str(root / "results.json")], cwd=REPO,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True,
+                          text=True, timeout=90 * len(cases))
+  except subprocess.TimeoutExpired as e:
+    pytest.fail(f"a worker 0 still waiting for its peer:\n{str(e.stderr)[-3000:]}")
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.loads((root / "results.json").read_text())
+  return root, {int(result["id"]): result for result in results}
+
+
+@pytest.mark.parametrize("flags, message", BAD_WORKER_FLAGS)
+def test_a_worker_refuses_bad_flags_before_waiting_for_its_peers(refusals, flags, message):
+  root, results = refusals
+  case = BAD_WORKER_FLAGS.index((flags, message))
+  result = results[case]
+  assert result["code"] == 1, result["stdout"][-3000:] + result["stderr"][-3000:]
+  last = (result["stdout"] + result["stderr"]).strip().splitlines()[-1]
   assert last.startswith("error: ") and re.search(message, last), last
-  assert not (tmp_path / "run").exists()
+  assert not (root / str(case) / "run").exists()
 
 
 def test_benchmark_and_tune_refuse_a_cluster_strategy(tiny_data, tmp_path):
