@@ -14,7 +14,7 @@ import tensorflow as tf
 from stem_tfrs.serving.export import export_saved_model, versions, with_precision
 from stem_tfrs.models import MODEL_NAMES
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.cli_cases import run_here
 
 LOAD_WITH_TENSORFLOW_ONLY = textwrap.dedent("""
     import json, sys
@@ -100,12 +100,13 @@ def test_fresh_tensorflow_only_process_serves_same_probabilities(trained_run, tm
 @pytest.mark.slow
 def test_versions_are_integers_never_reused(trained_run, tmp_path):
   model, schema = trained_run.model, trained_run.model.schema
-  first = export_saved_model(model, schema, str(tmp_path), "m", version=7)
-  second = export_saved_model(model, schema, str(tmp_path), "m", version=None)
+  first = export_saved_model(model, schema, str(tmp_path), "m", version=7, warmup_batches=[])
+  second = export_saved_model(model, schema, str(tmp_path), "m", version=None,
+                              warmup_batches=[])
   assert int(os.path.basename(second)) > 7
   assert versions(str(tmp_path / "m")) == [7, int(os.path.basename(second))]
   with pytest.raises(FileExistsError, match="version 7 already exists"):
-    export_saved_model(model, schema, str(tmp_path), "m", version=7)
+    export_saved_model(model, schema, str(tmp_path), "m", version=7, warmup_batches=[])
   assert sorted(os.listdir(tmp_path / "m")) == sorted(
       [os.path.basename(first), os.path.basename(second)])
 
@@ -169,10 +170,9 @@ def stored_weights(path):
 @pytest.mark.slow
 def test_export_command_writes_bfloat16_weights_that_serve_float32_probabilities(
     trained_run, tmp_path):
-  result = subprocess.run(
-      [sys.executable, os.path.join(REPO, "main.py"), "export", f"--run_dir={trained_run.run_dir}",
-       f"--export_dir={tmp_path}", "--export_precision=bfloat16", "--version=3"],
-      capture_output=True, text=True, cwd=tmp_path, timeout=600)
+  # The command line as main.py runs it, in this process (TensorFlow is imported already).
+  result = run_here("export", f"--run_dir={trained_run.run_dir}", f"--export_dir={tmp_path}",
+                    "--export_precision=bfloat16", "--version=3", cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   path = str(tmp_path / "stem" / "3")
   assert result.stdout.strip().splitlines()[-1] == f"SavedModel: {path}"
