@@ -51,7 +51,7 @@ def test_run_directory_holds_config_checkpoint_logs_and_metrics(trained_run):
 def test_same_seed_gives_same_metrics(tiny_data, tmp_path):
   def run(name):
     config = TrainConfig(data_dir=tiny_data, run_dir=str(tmp_path / name), export_dir="",
-                         epochs=1, batch_size=256, seed=11)
+                         epochs=1, batch_size=1024, seed=11)
     return training.train(tiny_model_config(net_dropout=0.1), config, verbose=0).metrics
   assert run("a") == run("b")
 
