@@ -120,7 +120,7 @@ def difference_chart(plt: ModuleType, path: str, compared: pd.DataFrame) -> None
   ax.set_yticks(y)
   ax.set_yticklabels(labels)
   ax.set_xlabel("test AUC difference")
-  ax.set_title("Reference model against each baseline (an interval across 0: within noise)")
+  ax.set_title("Reference model against each baseline\n(an interval across 0: within noise)")
   ax.legend(fontsize="small")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -184,7 +184,8 @@ def _page_command(json_path: str, output: str, about: Optional[str]) -> str:
 
 def reproduce_commands(report: dict, json_path: str, output: str,
                        about: Optional[str] = None) -> List[str]:
-  """The commands that rebuild the page, on the full release where the data set is known."""
+  """The commands that rebuild the page, on the full release where the data set is known
+  (with the release's own settings, so without this study's `about`)."""
   bench, data = report["benchmark"], report["data"]
   models = ",".join(bench["models"])
   page = _page_command(json_path, output, about)
@@ -195,7 +196,7 @@ def reproduce_commands(report: dict, json_path: str, output: str,
             f"python main.py benchmark --model_flags_dir=experiments/kuairand_pure "
             f"--data_dir=data/kuairand_pure --models={models} --seeds={bench['seeds']} "
             f"--output_dir={out}",
-            _page_command(f"{out}/results.json", output, about)]
+            _page_command(f"{out}/results.json", output, None)]  # `about` told this study
   return [f"python main.py benchmark --data_dir={data['data_dir']} --models={models} "
           f"--seeds={bench['seeds']} --output_dir=...", page]
 
