@@ -39,7 +39,8 @@ STUDY_FLAGS = ["--model_flags_dir=experiments/kuairand_pure", "--embedding_dim=1
                "--num_shared_experts=4", "--num_specific_experts=1",
                "--expert_hidden_units=256,128", "--gate_hidden_units=64",
                "--tower_hidden_units=64", "--batch_size=1024", "--learning_rate=1e-3",
-               "--embedding_l2=1e-6", "--epochs=8", "--early_stop_patience=1"]
+               "--embedding_l2=1e-6", "--epochs=8", "--early_stop_patience=1",
+               "--initialization=keras"]
 #: Each variant's one change.
 VARIANTS = {"ours": [], "full_reshuffle": ["--in_memory"],
             "no_embedding_l2": ["--embedding_l2=0"],

@@ -36,3 +36,4 @@ def test_flagfile_parses_and_builds_configs(flagfile, monkeypatch):
   assert train_config.model == os.path.basename(flagfile)[:-6]
   assert train_config.data_dir == f"data/{os.path.basename(os.path.dirname(flagfile))}"
   assert model_config.embedding_dim == 16 and train_config.batch_size == 4096
+  assert model_config.initialization == "fuxictr"  # the authors' initializers
