@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from tests.support import REPO
+from tests.test_report import rendered
 
 pytestmark = pytest.mark.slow  # whole runs, clusters or subprocess drills: not in the fast tier
 
@@ -36,12 +37,7 @@ def test_task_divergence_benchmark_compares_every_model_at_every_value(tmp_path)
                           "config.json"))
   assert config["model_config"]["embedding_dim"] == 4  # --model_flags reached the model
 
-  page = tmp_path / "performance.md"
-  rendered = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "report.py"),
-                             f"--results={output.parent}", f"--output={page}"],
-                            capture_output=True, text=True, cwd=REPO, timeout=120)
-  assert rendered.returncode == 0, rendered.stderr
-  text = page.read_text()
+  text = rendered(output.parent, tmp_path)
   assert "python benchmarks/task_divergence.py --divergences 0,1 --rows 3000" in text
   assert "| model | finish AUC, D=0 | finish AUC, D=1 | like AUC, D=0 | like AUC, D=1 |" in text
   assert "| 0 | all | stem - single_task | like |" in text

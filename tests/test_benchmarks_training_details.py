@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from tests.support import REPO, TINY_MODEL_FLAGS
+from tests.test_report import rendered
 
 pytestmark = pytest.mark.slow  # whole runs, clusters or subprocess drills: not in the fast tier
 
@@ -36,12 +37,7 @@ def test_training_details_reports_each_variant_against_ours(tiny_data, tmp_path)
     assert other["diff_mean"] == pytest.approx(other["auc_mean"] - ours["auc_mean"])
     assert other["diff_low"] <= other["diff_mean"] <= other["diff_high"]
 
-  page = tmp_path / "performance.md"
-  rendered = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "report.py"),
-                             f"--results={output.parent}", f"--output={page}"],
-                            capture_output=True, text=True, cwd=REPO, timeout=120)
-  assert rendered.returncode == 0, rendered.stderr
-  text = page.read_text()
+  text = rendered(output.parent, tmp_path)
   assert "python benchmarks/training_details.py --variants ours,no_embedding_l2" in text
   assert "| no_embedding_l2 | --embedding_l2=0 | stem | like |" in text
 

@@ -15,6 +15,14 @@ def report(*args, cwd=REPO):
                         cwd=cwd, timeout=120)
 
 
+def rendered(results_dir, tmp_path) -> str:
+  """The page report.py renders from `results_dir` (into tmp_path), as text."""
+  page = tmp_path / "performance.md"
+  result = report(f"--results={results_dir}", f"--output={page}")
+  assert result.returncode == 0, result.stderr
+  return page.read_text(encoding="utf-8")
+
+
 def test_performance_page_is_what_the_generator_renders(tmp_path):
   page = tmp_path / "performance.md"
   result = report(f"--output={page}")
