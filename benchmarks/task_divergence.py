@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import tempfile
@@ -40,14 +41,6 @@ from machine import describe, write_report  # noqa: E402  (benchmarks/)
 _MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 
 
-def _records(frame, columns=None):
-  if frame is None:
-    return []
-  frame = frame if columns is None else frame[columns]
-  return [{k: (None if v != v else v) for k, v in row.items()}  # NaN -> null
-          for row in frame.to_dict(orient="records")]
-
-
 def run_one(divergence: float, args, work: str, model_config: ModelConfig) -> dict:
   """Prepares the data at `divergence` (once) and compares the models on it."""
   data_dir = os.path.join(work, f"data-{divergence:g}")
@@ -58,15 +51,15 @@ def run_one(divergence: float, args, work: str, model_config: ModelConfig) -> di
   bench = comparison.BenchmarkConfig(models=tuple(args.models), seeds=args.seeds,
                                      output_dir=os.path.join(work, f"bench-{divergence:g}"),
                                      replicates=args.replicates)
-  report = comparison.run_benchmark(model_config, train_config, bench)
-  auc = report.intervals[report.intervals.metric == "auc"] if report.intervals is not None \
-      else None
+  comparison.run_benchmark(model_config, train_config, bench)
+  with open(os.path.join(bench.output_dir, "results.json")) as f:
+    report = json.load(f)  # the benchmark's own records (NaN as null)
+  kept = ("model", "task", "seeds", "auc_mean", "auc_std", "gauc_mean", "gauc_std")
   return {
       "task_divergence": divergence,
-      "results": _records(report.results, ["model", "task", "seeds", "auc_mean", "auc_std",
-                                           "gauc_mean", "gauc_std"]),
-      "intervals": _records(auc),
-      "failed": report.failed,
+      "results": [{k: r[k] for k in kept} for r in report["results"]],
+      "intervals": [r for r in report["intervals"] if r["metric"] == "auc"],
+      "failed": report["failed"],
   }
 
 

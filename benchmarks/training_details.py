@@ -96,13 +96,14 @@ def main() -> None:
   reference = test_aucs(reports[names[0]])
   rows = []
   for name in names:
-    for (model, task), by_seed in sorted(test_aucs(reports[name]).items()):
-      values = [by_seed[s] for s in sorted(by_seed)]
-      mean = sum(values) / len(values)
-      std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 \
-          if len(values) > 1 else None
+    aucs = test_aucs(reports[name])
+    # Mean and sample std over seeds as the benchmark aggregated them (results.json).
+    for result in sorted(reports[name]["results"], key=lambda r: (r["model"], r["task"])):
+      model, task = result["model"], result["task"]
+      by_seed = aucs[(model, task)]
       row = {"variant": name, "flags": VARIANTS[name], "model": model, "task": task,
-             "seeds": len(values), "auc_mean": mean, "auc_std": std}
+             "seeds": result["seeds"], "auc_mean": result["auc_mean"],
+             "auc_std": result["auc_std"]}
       paired = sorted(set(by_seed) & set(reference.get((model, task), {})))
       if name != names[0] and len(paired) > 1:
         diff = seed_interval([by_seed[s] for s in paired],
