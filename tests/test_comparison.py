@@ -72,6 +72,7 @@ def test_results_have_a_row_per_model_and_task(benchmark_dir):
   assert stem_params > results[results.model == "mmoe"].params.iloc[0]  # T+1 tables
   as_json = json.load(open(benchmark_dir / "results.json"))
   assert len(as_json["results"]) == len(results) and len(as_json["runs"]) == len(MODEL_NAMES)
+  assert all(r["auc_std"] is None for r in as_json["results"])  # one seed: null, not NaN
   table = (benchmark_dir / "results.md").read_text()
   assert all(f"| {m} | finish | 1 |" in table for m in MODEL_NAMES)
 

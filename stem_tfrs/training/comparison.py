@@ -440,9 +440,10 @@ def _data_description(schema: Schema) -> dict:
 
 
 def _records(frame: Optional[pd.DataFrame]) -> Optional[List[dict]]:
+  """`frame`'s rows as JSON-ready dicts, NaN as None (JSON has no NaN), at full precision."""
   if frame is None:
     return None
-  return json.loads(frame.to_json(orient="records"))  # NaN -> null
+  return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
 
 
 def write_reports(plan: BenchmarkPlan, results: pd.DataFrame, failed: List[dict], summaries: List[dict],
@@ -453,7 +454,7 @@ def write_reports(plan: BenchmarkPlan, results: pd.DataFrame, failed: List[dict]
   results.to_csv(os.path.join(out, "results.csv"), index=False)
   compared.to_csv(os.path.join(out, "intervals.csv"), index=False)
   write_json(os.path.join(out, "results.json"), {
-      "results": results.to_dict(orient="records"),
+      "results": _records(results),
       "runs": [{k: s[k] for k in ("model", "seed", "metrics", "params", "train_seconds",
                                   "examples_per_second")} for s in summaries],
       "failed": failed,
